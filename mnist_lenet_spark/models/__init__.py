@@ -1,0 +1,1 @@
+"""Models trainable by this package: see ``base.Model`` for the interface."""

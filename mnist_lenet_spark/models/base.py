@@ -1,0 +1,69 @@
+"""The interface a model offers to be trained here, and helpers shared by every model.
+
+A model is any object (a module is fine) with the attributes of ``Model``. The trainers only
+call these, so a second model (say a small ResNet) goes through the same single-process and
+Spark trainers unchanged.
+"""
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import numpy as np
+
+Params = dict[str, np.ndarray]
+ParamSpec = list[tuple[str, tuple[int, ...]]]
+
+
+class Model(Protocol):
+    #: names of the parameters that carry the L2 penalty (weights, not biases)
+    REGULARIZED: Sequence[str]
+
+    def init_params(self, seed: int) -> Params:
+        """Fresh float32 parameters, the same for the same seed."""
+
+    def loss_and_grads(self, params: Params, X: np.ndarray, y: np.ndarray, *, train: bool = True,
+                       rng: np.random.Generator | None = None,
+                       l2: float = 0.0) -> tuple[float, Params]:
+        """Mean loss over the batch plus ``0.5 * l2 * sum(W**2)`` over REGULARIZED, and its gradients."""
+
+    def predict(self, params: Params, X: np.ndarray) -> np.ndarray:
+        """(N, classes) class probabilities, inference mode."""
+
+
+def param_spec(params: Params) -> ParamSpec:
+    """The fixed (name, shape) list that orders the flat parameter vector."""
+    return [(name, tuple(value.shape)) for name, value in params.items()]
+
+
+def flatten(params: Params, spec: ParamSpec, dtype=None) -> np.ndarray:
+    """dict -> one flat vector (P,), in ``spec`` order."""
+    return np.concatenate([np.ravel(params[name]) for name, _ in spec]).astype(
+        dtype or params[spec[0][0]].dtype, copy=False)
+
+
+def unflatten(vector: np.ndarray, spec: ParamSpec) -> Params:
+    """flat vector (P,) -> dict of views into it (no copy), shapes from ``spec``."""
+    expected = sum(int(np.prod(shape)) for _, shape in spec)
+    if vector.shape != (expected,):
+        raise ValueError(f"parameter vector has shape {vector.shape}, the model expects ({expected},)")
+    out, start = {}, 0
+    for name, shape in spec:
+        size = int(np.prod(shape))
+        out[name] = vector[start:start + size].reshape(shape)
+        start += size
+    return out
+
+
+def l2_penalty(params: Params, names: Sequence[str], l2: float) -> tuple[float, Params]:
+    """``0.5 * l2 * sum(W**2)`` over ``names`` and its gradient ``l2 * W`` (a dict over ``names``)."""
+    loss = 0.5 * l2 * sum(float(np.vdot(params[k], params[k])) for k in names)
+    return loss, {k: params[k] * params[k].dtype.type(l2) for k in names}
+
+
+def accuracy(model: Model, params: Params, X: np.ndarray, y: np.ndarray, batch_size: int = 500) -> float:
+    """Fraction of ``X`` (N, ...) whose most probable class equals ``y`` (N,); batched to bound memory."""
+    if len(y) == 0:
+        raise ValueError("accuracy of an empty set")
+    correct = sum(int(np.sum(np.argmax(model.predict(params, X[i:i + batch_size]), axis=1) == y[i:i + batch_size]))
+                  for i in range(0, len(y), batch_size))
+    return correct / len(y)

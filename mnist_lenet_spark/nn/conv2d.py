@@ -1,0 +1,137 @@
+"""2-D convolution, stride 1, zero padding, as matrix products over a column matrix.
+
+Layout. Activations are row-major "HNWC", ``(H, N, W, C)``, not NCHW: with the image row
+outermost, the column matrix only needs the ``WW`` horizontal taps of each kernel row
+(``WW * C`` columns, 5x smaller than a full im2col), and the ``HH`` kernel rows become ``HH``
+matrix products over row-shifted, contiguous slices of that one matrix. Measured on these
+machines for LeNet's conv2 this halves the non-GEMM time of a step (see benchmarks/kernel.py).
+When ``WW * C`` is small (a first layer on grey images: 5 columns) a product that thin runs
+badly, so all kernel rows are folded into the columns instead (the classic full im2col).
+Weights keep the project convention ``(F, C, HH, WW)``.
+
+The forward pass caches the column matrix, so the backward pass never builds it again.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+#: below this many columns per kernel row, fold all kernel rows into one product
+MIN_ROW_COLUMNS = 128
+
+
+def init(num_filters: int, channels: int, height: int, width: int,
+         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """He initialisation.
+
+    Returns
+    -------
+    W : (F, C, HH, WW) float32, ``randn * sqrt(2 / (C * HH * WW))``
+    b : (F,) float32 zeros
+    """
+    fan_in = channels * height * width
+    w = rng.standard_normal((num_filters, channels, height, width)) * np.sqrt(2.0 / fan_in)
+    return w.astype(np.float32), np.zeros(num_filters, np.float32)
+
+
+def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int):
+    """Convolve.
+
+    Parameters
+    ----------
+    x : (H, N, W, C) inputs
+    w : (F, C, HH, WW) filters
+    b : (F,) biases
+    pad : zero padding on each side of H and W
+
+    Returns
+    -------
+    out : (Hout, N, Wout, F) with ``Hout = H + 2 * pad - HH + 1`` (likewise Wout)
+    cache : what ``backward`` needs
+    """
+    h, n, wd, c = x.shape
+    f, c_w, hh, ww = w.shape
+    if c_w != c:
+        raise ValueError(f"conv2d: input has {c} channels, filters expect {c_w}")
+    h_out, w_out = h + 2 * pad - hh + 1, wd + 2 * pad - ww + 1
+    fold = hh if ww * c < MIN_ROW_COLUMNS else 1  # kernel rows per matrix product
+    x_pad = np.pad(x, ((pad, pad), (0, 0), (pad, pad), (0, 0)))  # (Hp, N, Wp, C)
+    cols = _im2col(x_pad, fold, ww, w_out)  # (Hc, N, Wout, fold*WW*C), Hc = Hp - fold + 1
+    k = fold * ww * c
+    w_rows = w.transpose(2, 3, 1, 0).reshape(hh // fold, k, f)  # (HH/fold, K, F)
+    m = h_out * n * w_out
+    out = np.empty((m, f), x.dtype)
+    for g in range(hh // fold):
+        rows = cols[g * fold:g * fold + h_out].reshape(m, k)  # (Hout*N*Wout, K), a view
+        if g == 0:
+            np.matmul(rows, w_rows[g], out=out)  # (M, K) @ (K, F) -> (M, F)
+        else:
+            out += rows @ w_rows[g]  # (M, K) @ (K, F) -> (M, F)
+    out += b
+    return out.reshape(h_out, n, w_out, f), (cols, w_rows, fold, x.shape, w.shape, pad)
+
+
+def backward(dout: np.ndarray, cache, need_dx: bool = True):
+    """Gradients of the convolution.
+
+    Parameters
+    ----------
+    dout : (Hout, N, Wout, F) upstream gradient
+    cache : from ``forward``
+    need_dx : False skips dx (the first layer of a network has no use for it)
+
+    Returns
+    -------
+    dx : (H, N, W, C), or None when ``need_dx`` is False
+    dw : (F, C, HH, WW)
+    db : (F,)
+    """
+    cols, w_rows, fold, x_shape, w_shape, pad = cache
+    f, c, hh, ww = w_shape
+    h_out = dout.shape[0]
+    k = fold * ww * c
+    dout_mat = dout.reshape(-1, f)  # (M, F), M = Hout*N*Wout
+    db = dout_mat.sum(axis=0)
+    dw_rows = np.empty((hh // fold, k, f), dout.dtype)  # (HH/fold, K, F)
+    for g in range(hh // fold):
+        rows = cols[g * fold:g * fold + h_out].reshape(-1, k)  # (M, K), a view
+        np.matmul(rows.T, dout_mat, out=dw_rows[g])  # (K, M) @ (M, F) -> (K, F)
+    dw = np.ascontiguousarray(dw_rows.reshape(hh, ww, c, f).transpose(3, 2, 0, 1))  # (F, C, HH, WW)
+    if not need_dx:
+        return None, dw, db
+    dcols = np.zeros(cols.shape, dout.dtype)  # (Hc, N, Wout, K)
+    for g in range(hh // fold):
+        target = dcols[g * fold:g * fold + h_out].reshape(-1, k)  # (M, K), a view
+        target += dout_mat @ w_rows[g].T  # (M, F) @ (F, K) -> (M, K)
+    return _col2im(dcols, fold, x_shape, hh, ww, pad), dw, db
+
+
+def _im2col(x_pad: np.ndarray, fold: int, ww: int, w_out: int) -> np.ndarray:
+    """(Hp, N, Wp, C) -> (Hc, N, Wout, fold*WW*C), Hc = Hp - fold + 1: the ``fold`` x ``WW`` patch at each place."""
+    hp, n, _, c = x_pad.shape
+    s_h, s_n, s_w, s_c = x_pad.strides
+    windows = as_strided(x_pad, shape=(hp - fold + 1, n, w_out, fold, ww, c),
+                         strides=(s_h, s_n, s_w, s_h, s_w, s_c), writeable=False)
+    # An explicit copy: with fold == 1 a reshape alone would return an overlapping view, and
+    # every product would then copy its rows again.
+    return np.ascontiguousarray(windows).reshape(hp - fold + 1, n, w_out, fold * ww * c)
+
+
+def _col2im(dcols: np.ndarray, fold: int, x_shape, hh: int, ww: int, pad: int) -> np.ndarray:
+    """Scatter-add (Hc, N, Wout, fold*WW*C) column gradients back to (H, N, W, C).
+
+    Places (a, b) with the same (a mod fold, b mod WW) have patches that do not overlap, so
+    each class is one vectorised ``+=`` with inner runs of WW*C contiguous values.
+    """
+    h, n, wd, c = x_shape
+    hc, _, w_out, _ = dcols.shape
+    dcols6 = dcols.reshape(hc, n, w_out, fold, ww, c)
+    dx_pad = np.zeros((h + 2 * pad, n, wd + 2 * pad, c), dcols.dtype)  # (Hp, N, Wp, C)
+    for qa in range(fold):
+        ka = len(range(qa, hc, fold))  # patches starting at rows qa, qa+fold, ...
+        for qb in range(ww):
+            kb = len(range(qb, w_out, ww))
+            block = dx_pad[qa:qa + ka * fold, :, qb:qb + kb * ww, :]  # a view
+            block = block.reshape(ka, fold, n, kb, ww, c).transpose(0, 2, 3, 1, 4, 5)  # (ka, N, kb, fold, WW, C)
+            block += dcols6[qa::fold, :, qb::ww]  # (ka, N, kb, fold, WW, C)
+    return np.ascontiguousarray(dx_pad[pad:pad + h, :, pad:pad + wd, :])

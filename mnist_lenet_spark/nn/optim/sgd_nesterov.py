@@ -1,0 +1,34 @@
+"""SGD with Nesterov momentum, SystemML's ``optim/sgd_nesterov.dml`` rule.
+
+    v_prev = v
+    v = momentum * v - lr * dw
+    w = w - momentum * v_prev + (1 + momentum) * v
+
+Works on any array (the trainers pass one flat parameter vector). Pure: the inputs are not
+modified; state goes in and comes back out.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class NesterovState(NamedTuple):
+    velocity: np.ndarray
+
+
+def init(w: np.ndarray) -> NesterovState:
+    """Zero velocity, same shape and dtype as w."""
+    return NesterovState(np.zeros_like(w))
+
+
+def update(w: np.ndarray, dw: np.ndarray, state: NesterovState, *, lr: float,
+           momentum: float) -> tuple[np.ndarray, NesterovState]:
+    """One step. w, dw and the velocity share one shape; returns (next w, next state)."""
+    v_prev = state.velocity
+    v = momentum * v_prev
+    v -= lr * dw
+    w_next = w - momentum * v_prev
+    w_next += (1 + momentum) * v
+    return w_next.astype(w.dtype, copy=False), NesterovState(v.astype(w.dtype, copy=False))

@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+
+from mnist_lenet_spark.models import base, lenet
+from tests.reference import numeric_grad, rel_error
+
+SHAPES = {"W1": (32, 1, 5, 5), "b1": (32,), "W2": (64, 32, 5, 5), "b2": (64,), "W3": (3136, 512),
+          "b3": (512,), "W4": (512, 10), "b4": (10,)}
+
+
+def test_init_params_shapes_dtype_and_scales():
+    p = lenet.init_params(0)
+    assert {k: v.shape for k, v in p.items()} == SHAPES
+    assert all(v.dtype == np.float32 for v in p.values())
+    assert all(not p[b].any() for b in ("b1", "b2", "b3", "b4"))
+    assert p["W2"].std() == pytest.approx(np.sqrt(2 / 800), rel=0.02)
+    assert p["W3"].std() == pytest.approx(np.sqrt(2 / 3136), rel=0.02)
+    assert p["W4"].std() == pytest.approx(np.sqrt(2 / 512) / np.sqrt(2), rel=0.1)
+    q = lenet.init_params(0)
+    assert all(np.array_equal(p[k], q[k]) for k in p)
+
+
+def small_problem(dtype=np.float64):
+    rng = np.random.default_rng(0)
+    params = {k: v.astype(dtype) for k, v in lenet.init_params(1).items()}
+    for b in ("b1", "b2", "b3", "b4"):
+        params[b] = rng.standard_normal(params[b].shape).astype(dtype) * 0.1
+    X = rng.uniform(-1, 1, (2, 1, 28, 28)).astype(dtype)
+    return params, X, np.array([3, 7])
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_whole_model_gradcheck_float64(train):
+    params, X, y = small_problem()
+    seed = 5
+
+    def loss():
+        rng = np.random.default_rng(seed) if train else None
+        return lenet.loss_and_grads(params, X, y, train=train, rng=rng)[0]
+
+    _, grads = lenet.loss_and_grads(params, X, y, train=train, rng=np.random.default_rng(seed) if train else None)
+    sample = np.random.default_rng(1)
+    for name, p in params.items():
+        # check a random subset of each large tensor; every entry of the small ones
+        flat = p.reshape(-1)
+        picks = sample.choice(flat.size, size=min(flat.size, 20), replace=False)
+        for i in picks:
+            old = flat[i]
+            flat[i] = old + 1e-5
+            fp = loss()
+            flat[i] = old - 1e-5
+            fm = loss()
+            flat[i] = old
+            numeric = (fp - fm) / 2e-5
+            analytic = grads[name].reshape(-1)[i]
+            assert abs(numeric - analytic) <= 1e-6 * max(abs(numeric) + abs(analytic), 1e-3), (name, i)
+
+
+def test_l2_term_in_loss_and_gradient():
+    params, X, y = small_problem()
+    l0, g0 = lenet.loss_and_grads(params, X, y, train=False, l2=0.0)
+    l1, g1 = lenet.loss_and_grads(params, X, y, train=False, l2=0.1)
+    expected = 0.05 * sum(np.sum(params[k] ** 2) for k in ("W1", "W2", "W3", "W4"))
+    assert l1 - l0 == pytest.approx(expected, rel=1e-10)
+    assert np.allclose(g1["W3"] - g0["W3"], 0.1 * params["W3"])
+    assert np.array_equal(g1["b3"], g0["b3"])
+
+
+def test_float32_in_float32_out_and_close_to_float64():
+    params, X, y = small_problem(np.float32)
+    loss32, g32 = lenet.loss_and_grads(params, X, y, train=False)
+    p64 = {k: v.astype(np.float64) for k, v in params.items()}
+    loss64, g64 = lenet.loss_and_grads(p64, X.astype(np.float64), y, train=False)
+    assert all(g.dtype == np.float32 for g in g32.values())
+    assert loss32 == pytest.approx(loss64, rel=1e-5)
+    assert all(rel_error(g32[k], g64[k]) < 1e-4 for k in g32)
+
+
+def test_predict_is_a_distribution_and_accuracy_counts():
+    params, X, y = small_problem(np.float32)
+    probs = lenet.predict(params, X)
+    assert probs.shape == (2, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert lenet.accuracy(params, X, np.argmax(probs, axis=1)) == 1.0
+
+
+def test_train_needs_a_generator_and_shape_is_checked():
+    params, X, y = small_problem(np.float32)
+    with pytest.raises(ValueError, match="Generator"):
+        lenet.loss_and_grads(params, X, y, train=True)
+    with pytest.raises(ValueError, match=r"\(N, 1, 28, 28\)"):
+        lenet.loss_and_grads(params, X[:, :, :27], y, train=False)
+
+
+def test_flatten_unflatten_round_trip_is_a_view():
+    params = lenet.init_params(0)
+    spec = base.param_spec(params)
+    flat = base.flatten(params, spec)
+    assert flat.shape == (sum(v.size for v in params.values()),)
+    back = base.unflatten(flat, spec)
+    assert all(np.array_equal(back[k], params[k]) for k in params)
+    back["b4"][0] = 7.0
+    assert flat[-10] == 7.0
+    with pytest.raises(ValueError, match="expects"):
+        base.unflatten(flat[:-1], spec)
+
+
+def test_lenet_satisfies_the_model_protocol():
+    for name in ("init_params", "loss_and_grads", "predict", "REGULARIZED"):
+        assert hasattr(lenet, name)
