@@ -26,9 +26,13 @@ def init(w: np.ndarray) -> NesterovState:
 def update(w: np.ndarray, dw: np.ndarray, state: NesterovState, *, lr: float,
            momentum: float) -> tuple[np.ndarray, NesterovState]:
     """One step. w, dw and the velocity share one shape; returns (next w, next state)."""
+    dtype = w.dtype.type
     v_prev = state.velocity
-    v = momentum * v_prev
-    v -= lr * dw
-    w_next = w - momentum * v_prev
-    w_next += (1 + momentum) * v
-    return w_next.astype(w.dtype, copy=False), NesterovState(v.astype(w.dtype, copy=False))
+    v = v_prev * dtype(momentum)  # new arrays, in-place after: 6 passes over P values, 3 allocations
+    step = dw * dtype(-lr)
+    v += step
+    w_next = v * dtype(1 + momentum)
+    np.multiply(v_prev, dtype(momentum), out=step)
+    w_next -= step
+    w_next += w
+    return w_next, NesterovState(v)
