@@ -231,10 +231,12 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[TrainState, dict[str, Any]
 def fit_local(train_images: np.ndarray, train_labels: np.ndarray, config: SGDConfig = SGDConfig(),
               model: base.Model = lenet, validation: tuple[np.ndarray, np.ndarray] | None = None,
               on_step: Callable[[dict], None] | None = None, state: TrainState | None = None,
-              dtype=np.float32) -> FitResult:
+              shards: int = 1, dtype=np.float32) -> FitResult:
     """The single-process trainer: the reference for the Spark trainer and the baseline of its speed-up.
 
     ``train_images`` uint8 (N, 28, 28), ``train_labels`` int (N,); ``validation`` likewise.
+    With ``shards=W`` it computes, one after the other, the same W mini-batches per step that
+    ``SyncSGD(workers=W)`` spreads over Spark tasks: the same examples, the same update.
     """
     spec, fresh = new_state(model, config.seed)
     state = state or fresh
@@ -242,14 +244,19 @@ def fit_local(train_images: np.ndarray, train_labels: np.ndarray, config: SGDCon
     state.velocity = state.velocity.astype(dtype, copy=False)
 
     def gradient(flat, batches, epoch, step):
-        (index,) = batches
-        g, loss_sum, count = batch_gradient(model, spec, flat, train_images, train_labels, index,
-                                            sharding.step_seed(config.seed, epoch, step, 0), config.dropout, dtype)
-        return g, loss_sum, count, {}
+        total = [np.zeros_like(flat), 0.0, 0]
+        for k, index in enumerate(batches):
+            g, loss_sum, count = batch_gradient(model, spec, flat, train_images, train_labels, index,
+                                                sharding.step_seed(config.seed, epoch, step, k), config.dropout,
+                                                dtype)
+            total[0] += g
+            total[1] += loss_sum
+            total[2] += count
+        return (*total, {})
 
     def evaluate(flat):
         images, labels = validation
         return count_correct(model, base.unflatten(flat, spec), images, labels, dtype=dtype) / len(labels)
 
-    return fit_loop(model, spec, state, len(train_labels), 1, gradient, config,
+    return fit_loop(model, spec, state, len(train_labels), shards, gradient, config,
                     evaluate if validation is not None else None, on_step)

@@ -1,0 +1,35 @@
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    from mnist_lenet_spark import data
+    return data.load_mnist()
+
+
+@pytest.fixture(scope="module")
+def spark():
+    """A local[2] session for one test module, stopped at its end (other modules need other masters)."""
+    from mnist_lenet_spark import spark as msp
+    session = msp.session("local[2]", conf_file=ROOT / "conf" / "spark-defaults.conf",
+                          conf={"spark.ui.enabled": "false"})
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def tiny_problem(n, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    from mnist_lenet_spark.models import lenet
+    params = {k: v.astype(dtype) for k, v in lenet.init_params(seed).items()}
+    X = rng.uniform(-1, 1, (n, 1, 28, 28)).astype(dtype)
+    return params, X, rng.integers(0, 10, n)

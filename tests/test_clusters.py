@@ -1,0 +1,98 @@
+"""The same trainer on separate executor JVMs: local-cluster and a standalone master with two workers."""
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnist_lenet_spark import spark as msp
+from mnist_lenet_spark import training
+from mnist_lenet_spark.models import lenet
+from tests.conftest import ROOT, tiny_problem
+from tests.reference import rel_error
+
+
+def check_trainer(session, mnist):
+    """Distributed gradient equals the single-process one; a short fit matches the local trainer."""
+    session.sparkContext.setLogLevel("ERROR")
+    params, X, y = tiny_problem(5, dtype=np.float64)
+    _, grads = msp.SyncSGD(session, workers=2).gradient(params, X, y)
+    _, grads0 = lenet.loss_and_grads(params, X, y, train=False)
+    assert max(rel_error(grads[k], grads0[k]) for k in grads) < 1e-10
+    images, labels = mnist.train.images[:64], mnist.train.labels[:64]
+    result = msp.SyncSGD(session, workers=2, batch_size=16, seed=2).fit(images, labels, max_steps=2)
+    local = training.fit_local(images, labels, training.SGDConfig(batch_size=16, seed=2, max_steps=2), shards=2)
+    assert rel_error(result.params["W2"], local.params["W2"]) < 1e-4
+
+
+def test_local_cluster(mnist):
+    session = msp.session("local-cluster[2,1,1024]", conf={"spark.ui.enabled": "false"})
+    try:
+        check_trainer(session, mnist)
+    finally:
+        session.stop()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, seconds=60):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
+
+
+@pytest.fixture
+def standalone(tmp_path):
+    """A standalone master and two one-core workers on 127.0.0.1, from the pyspark package."""
+    import pyspark
+    spark_home = Path(pyspark.__file__).parent
+    spark_class = str(spark_home / "bin" / "spark-class")
+    env = dict(os.environ, SPARK_HOME=str(spark_home), SPARK_LOG_DIR=str(tmp_path), SPARK_WORKER_DIR=str(tmp_path),
+               PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1")
+    port = free_port()
+    url = f"spark://127.0.0.1:{port}"
+    procs = [subprocess.Popen([spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                               "--port", str(port), "--webui-port", str(free_port())], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        wait_for_port(port)
+        for _ in range(2):
+            procs.append(subprocess.Popen(
+                [spark_class, "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1", "--cores", "1",
+                 "--memory", "1g", "--webui-port", str(free_port()), "--work-dir", str(tmp_path)], env=env,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        yield url
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_standalone_master_with_two_workers(standalone, mnist):
+    session = msp.session(standalone, conf={"spark.ui.enabled": "false", "spark.executor.memory": "1g",
+                                            "spark.driver.host": "127.0.0.1"})
+    try:
+        sc = session.sparkContext
+        deadline = time.time() + 60
+        while sc._jsc.sc().getExecutorMemoryStatus().size() < 3 and time.time() < deadline:  # driver + 2
+            time.sleep(0.5)
+        assert sc._jsc.sc().getExecutorMemoryStatus().size() == 3, "two workers did not register"
+        check_trainer(session, mnist)
+    finally:
+        session.stop()

@@ -1,0 +1,78 @@
+"""jobs/train_lenet.py: flags, outputs, resume, errors."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "jobs"))
+import train_lenet  # noqa: E402
+
+JOB = [sys.executable, str(ROOT / "jobs" / "train_lenet.py"), "--master", "local[2]", "--no-progress",
+       "--conf", str(ROOT / "conf" / "spark-defaults.conf")]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--workers", "0"], "--workers: must be >= 1, got 0"),
+    (["--batch-size", "-1"], "--batch-size: must be >= 1, got -1"),
+    (["--lr", "nan"], "--lr: must be a finite number, got nan"),
+    (["--data-dir", "/no/such/dir"], "--data-dir: /no/such/dir: no such directory"),
+    (["--backup-workers", "-2"], "--backup-workers: must be >= 0"),
+    (["--resume"], "--resume needs --checkpoint-dir"),
+    (["--straggler-prob", "1.5"], "--straggler-prob: must be in [0, 1]"),
+])
+def test_bad_flags_give_one_line_and_status_2(flags, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_lenet.parse_args(flags)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def run(*flags, check=True):
+    proc = subprocess.run(JOB + list(flags), capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_run_writes_summary_metrics_and_model(tmp_path):
+    summary, metrics, model = tmp_path / "s.json", tmp_path / "m.jsonl", tmp_path / "model.npz"
+    proc = run("--limit-train", "512", "--max-steps", "4", "--batch-size", "32", "--validate-every", "2",
+               "--summary", str(summary), "--metrics", str(metrics), "--model-out", str(model))
+    assert "test accuracy:" in proc.stdout
+    s = json.loads(summary.read_text())
+    for key in ("test_accuracy", "validation_accuracy", "epochs", "steps", "workers", "batch_size", "train_seconds",
+                "examples_per_second", "step_seconds_median", "step_seconds_mean", "spark_master"):
+        assert key in s, key
+    assert s["steps"] == 4 and s["spark_master"] == "local[2]" and 0 <= s["test_accuracy"] <= 1
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4] and all(r["examples"] == 64 for r in lines)
+    with np.load(model) as z:
+        assert z["W3"].shape == (3136, 512)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_cli_resume_equals_straight_run(tmp_path):
+    common = ["--limit-train", "256", "--batch-size", "16", "--validate-every", "0"]
+    run(*common, "--max-steps", "20", "--model-out", str(tmp_path / "straight.npz"))
+    run(*common, "--max-steps", "10", "--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-every", "10")
+    run(*common, "--max-steps", "20", "--checkpoint-dir", str(tmp_path / "ck"), "--resume",
+        "--model-out", str(tmp_path / "resumed.npz"))
+    with np.load(tmp_path / "straight.npz") as a, np.load(tmp_path / "resumed.npz") as b:
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_bad_data_file_is_one_line_and_status_2(tmp_path):
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz"):
+        (tmp_path / name).write_bytes((ROOT / "data" / "mnist" / name).read_bytes())
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05abc")
+    proc = run("--data-dir", str(tmp_path), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "train_lenet: error: train-labels-idx1-ubyte.gz: truncated: expected 5 label bytes, found 3")
+    assert "Traceback" not in proc.stderr
