@@ -24,6 +24,7 @@ def tune_process(blas_threads: int) -> None:
     global _tuned, _limiter
     if _tuned == blas_threads:
         return
+    import scipy.linalg.blas  # noqa: F401  (load SciPy's own BLAS too, or the limit misses it)
     from threadpoolctl import threadpool_limits
     _limiter = threadpool_limits(limits=blas_threads)
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+from scipy.linalg import blas
 
 #: below this many columns per kernel row, fold all kernel rows into one product
 MIN_ROW_COLUMNS = 128
@@ -61,13 +62,10 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int):
     w_rows = w.transpose(2, 3, 1, 0).reshape(hh // fold, k, f)  # (HH/fold, K, F)
     m = h_out * n * w_out
     out = np.empty((m, f), x.dtype)
+    out[:] = b
     for g in range(hh // fold):
         rows = cols[g * fold:g * fold + h_out].reshape(m, k)  # (Hout*N*Wout, K), a view
-        if g == 0:
-            np.matmul(rows, w_rows[g], out=out)  # (M, K) @ (K, F) -> (M, F)
-        else:
-            out += rows @ w_rows[g]  # (M, K) @ (K, F) -> (M, F)
-    out += b
+        _matmul_add(rows, w_rows[g], out)  # out += (M, K) @ (K, F)
     return out.reshape(h_out, n, w_out, f), (cols, w_rows, fold, x.shape, w.shape, pad)
 
 
@@ -102,8 +100,22 @@ def backward(dout: np.ndarray, cache, need_dx: bool = True):
     dcols = np.zeros(cols.shape, dout.dtype)  # (Hc, N, Wout, K)
     for g in range(hh // fold):
         target = dcols[g * fold:g * fold + h_out].reshape(-1, k)  # (M, K), a view
-        target += dout_mat @ w_rows[g].T  # (M, F) @ (F, K) -> (M, K)
+        _matmul_add(dout_mat, np.ascontiguousarray(w_rows[g].T), target)  # target += (M, F) @ (F, K)
     return _col2im(dcols, fold, x_shape, hh, ww, pad), dw, db
+
+
+def _matmul_add(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out += a @ b in one BLAS call (beta = 1), with no temporary and no extra pass over ``out``.
+
+    BLAS is column-major: for C-contiguous arrays, out.T += b.T @ a.T is the same product on
+    Fortran-contiguous views, so nothing is copied. Anything else takes the plain NumPy path.
+    """
+    if (out.dtype in (np.float32, np.float64) and a.dtype == b.dtype == out.dtype
+            and a.flags.c_contiguous and b.flags.c_contiguous and out.flags.c_contiguous):
+        gemm = blas.sgemm if out.dtype == np.float32 else blas.dgemm
+        gemm(1.0, b.T, a.T, beta=1.0, c=out.T, overwrite_c=1)
+    else:
+        out += a @ b
 
 
 def _im2col(x_pad: np.ndarray, fold: int, ww: int, w_out: int) -> np.ndarray:

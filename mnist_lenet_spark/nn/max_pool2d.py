@@ -40,28 +40,43 @@ def backward(dout: np.ndarray, cache) -> np.ndarray:
 
 
 def _max_along(v: np.ndarray, axis: int):
-    """Max over ``axis`` and the index (uint8) of the first maximum; ``axis`` is removed."""
+    """Max over ``axis`` (which is removed) and, for k >= 1, the masks "entry k beat entries 0..k-1"."""
     take = [slice(None)] * v.ndim
-    take[axis] = 0
-    best = v[tuple(take)].copy()
-    winner = np.zeros(best.shape, np.uint8)
+    best, beats = None, []
     for k in range(1, v.shape[axis]):
         take[axis] = k
         candidate = v[tuple(take)]
-        better = candidate > best  # strict: the first maximum wins ties
-        winner *= ~better  # masks by multiplication: np.where / copyto(where=) are ~10x slower here
-        winner += better * np.uint8(k)
-        np.maximum(best, candidate, out=best)
-    return best, winner
+        if best is None:
+            take[axis] = 0
+            best = v[tuple(take)]
+        beats.append(candidate > best)  # strict: the first maximum wins ties
+        best = np.maximum(best, candidate, out=None if k == 1 else best)
+    if best is None:  # a window of one
+        take[axis] = 0
+        best = v[tuple(take)].copy()
+    return best, beats
 
 
-def _route(dout: np.ndarray, winner: np.ndarray, size: int, axis: int) -> np.ndarray:
-    """Inverse of ``_max_along``: dout placed at the winning index of a new ``axis`` of length ``size``."""
+def _route(dout: np.ndarray, beats: list, size: int, axis: int) -> np.ndarray:
+    """Inverse of ``_max_along``: dout placed at the winning index of a new ``axis`` of length ``size``.
+
+    The winner is the last k whose mask is set (k = 0 if none), so walk k downwards and keep
+    what no later entry claimed. Masks multiply: np.where is ~10x slower on random masks here.
+    """
     shape = list(dout.shape)
     shape.insert(axis, size)
     dv = np.empty(shape, dout.dtype)
     put = [slice(None)] * len(shape)
-    for k in range(size):
+    unclaimed = None
+    for k in range(size - 1, -1, -1):
         put[axis] = k
-        np.multiply(dout, winner == k, out=dv[tuple(put)])
+        if k == 0:
+            wins = unclaimed
+        else:
+            wins = beats[k - 1] if unclaimed is None else beats[k - 1] & unclaimed
+            unclaimed = ~beats[k - 1] if unclaimed is None else unclaimed & ~beats[k - 1]
+        if wins is None:
+            dv[tuple(put)] = dout
+        else:
+            np.multiply(dout, wins, out=dv[tuple(put)])
     return dv
