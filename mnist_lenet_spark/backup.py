@@ -2,13 +2,21 @@
 
 Each task adds ``(step, partition, finish_time, grad_sum, loss_sum, count)`` to a custom
 accumulator, whose updates reach the driver as each task finishes. The step's job runs in a
-thread under its own job group; the driver watches the accumulator and, once N results of
-this step have arrived, cancels the job group (``interruptOnCancel``) and sums the kept N.
-Results of an older step that arrive late are discarded by the accumulator itself.
+thread under its own job group; the driver watches the accumulator and, as soon as N results of
+this step have arrived, sums them and goes on to the next step. Results of an older step that
+arrive late are discarded by the accumulator itself.
+
+The step's remaining tasks are then cancelled (job group, ``interruptOnCancel``) after a short
+grace period. Why the grace: in PySpark a cancelled *running* task costs its Python worker (the
+worker is not reused; a fresh one must start and reload the broadcasts, ~0.25 s here), while
+an ordinary late task finishes within one task time anyway. So tasks that are merely last get
+``grace`` seconds to finish and keep their worker; real stragglers are killed and free their
+slot. ``grace=0`` cancels at once, ``grace=None`` never cancels. See README, "Backup workers".
 """
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
 import time
 import uuid
@@ -47,18 +55,23 @@ class _FirstResults:
 
 def _backup_task(model, spec, params_bc, data_bc, train, threads, straggler, step, accumulator, items):
     items = list(items)  # drain the iterator
-    partition = items[0][1][3] if items else -1
+    started = time.time()
     total = sync.shard_gradient(model, spec, params_bc, data_bc, train, threads, straggler, items)
     if total is not None:
         g, loss_sum, count, _ = total
-        accumulator.add([(step, partition, time.time(), g, loss_sum, count)])
+        partition = items[0][1][3]
+        accumulator.add([(step, partition, time.time(), g, loss_sum, count, time.time() - started)])
     return iter(())
 
 
 class BackupGradient:
-    """The ``gradient`` function of ``training.fit_loop`` for N workers plus b backup workers."""
+    """The ``gradient`` function of ``training.fit_loop`` for N workers plus b backup workers.
 
-    def __init__(self, sgd, spec, data_bc, config, total_steps):
+    ``grace``: seconds after the N-th result before the rest of the step is cancelled; None
+    means twice the median task time seen so far.
+    """
+
+    def __init__(self, sgd, spec, data_bc, config, total_steps, grace: float | None = None, cancel: bool = True):
         from pyspark.accumulators import AccumulatorParam
 
         class Param(_FirstResults, AccumulatorParam):
@@ -68,24 +81,33 @@ class BackupGradient:
         self.n = sgd.workers
         self.accumulator = sgd.sc.accumulator([], Param(self.n))
         self.run_id = uuid.uuid4().hex[:8]
+        self.grace, self.cancel = grace, cancel
+        self.task_seconds: list[float] = []
+        self.pending: list[tuple[threading.Thread, threading.Timer | None, object, str]] = []
+
+    def _grace(self) -> float:
+        if self.grace is not None:
+            return self.grace
+        recent = self.task_seconds[-50:]
+        return 2 * statistics.median(recent) if recent else 1.0
 
     def __call__(self, flat, batches, epoch, step):
         sc = self.sgd.sc
+        self._reap()
         group = f"mnist-lenet-{self.run_id}-step-{step}"
         bc = sc.broadcast(flat)
         rdd = self.sgd.step_rdd(self.config, batches, epoch, step)
         task = partial(_backup_task, self.sgd.model, self.spec, bc, self.data_bc, self.config.dropout,
                        self.sgd.threads, self.sgd.straggler, step, self.accumulator)
-        expected = sum(1 for b in batches if len(b))  # tasks with an empty batch send nothing
-        need = min(self.n, expected)
+        need = min(self.n, sum(1 for b in batches if len(b)))  # a task with an empty batch sends nothing
         failure = []
 
         def run_job():
-            sc.setJobGroup(group, f"step {step + 1}/{self.total}, epoch {epoch + 1} (backup)",
+            sc.setJobGroup(group, f"step {step + 1}/{self.total}, epoch {epoch + 1} (backup workers)",
                            interruptOnCancel=True)
             try:
                 rdd.mapPartitions(task).count()
-            except Exception as e:  # a cancelled job raises here; only a real failure is kept
+            except Exception as e:  # a cancelled job raises here too
                 failure.append(e)
 
         from pyspark import InheritableThread
@@ -99,16 +121,41 @@ class BackupGradient:
             time.sleep(POLL_SECONDS)
         arrived = time.perf_counter()
         kept = [r for r in self.accumulator.value if r[0] == step][:need]
-        if thread.is_alive():
-            sc.cancelJobGroup(group)
-        thread.join()
-        bc.destroy(blocking=False)
         if len(kept) < need:
+            thread.join()
+            bc.destroy(blocking=False)
             raise RuntimeError(f"step {step}: only {len(kept)} of {need} gradient tasks finished") from (
                 failure[0] if failure else None)
+        self.task_seconds.extend(r[6] for r in kept)
+        timer = None
+        if thread.is_alive() and self.cancel:
+            timer = threading.Timer(self._grace(), lambda: thread.is_alive() and sc.cancelJobGroup(group))
+            timer.daemon = True
+            timer.start()
+        self.pending.append((thread, timer, bc, group))
         g = np.sum([r[3] for r in kept], axis=0)
         kept_parts = sorted(r[1] for r in kept)
-        dropped = [k for k in range(len(batches)) if k not in kept_parts]
-        info = {"step_seconds": time.perf_counter() - t0, "kept": kept_parts, "dropped": dropped,
+        info = {"step_seconds": time.perf_counter() - t0, "kept": kept_parts,
+                "dropped": [k for k in range(len(batches)) if k not in kept_parts],
                 "close_seconds": time.perf_counter() - arrived}
         return g, float(sum(r[4] for r in kept)), int(sum(r[5] for r in kept)), info
+
+    def _reap(self, wait: bool = False) -> None:
+        """Forget finished steps (destroying their parameter broadcasts); with ``wait``, finish all."""
+        still = []
+        for thread, timer, bc, group in self.pending:
+            if wait:
+                if timer is not None:
+                    timer.cancel()
+                if thread.is_alive() and self.cancel:
+                    self.sgd.sc.cancelJobGroup(group)
+                thread.join()
+            if thread.is_alive():
+                still.append((thread, timer, bc, group))
+            else:
+                bc.destroy(blocking=False)  # only now: a late task may still be reading it
+        self.pending = still
+
+    def close(self) -> None:
+        """Wait for every step's job to end (cancelled or finished): no leaked jobs, threads or broadcasts."""
+        self._reap(wait=True)

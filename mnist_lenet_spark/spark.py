@@ -35,6 +35,7 @@ TUNED_CONF = {
     "spark.task.maxDirectResultSize": "64m",  # 6.6 MB gradients go back in the task result, not via the block manager
     "spark.python.worker.reuse": "true",
     "spark.ui.showConsoleProgress": "false",  # our own progress bar is on the driver
+    "spark.python.task.killTimeout": "0s",  # a cancelled backup task's worker is killed at the next check, not 2 s later
 }
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -158,12 +159,14 @@ class SyncSGD:
     model : any ``models.base.Model``; LeNet by default
     lr, momentum, lr_decay, l2, validate_every, dropout, warmup_steps : see ``training.SGDConfig``
     backup_workers : extra tasks per step whose slowest results are dropped (see ``backup.py``)
+    straggler : a ``straggler.StragglerModel`` that delays tasks, for experiments
+    backup_grace, backup_cancel : when the rest of a backup step is cancelled (see ``backup.py``)
     """
 
     def __init__(self, spark, workers: int = 2, batch_size: int = 64, seed: int = 0, *, model: base.Model = lenet,
                  lr: float = 0.01, momentum: float = 0.9, lr_decay: float = 0.95, l2: float = lenet.L2,
                  validate_every: int = 0, dropout: bool = True, warmup_steps: int = 0, backup_workers: int = 0,
-                 straggler=None):
+                 straggler=None, backup_grace: float | None = None, backup_cancel: bool = True):
         if not isinstance(workers, int) or workers < 1:
             raise training.ConfigError(f"workers must be an integer >= 1, got {workers!r}")
         if not isinstance(backup_workers, int) or backup_workers < 0:
@@ -172,6 +175,7 @@ class SyncSGD:
         self.workers = workers
         self.backup_workers = backup_workers
         self.straggler = straggler
+        self.backup_options = {"grace": backup_grace, "cancel": backup_cancel}
         self.model = model
         self.config = training.SGDConfig(batch_size=batch_size, lr=lr, momentum=momentum, lr_decay=lr_decay,
                                          l2=l2, seed=seed, validate_every=validate_every, dropout=dropout,
@@ -224,7 +228,7 @@ class SyncSGD:
             total = min(total, max_steps)
         if self.backup_workers:
             from .backup import BackupGradient
-            gradient = BackupGradient(self, spec, data_bc, config, total)
+            gradient = BackupGradient(self, spec, data_bc, config, total, **self.backup_options)
         else:
             gradient = partial(self._step, spec, data_bc, config, total)
         try:
@@ -232,6 +236,8 @@ class SyncSGD:
                                      partial(self._evaluate, spec, val_bc) if val_bc else None, on_step,
                                      checkpoint, checkpoint_every)
         finally:
+            if self.backup_workers:
+                gradient.close()
             data_bc.destroy(blocking=False)
             if val_bc:
                 val_bc.destroy(blocking=False)

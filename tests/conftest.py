@@ -17,10 +17,10 @@ def mnist():
 
 
 @pytest.fixture(scope="module")
-def spark():
-    """A local[2] session for one test module, stopped at its end (other modules need other masters)."""
+def spark(request):
+    """A session for one test module (local[2] unless the module sets SPARK_MASTER), stopped at its end."""
     from mnist_lenet_spark import spark as msp
-    session = msp.session("local[2]", conf_file=ROOT / "conf" / "spark-defaults.conf",
+    session = msp.session(getattr(request.module, "SPARK_MASTER", "local[2]"), conf_file=ROOT / "conf" / "spark-defaults.conf",
                           conf={"spark.ui.enabled": "false"})
     session.sparkContext.setLogLevel("ERROR")
     yield session

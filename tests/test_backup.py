@@ -1,0 +1,105 @@
+"""Backup workers: the kept results are exact, stragglers are dropped and not waited for."""
+import time
+
+import numpy as np
+import pytest
+
+from mnist_lenet_spark import backup, sharding, training
+from mnist_lenet_spark import spark as msp
+from mnist_lenet_spark.models import base, lenet
+from mnist_lenet_spark.straggler import StragglerModel
+from tests.reference import rel_error
+
+# One task slot per task, as on a cluster where each worker is its own executor. On local[2] a
+# cancelled straggler keeps one of the two slots until PySpark's executor kills its Python worker
+# (it checks every 2 s), which the README's benchmark shows; the logic under test is the same.
+SPARK_MASTER = "local[3]"
+
+
+def kept_batch_gradient(mnist_images, mnist_labels, record, batches, params_flat, spec, dtype):
+    """Large-batch gradient (mean + L2) over exactly the kept shards' batches, in one process."""
+    index = np.concatenate([batches[k] for k in record["kept"]])
+    X = np.concatenate([mnist_images[index]])
+    params = base.unflatten(params_flat, spec)
+    from mnist_lenet_spark import data
+    return lenet.loss_and_grads(params, data.scale_batch(X, dtype), mnist_labels[index], train=False)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-4), (np.float64, 1e-10)])
+def test_step_gradient_equals_large_batch_over_the_kept_batches(spark, mnist, dtype, tol):
+    images, labels = mnist.train.images[:200], mnist.train.labels[:200]
+    sgd = msp.SyncSGD(spark, workers=3, batch_size=8, backup_workers=2, dropout=False, seed=5)
+    config = training.SGDConfig(batch_size=8, dropout=False, seed=5)
+    spec, state = training.new_state(lenet, 5)
+    flat = state.params.astype(dtype)
+    data_bc = spark.sparkContext.broadcast((images, labels))
+    gradient = backup.BackupGradient(sgd, spec, data_bc, config, total_steps=2)
+    try:
+        batches = sharding.epoch_batches(200, 5, 8, 5, 0)[0]
+        g, loss_sum, count, info = gradient(flat, batches, 0, 0)
+    finally:
+        gradient.close()
+        data_bc.destroy()
+    assert len(info["kept"]) == 3 and sorted(info["kept"] + info["dropped"]) == [0, 1, 2, 3, 4]
+    assert count == 24 and g.dtype == dtype
+    loss, grads = kept_batch_gradient(images, labels, info, batches, flat, spec, dtype)
+    ours = g / count
+    for name, part in zip([n for n, _ in spec], np.split(ours, np.cumsum([np.prod(s) for _, s in spec])[:-1])):
+        expected = grads[name] - (lenet.L2 * base.unflatten(flat, spec)[name] if name in lenet.REGULARIZED else 0)
+        assert rel_error(part.reshape(expected.shape), expected) < tol, name
+
+
+def test_an_always_slow_partition_is_never_kept_and_not_waited_for(spark, mnist):
+    images, labels = mnist.train.images[:600], mnist.train.labels[:600]
+    slow = StragglerModel(prob=0.0, delay=10.0, slow_partitions=(1,))
+    sgd = msp.SyncSGD(spark, workers=2, batch_size=16, backup_workers=1, straggler=slow, seed=2, lr=0.05)
+    t0 = time.perf_counter()
+    result = sgd.fit(images, labels, epochs=4, max_steps=16)
+    elapsed = time.perf_counter() - t0
+    assert all(1 not in h["kept"] and 1 in h["dropped"] for h in result.history)
+    step_times = [h["seconds"] for h in result.history]
+    assert np.median(step_times) < 2.5  # far below the 10 s delay
+    losses = [h["loss"] for h in result.history]
+    assert np.mean(losses[-4:]) < 0.75 * np.mean(losses[:4])  # still trains
+    assert elapsed < 16 * 2.5
+
+
+def test_without_stragglers_every_partition_can_be_kept_and_history_records_it(spark, mnist):
+    images, labels = mnist.train.images[:300], mnist.train.labels[:300]
+    result = msp.SyncSGD(spark, workers=2, batch_size=16, backup_workers=1).fit(images, labels, max_steps=6)
+    for h in result.history:
+        assert len(h["kept"]) == 2 and len(h["dropped"]) == 1 and h["examples"] == 32
+
+
+def test_no_jobs_or_threads_left_after_fit(spark, mnist):
+    import threading
+    before = threading.active_count()
+    slow = StragglerModel(delay=3.0, slow_partitions=(0,))
+    msp.SyncSGD(spark, workers=1, batch_size=8, backup_workers=1, straggler=slow).fit(
+        mnist.train.images[:64], mnist.train.labels[:64], max_steps=2)
+    assert not spark.sparkContext.statusTracker().getActiveJobsIds()
+    assert threading.active_count() <= before
+
+
+def test_accumulator_keeps_first_results_of_newest_step_only():
+    keep = backup._FirstResults(2)
+    acc = keep.zero(None)
+    for item in [(0, 1), (0, 2), (0, 3), (1, 0), (0, 4), (1, 2), (1, 3)]:
+        acc = keep.addInPlace(acc, [item])
+    assert acc == [(1, 0), (1, 2)]
+
+
+def test_invalid_backup_settings(spark, mnist):
+    with pytest.raises(training.ConfigError, match="backup_workers must be"):
+        msp.SyncSGD(spark, workers=2, backup_workers=-1)
+    with pytest.raises(training.ConfigError, match="need at least 3 training examples"):
+        msp.SyncSGD(spark, workers=2, backup_workers=1).fit(mnist.train.images[:2], mnist.train.labels[:2])
+
+
+def test_straggler_model_is_seeded_and_reproducible():
+    m = StragglerModel(prob=0.3, delay=1.0, seed=7)
+    draws = [m.delay_for(0, s, p) for s in range(50) for p in range(4)]
+    assert draws == [m.delay_for(0, s, p) for s in range(50) for p in range(4)]
+    assert 0.15 < np.mean(np.array(draws) > 0) < 0.45
+    assert StragglerModel(delay=1.0, slow_partitions=(2,)).delay_for(0, 0, 2) == 1.0
+    assert not StragglerModel().active
