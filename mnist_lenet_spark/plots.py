@@ -1,0 +1,82 @@
+"""PNG plots of straggler experiments and scaling benchmarks (matplotlib, no display needed)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def _figure():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def step_time_distribution(runs: dict[str, list[float]], path, title: str) -> Path:
+    """Empirical CDF of step times, one line per configuration (like the paper's Figure 3)."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for label, times in runs.items():
+        t = np.sort(times)
+        ax.step(t, np.arange(1, len(t) + 1) / len(t), where="post",
+                label=f"{label} (mean {np.mean(t):.2f} s, p90 {np.percentile(t, 90):.2f} s)")
+    ax.set_xlabel("step time (s)")
+    ax.set_ylabel("fraction of steps")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def accuracy_vs_time(runs: dict[str, list[tuple[float, float]]], path, title: str) -> Path:
+    """Validation accuracy against training wall-clock time, one line per configuration."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for label, points in runs.items():
+        if points:
+            t, acc = zip(*points)
+            ax.plot(t, acc, marker="o", markersize=3, label=label)
+    ax.set_xlabel("training wall-clock time (s)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def scaling(batches: list[int], series: dict[str, list[float]], efficiency: dict[str, list[float]], path,
+            title: str) -> Path:
+    """Examples/s (left) and parallel efficiency (right) against the per-worker batch size."""
+    plt = _figure()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for label, values in series.items():
+        left.plot(batches, values, marker="o", label=label)
+    for label, values in efficiency.items():
+        right.plot(batches, values, marker="o", label=label)
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("per-worker batch size")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    left.set_ylabel("examples / s")
+    right.set_ylabel("speed-up over one process")
+    right.axhline(1.0, color="grey", lw=0.8)
+    fig.suptitle(title)
+    path = _save(fig, path)
+    plt.close(fig)
+    return path
