@@ -1,36 +1,44 @@
-# The two commands a new user needs: `make run` and `make test`. Each creates .venv if missing.
+# `make run` trains LeNet on the bundled MNIST in Spark local mode; `make test` runs the tests.
+# Both create .venv (with the python3 on PATH) and install everything the first time.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
-EXTRAS ?= dev
+ARGS ?=
 
 .PHONY: run test bench experiment dist check-java clean
 
-$(STAMP): setup.py
-	@$(PYTHON) -c 'import sys; sys.exit("Python >= 3.10 is needed, found " + sys.version.split()[0]) if sys.version_info < (3, 10) else None'
+$(VENV)/.installed-dev: setup.py
+	@$(PYTHON) scripts/check_python.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
-	@rm -f $(VENV)/.installed-* && touch $@
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed-dev
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	@touch $@
 
 check-java:
 	@$(PYTHON) scripts/check_java.py
 
-run: $(STAMP) check-java
+run: $(VENV)/.installed-dev check-java
 	$(PY) jobs/train_lenet.py --conf conf/spark-defaults.conf $(ARGS)
 
-test: $(STAMP) check-java
-	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+test: $(VENV)/.installed-dev check-java
+	$(PY) -m pytest tests $(ARGS)
 
-bench: EXTRAS = dev,bench
-bench: check-java
-	@$(MAKE) --no-print-directory $(STAMP) EXTRAS=dev,bench
-	$(PY) -m pip install -q -e ".[dev,bench]"
+bench: $(VENV)/.installed-bench check-java
 	$(PY) benchmarks/kernel.py
+	$(PY) benchmarks/spark_step.py
+	$(PY) benchmarks/scaling.py
+	$(PY) benchmarks/backup.py
+	$(PY) benchmarks/accuracy.py
 
-dist: $(STAMP)
-	$(PY) scripts/build_zip.py dist/mnist_lenet_spark.zip
+experiment: $(VENV)/.installed-dev check-java
+	$(PY) jobs/straggler_experiment.py --steps 20 --backup 0,1 --out-dir out/straggler $(ARGS)
+
+dist: $(VENV)/.installed-dev
+	$(PY) -c 'from mnist_lenet_spark.spark import build_zip; print(build_zip("dist/mnist_lenet_spark.zip"))'
 
 clean:
-	rm -rf $(VENV) dist build *.egg-info
+	rm -rf $(VENV) dist build out *.egg-info

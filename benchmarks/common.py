@@ -25,9 +25,12 @@ def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
 
 
 def save(name: str, payload: dict) -> Path:
+    """Write (merge into) benchmarks/results/NAME.json: keys of this run replace those of earlier runs."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    merged.update(payload)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.write_text(json.dumps(merged, indent=2) + "\n")
     os.replace(tmp, path)
     return path

@@ -71,6 +71,9 @@ def run_config(spark, args, mnist, backup_workers: int) -> dict:
             "step_seconds_mean": float(np.mean(times)), "step_seconds_median": float(np.median(times)),
             "step_seconds_p90": float(np.percentile(times, 90)), "train_seconds": float(wall[-1]),
             "dropped_tasks": sum(len(h.get("dropped", [])) for h in result.history),
+            # from the N-th result's arrival to the return of the step (the next launch follows the update)
+            "close_seconds_median": float(np.median([h["close_seconds"] for h in result.history]))
+            if backup_workers else None,
             "accuracy_vs_time": accuracy}
 
 
@@ -120,8 +123,9 @@ def main(argv=None):
         ratio = f" ({r['step_seconds_mean'] / base['step_seconds_mean']:.2f}x b=0)" if base else ""
         print(f"{k:12s} mean {r['step_seconds_mean']:.3f} s  p90 {r['step_seconds_p90']:.3f} s{ratio}")
     print(f"wrote {out / 'straggler_experiment.json'}, {out / 'step_times.png'}, {out / 'accuracy_vs_time.png'}")
-    return 0
+    return payload
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    outcome = main()
+    sys.exit(outcome if isinstance(outcome, int) else 0)

@@ -77,6 +77,8 @@ def parse_args(argv=None):
     p.add_argument("--lr-decay", type=finite_float, default=DEFAULTS["lr_decay"])
     p.add_argument("--l2", type=finite_float, default=DEFAULTS["l2"])
     p.add_argument("--warmup-steps", type=non_negative_int, default=0)
+    p.add_argument("--lr-scaling", choices=["none", "linear"], default="none",
+                   help="linear: lr x (workers x batch size / 64), Goyal et al. 2017")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--limit-train", type=positive_int, default=None, help="use the first N training images")
     p.add_argument("--validate-every", type=non_negative_int, default=DEFAULTS["validate_every"])
@@ -137,14 +139,15 @@ def run(args):
         train = data.Split(train.images[:args.limit_train], train.labels[:args.limit_train])
     straggler = StragglerModel(args.straggler_prob, args.straggler_delay, tuple(args.slow_partitions), args.seed)
     conf_file = args.conf
-    master = args.master if args.master else (None if "SPARK_ENV_LOADED" in os.environ
-                                              or os.environ.get("SPARK_SUBMIT") else "local[*]")
+    under_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started the JVM and chose the master
+    master = args.master or (None if under_spark_submit else "local[*]")
     spark = msp.session(master, conf_file=conf_file)
     sc = spark.sparkContext
     sgd = msp.SyncSGD(spark, workers=args.workers, batch_size=args.batch_size, seed=args.seed, lr=args.lr,
                       momentum=args.momentum, lr_decay=args.lr_decay, l2=args.l2,
                       validate_every=args.validate_every, warmup_steps=args.warmup_steps,
-                      backup_workers=args.backup_workers, straggler=straggler if straggler.active else None)
+                      backup_workers=args.backup_workers, straggler=straggler if straggler.active else None,
+                      lr_scaling=args.lr_scaling)
     state = None
     ckpt = Path(args.checkpoint_dir) / "checkpoint.npz" if args.checkpoint_dir else None
     if args.resume:
@@ -155,7 +158,11 @@ def run(args):
     progress = None
     if not args.no_progress:
         from tqdm import tqdm
-        total = args.max_steps
+
+        from mnist_lenet_spark import sharding
+        total = sharding.steps_per_epoch(len(train.labels), args.workers + args.backup_workers,
+                                         args.batch_size) * args.epochs
+        total = min(total, args.max_steps or total) - (state.step if state else 0)
         progress = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
 
     def on_step(record):

@@ -23,6 +23,17 @@ def _save(fig, path) -> Path:
     return path
 
 
+def _finish(plt, fig, ax, path, xlabel: str, ylabel: str, title: str) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = _save(fig, path)
+    plt.close(fig)
+    return path
+
+
 def step_time_distribution(runs: dict[str, list[float]], path, title: str) -> Path:
     """Empirical CDF of step times, one line per configuration (like the paper's Figure 3)."""
     plt = _figure()
@@ -31,14 +42,7 @@ def step_time_distribution(runs: dict[str, list[float]], path, title: str) -> Pa
         t = np.sort(times)
         ax.step(t, np.arange(1, len(t) + 1) / len(t), where="post",
                 label=f"{label} (mean {np.mean(t):.2f} s, p90 {np.percentile(t, 90):.2f} s)")
-    ax.set_xlabel("step time (s)")
-    ax.set_ylabel("fraction of steps")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    path = _save(fig, path)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, "step time (s)", "fraction of steps", title)
 
 
 def accuracy_vs_time(runs: dict[str, list[tuple[float, float]]], path, title: str) -> Path:
@@ -49,14 +53,7 @@ def accuracy_vs_time(runs: dict[str, list[tuple[float, float]]], path, title: st
         if points:
             t, acc = zip(*points)
             ax.plot(t, acc, marker="o", markersize=3, label=label)
-    ax.set_xlabel("training wall-clock time (s)")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    path = _save(fig, path)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, "training wall-clock time (s)", "validation accuracy", title)
 
 
 def scaling(batches: list[int], series: dict[str, list[float]], efficiency: dict[str, list[float]], path,

@@ -38,6 +38,7 @@ TUNED_CONF = {
     "spark.python.task.killTimeout": "0s",  # a cancelled backup task's worker is killed at the next check, not 2 s later
 }
 PACKAGE_DIR = Path(__file__).resolve().parent
+REFERENCE_BATCH = 64  # the batch SystemML's learning rate was tuned for
 
 
 def read_conf_file(path: str | os.PathLike) -> dict[str, str]:
@@ -161,16 +162,22 @@ class SyncSGD:
     backup_workers : extra tasks per step whose slowest results are dropped (see ``backup.py``)
     straggler : a ``straggler.StragglerModel`` that delays tasks, for experiments
     backup_grace, backup_cancel : when the rest of a backup step is cancelled (see ``backup.py``)
+    lr_scaling : "linear" multiplies lr by (workers x batch_size / 64); pair it with warmup_steps
     """
 
     def __init__(self, spark, workers: int = 2, batch_size: int = 64, seed: int = 0, *, model: base.Model = lenet,
                  lr: float = 0.01, momentum: float = 0.9, lr_decay: float = 0.95, l2: float = lenet.L2,
                  validate_every: int = 0, dropout: bool = True, warmup_steps: int = 0, backup_workers: int = 0,
-                 straggler=None, backup_grace: float | None = None, backup_cancel: bool = True):
+                 straggler=None, backup_grace: float | None = None, backup_cancel: bool = True,
+                 lr_scaling: str = "none"):
         if not isinstance(workers, int) or workers < 1:
             raise training.ConfigError(f"workers must be an integer >= 1, got {workers!r}")
         if not isinstance(backup_workers, int) or backup_workers < 0:
             raise training.ConfigError(f"backup_workers must be an integer >= 0, got {backup_workers!r}")
+        if lr_scaling not in ("none", "linear"):
+            raise training.ConfigError(f"lr_scaling must be 'none' or 'linear', got {lr_scaling!r}")
+        if lr_scaling == "linear":  # Goyal et al. 2017: lr grows with the effective batch, from SystemML's 64
+            lr = lr * workers * batch_size / REFERENCE_BATCH
         self.sc = getattr(spark, "sparkContext", spark)
         self.workers = workers
         self.backup_workers = backup_workers
@@ -186,6 +193,9 @@ class SyncSGD:
     def gradient(self, params: base.Params, X: np.ndarray, y: np.ndarray) -> tuple[float, base.Params]:
         """Loss and gradients of one batch split over the workers; equals
         ``model.loss_and_grads(params, X, y, train=False, l2=self.config.l2)``. Keeps the dtype of params."""
+        if len(y) == 0 or len(X) != len(y):
+            raise training.ConfigError(f"gradient needs a non-empty batch with one label per example, "
+                                       f"got {len(X)} examples and {len(y)} labels")
         spec = base.param_spec(params)
         flat = base.flatten(params, spec)
         parts = [(X[a:b], y[a:b]) for a, b in sharding.shard_bounds(len(y), self.workers) if b > a]

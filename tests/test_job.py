@@ -76,3 +76,17 @@ def test_bad_data_file_is_one_line_and_status_2(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         "train_lenet: error: train-labels-idx1-ubyte.gz: truncated: expected 5 label bytes, found 3")
     assert "Traceback" not in proc.stderr
+
+
+def test_spark_submit_takes_the_master_from_spark_submit(tmp_path):
+    import os
+    from pathlib import Path
+    summary = tmp_path / "s.json"
+    spark_submit = Path(sys.executable).parent / "spark-submit"
+    proc = subprocess.run(
+        [str(spark_submit), "--master", "local[1]", "--properties-file", str(ROOT / "conf" / "spark-defaults.conf"),
+         str(ROOT / "jobs" / "train_lenet.py"), "--limit-train", "128", "--max-steps", "2", "--batch-size", "16",
+         "--validate-every", "0", "--no-progress", "--summary", str(summary)],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, PYSPARK_PYTHON=sys.executable))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(summary.read_text())["spark_master"] == "local[1]"

@@ -107,3 +107,10 @@ def test_bad_settings_raise_config_errors(spark, kwargs, message):
 def test_too_few_examples_for_the_tasks(spark, mnist):
     with pytest.raises(training.ConfigError, match="need at least 5 training examples"):
         msp.SyncSGD(spark, workers=4, backup_workers=1).fit(*small_split(mnist, 3))
+
+
+def test_linear_lr_scaling_follows_the_effective_batch(spark):
+    assert msp.SyncSGD(spark, workers=4, batch_size=32, lr_scaling="linear").config.lr == pytest.approx(0.02)
+    assert msp.SyncSGD(spark, workers=4, batch_size=32).config.lr == pytest.approx(0.01)
+    with pytest.raises(training.ConfigError, match="lr_scaling must be"):
+        msp.SyncSGD(spark, lr_scaling="sqrt")

@@ -1,0 +1,55 @@
+"""Backup workers: N = 4, p = 0.1, delay 2 s, 40 steps, side by side in one run.
+
+Three experiments through jobs/straggler_experiment.py: (1) local[2] with stragglers: b = 0, 1
+and Spark speculation; (2) local[2] without stragglers: b = 0, 1; (3) local[6] with stragglers,
+one task slot per task as on a cluster where each worker is its own executor. Targets: (1) mean
+step with b = 1 <= 0.6x b = 0; (2) b = 1 <= 1.2x b = 0. Writes benchmarks/results/backup.json
+and the plots of (1) and (3) under benchmarks/results/.
+
+    python benchmarks/backup.py [--steps 40]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from common import RESULTS, ROOT, save
+
+sys.path.insert(0, str(ROOT / "jobs"))
+import straggler_experiment  # noqa: E402
+
+
+def summary(payload):
+    runs = payload["runs"]
+    base = runs["b=0"]["step_seconds_mean"]
+    return {k: {"mean": r["step_seconds_mean"], "p90": r["step_seconds_p90"], "median": r["step_seconds_median"],
+                "mean_over_b0": r["step_seconds_mean"] / base, "close_seconds_median": r["close_seconds_median"]}
+            for k, r in runs.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=40)
+    args = ap.parse_args()
+    common = ["--workers", "4", "--steps", str(args.steps), "--straggler-delay", "2", "--validate-every", "0"]
+    out = {
+        "local2_stragglers": summary(straggler_experiment.main(
+            common + ["--backup", "0,1", "--straggler-prob", "0.1", "--out-dir", str(RESULTS / "backup_local2")])),
+        "local2_no_stragglers": summary(straggler_experiment.main(
+            common + ["--backup", "0,1", "--straggler-prob", "0", "--no-speculation",
+                      "--out-dir", str(RESULTS / "backup_local2_clean")])),
+        "local6_stragglers": summary(straggler_experiment.main(
+            common + ["--backup", "0,1,2", "--straggler-prob", "0.1", "--master", "local[6]",
+                      "--out-dir", str(RESULTS / "backup_local6")])),
+    }
+    for name, runs in out.items():
+        print(name)
+        for k, r in runs.items():
+            close = f", N-th result to next launch {r['close_seconds_median'] * 1000:.0f} ms" \
+                if r["close_seconds_median"] is not None else ""
+            print(f"  {k:12s} mean {r['mean']:.3f} s ({r['mean_over_b0']:.2f}x b=0), p90 {r['p90']:.3f} s{close}")
+    save("backup", out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,6 @@
+"""Exit non-zero with one clear line unless this Python is 3.10 or newer."""
+import sys
+
+if sys.version_info < (3, 10):
+    sys.exit(f"Python 3.10 or newer is needed to create .venv, found {sys.version.split()[0]} "
+             f"({sys.executable}); run make with PYTHON=/path/to/python3.11")

@@ -1,0 +1,19 @@
+"""The notebook runs top to bottom in a Jupyter kernel (a few steps only)."""
+import os
+
+import nbformat
+from nbclient import NotebookClient
+
+from tests.conftest import ROOT
+
+
+def test_notebook_runs_and_reports_accuracy(tmp_path, monkeypatch):
+    monkeypatch.setenv("MNIST_NOTEBOOK_STEPS", "6")
+    nb = nbformat.read(ROOT / "notebooks" / "train_lenet.ipynb", as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    text = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", []))
+    assert "test accuracy after 6 steps:" in text
+    rel = float(text.split("largest relative gradient difference ")[1].split()[0])
+    assert rel < 1e-4
+    assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert os.environ["MNIST_NOTEBOOK_STEPS"] == "6"
