@@ -90,3 +90,12 @@ def test_spark_submit_takes_the_master_from_spark_submit(tmp_path):
         capture_output=True, text=True, timeout=300, env=dict(os.environ, PYSPARK_PYTHON=sys.executable))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(summary.read_text())["spark_master"] == "local[1]"
+
+
+def test_malformed_spark_conf_file_is_one_line_and_status_2(tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_text("# comment\nspark.task.cpus\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "train_lenet.py"), "--conf", str(conf),
+                           "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"train_lenet: error: {conf}:2: expected 'key value', got 'spark.task.cpus'"
