@@ -71,6 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--max-steps", type=positive_int, default=None)
     p.add_argument("--workers", type=positive_int, default=DEFAULTS["workers"])
     p.add_argument("--backup-workers", type=non_negative_int, default=0)
+    p.add_argument("--backup-mode", choices=["cancel", "wait-all"], default="cancel",
+                   help="cancel: go on at the N-th result; wait-all: wait for every task, keep the first N")
     p.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"], help="per worker")
     p.add_argument("--lr", type=finite_float, default=DEFAULTS["lr"])
     p.add_argument("--momentum", type=finite_float, default=DEFAULTS["momentum"])
@@ -147,7 +149,7 @@ def run(args):
                       momentum=args.momentum, lr_decay=args.lr_decay, l2=args.l2,
                       validate_every=args.validate_every, warmup_steps=args.warmup_steps,
                       backup_workers=args.backup_workers, straggler=straggler if straggler.active else None,
-                      lr_scaling=args.lr_scaling)
+                      lr_scaling=args.lr_scaling, backup_mode=args.backup_mode)
     state = None
     ckpt = Path(args.checkpoint_dir) / "checkpoint.npz" if args.checkpoint_dir else None
     if args.resume:

@@ -68,10 +68,13 @@ class BackupGradient:
     """The ``gradient`` function of ``training.fit_loop`` for N workers plus b backup workers.
 
     ``grace``: seconds after the N-th result before the rest of the step is cancelled; None
-    means twice the median task time seen so far.
+    means twice the median task time seen so far. ``wait_all``: the comparison mode that waits
+    for every task of the step and then keeps the N that finished first (no time is saved; it
+    shows what dropping alone does).
     """
 
-    def __init__(self, sgd, spec, data_bc, config, total_steps, grace: float | None = None, cancel: bool = True):
+    def __init__(self, sgd, spec, data_bc, config, total_steps, grace: float | None = None, cancel: bool = True,
+                 wait_all: bool = False):
         from pyspark.accumulators import AccumulatorParam
 
         class Param(_FirstResults, AccumulatorParam):
@@ -79,7 +82,8 @@ class BackupGradient:
 
         self.sgd, self.spec, self.data_bc, self.config, self.total = sgd, spec, data_bc, config, total_steps
         self.n = sgd.workers
-        self.accumulator = sgd.sc.accumulator([], Param(self.n))
+        self.wait_all = wait_all
+        self.accumulator = sgd.sc.accumulator([], Param(self.n + sgd.backup_workers if wait_all else self.n))
         self.run_id = uuid.uuid4().hex[:8]
         self.grace, self.cancel = grace, cancel
         self.task_seconds: list[float] = []
@@ -114,13 +118,15 @@ class BackupGradient:
         t0 = time.perf_counter()
         thread = InheritableThread(target=run_job, daemon=True)
         thread.start()
+        if self.wait_all:
+            thread.join()
         while True:
             kept = [r for r in self.accumulator.value if r[0] == step]
             if len(kept) >= need or not thread.is_alive():
                 break
             time.sleep(POLL_SECONDS)
         arrived = time.perf_counter()
-        kept = [r for r in self.accumulator.value if r[0] == step][:need]
+        kept = sorted((r for r in self.accumulator.value if r[0] == step), key=lambda r: r[2])[:need]
         if len(kept) < need:
             thread.join()
             bc.destroy(blocking=False)

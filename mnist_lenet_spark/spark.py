@@ -162,6 +162,8 @@ class SyncSGD:
     backup_workers : extra tasks per step whose slowest results are dropped (see ``backup.py``)
     straggler : a ``straggler.StragglerModel`` that delays tasks, for experiments
     backup_grace, backup_cancel : when the rest of a backup step is cancelled (see ``backup.py``)
+    backup_mode : "cancel" (the feature: go on at the N-th result) or "wait-all" (comparison mode:
+        wait for all N + b tasks, then keep the N that finished first)
     lr_scaling : "linear" multiplies lr by (workers x batch_size / 64); pair it with warmup_steps
     """
 
@@ -169,7 +171,7 @@ class SyncSGD:
                  lr: float = 0.01, momentum: float = 0.9, lr_decay: float = 0.95, l2: float = lenet.L2,
                  validate_every: int = 0, dropout: bool = True, warmup_steps: int = 0, backup_workers: int = 0,
                  straggler=None, backup_grace: float | None = None, backup_cancel: bool = True,
-                 lr_scaling: str = "none"):
+                 lr_scaling: str = "none", backup_mode: str = "cancel"):
         if not isinstance(workers, int) or workers < 1:
             raise training.ConfigError(f"workers must be an integer >= 1, got {workers!r}")
         if not isinstance(backup_workers, int) or backup_workers < 0:
@@ -182,7 +184,9 @@ class SyncSGD:
         self.workers = workers
         self.backup_workers = backup_workers
         self.straggler = straggler
-        self.backup_options = {"grace": backup_grace, "cancel": backup_cancel}
+        if backup_mode not in ("cancel", "wait-all"):
+            raise training.ConfigError(f"backup_mode must be 'cancel' or 'wait-all', got {backup_mode!r}")
+        self.backup_options = {"grace": backup_grace, "cancel": backup_cancel, "wait_all": backup_mode == "wait-all"}
         self.model = model
         self.config = training.SGDConfig(batch_size=batch_size, lr=lr, momentum=momentum, lr_decay=lr_decay,
                                          l2=l2, seed=seed, validate_every=validate_every, dropout=dropout,
