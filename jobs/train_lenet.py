@@ -124,9 +124,15 @@ def write_atomically(path, text):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # its connection chatter is not for users
     try:
         return run(args)
     except (data.DataError, training.ConfigError) as e:
+        if "pyspark" in sys.modules:  # stop a session the run had started, before the error line
+            from pyspark.sql import SparkSession
+            active = SparkSession.getActiveSession()
+            if active is not None:
+                active.stop()
         print(f"train_lenet: error: {e}", file=sys.stderr)
         return 2
 
@@ -140,6 +146,18 @@ def run(args):
     if args.limit_train:
         train = data.Split(train.images[:args.limit_train], train.labels[:args.limit_train])
     straggler = StragglerModel(args.straggler_prob, args.straggler_delay, tuple(args.slow_partitions), args.seed)
+    state = None
+    ckpt = Path(args.checkpoint_dir) / "checkpoint.npz" if args.checkpoint_dir else None
+    run_shape = {"seed": args.seed, "batch_size": args.batch_size, "workers": args.workers,
+                 "backup_workers": args.backup_workers}
+    if args.resume:
+        state, meta = training.load_checkpoint(ckpt)
+        saved = {**meta.get("config", {}), **meta}
+        for key, value in run_shape.items():  # a different schedule would not continue the same run
+            if key in saved and saved[key] != value:
+                raise training.ConfigError(f"{ckpt}: written with --{key.replace('_', '-')} {saved[key]}, "
+                                           f"resumed with {value}")
+        log.info("resuming from %s at step %d", ckpt, state.step)
     conf_file = args.conf
     under_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started the JVM and chose the master
     master = args.master or (None if under_spark_submit else "local[*]")
@@ -150,11 +168,6 @@ def run(args):
                       validate_every=args.validate_every, warmup_steps=args.warmup_steps,
                       backup_workers=args.backup_workers, straggler=straggler if straggler.active else None,
                       lr_scaling=args.lr_scaling, backup_mode=args.backup_mode)
-    state = None
-    ckpt = Path(args.checkpoint_dir) / "checkpoint.npz" if args.checkpoint_dir else None
-    if args.resume:
-        state, meta = training.load_checkpoint(ckpt)
-        log.info("resuming from %s at step %d", ckpt, state.step)
 
     metrics_lines = []
     progress = None
@@ -174,7 +187,7 @@ def run(args):
             progress.set_postfix(loss=f"{record['loss']:.3f}", epoch=record["epoch"] + 1,
                                  ex_s=f"{record['examples'] / record['seconds']:.0f}")
 
-    checkpoint = (lambda st: training.save_checkpoint(ckpt, st, sgd.config)) if ckpt else None
+    checkpoint = (lambda st: training.save_checkpoint(ckpt, st, sgd.config, run_shape)) if ckpt else None
     t0 = time.perf_counter()
     result = sgd.fit(train.images, train.labels, epochs=args.epochs, max_steps=args.max_steps,
                      validation_data=(mnist.validation.images, mnist.validation.labels), on_step=on_step,
@@ -183,7 +196,7 @@ def run(args):
     if progress is not None:
         progress.close()
     if ckpt and args.checkpoint_every:
-        training.save_checkpoint(ckpt, result.state, sgd.config)
+        training.save_checkpoint(ckpt, result.state, sgd.config, run_shape)
     test_acc = sgd.accuracy(result.params, mnist.test.images, mnist.test.labels)
     steps = result.history
     step_times = np.array([h["seconds"] for h in steps]) if steps else np.array([np.nan])

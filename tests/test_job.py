@@ -64,6 +64,10 @@ def test_cli_resume_equals_straight_run(tmp_path):
         "--model-out", str(tmp_path / "resumed.npz"))
     with np.load(tmp_path / "straight.npz") as a, np.load(tmp_path / "resumed.npz") as b:
         assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    other = run(*common, "--max-steps", "20", "--checkpoint-dir", str(tmp_path / "ck"), "--resume", "--workers", "3",
+                check=False)
+    assert other.returncode == 2
+    assert other.stderr.strip().splitlines()[-1].endswith("written with --workers 2, resumed with 3")
 
 
 def test_bad_data_file_is_one_line_and_status_2(tmp_path):
