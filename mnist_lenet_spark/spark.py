@@ -13,6 +13,7 @@ every job: ~30 ms per step for MNIST and growing with the data set; see PERF_NOT
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -130,12 +131,8 @@ def _shard_task(model, spec, params_bc, data_bc, train, threads, straggler, item
 def _given_batch_task(model, spec, params_bc, threads, items):
     """mapPartitions body for ``SyncSGD.gradient``: the batch travels with the task; no dropout."""
     worker.tune_process(threads)
-    params = base.unflatten(params_bc.value, spec)
     for X, y in items:
-        loss, grads = model.loss_and_grads(params, X, y, train=False, l2=0.0)
-        g = base.flatten(grads, spec)
-        g *= g.dtype.type(len(y))
-        yield g, loss * len(y), len(y), (worker.pid(),)
+        yield training.gradient_sum(model, spec, params_bc.value, X, y, rng=None) + ((worker.pid(),),)
 
 
 def _count_correct_task(model, spec, params_bc, data_bc, threads, ranges):
@@ -228,7 +225,7 @@ class SyncSGD:
         ``validation_data``: (images, labels) evaluated over the cluster every ``validate_every``
         steps and at each epoch's end. ``state`` resumes from a checkpoint.
         """
-        config = training.SGDConfig(**{**self.config.__dict__, "epochs": epochs, "max_steps": max_steps})
+        config = dataclasses.replace(self.config, epochs=epochs, max_steps=max_steps)
         tasks = self.workers + self.backup_workers
         if len(y_train) < tasks:
             raise training.ConfigError(f"{tasks} tasks per step need at least {tasks} training examples, "

@@ -95,17 +95,22 @@ Gradient = Callable[[np.ndarray, list, int, int], tuple]  # -> (grad_sum, loss_s
 def batch_gradient(model: base.Model, spec: base.ParamSpec, flat_params: np.ndarray, images: np.ndarray,
                    labels: np.ndarray, index: np.ndarray, seed: list[int], train: bool,
                    dtype=np.float32) -> tuple[np.ndarray, float, int]:
-    """(grad_sum (P,), loss_sum, count) of one mini-batch, without the L2 term.
+    """(grad_sum (P,), loss_sum, count) of the uint8 ``images[index]``, without the L2 term.
 
     The unit of work of every trainer: one call per shard per step, in a Spark task or not.
     """
-    count = len(index)
-    if count == 0:
+    if len(index) == 0:
         return np.zeros_like(flat_params), 0.0, 0
-    X = data.scale_batch(images[index], dtype)  # (n, 1, 28, 28)
     rng = np.random.default_rng(seed) if train else None
-    loss, grads = model.loss_and_grads(base.unflatten(flat_params, spec), X, labels[index],
-                                       train=train, rng=rng, l2=0.0)
+    return gradient_sum(model, spec, flat_params, data.scale_batch(images[index], dtype), labels[index], rng)
+
+
+def gradient_sum(model: base.Model, spec: base.ParamSpec, flat_params: np.ndarray, X: np.ndarray, y: np.ndarray,
+                 rng: np.random.Generator | None) -> tuple[np.ndarray, float, int]:
+    """(grad_sum (P,), loss_sum, count) of a scaled batch X (n, ...); dropout on when ``rng`` is given."""
+    count = len(y)
+    loss, grads = model.loss_and_grads(base.unflatten(flat_params, spec), X, y, train=rng is not None, rng=rng,
+                                       l2=0.0)
     grad_sum = base.flatten(grads, spec)
     grad_sum *= grad_sum.dtype.type(count)
     return grad_sum, loss * count, count
