@@ -54,7 +54,7 @@ class _FirstResults:
 
 
 def _backup_task(model, spec, params_bc, data_bc, train, threads, straggler, step, accumulator, items):
-    items = list(items)  # drain the iterator
+    items = list(items)  # drain the iterator; the partition number is read from the items below
     started = time.time()
     total = sync.shard_gradient(model, spec, params_bc, data_bc, train, threads, straggler, items)
     if total is not None:

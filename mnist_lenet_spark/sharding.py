@@ -37,3 +37,8 @@ def epoch_batches(num_examples: int, shards: int, batch_size: int, seed: int, ep
 def step_seed(seed: int, epoch: int, step: int, shard: int) -> list[int]:
     """Seed of the dropout generator of one shard's mini-batch in one step."""
     return [seed, epoch, step, shard]
+
+
+def step_items(seed: int, epoch: int, step: int, batches: list[np.ndarray]) -> list[tuple[np.ndarray, list[int]]]:
+    """(batch indices, dropout seed) of every shard in one step: the work of one step's tasks."""
+    return [(index, step_seed(seed, epoch, step, k)) for k, index in enumerate(batches)]

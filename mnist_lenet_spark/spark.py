@@ -109,15 +109,12 @@ def _add(a, b):
 def shard_gradient(model, spec, params_bc, data_bc, train, threads, straggler, items):
     """(grad_sum, loss_sum, count, (pid,)) of this partition's mini-batch of the broadcast data, or None."""
     worker.tune_process(threads)
+    items = list(items)  # drain the iterator: only then is the Python worker reused
+    for _, seed in items if straggler is not None else ():
+        straggler.sleep(seed[1], seed[2], seed[3])
     flat = params_bc.value
     images, labels = data_bc.value
-    total = None
-    for index, seed in items:  # drain the iterator: only then is the Python worker reused
-        if straggler is not None:
-            straggler.sleep(seed[1], seed[2], seed[3])
-        g, loss_sum, count = training.batch_gradient(model, spec, flat, images, labels, index, seed, train,
-                                                     flat.dtype)
-        total = (g, loss_sum, count) if total is None else (total[0] + g, total[1] + loss_sum, total[2] + count)
+    total = training.sum_batch_gradients(model, spec, flat, images, labels, items, train, flat.dtype)
     return None if total is None else total + ((worker.pid(),),)
 
 
@@ -173,6 +170,8 @@ class SyncSGD:
             raise training.ConfigError(f"workers must be an integer >= 1, got {workers!r}")
         if not isinstance(backup_workers, int) or backup_workers < 0:
             raise training.ConfigError(f"backup_workers must be an integer >= 0, got {backup_workers!r}")
+        if backup_mode not in ("cancel", "wait-all"):
+            raise training.ConfigError(f"backup_mode must be 'cancel' or 'wait-all', got {backup_mode!r}")
         if lr_scaling not in ("none", "linear"):
             raise training.ConfigError(f"lr_scaling must be 'none' or 'linear', got {lr_scaling!r}")
         if lr_scaling == "linear":  # Goyal et al. 2017: lr grows with the effective batch, from SystemML's 64
@@ -181,8 +180,6 @@ class SyncSGD:
         self.workers = workers
         self.backup_workers = backup_workers
         self.straggler = straggler
-        if backup_mode not in ("cancel", "wait-all"):
-            raise training.ConfigError(f"backup_mode must be 'cancel' or 'wait-all', got {backup_mode!r}")
         self.backup_options = {"grace": backup_grace, "cancel": backup_cancel, "wait_all": backup_mode == "wait-all"}
         self.model = model
         self.config = training.SGDConfig(batch_size=batch_size, lr=lr, momentum=momentum, lr_decay=lr_decay,
@@ -269,7 +266,7 @@ class SyncSGD:
 
     def step_rdd(self, config, batches, epoch, step):
         """One partition per shard, holding that shard's batch indices and dropout seed."""
-        items = [(index, sharding.step_seed(config.seed, epoch, step, k)) for k, index in enumerate(batches)]
+        items = sharding.step_items(config.seed, epoch, step, batches)
         return self.sc.parallelize(items, len(items))
 
     def _evaluate(self, spec, val_bc, flat, chunk: int = 1000) -> float:

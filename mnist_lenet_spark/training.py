@@ -105,6 +105,16 @@ def batch_gradient(model: base.Model, spec: base.ParamSpec, flat_params: np.ndar
     return gradient_sum(model, spec, flat_params, data.scale_batch(images[index], dtype), labels[index], rng)
 
 
+def sum_batch_gradients(model: base.Model, spec: base.ParamSpec, flat_params: np.ndarray, images: np.ndarray,
+                        labels: np.ndarray, items, train: bool, dtype=np.float32):
+    """(grad_sum, loss_sum, count) added over ``(index, seed)`` items (see ``sharding.step_items``); None if none."""
+    total = None
+    for index, seed in items:
+        g, loss_sum, count = batch_gradient(model, spec, flat_params, images, labels, index, seed, train, dtype)
+        total = (g, loss_sum, count) if total is None else (total[0] + g, total[1] + loss_sum, total[2] + count)
+    return total
+
+
 def gradient_sum(model: base.Model, spec: base.ParamSpec, flat_params: np.ndarray, X: np.ndarray, y: np.ndarray,
                  rng: np.random.Generator | None) -> tuple[np.ndarray, float, int]:
     """(grad_sum (P,), loss_sum, count) of a scaled batch X (n, ...); dropout on when ``rng`` is given."""
@@ -249,15 +259,8 @@ def fit_local(train_images: np.ndarray, train_labels: np.ndarray, config: SGDCon
     state.velocity = state.velocity.astype(dtype, copy=False)
 
     def gradient(flat, batches, epoch, step):
-        total = [np.zeros_like(flat), 0.0, 0]
-        for k, index in enumerate(batches):
-            g, loss_sum, count = batch_gradient(model, spec, flat, train_images, train_labels, index,
-                                                sharding.step_seed(config.seed, epoch, step, k), config.dropout,
-                                                dtype)
-            total[0] += g
-            total[1] += loss_sum
-            total[2] += count
-        return (*total, {})
+        items = sharding.step_items(config.seed, epoch, step, batches)
+        return (*sum_batch_gradients(model, spec, flat, train_images, train_labels, items, config.dropout, dtype), {})
 
     def evaluate(flat):
         images, labels = validation

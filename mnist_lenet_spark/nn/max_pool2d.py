@@ -42,18 +42,15 @@ def backward(dout: np.ndarray, cache) -> np.ndarray:
 def _max_along(v: np.ndarray, axis: int):
     """Max over ``axis`` (which is removed) and, for k >= 1, the masks "entry k beat entries 0..k-1"."""
     take = [slice(None)] * v.ndim
-    best, beats = None, []
+    take[axis] = 0
+    best, beats = v[tuple(take)], []
+    if v.shape[axis] == 1:  # a window of one
+        return best.copy(), beats
     for k in range(1, v.shape[axis]):
         take[axis] = k
         candidate = v[tuple(take)]
-        if best is None:
-            take[axis] = 0
-            best = v[tuple(take)]
         beats.append(candidate > best)  # strict: the first maximum wins ties
-        best = np.maximum(best, candidate, out=None if k == 1 else best)
-    if best is None:  # a window of one
-        take[axis] = 0
-        best = v[tuple(take)].copy()
+        best = np.maximum(best, candidate, out=None if k == 1 else best)  # k == 1: a new array, not a view of v
     return best, beats
 
 
