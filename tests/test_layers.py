@@ -19,9 +19,10 @@ def check_layer(forward, inputs, backward, rng):
         assert rel_error(dx, numeric) < TOL
 
 
-@pytest.mark.parametrize("channels,kernel,pad", [(1, 5, 2), (3, 3, 1), (40, 5, 2), (2, 3, 0)])
+@pytest.mark.parametrize("channels,kernel,pad", [(1, 5, 2), (3, 3, 1), (40, 5, 2), (2, 3, 0), (40, 3, 0), (40, 3, 4)])
 def test_conv2d_matches_naive_loops(channels, kernel, pad):
-    # channels 1 takes the folded (full im2col) path, 40 the per-kernel-row path
+    # channels 1 takes the folded (full im2col) path, 40 the per-kernel-row path, which skips
+    # padding rows (with pad 4 some output rows see no input row at all: bias only)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, channels, 7, 6))
     w = rng.standard_normal((4, channels, kernel, kernel))
@@ -30,13 +31,14 @@ def test_conv2d_matches_naive_loops(channels, kernel, pad):
     assert rel_error(hnwc_to_nchw(out), conv2d_nchw(x, w, b, pad)) < 1e-12
 
 
-@pytest.mark.parametrize("channels", [1, 3, 30])
-def test_conv2d_gradients(channels):
+@pytest.mark.parametrize("channels,pad", [(1, 1), (3, 1), (30, 1), (48, 0), (48, 1), (48, 3)])
+def test_conv2d_gradients(channels, pad):
+    # 48 channels x 3 taps = 144 columns: the per-kernel-row path
     rng = np.random.default_rng(1)
     x = rng.standard_normal((5, 2, 5, channels))  # (H, N, W, C)
     w = rng.standard_normal((3, channels, 3, 3))
     b = rng.standard_normal(3)
-    check_layer(lambda: conv2d.forward(x, w, b, 1), [x, w, b], conv2d.backward, rng)
+    check_layer(lambda: conv2d.forward(x, w, b, pad), [x, w, b], conv2d.backward, rng)
 
 
 def test_conv2d_need_dx_false_gives_same_weight_gradients():

@@ -56,17 +56,20 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int):
         raise ValueError(f"conv2d: input has {c} channels, filters expect {c_w}")
     h_out, w_out = h + 2 * pad - hh + 1, wd + 2 * pad - ww + 1
     fold = hh if ww * c < MIN_ROW_COLUMNS else 1  # kernel rows per matrix product
-    x_pad = np.pad(x, ((pad, pad), (0, 0), (pad, pad), (0, 0)))  # (Hp, N, Wp, C)
-    cols = _im2col(x_pad, fold, ww, w_out)  # (Hc, N, Wout, fold*WW*C), Hc = Hp - fold + 1
+    # Row mode (fold 1) stores no padding rows: a kernel row that falls in the padding adds
+    # zeros, so its product simply skips those output rows (LeNet's conv2: 64 of 70 row products).
+    pad_h = pad if fold > 1 else 0
+    x_pad = np.pad(x, ((pad_h, pad_h), (0, 0), (pad, pad), (0, 0)))  # (H + 2*pad_h, N, Wp, C)
+    cols = _im2col(x_pad, fold, ww, w_out)  # (Hc, N, Wout, fold*WW*C), Hc = H + 2*pad_h - fold + 1
     k = fold * ww * c
     w_rows = w.transpose(2, 3, 1, 0).reshape(hh // fold, k, f)  # (HH/fold, K, F)
-    m = h_out * n * w_out
-    out = np.empty((m, f), x.dtype)
+    out = np.empty((h_out, n, w_out, f), x.dtype)
     out[:] = b
-    for g in range(hh // fold):
-        rows = cols[g * fold:g * fold + h_out].reshape(m, k)  # (Hout*N*Wout, K), a view
-        _matmul_add(rows, w_rows[g], out)  # out += (M, K) @ (K, F)
-    return out.reshape(h_out, n, w_out, f), (cols, w_rows, fold, x.shape, w.shape, pad)
+    geometry = (fold, pad_h, pad, h_out, cols.shape[0], hh // fold)
+    for g, (lo, hi, shift) in enumerate(_row_ranges(*geometry)):
+        rows = cols[lo + shift:hi + shift].reshape(-1, k)  # ((hi-lo)*N*Wout, K), a view
+        _matmul_add(rows, w_rows[g], out[lo:hi].reshape(-1, f))  # out rows += (M', K) @ (K, F)
+    return out, (cols, w_rows, geometry, x.shape, w.shape)
 
 
 def backward(dout: np.ndarray, cache, need_dx: bool = True):
@@ -84,24 +87,40 @@ def backward(dout: np.ndarray, cache, need_dx: bool = True):
     dw : (F, C, HH, WW)
     db : (F,)
     """
-    cols, w_rows, fold, x_shape, w_shape, pad = cache
+    cols, w_rows, geometry, x_shape, w_shape = cache
     f, c, hh, ww = w_shape
-    h_out = dout.shape[0]
+    fold, pad_h, pad = geometry[:3]
     k = fold * ww * c
     dout_mat = dout.reshape(-1, f)  # (M, F), M = Hout*N*Wout
     db = np.ones(dout_mat.shape[0], dout.dtype) @ dout_mat  # (M,) @ (M, F): BLAS, 4x faster than sum(axis=0)
+    ranges = _row_ranges(*geometry)
     dw_rows = np.empty((hh // fold, k, f), dout.dtype)  # (HH/fold, K, F)
-    for g in range(hh // fold):
-        rows = cols[g * fold:g * fold + h_out].reshape(-1, k)  # (M, K), a view
-        np.matmul(rows.T, dout_mat, out=dw_rows[g])  # (K, M) @ (M, F) -> (K, F)
+    for g, (lo, hi, shift) in enumerate(ranges):
+        rows = cols[lo + shift:hi + shift].reshape(-1, k)  # (M', K), a view
+        np.matmul(rows.T, dout[lo:hi].reshape(-1, f), out=dw_rows[g])  # (K, M') @ (M', F) -> (K, F)
     dw = np.ascontiguousarray(dw_rows.reshape(hh, ww, c, f).transpose(3, 2, 0, 1))  # (F, C, HH, WW)
     if not need_dx:
         return None, dw, db
     dcols = np.zeros(cols.shape, dout.dtype)  # (Hc, N, Wout, K)
-    for g in range(hh // fold):
-        target = dcols[g * fold:g * fold + h_out].reshape(-1, k)  # (M, K), a view
-        _matmul_add(dout_mat, np.ascontiguousarray(w_rows[g].T), target)  # target += (M, F) @ (F, K)
-    return _col2im(dcols, fold, x_shape, hh, ww, pad), dw, db
+    for g, (lo, hi, shift) in enumerate(ranges):
+        target = dcols[lo + shift:hi + shift].reshape(-1, k)  # (M', K), a view
+        # target += (M', F) @ (F, K)
+        _matmul_add(dout[lo:hi].reshape(-1, f), np.ascontiguousarray(w_rows[g].T), target)
+    return _col2im(dcols, fold, x_shape, ww, pad_h, pad), dw, db
+
+
+def _row_ranges(fold: int, pad_h: int, pad: int, h_out: int, hc: int, groups: int) -> list[tuple[int, int, int]]:
+    """For each kernel-row group g: the output rows [lo, hi) it touches and the shift to its column rows.
+
+    Output row i reads column row ``i + shift``, ``shift = g*fold + pad_h - pad``; column rows
+    outside 0..Hc-1 are padding rows, which are not stored and add nothing.
+    """
+    ranges = []
+    for g in range(groups):
+        shift = g * fold + pad_h - pad
+        lo, hi = max(0, -shift), min(h_out, hc - shift)
+        ranges.append((lo, max(lo, hi), shift))
+    return ranges
 
 
 def _matmul_add(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
@@ -129,8 +148,10 @@ def _im2col(x_pad: np.ndarray, fold: int, ww: int, w_out: int) -> np.ndarray:
     return np.ascontiguousarray(windows).reshape(hp - fold + 1, n, w_out, fold * ww * c)
 
 
-def _col2im(dcols: np.ndarray, fold: int, x_shape, hh: int, ww: int, pad: int) -> np.ndarray:
+def _col2im(dcols: np.ndarray, fold: int, x_shape, ww: int, pad_h: int, pad: int) -> np.ndarray:
     """Scatter-add (Hc, N, Wout, fold*WW*C) column gradients back to (H, N, W, C).
+
+    The column rows cover the input padded by ``pad_h`` rows and ``pad`` columns on each side.
 
     Places (a, b) with the same (a mod fold, b mod WW) have patches that do not overlap, so
     each class is one vectorised ``+=`` with inner runs of WW*C contiguous values.
@@ -138,7 +159,7 @@ def _col2im(dcols: np.ndarray, fold: int, x_shape, hh: int, ww: int, pad: int) -
     h, n, wd, c = x_shape
     hc, _, w_out, _ = dcols.shape
     dcols6 = dcols.reshape(hc, n, w_out, fold, ww, c)
-    dx_pad = np.zeros((h + 2 * pad, n, wd + 2 * pad, c), dcols.dtype)  # (Hp, N, Wp, C)
+    dx_pad = np.zeros((h + 2 * pad_h, n, wd + 2 * pad, c), dcols.dtype)  # (H + 2*pad_h, N, Wp, C)
     for qa in range(fold):
         ka = len(range(qa, hc, fold))  # patches starting at rows qa, qa+fold, ...
         for qb in range(ww):
@@ -146,4 +167,4 @@ def _col2im(dcols: np.ndarray, fold: int, x_shape, hh: int, ww: int, pad: int) -
             block = dx_pad[qa:qa + ka * fold, :, qb:qb + kb * ww, :]  # a view
             block = block.reshape(ka, fold, n, kb, ww, c).transpose(0, 2, 3, 1, 4, 5)  # (ka, N, kb, fold, WW, C)
             block += dcols6[qa::fold, :, qb::ww]  # (ka, N, kb, fold, WW, C)
-    return np.ascontiguousarray(dx_pad[pad:pad + h, :, pad:pad + wd, :])
+    return np.ascontiguousarray(dx_pad[pad_h:pad_h + h, :, pad:pad + wd, :])
