@@ -207,10 +207,7 @@ class SyncSGD:
         grad = base.unflatten(g / g.dtype.type(count), spec)
         loss = loss_sum / count
         if self.config.l2:
-            penalty, dpenalty = base.l2_penalty(params, self.model.REGULARIZED, self.config.l2)
-            loss += penalty
-            for k, d in dpenalty.items():
-                grad[k] = grad[k] + d
+            loss += base.add_l2(params, grad, self.model.REGULARIZED, self.config.l2)
         return loss, grad
 
     # -- training ----------------------------------------------------------------------------------

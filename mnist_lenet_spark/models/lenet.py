@@ -86,10 +86,7 @@ def loss_and_grads(params: base.Params, X: np.ndarray, y: np.ndarray, *, train: 
 
     grads = {"W1": dW1, "b1": db1, "W2": dW2, "b2": db2, "W3": dW3, "b3": db3, "W4": dW4, "b4": db4}
     if l2:
-        penalty, dpenalty = base.l2_penalty(params, REGULARIZED, l2)
-        loss += penalty
-        for k, g in dpenalty.items():
-            grads[k] += g
+        loss += base.add_l2(params, grads, REGULARIZED, l2)
     return loss, grads
 
 
