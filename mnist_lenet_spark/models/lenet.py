@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from ..nn import affine, conv2d, dropout, max_pool2d, relu, softmax_cross_entropy
+from ..nn import affine, conv2d, conv2d_pool, dropout, relu, softmax_cross_entropy
 from . import base
 
 REGULARIZED = ("W1", "W2", "W3", "W4")
@@ -41,12 +41,12 @@ def _forward(params, X, train, rng):
         raise ValueError(f"LeNet expects X of shape (N, 1, 28, 28), got {X.shape}")
     n = X.shape[0]
     x = X.transpose(2, 0, 3, 1)  # (28, N, 28, 1), a view
-    h1, c1 = conv2d.forward(x, params["W1"], params["b1"], pad=2)  # (28, N, 28, 32)
-    # ReLU after the pool: max(relu(x)) == relu(max(x)) exactly (values and gradients), at 1/4 the work.
-    p1, cp1 = max_pool2d.forward(h1)  # (14, N, 14, 32)
+    # Each conv is fused with its pool (computed in cache-sized bands of rows, see nn/conv2d_pool),
+    # and ReLU comes after the pool: max(relu(x)) == relu(max(x)) exactly (values and
+    # gradients), at 1/4 of the work.
+    p1, c1 = conv2d_pool.forward(x, params["W1"], params["b1"], pad=2)  # conv (28, N, 28, 32) -> (14, N, 14, 32)
     a1, cr1 = relu.forward(p1)
-    h2, c2 = conv2d.forward(a1, params["W2"], params["b2"], pad=2)  # (14, N, 14, 64)
-    p2, cp2 = max_pool2d.forward(h2)  # (7, N, 7, 64)
+    p2, c2 = conv2d_pool.forward(a1, params["W2"], params["b2"], pad=2)  # conv (14, N, 14, 64) -> (7, N, 7, 64)
     a2, cr2 = relu.forward(p2)
     flat = a2.transpose(1, 3, 0, 2).reshape(n, -1)  # (N, 64, 7, 7) -> (N, 3136), (C, H, W) order
     h3, c3 = affine.forward(flat, params["W3"], params["b3"])  # (N, 512)
@@ -57,7 +57,7 @@ def _forward(params, X, train, rng):
             raise ValueError("LeNet: train=True needs a numpy.random.Generator for dropout")
         a3, cd = dropout.forward(a3, KEEP_PROB, rng)
     scores, c4 = affine.forward(a3, params["W4"], params["b4"])  # (N, 10)
-    return scores, (c1, cp1, cr1, c2, cp2, cr2, c3, cr3, cd, c4)
+    return scores, (c1, cr1, c2, cr2, c3, cr3, cd, c4)
 
 
 def loss_and_grads(params: base.Params, X: np.ndarray, y: np.ndarray, *, train: bool = True,
@@ -66,7 +66,7 @@ def loss_and_grads(params: base.Params, X: np.ndarray, y: np.ndarray, *, train: 
 
     X (N, 1, 28, 28), y (N,) ints. Gradients have the keys, shapes and dtype of ``params``.
     """
-    scores, (c1, cp1, cr1, c2, cp2, cr2, c3, cr3, cd, c4) = _forward(params, X, train, rng)
+    scores, (c1, cr1, c2, cr2, c3, cr3, cd, c4) = _forward(params, X, train, rng)
     loss, cl = softmax_cross_entropy.forward(scores, y)
     n = X.shape[0]
 
@@ -78,11 +78,9 @@ def loss_and_grads(params: base.Params, X: np.ndarray, y: np.ndarray, *, train: 
     dflat, dW3, db3 = affine.backward(dh3, c3)  # (N, 3136)
     da2 = dflat.reshape(n, 64, 7, 7).transpose(2, 0, 3, 1)  # back to (7, N, 7, 64)
     dp2 = relu.backward(da2, cr2)
-    dh2 = max_pool2d.backward(dp2, cp2)  # (14, N, 14, 64)
-    da1, dW2, db2 = conv2d.backward(dh2, c2)  # (14, N, 14, 32)
+    da1, dW2, db2 = conv2d_pool.backward(dp2, c2)  # (14, N, 14, 32)
     dp1 = relu.backward(da1, cr1)
-    dh1 = max_pool2d.backward(dp1, cp1)  # (28, N, 28, 32)
-    _, dW1, db1 = conv2d.backward(dh1, c1, need_dx=False)
+    _, dW1, db1 = conv2d_pool.backward(dp1, c1, need_dx=False)
 
     grads = {"W1": dW1, "b1": db1, "W2": dW2, "b2": db2, "W3": dW3, "b3": db3, "W4": dW4, "b4": db4}
     if l2:

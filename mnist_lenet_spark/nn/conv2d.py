@@ -13,6 +13,8 @@ The forward pass caches the column matrix, so the backward pass never builds it 
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 from scipy.linalg import blas
@@ -35,6 +37,30 @@ def init(num_filters: int, channels: int, height: int, width: int,
     return w.astype(np.float32), np.zeros(num_filters, np.float32)
 
 
+class Columns(NamedTuple):
+    """The forward pass's column matrix and geometry: the cache of ``forward``."""
+    cols: np.ndarray  # (Hc, N, Wout, K), K = fold*WW*C
+    w_rows: np.ndarray  # (HH/fold, K, F)
+    fold: int  # kernel rows per matrix product: HH (full im2col) or 1 (row mode)
+    pad_h: int  # padding rows stored in ``cols`` (0 in row mode)
+    pad: int
+    out_shape: tuple[int, int, int, int]  # (Hout, N, Wout, F)
+    x_shape: tuple[int, int, int, int]
+    w_shape: tuple[int, int, int, int]
+
+    def row_ranges(self, lo: int, hi: int):
+        """For each kernel-row group g touching output rows [lo, hi): (g, first, end, shift).
+
+        Output row i reads column row ``i + shift``, ``shift = g*fold + pad_h - pad``; column
+        rows outside 0..Hc-1 are padding rows, which are not stored and add nothing.
+        """
+        for g in range(len(self.w_rows)):
+            shift = g * self.fold + self.pad_h - self.pad
+            first, end = max(lo, -shift), min(hi, self.cols.shape[0] - shift)
+            if first < end:
+                yield g, first, end, shift
+
+
 def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int):
     """Convolve.
 
@@ -48,31 +74,62 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int):
     Returns
     -------
     out : (Hout, N, Wout, F) with ``Hout = H + 2 * pad - HH + 1`` (likewise Wout)
-    cache : what ``backward`` needs
+    cache : a ``Columns``, what ``backward`` needs
     """
+    cache = columns(x, w, pad)
+    out = np.empty(cache.out_shape, x.dtype)
+    output_rows(cache, b, 0, cache.out_shape[0], out)
+    return out, cache
+
+
+def columns(x: np.ndarray, w: np.ndarray, pad: int) -> Columns:
+    """Build the column matrix of x (H, N, W, C) for filters w (F, C, HH, WW)."""
     h, n, wd, c = x.shape
     f, c_w, hh, ww = w.shape
     if c_w != c:
         raise ValueError(f"conv2d: input has {c} channels, filters expect {c_w}")
     h_out, w_out = h + 2 * pad - hh + 1, wd + 2 * pad - ww + 1
-    fold = hh if ww * c < MIN_ROW_COLUMNS else 1  # kernel rows per matrix product
+    fold = hh if ww * c < MIN_ROW_COLUMNS else 1
     # Row mode (fold 1) stores no padding rows: a kernel row that falls in the padding adds
     # zeros, so its product simply skips those output rows (LeNet's conv2: 64 of 70 row products).
     pad_h = pad if fold > 1 else 0
     x_pad = np.pad(x, ((pad_h, pad_h), (0, 0), (pad, pad), (0, 0)))  # (H + 2*pad_h, N, Wp, C)
     cols = _im2col(x_pad, fold, ww, w_out)  # (Hc, N, Wout, fold*WW*C), Hc = H + 2*pad_h - fold + 1
-    k = fold * ww * c
-    w_rows = w.transpose(2, 3, 1, 0).reshape(hh // fold, k, f)  # (HH/fold, K, F)
-    out = np.empty((h_out, n, w_out, f), x.dtype)
+    w_rows = w.transpose(2, 3, 1, 0).reshape(hh // fold, fold * ww * c, f)  # (HH/fold, K, F)
+    return Columns(cols, w_rows, fold, pad_h, pad, (h_out, n, w_out, f), x.shape, w.shape)
+
+
+def output_rows(cache: Columns, b: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
+    """Write output rows [lo, hi) of the convolution into ``out`` (hi - lo, N, Wout, F)."""
+    k, f = cache.w_rows.shape[1:]
     out[:] = b
-    geometry = (fold, pad_h, pad, h_out, cols.shape[0], hh // fold)
-    for g, (lo, hi, shift) in enumerate(_row_ranges(*geometry)):
-        rows = cols[lo + shift:hi + shift].reshape(-1, k)  # ((hi-lo)*N*Wout, K), a view
-        _matmul_add(rows, w_rows[g], out[lo:hi].reshape(-1, f))  # out rows += (M', K) @ (K, F)
-    return out, (cols, w_rows, geometry, x.shape, w.shape)
+    for g, first, end, shift in cache.row_ranges(lo, hi):
+        rows = cache.cols[first + shift:end + shift].reshape(-1, k)  # (M', K), a view
+        _matmul_add(rows, cache.w_rows[g], out[first - lo:end - lo].reshape(-1, f))  # += (M', K) @ (K, F)
 
 
-def backward(dout: np.ndarray, cache, need_dx: bool = True):
+def add_weight_grads(cache: Columns, dout: np.ndarray, lo: int, hi: int, dw_rows: np.ndarray) -> None:
+    """dw_rows (HH/fold, K, F) += the filter gradient from output rows [lo, hi), dout (hi - lo, N, Wout, F)."""
+    k, f = cache.w_rows.shape[1:]
+    for g, first, end, shift in cache.row_ranges(lo, hi):
+        rows = cache.cols[first + shift:end + shift].reshape(-1, k)  # (M', K), a view
+        # (K, M') @ (M', F): NumPy's own product (~10% faster than SciPy's sgemm on this shape here)
+        dw_rows[g] += rows.T @ dout[first - lo:end - lo].reshape(-1, f)
+
+
+def filters(dw_rows: np.ndarray, w_shape) -> np.ndarray:
+    """(HH/fold, K, F) row-group gradients -> (F, C, HH, WW)."""
+    f, c, hh, ww = w_shape
+    return np.ascontiguousarray(dw_rows.reshape(hh, ww, c, f).transpose(3, 2, 0, 1))
+
+
+def bias_grad(dout: np.ndarray) -> np.ndarray:
+    """dout (..., F) -> (F,): a BLAS product with ones, 4x faster than sum(axis=0) here."""
+    dout_mat = dout.reshape(-1, dout.shape[-1])  # (M, F)
+    return np.ones(dout_mat.shape[0], dout.dtype) @ dout_mat
+
+
+def backward(dout: np.ndarray, cache: Columns, need_dx: bool = True):
     """Gradients of the convolution.
 
     Parameters
@@ -87,40 +144,31 @@ def backward(dout: np.ndarray, cache, need_dx: bool = True):
     dw : (F, C, HH, WW)
     db : (F,)
     """
-    cols, w_rows, geometry, x_shape, w_shape = cache
-    f, c, hh, ww = w_shape
-    fold, pad_h, pad = geometry[:3]
-    k = fold * ww * c
-    dout_mat = dout.reshape(-1, f)  # (M, F), M = Hout*N*Wout
-    db = np.ones(dout_mat.shape[0], dout.dtype) @ dout_mat  # (M,) @ (M, F): BLAS, 4x faster than sum(axis=0)
-    ranges = _row_ranges(*geometry)
-    dw_rows = np.empty((hh // fold, k, f), dout.dtype)  # (HH/fold, K, F)
-    for g, (lo, hi, shift) in enumerate(ranges):
-        rows = cols[lo + shift:hi + shift].reshape(-1, k)  # (M', K), a view
-        np.matmul(rows.T, dout[lo:hi].reshape(-1, f), out=dw_rows[g])  # (K, M') @ (M', F) -> (K, F)
-    dw = np.ascontiguousarray(dw_rows.reshape(hh, ww, c, f).transpose(3, 2, 0, 1))  # (F, C, HH, WW)
-    if not need_dx:
-        return None, dw, db
-    dcols = np.zeros(cols.shape, dout.dtype)  # (Hc, N, Wout, K)
-    for g, (lo, hi, shift) in enumerate(ranges):
-        target = dcols[lo + shift:hi + shift].reshape(-1, k)  # (M', K), a view
+    dw_rows = np.zeros(cache.w_rows.shape, dout.dtype)  # (HH/fold, K, F)
+    add_weight_grads(cache, dout, 0, dout.shape[0], dw_rows)
+    dw, db = filters(dw_rows, cache.w_shape), bias_grad(dout)
+    return (input_grad(dout, cache) if need_dx else None), dw, db
+
+
+def input_grad(dout: np.ndarray, cache: Columns) -> np.ndarray:
+    """dout (Hout, N, Wout, F) -> dx (H, N, W, C)."""
+    k, f = cache.w_rows.shape[1:]
+    ranges = list(cache.row_ranges(0, dout.shape[0]))
+    dcols = np.empty(cache.cols.shape, dout.dtype)  # (Hc, N, Wout, K)
+    # A group that writes every column row (row mode: the centre kernel row) goes first and
+    # overwrites instead of adding, which spares zeroing ~10 MB; the others then add to it.
+    covering = [r for r in ranges if r[1] + r[3] == 0 and r[2] + r[3] == len(dcols)]
+    if covering:
+        ranges.remove(covering[0])
+        g, first, end, _ = covering[0]
+        np.matmul(dout[first:end].reshape(-1, f), cache.w_rows[g].T, out=dcols.reshape(-1, k))  # (M, F) @ (F, K)
+    else:
+        dcols[:] = 0
+    for g, first, end, shift in ranges:
+        target = dcols[first + shift:end + shift].reshape(-1, k)  # (M', K), a view
         # target += (M', F) @ (F, K)
-        _matmul_add(dout[lo:hi].reshape(-1, f), np.ascontiguousarray(w_rows[g].T), target)
-    return _col2im(dcols, fold, x_shape, ww, pad_h, pad), dw, db
-
-
-def _row_ranges(fold: int, pad_h: int, pad: int, h_out: int, hc: int, groups: int) -> list[tuple[int, int, int]]:
-    """For each kernel-row group g: the output rows [lo, hi) it touches and the shift to its column rows.
-
-    Output row i reads column row ``i + shift``, ``shift = g*fold + pad_h - pad``; column rows
-    outside 0..Hc-1 are padding rows, which are not stored and add nothing.
-    """
-    ranges = []
-    for g in range(groups):
-        shift = g * fold + pad_h - pad
-        lo, hi = max(0, -shift), min(h_out, hc - shift)
-        ranges.append((lo, max(lo, hi), shift))
-    return ranges
+        _matmul_add(dout[first:end].reshape(-1, f), np.ascontiguousarray(cache.w_rows[g].T), target)
+    return _col2im(dcols, cache.fold, cache.x_shape, cache.w_shape[3], cache.pad_h, cache.pad)
 
 
 def _matmul_add(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
