@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mnist_lenet_spark.nn import affine, conv2d, dropout, max_pool2d, relu, softmax_cross_entropy
+from mnist_lenet_spark.nn import affine, conv2d, conv2d_pool, dropout, max_pool2d, relu, softmax_cross_entropy
 from tests.reference import (conv2d_nchw, hnwc_to_nchw, max_pool_nchw, nchw_to_hnwc, numeric_grad,
                              rel_error)
 
@@ -128,3 +128,47 @@ def test_softmax_cross_entropy_value_and_gradient():
 def test_softmax_is_stable_for_large_scores():
     probs = softmax_cross_entropy.softmax(np.array([[1000.0, 0.0], [-1000.0, 1000.0]]))
     assert np.all(np.isfinite(probs)) and np.allclose(probs.sum(axis=1), 1)
+
+
+def test_max_pool_backward_into_out_array():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 2, 4, 3))
+    out, cache = max_pool2d.forward(x)
+    dout = rng.standard_normal(out.shape)
+    buffer = np.full(x.shape, np.nan)
+    dx = max_pool2d.backward(dout, cache, out=buffer)
+    assert np.shares_memory(dx, buffer) and np.array_equal(buffer, max_pool2d.backward(dout, cache))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        max_pool2d.backward(dout, cache, out=np.zeros((4, 2, 4, 6))[..., ::2])
+
+
+@pytest.mark.parametrize("channels,band_bytes", [(1, 1), (48, 1), (48, 1 << 20)])
+def test_conv2d_pool_equals_conv_then_pool(monkeypatch, channels, band_bytes):
+    # band_bytes 1: one band per pool row (many bands); 1 MiB: a single band
+    monkeypatch.setattr(conv2d_pool, "BAND_BYTES", band_bytes)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((8, 3, 8, channels))  # (H, N, W, C)
+    w, b = rng.standard_normal((4, channels, 5, 5)), rng.standard_normal(4)
+    out, cache = conv2d_pool.forward(x, w, b, 2)
+    h, conv_cache = conv2d.forward(x, w, b, 2)
+    expected, pool_cache = max_pool2d.forward(h)
+    assert rel_error(out, expected) < 1e-12
+    dout = rng.standard_normal(out.shape)
+    ours = conv2d_pool.backward(dout, cache)
+    theirs = conv2d.backward(max_pool2d.backward(dout, pool_cache), conv_cache)
+    for a, e in zip(ours, theirs):
+        assert rel_error(a, e) < 1e-12
+    assert conv2d_pool.backward(dout, cache, need_dx=False)[0] is None
+
+
+def test_conv2d_pool_gradients(monkeypatch):
+    monkeypatch.setattr(conv2d_pool, "BAND_BYTES", 1)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 2, 4, 48))
+    w, b = rng.standard_normal((3, 48, 3, 3)), rng.standard_normal(3)
+    check_layer(lambda: conv2d_pool.forward(x, w, b, 1), [x, w, b], conv2d_pool.backward, rng)
+
+
+def test_conv2d_pool_rejects_outputs_the_pool_cannot_tile():
+    with pytest.raises(ValueError, match="conv2d_pool: output 5x5"):
+        conv2d_pool.forward(np.zeros((5, 1, 5, 1)), np.zeros((2, 1, 3, 3)), np.zeros(2), 1)

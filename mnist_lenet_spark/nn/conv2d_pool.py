@@ -54,10 +54,9 @@ def backward(dout: np.ndarray, cache: Cache, need_dx: bool = True):
     dconv = np.empty(conv.out_shape, dout.dtype) if need_dx else None  # (Hout, N, Wout, F)
     for lo, pool in zip(range(0, h_out, band_rows), pools):
         hi = min(lo + band_rows, h_out)
-        dband = max_pool2d.backward(dout[lo // size:hi // size], pool)  # (hi-lo, N, Wout, F)
+        dband = max_pool2d.backward(dout[lo // size:hi // size], pool,
+                                    out=None if dconv is None else dconv[lo:hi])  # (hi-lo, N, Wout, F)
         conv2d.add_weight_grads(conv, dband, lo, hi, dw_rows)
         db += conv2d.bias_grad(dband)
-        if dconv is not None:
-            dconv[lo:hi] = dband
     dx = conv2d.input_grad(dconv, conv) if need_dx else None
     return dx, conv2d.filters(dw_rows, conv.w_shape), db

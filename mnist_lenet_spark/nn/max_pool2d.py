@@ -31,11 +31,14 @@ def forward(x: np.ndarray, size: int = 2):
     return out, (win_h, win_w, x.shape, size)
 
 
-def backward(dout: np.ndarray, cache) -> np.ndarray:
-    """dout (H / size, N, W / size, C) -> dx (H, N, W, C)."""
+def backward(dout: np.ndarray, cache, out: np.ndarray | None = None) -> np.ndarray:
+    """dout (H / size, N, W / size, C) -> dx (H, N, W, C), written into ``out`` (C-contiguous) if given."""
     win_h, win_w, (h, n, w, c), size = cache
+    if out is not None and (out.shape != (h, n, w, c) or not out.flags.c_contiguous):
+        raise ValueError(f"max_pool2d: out must be a C-contiguous {(h, n, w, c)} array")
     drows = _route(dout, win_w, size, axis=3)  # (H/s, N, W/s, s, C)
-    dx = _route(drows.reshape(h // size, n * w * c), win_h, size, axis=1)  # (H/s, s, N*W*C)
+    dx = _route(drows.reshape(h // size, n * w * c), win_h, size, axis=1,
+                out=None if out is None else out.reshape(h // size, size, n * w * c))  # (H/s, s, N*W*C)
     return dx.reshape(h, n, w, c)
 
 
@@ -54,7 +57,7 @@ def _max_along(v: np.ndarray, axis: int):
     return best, beats
 
 
-def _route(dout: np.ndarray, beats: list, size: int, axis: int) -> np.ndarray:
+def _route(dout: np.ndarray, beats: list, size: int, axis: int, out: np.ndarray | None = None) -> np.ndarray:
     """Inverse of ``_max_along``: dout placed at the winning index of a new ``axis`` of length ``size``.
 
     The winner is the last k whose mask is set (k = 0 if none), so walk k downwards and keep
@@ -62,7 +65,7 @@ def _route(dout: np.ndarray, beats: list, size: int, axis: int) -> np.ndarray:
     """
     shape = list(dout.shape)
     shape.insert(axis, size)
-    dv = np.empty(shape, dout.dtype)
+    dv = np.empty(shape, dout.dtype) if out is None else out
     put = [slice(None)] * len(shape)
     unclaimed = None
     for k in range(size - 1, -1, -1):
