@@ -34,6 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=positive_int, default=4, help="N: gradients used per step")
     p.add_argument("--backup", default="0,1,2", help="comma-separated backup worker counts b to compare")
     p.add_argument("--no-speculation", action="store_true", help="skip the Spark speculation run (b = 0)")
+    p.add_argument("--no-step-signal", action="store_true",
+                   help="late tasks are not told their step is closed; only Spark's cancel stops them")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--steps", type=positive_int, default=40)
     p.add_argument("--straggler-prob", type=probability, default=0.1)
@@ -61,7 +63,7 @@ def run_config(spark, args, mnist, backup_workers: int) -> dict:
     straggler = StragglerModel(args.straggler_prob, args.straggler_delay, args.slow_partitions, args.seed)
     sgd = msp.SyncSGD(spark, workers=args.workers, batch_size=args.batch_size, seed=args.seed,
                       validate_every=args.validate_every, backup_workers=backup_workers,
-                      straggler=straggler if straggler.active else None)
+                      straggler=straggler if straggler.active else None, backup_signal=not args.no_step_signal)
     val = (mnist.validation.images[:args.validation_size], mnist.validation.labels[:args.validation_size])
     result = sgd.fit(mnist.train.images, mnist.train.labels, max_steps=args.steps, validation_data=val)
     times = [h["seconds"] for h in result.history]

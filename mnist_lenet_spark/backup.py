@@ -11,7 +11,11 @@ grace period. Why the grace: in PySpark a cancelled *running* task costs its Pyt
 worker is not reused; a fresh one must start and reload the broadcasts, ~0.25 s here), while
 an ordinary late task finishes within one task time anyway. So tasks that are merely last get
 ``grace`` seconds to finish and keep their worker; real stragglers are killed and free their
-slot. ``grace=0`` cancels at once, ``grace=None`` never cancels. See README, "Backup workers".
+slot. ``grace=0`` cancels at once, ``cancel=False`` never cancels. See README, "Backup workers".
+
+Before any of that, the driver tells the step's late tasks that their step is closed
+(``step_signal``): a task that asks in time stops by itself and keeps its worker, and Spark's
+cancel is only the fallback.
 """
 from __future__ import annotations
 
@@ -25,9 +29,11 @@ from functools import partial
 import numpy as np
 
 from . import spark as sync
+from . import step_signal
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.002
+STOP_SECONDS = 1.0  # at close, how long signalled tasks get to stop by themselves before Spark cancels them
 
 
 class _FirstResults:
@@ -53,10 +59,11 @@ class _FirstResults:
         return acc
 
 
-def _backup_task(model, spec, params_bc, data_bc, train, threads, straggler, step, accumulator, items):
+def _backup_task(model, spec, params_bc, data_bc, train, threads, straggler, step, accumulator, signal, items):
     items = list(items)  # drain the iterator; the partition number is read from the items below
     started = time.time()
-    total = sync.shard_gradient(model, spec, params_bc, data_bc, train, threads, straggler, items)
+    should_stop = partial(step_signal.is_closed, signal, step) if signal else None
+    total = sync.shard_gradient(model, spec, params_bc, data_bc, train, threads, straggler, items, should_stop)
     if total is not None:
         g, loss_sum, count, _ = total
         partition = items[0][1][3]
@@ -70,11 +77,12 @@ class BackupGradient:
     ``grace``: seconds after the N-th result before the rest of the step is cancelled; None
     means twice the median task time seen so far. ``wait_all``: the comparison mode that waits
     for every task of the step and then keeps the N that finished first (no time is saved; it
-    shows what dropping alone does).
+    shows what dropping alone does). ``signal``: publish closed steps so late tasks stop by
+    themselves (``step_signal``); False leaves them to Spark's cancel alone.
     """
 
     def __init__(self, sgd, spec, data_bc, config, total_steps, grace: float | None = None, cancel: bool = True,
-                 wait_all: bool = False):
+                 wait_all: bool = False, signal: bool = True):
         from pyspark.accumulators import AccumulatorParam
 
         class Param(_FirstResults, AccumulatorParam):
@@ -88,6 +96,13 @@ class BackupGradient:
         self.grace, self.cancel = grace, cancel
         self.task_seconds: list[float] = []
         self.pending: list[tuple[threading.Thread, threading.Timer | None, object, str]] = []
+        self.signal = None
+        if signal and not wait_all:
+            host = sgd.sc.getConf().get("spark.driver.host", "127.0.0.1")
+            try:
+                self.signal = step_signal.StepServer(host)
+            except OSError as e:
+                log.warning("no step signal on %s (%s): late tasks stop only when Spark cancels them", host, e)
 
     def _grace(self) -> float:
         if self.grace is not None:
@@ -102,7 +117,8 @@ class BackupGradient:
         bc = sc.broadcast(flat)
         rdd = self.sgd.step_rdd(self.config, batches, epoch, step)
         task = partial(_backup_task, self.sgd.model, self.spec, bc, self.data_bc, self.config.dropout,
-                       self.sgd.threads, self.sgd.straggler, step, self.accumulator)
+                       self.sgd.threads, self.sgd.straggler, step, self.accumulator,
+                       self.signal.address if self.signal else None)
         need = min(self.n, sum(1 for b in batches if len(b)))  # a task with an empty batch sends nothing
         failure = []
 
@@ -132,6 +148,8 @@ class BackupGradient:
             bc.destroy(blocking=False)
             raise RuntimeError(f"step {step}: only {len(kept)} of {need} gradient tasks finished") from (
                 failure[0] if failure else None)
+        if self.signal:
+            self.signal.close_step(step)  # late tasks of this step now stop at their next check
         self.task_seconds.extend(r[6] for r in kept)
         timer = None
         if thread.is_alive() and self.cancel:
@@ -153,6 +171,8 @@ class BackupGradient:
             if wait:
                 if timer is not None:
                     timer.cancel()
+                if self.signal:  # told to stop (see close): give them a moment, so no worker is killed
+                    thread.join(timeout=STOP_SECONDS)
                 if thread.is_alive() and self.cancel:
                     self.sgd.sc.cancelJobGroup(group)
                 thread.join()
@@ -164,4 +184,8 @@ class BackupGradient:
 
     def close(self) -> None:
         """Wait for every step's job to end (cancelled or finished): no leaked jobs, threads or broadcasts."""
+        if self.signal:
+            self.signal.close_step(1 << 62)  # every step is over: late tasks stop now
         self._reap(wait=True)
+        if self.signal:
+            self.signal.shutdown()

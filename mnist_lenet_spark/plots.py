@@ -28,7 +28,8 @@ def _finish(plt, fig, ax, path, xlabel: str, ylabel: str, title: str) -> Path:
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[1]:  # no lines (e.g. no validation points): no legend
+        ax.legend(fontsize=8)
     path = _save(fig, path)
     plt.close(fig)
     return path

@@ -106,15 +106,19 @@ def _add(a, b):
     return a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3]
 
 
-def shard_gradient(model, spec, params_bc, data_bc, train, threads, straggler, items):
-    """(grad_sum, loss_sum, count, (pid,)) of this partition's mini-batch of the broadcast data, or None."""
+def shard_gradient(model, spec, params_bc, data_bc, train, threads, straggler, items, should_stop=None):
+    """(grad_sum, loss_sum, count, (pid,)) of this partition's mini-batch of the broadcast data, or None.
+
+    ``should_stop`` (backup workers): asked during injected delays and before each batch; True
+    abandons the work and returns None.
+    """
     worker.tune_process(threads)
     items = list(items)  # drain the iterator: only then is the Python worker reused
     for _, seed in items if straggler is not None else ():
-        straggler.sleep(seed[1], seed[2], seed[3])
+        straggler.sleep(seed[1], seed[2], seed[3], should_stop)
     flat = params_bc.value
     images, labels = data_bc.value
-    total = training.sum_batch_gradients(model, spec, flat, images, labels, items, train, flat.dtype)
+    total = training.sum_batch_gradients(model, spec, flat, images, labels, items, train, flat.dtype, should_stop)
     return None if total is None else total + ((worker.pid(),),)
 
 
@@ -156,6 +160,7 @@ class SyncSGD:
     backup_workers : extra tasks per step whose slowest results are dropped (see ``backup.py``)
     straggler : a ``straggler.StragglerModel`` that delays tasks, for experiments
     backup_grace, backup_cancel : when the rest of a backup step is cancelled (see ``backup.py``)
+    backup_signal : tell a closed step's late tasks to stop by themselves (see ``step_signal.py``)
     backup_mode : "cancel" (the feature: go on at the N-th result) or "wait-all" (comparison mode:
         wait for all N + b tasks, then keep the N that finished first)
     lr_scaling : "linear" multiplies lr by (workers x batch_size / 64); pair it with warmup_steps
@@ -165,7 +170,7 @@ class SyncSGD:
                  lr: float = 0.01, momentum: float = 0.9, lr_decay: float = 0.95, l2: float = lenet.L2,
                  validate_every: int = 0, dropout: bool = True, warmup_steps: int = 0, backup_workers: int = 0,
                  straggler=None, backup_grace: float | None = None, backup_cancel: bool = True,
-                 lr_scaling: str = "none", backup_mode: str = "cancel"):
+                 lr_scaling: str = "none", backup_mode: str = "cancel", backup_signal: bool = True):
         if not isinstance(workers, int) or workers < 1:
             raise training.ConfigError(f"workers must be an integer >= 1, got {workers!r}")
         if not isinstance(backup_workers, int) or backup_workers < 0:
@@ -180,7 +185,8 @@ class SyncSGD:
         self.workers = workers
         self.backup_workers = backup_workers
         self.straggler = straggler
-        self.backup_options = {"grace": backup_grace, "cancel": backup_cancel, "wait_all": backup_mode == "wait-all"}
+        self.backup_options = {"grace": backup_grace, "cancel": backup_cancel, "wait_all": backup_mode == "wait-all",
+                               "signal": backup_signal}
         self.model = model
         self.config = training.SGDConfig(batch_size=batch_size, lr=lr, momentum=momentum, lr_decay=lr_decay,
                                          l2=l2, seed=seed, validate_every=validate_every, dropout=dropout,

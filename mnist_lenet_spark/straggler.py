@@ -3,7 +3,9 @@
 A task is delayed by ``delay`` seconds with probability ``prob`` (drawn from a generator seeded
 by the run's seed, epoch, step and partition, so a run is reproducible), and always when its
 partition is in ``slow_partitions``. A real straggler (a slow or overloaded executor, a long GC)
-looks the same to the driver: a task that finishes late.
+looks the same to the driver: a task that finishes late. Under backup workers the delay ends
+early when the task's step is closed (``step_signal``), as a slow task that checks between its
+pieces of work would; one that never checks holds its slot until Spark kills its worker.
 """
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ import time
 from typing import NamedTuple
 
 import numpy as np
+
+#: how often an injected delay asks whether its step was closed (backup workers, see step_signal)
+POLL_SECONDS = 0.01
 
 
 class StragglerModel(NamedTuple):
@@ -32,7 +37,15 @@ class StragglerModel(NamedTuple):
         draw = np.random.default_rng([self.seed, epoch, step, partition, 0x5106]).random()
         return self.delay if draw < self.prob else 0.0
 
-    def sleep(self, epoch: int, step: int, partition: int) -> None:
+    def sleep(self, epoch: int, step: int, partition: int, should_stop=None) -> None:
+        """Sleep this task's delay; with ``should_stop``, ask it every ``POLL_SECONDS`` and end early on True."""
         seconds = self.delay_for(epoch, step, partition)
-        if seconds:
+        if not seconds or should_stop is None:
             time.sleep(seconds)
+            return
+        end = time.monotonic() + seconds
+        while not should_stop():
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(POLL_SECONDS, left))

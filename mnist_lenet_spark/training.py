@@ -106,10 +106,15 @@ def batch_gradient(model: base.Model, spec: base.ParamSpec, flat_params: np.ndar
 
 
 def sum_batch_gradients(model: base.Model, spec: base.ParamSpec, flat_params: np.ndarray, images: np.ndarray,
-                        labels: np.ndarray, items, train: bool, dtype=np.float32):
-    """(grad_sum, loss_sum, count) added over ``(index, seed)`` items (see ``sharding.step_items``); None if none."""
+                        labels: np.ndarray, items, train: bool, dtype=np.float32, should_stop=None):
+    """(grad_sum, loss_sum, count) added over ``(index, seed)`` items (see ``sharding.step_items``); None if none.
+
+    ``should_stop``: asked before each batch; True abandons the work and returns None.
+    """
     total = None
     for index, seed in items:
+        if should_stop is not None and should_stop():
+            return None
         g, loss_sum, count = batch_gradient(model, spec, flat_params, images, labels, index, seed, train, dtype)
         total = (g, loss_sum, count) if total is None else (total[0] + g, total[1] + loss_sum, total[2] + count)
     return total

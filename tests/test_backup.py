@@ -64,6 +64,18 @@ def test_an_always_slow_partition_is_never_kept_and_not_waited_for(spark, mnist)
     assert elapsed < 16 * 2.5
 
 
+def test_late_tasks_stop_by_themselves_when_their_step_closes(spark, mnist):
+    # Spark's cancel is off, so only the step signal can end the 30 s straggler of each step:
+    # without it, every step's job (and fit's close) would wait for it.
+    slow = StragglerModel(delay=30.0, slow_partitions=(0,))
+    sgd = msp.SyncSGD(spark, workers=2, batch_size=8, backup_workers=1, straggler=slow, backup_cancel=False)
+    t0 = time.perf_counter()
+    result = sgd.fit(mnist.train.images[:120], mnist.train.labels[:120], max_steps=3)
+    assert time.perf_counter() - t0 < 15
+    assert all(h["dropped"] == [0] for h in result.history)
+    assert not spark.sparkContext.statusTracker().getActiveJobsIds()
+
+
 def test_without_stragglers_every_partition_can_be_kept_and_history_records_it(spark, mnist):
     images, labels = mnist.train.images[:300], mnist.train.labels[:300]
     result = msp.SyncSGD(spark, workers=2, batch_size=16, backup_workers=1).fit(images, labels, max_steps=6)
