@@ -1,10 +1,11 @@
 """Backup workers: N = 4, p = 0.1, delay 2 s, 40 steps, side by side in one run.
 
-Three experiments through jobs/straggler_experiment.py: (1) local[2] with stragglers: b = 0, 1
-and Spark speculation; (2) local[2] without stragglers: b = 0, 1; (3) local[6] with stragglers,
-one task slot per task as on a cluster where each worker is its own executor. Targets: (1) mean
-step with b = 1 <= 0.6x b = 0; (2) b = 1 <= 1.2x b = 0. Writes benchmarks/results/backup.json
-and the plots of (1) and (3) under benchmarks/results/.
+Four experiments through jobs/straggler_experiment.py: (1) local[2] with stragglers: b = 0, 1
+and Spark speculation; (2) the same with the step signal off (late tasks stop only when Spark
+cancels them), to show what the signal buys; (3) local[2] without stragglers: b = 0, 1; (4)
+local[6] with stragglers, one task slot per task as on a cluster where each worker is its own
+executor. Targets: (1) mean step with b = 1 <= 0.6x b = 0; (3) b = 1 <= 1.2x b = 0. Writes
+benchmarks/results/backup.json and the plots under benchmarks/results/.
 
     python benchmarks/backup.py [--steps 40]
 """
@@ -35,6 +36,9 @@ def main():
     out = {
         "local2_stragglers": summary(straggler_experiment.main(
             common + ["--backup", "0,1", "--straggler-prob", "0.1", "--out-dir", str(RESULTS / "backup_local2")])),
+        "local2_stragglers_no_signal": summary(straggler_experiment.main(
+            common + ["--backup", "0,1", "--straggler-prob", "0.1", "--no-speculation", "--no-step-signal",
+                      "--out-dir", str(RESULTS / "backup_local2_no_signal")])),
         "local2_no_stragglers": summary(straggler_experiment.main(
             common + ["--backup", "0,1", "--straggler-prob", "0", "--no-speculation",
                       "--out-dir", str(RESULTS / "backup_local2_clean")])),
