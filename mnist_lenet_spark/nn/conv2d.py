@@ -9,7 +9,9 @@ When ``WW * C`` is small (a first layer on grey images: 5 columns) a product tha
 badly, so all kernel rows are folded into the columns instead (the classic full im2col).
 Weights keep the project convention ``(F, C, HH, WW)``.
 
-The forward pass caches the column matrix, so the backward pass never builds it again.
+The forward pass caches the column matrix, so the backward pass never builds it again. Its
+pieces (``columns``, ``output_rows``, ``add_weight_grads``, ``input_grad``) work on any band
+of output rows, which ``conv2d_pool`` uses to pool each band while it is still in cache.
 """
 from __future__ import annotations
 
