@@ -159,10 +159,10 @@ def input_grad(dout: np.ndarray, cache: Columns) -> np.ndarray:
     dcols = np.empty(cache.cols.shape, dout.dtype)  # (Hc, N, Wout, K)
     # A group that writes every column row (row mode: the centre kernel row) goes first and
     # overwrites instead of adding, which spares zeroing ~10 MB; the others then add to it.
-    covering = [r for r in ranges if r[1] + r[3] == 0 and r[2] + r[3] == len(dcols)]
+    covering = next((r for r in ranges if r[1] + r[3] == 0 and r[2] + r[3] == len(dcols)), None)  # first, end + shift
     if covering:
-        ranges.remove(covering[0])
-        g, first, end, _ = covering[0]
+        ranges.remove(covering)
+        g, first, end, _ = covering
         np.matmul(dout[first:end].reshape(-1, f), cache.w_rows[g].T, out=dcols.reshape(-1, k))  # (M, F) @ (F, K)
     else:
         dcols[:] = 0
