@@ -146,7 +146,6 @@ def fit_loop(model: base.Model, spec: base.ParamSpec, state: TrainState, num_exa
              on_step: Callable[[dict], None] | None = None,
              checkpoint: Callable[[TrainState], None] | None = None, checkpoint_every: int = 0) -> FitResult:
     """Run synchronous SGD from ``state`` until ``config.epochs`` (or ``max_steps``) are done."""
-    l2_slices = _regularized_slices(model, spec)
     result = FitResult(params={}, state=state)
     opt = sgd_nesterov.NesterovState(state.velocity)
     total_steps = sharding.steps_per_epoch(num_examples, shards, config.batch_size) * config.epochs
@@ -173,10 +172,9 @@ def fit_loop(model: base.Model, spec: base.ParamSpec, state: TrainState, num_exa
             else:
                 grad = grad_sum / grad_sum.dtype.type(count)  # mean over the step's examples
                 loss = loss_sum / count
-            for part in l2_slices if config.l2 else ():  # L2 added once, here on the driver
-                w = state.params[part]
-                grad[part] += w * grad.dtype.type(config.l2)
-                loss += 0.5 * config.l2 * float(np.dot(w, w))
+            if config.l2:  # added once, here on the driver, through views of the flat vectors
+                loss += base.add_l2(base.unflatten(state.params, spec), base.unflatten(grad, spec),
+                                    model.REGULARIZED, config.l2)
             new_params, opt = sgd_nesterov.update(state.params, grad, opt, lr=lr, momentum=config.momentum)
             state.params, state.velocity = new_params, opt.velocity
             state.step += 1
@@ -197,17 +195,6 @@ def fit_loop(model: base.Model, spec: base.ParamSpec, state: TrainState, num_exa
                 validate()
     result.params = {k: v.copy() for k, v in base.unflatten(state.params, spec).items()}
     return result
-
-
-def _regularized_slices(model: base.Model, spec: base.ParamSpec) -> list[slice]:
-    """Where the L2-penalised parameters sit in the flat vector."""
-    regularized, out, start = set(model.REGULARIZED), [], 0
-    for name, shape in spec:
-        size = int(np.prod(shape))
-        if name in regularized:
-            out.append(slice(start, start + size))
-        start += size
-    return out
 
 
 def new_state(model: base.Model, seed: int) -> tuple[base.ParamSpec, TrainState]:

@@ -62,9 +62,9 @@ def add_l2(params: Params, grads: Params, names: Sequence[str], l2: float, chunk
     """
     total = 0.0
     for k in names:
-        w, g = params[k].reshape(-1), grads[k].reshape(-1)  # (P_k,) views of contiguous arrays
-        if not np.shares_memory(g, grads[k]):
+        if not grads[k].flags.c_contiguous:  # reshape would copy, and the update would be lost
             raise ValueError(f"add_l2: gradient {k!r} is not contiguous")
+        w, g = params[k].reshape(-1), grads[k].reshape(-1)  # (P_k,), g a view
         scale = w.dtype.type(l2)
         tmp = np.empty(min(chunk, w.size), w.dtype)
         for a in range(0, w.size, chunk):
