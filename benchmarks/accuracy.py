@@ -14,13 +14,13 @@ import time
 
 from common import ROOT, save
 
-from mnist_lenet_spark import data, training, worker
+from mnist_lenet_spark import data, local, tasks
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.models import lenet
 
 
 def test_accuracy(params, mnist):
-    return training.count_correct(lenet, params, mnist.test.images, mnist.test.labels) / len(mnist.test.labels)
+    return tasks.count_correct(lenet, params, mnist.test.images, mnist.test.labels) / len(mnist.test.labels)
 
 
 def main():
@@ -29,12 +29,12 @@ def main():
     ap.add_argument("--skip-single", action="store_true")
     ap.add_argument("--lr-study", action="store_true")
     args = ap.parse_args()
-    worker.tune_process(1)
+    tasks.tune_process(1)
     mnist = data.load_mnist()
     out = {}
     if not args.skip_single:
         t0 = time.perf_counter()
-        result = training.fit_local(mnist.train.images, mnist.train.labels, training.SGDConfig())
+        result = local.fit_local(mnist.train.images, mnist.train.labels)
         seconds = time.perf_counter() - t0
         out["single_process_1_epoch"] = {"test_accuracy": test_accuracy(result.params, mnist), "seconds": seconds}
         print(f"single process, 1 epoch, batch 64: test accuracy {out['single_process_1_epoch']['test_accuracy']:.4f}"
@@ -43,8 +43,8 @@ def main():
     spark.sparkContext.setLogLevel("ERROR")
     for name, kwargs in [("spark_2x64", {}), ("spark_2x64_linear_lr", {"lr_scaling": "linear", "warmup_steps": 100})]:
         t0 = time.perf_counter()
-        result = msp.SyncSGD(spark, workers=2, batch_size=64, **kwargs).fit(mnist.train.images, mnist.train.labels,
-                                                                           epochs=args.epochs)
+        result = msp.SyncSGD(spark, workers=2, batch_size=64, **kwargs).fit(
+            mnist.train.images, mnist.train.labels, epochs=args.epochs)
         seconds = time.perf_counter() - t0
         acc = test_accuracy(result.params, mnist)
         out[name] = {"epochs": args.epochs, "test_accuracy": acc, "seconds": seconds,

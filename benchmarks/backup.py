@@ -1,7 +1,7 @@
 """Backup workers: N = 4, p = 0.1, delay 2 s, 40 steps, side by side in one run.
 
-Four experiments through jobs/straggler_experiment.py: (1) local[2] with stragglers: b = 0, 1
-and Spark speculation; (2) the same with the step signal off (late tasks stop only when Spark
+Four experiments of ``mnist_lenet_spark.experiment`` (what jobs/straggler_experiment.py runs):
+(1) local[2] with stragglers: b = 0, 1 and Spark speculation; (2) the same with the step signal off (late tasks stop only when Spark
 cancels them), to show what the signal buys; (3) local[2] without stragglers: b = 0, 1; (4)
 local[6] with stragglers, one task slot per task as on a cluster where each worker is its own
 executor. Targets: (1) mean step with b = 1 <= 0.6x b = 0; (3) b = 1 <= 1.2x b = 0. Writes
@@ -12,12 +12,11 @@ benchmarks/results/backup.json and the plots under benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import sys
 
-from common import RESULTS, ROOT, save
+from common import RESULTS, save
 
-sys.path.insert(0, str(ROOT / "jobs"))
-import straggler_experiment  # noqa: E402
+from mnist_lenet_spark.experiment import Experiment, run
+from mnist_lenet_spark.straggler import StragglerModel
 
 
 def summary(payload):
@@ -32,19 +31,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=40)
     args = ap.parse_args()
-    common = ["--workers", "4", "--steps", str(args.steps), "--straggler-delay", "2", "--validate-every", "0"]
+    stragglers, clean = StragglerModel(prob=0.1, delay=2.0), StragglerModel(prob=0.0, delay=2.0)
+
+    def experiment(out, **kwargs):
+        return summary(run(Experiment(workers=4, steps=args.steps, validate_every=0, out_dir=RESULTS / out,
+                                      **kwargs)))
     out = {
-        "local2_stragglers": summary(straggler_experiment.main(
-            common + ["--backup", "0,1", "--straggler-prob", "0.1", "--out-dir", str(RESULTS / "backup_local2")])),
-        "local2_stragglers_no_signal": summary(straggler_experiment.main(
-            common + ["--backup", "0,1", "--straggler-prob", "0.1", "--no-speculation", "--no-step-signal",
-                      "--out-dir", str(RESULTS / "backup_local2_no_signal")])),
-        "local2_no_stragglers": summary(straggler_experiment.main(
-            common + ["--backup", "0,1", "--straggler-prob", "0", "--no-speculation",
-                      "--out-dir", str(RESULTS / "backup_local2_clean")])),
-        "local6_stragglers": summary(straggler_experiment.main(
-            common + ["--backup", "0,1,2", "--straggler-prob", "0.1", "--master", "local[6]",
-                      "--out-dir", str(RESULTS / "backup_local6")])),
+        "local2_stragglers": experiment("backup_local2", backup=(0, 1), straggler=stragglers),
+        "local2_stragglers_no_signal": experiment("backup_local2_no_signal", backup=(0, 1), straggler=stragglers,
+                                                  speculation=False, step_signal=False),
+        "local2_no_stragglers": experiment("backup_local2_clean", backup=(0, 1), straggler=clean, speculation=False),
+        "local6_stragglers": experiment("backup_local6", backup=(0, 1, 2), straggler=stragglers, master="local[6]"),
     }
     for name, runs in out.items():
         print(name)

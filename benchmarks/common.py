@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
+from mnist_lenet_spark import files
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -30,7 +29,4 @@ def save(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     merged = json.loads(path.read_text()) if path.exists() else {}
     merged.update(payload)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(merged, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return files.write_atomically(path, json.dumps(merged, indent=2) + "\n")

@@ -15,7 +15,7 @@ import tracemalloc
 import numpy as np
 from common import median_seconds, save
 
-from mnist_lenet_spark import worker
+from mnist_lenet_spark import tasks
 from mnist_lenet_spark.models import base, lenet
 from mnist_lenet_spark.nn.optim import sgd_nesterov
 
@@ -61,7 +61,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=10, help="timed steps per round and framework")
     args = ap.parse_args()
-    worker.tune_process(1)
+    tasks.tune_process(1)
     rng = np.random.default_rng(0)
     X = rng.uniform(-1, 1, (BATCH, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, BATCH)

@@ -14,15 +14,16 @@ import statistics
 
 from common import RESULTS, ROOT, save
 
-from mnist_lenet_spark import data, plots, training, worker
+from mnist_lenet_spark import data, local, plots, tasks
 from mnist_lenet_spark import spark as msp
+from mnist_lenet_spark.config import SGDConfig
 
 BATCHES = [32, 64, 128, 256, 512, 1024]
 
 
 def local_rate(mnist, batch, steps):
-    config = training.SGDConfig(batch_size=batch, max_steps=steps + 2)
-    result = training.fit_local(mnist.train.images, mnist.train.labels, config)
+    config = SGDConfig(batch_size=batch, max_steps=steps + 2)
+    result = local.fit_local(mnist.train.images, mnist.train.labels, config)
     return statistics.median(h["examples"] / h["seconds"] for h in result.history[2:])
 
 
@@ -37,7 +38,7 @@ def main():
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
-    worker.tune_process(1)
+    tasks.tune_process(1)
     mnist = data.load_mnist()
     spark = msp.session("local[2]", conf_file=ROOT / "conf" / "spark-defaults.conf")
     spark.sparkContext.setLogLevel("ERROR")

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 from common import ROOT, median_seconds, save
 
-from mnist_lenet_spark import data, sharding, spark as msp, training, worker
+from mnist_lenet_spark import data, sharding, tasks
+from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.models import base, lenet
 
 
 def empty_job_floor(jobs: int) -> float:
-    from pyspark import SparkContext, SparkConf
+    from pyspark import SparkConf, SparkContext
     sc = SparkContext(conf=SparkConf().setMaster("local[2]").setAppName("floor"))
     sc.setLogLevel("ERROR")
     rdd = sc.parallelize([0, 1], 2)
@@ -38,13 +38,13 @@ def empty_job_floor(jobs: int) -> float:
 
 
 def gradient_seconds(mnist, steps: int) -> float:
-    worker.tune_process(1)
+    tasks.tune_process(1)
     params = lenet.init_params(0)
     spec = base.param_spec(params)
     flat = base.flatten(params, spec)
-    index = np.arange(64)
-    return median_seconds(lambda: training.batch_gradient(lenet, spec, flat, mnist.train.images, mnist.train.labels,
-                                                          index, [0, 0, 0, 0], True), steps)
+    batch = [sharding.ShardBatch(sharding.TaskKey(0, 0, 0, 0), np.arange(64))]
+    return median_seconds(lambda: tasks.sum_batches(lenet, spec, flat, mnist.train.images, mnist.train.labels,
+                                                    batch, dropout=True), steps)
 
 
 def step_seconds(spark, images, labels, steps: int, workers: int = 2, batch: int = 64) -> float:

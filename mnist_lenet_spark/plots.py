@@ -1,10 +1,12 @@
 """PNG plots of straggler experiments and scaling benchmarks (matplotlib, no display needed)."""
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import numpy as np
+
+from . import files
 
 
 def _figure():
@@ -15,12 +17,9 @@ def _figure():
 
 
 def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return files.write_atomically(path, buffer.getvalue())
 
 
 def _finish(plt, fig, ax, path, xlabel: str, ylabel: str, title: str) -> Path:

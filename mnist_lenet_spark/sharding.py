@@ -1,14 +1,43 @@
-"""How the training set is split into shards and each shard walked in mini-batches.
+"""How the training set is split into shards, each shard walked in mini-batches, and every random draw keyed.
 
 Shard ``k`` of ``W`` is a contiguous block of the training indices (sizes differ by at most
-one). Every epoch each shard is reshuffled with a generator seeded by (seed, epoch, shard)
-and walked once in batches of ``batch_size``; the last batch of a shard may be short. The
-schedule depends on nothing else, so the driver, a re-executed task and a resumed run all
-see the same batches.
+one). Every epoch each shard is reshuffled and walked once in batches of ``batch_size``; the
+last batch of a shard may be short. Shuffling, dropout and straggler draws all come from one
+``TaskKey`` (seed, epoch, step, shard), so the driver, a re-executed task and a resumed run
+see the same batches and the same masks.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+
+_STRAGGLER_SALT = 0x5106  # keeps the straggler draws apart from the dropout masks of the same key
+
+
+class TaskKey(NamedTuple):
+    """Which run, epoch, step and shard a piece of work belongs to: the seed of all its randomness."""
+    seed: int
+    epoch: int
+    step: int
+    shard: int
+
+    def shuffle_rng(self) -> np.random.Generator:
+        """The shard's order for the whole epoch (the step is not part of it)."""
+        return np.random.default_rng([self.seed, self.epoch, self.shard])
+
+    def dropout_rng(self) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, self.step, self.shard])
+
+    def straggler_draw(self) -> float:
+        """A uniform [0, 1) number that decides whether this task is delayed."""
+        return float(np.random.default_rng([self.seed, self.epoch, self.step, self.shard, _STRAGGLER_SALT]).random())
+
+
+class ShardBatch(NamedTuple):
+    """One shard's mini-batch of one step: the work of one gradient task."""
+    key: TaskKey
+    index: np.ndarray  # (n,) int64 indices into the training set; n may be 0 at a shard's end
 
 
 def shard_bounds(num_examples: int, shards: int) -> list[tuple[int, int]]:
@@ -23,22 +52,13 @@ def steps_per_epoch(num_examples: int, shards: int, batch_size: int) -> int:
     return -(-largest // batch_size)
 
 
-def epoch_batches(num_examples: int, shards: int, batch_size: int, seed: int, epoch: int) -> list[list[np.ndarray]]:
-    """batches[step][shard] = int64 indices into the training set (possibly empty at a shard's end)."""
-    per_shard = []
-    for k, (start, stop) in enumerate(shard_bounds(num_examples, shards)):
-        order = start + np.random.default_rng([seed, epoch, k]).permutation(stop - start)
-        per_shard.append([order[i:i + batch_size] for i in range(0, len(order), batch_size)])
+def epoch_batches(num_examples: int, shards: int, batch_size: int, seed: int, epoch: int) -> list[list[ShardBatch]]:
+    """batches[s][shard]: every shard's mini-batch of step ``s`` of one epoch (global step epoch x steps + s)."""
     steps = steps_per_epoch(num_examples, shards, batch_size)
     empty = np.empty(0, np.int64)
-    return [[b[s] if s < len(b) else empty for b in per_shard] for s in range(steps)]
-
-
-def step_seed(seed: int, epoch: int, step: int, shard: int) -> list[int]:
-    """Seed of the dropout generator of one shard's mini-batch in one step."""
-    return [seed, epoch, step, shard]
-
-
-def step_items(seed: int, epoch: int, step: int, batches: list[np.ndarray]) -> list[tuple[np.ndarray, list[int]]]:
-    """(batch indices, dropout seed) of every shard in one step: the work of one step's tasks."""
-    return [(index, step_seed(seed, epoch, step, k)) for k, index in enumerate(batches)]
+    per_shard = []
+    for k, (start, stop) in enumerate(shard_bounds(num_examples, shards)):
+        order = start + TaskKey(seed, epoch, 0, k).shuffle_rng().permutation(stop - start)
+        per_shard.append([order[i:i + batch_size] for i in range(0, len(order), batch_size)])
+    return [[ShardBatch(TaskKey(seed, epoch, epoch * steps + s, k), b[s] if s < len(b) else empty)
+             for k, b in enumerate(per_shard)] for s in range(steps)]

@@ -1,7 +1,7 @@
 """Seeded straggler injection for experiments and tests.
 
-A task is delayed by ``delay`` seconds with probability ``prob`` (drawn from a generator seeded
-by the run's seed, epoch, step and partition, so a run is reproducible), and always when its
+A task is delayed by ``delay`` seconds with probability ``prob`` (drawn from its ``TaskKey``: the
+run's seed, epoch, step and shard, so a run is reproducible), and always when its
 partition is in ``slow_partitions``. A real straggler (a slow or overloaded executor, a long GC)
 looks the same to the driver: a task that finishes late. Under backup workers the delay ends
 early when the task's step is closed (``step_signal``), as a slow task that checks between its
@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
-import numpy as np
+from .sharding import TaskKey
 
 #: how often an injected delay asks whether its step was closed (backup workers, see step_signal)
 POLL_SECONDS = 0.01
@@ -22,24 +22,22 @@ class StragglerModel(NamedTuple):
     prob: float = 0.0
     delay: float = 0.0
     slow_partitions: tuple[int, ...] = ()
-    seed: int = 0
 
     @property
     def active(self) -> bool:
         return self.delay > 0 and (self.prob > 0 or bool(self.slow_partitions))
 
-    def delay_for(self, epoch: int, step: int, partition: int) -> float:
-        """Seconds this task sleeps before computing."""
+    def delay_for(self, key: TaskKey) -> float:
+        """Seconds the task of ``key`` sleeps before computing."""
         if not self.active:
             return 0.0
-        if partition in self.slow_partitions:
+        if key.shard in self.slow_partitions:
             return self.delay
-        draw = np.random.default_rng([self.seed, epoch, step, partition, 0x5106]).random()
-        return self.delay if draw < self.prob else 0.0
+        return self.delay if key.straggler_draw() < self.prob else 0.0
 
-    def sleep(self, epoch: int, step: int, partition: int, should_stop=None) -> None:
+    def sleep(self, key: TaskKey, should_stop=None) -> None:
         """Sleep this task's delay; with ``should_stop``, ask it every ``POLL_SECONDS`` and end early on True."""
-        seconds = self.delay_for(epoch, step, partition)
+        seconds = self.delay_for(key)
         if not seconds or should_stop is None:
             time.sleep(seconds)
             return

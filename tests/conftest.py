@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -6,7 +7,6 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 
@@ -20,8 +20,7 @@ def mnist():
 def spark(request):
     """A session for one test module (local[2] unless the module sets SPARK_MASTER), stopped at its end."""
     from mnist_lenet_spark import spark as msp
-    session = msp.session(getattr(request.module, "SPARK_MASTER", "local[2]"), conf_file=ROOT / "conf" / "spark-defaults.conf",
-                          conf={"spark.ui.enabled": "false"})
+    session = msp.session(getattr(request.module, "SPARK_MASTER", "local[2]"), conf={"spark.ui.enabled": "false"})
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
@@ -33,3 +32,11 @@ def tiny_problem(n, seed=0, dtype=np.float32):
     params = {k: v.astype(dtype) for k, v in lenet.init_params(seed).items()}
     X = rng.uniform(-1, 1, (n, 1, 28, 28)).astype(dtype)
     return params, X, rng.integers(0, 10, n)
+
+
+def load_job(name):
+    """A module of jobs/ (entry points, not a package), loaded from its file."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

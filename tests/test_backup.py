@@ -4,9 +4,11 @@ import time
 import numpy as np
 import pytest
 
-from mnist_lenet_spark import backup, sharding, training
+from mnist_lenet_spark import backup, data, sharding, tasks, training
 from mnist_lenet_spark import spark as msp
+from mnist_lenet_spark.config import BackupConfig, ConfigError, SGDConfig
 from mnist_lenet_spark.models import base, lenet
+from mnist_lenet_spark.sharding import TaskKey
 from mnist_lenet_spark.straggler import StragglerModel
 from tests.reference import rel_error
 
@@ -18,34 +20,33 @@ SPARK_MASTER = "local[3]"
 
 def kept_batch_gradient(mnist_images, mnist_labels, record, batches, params_flat, spec, dtype):
     """Large-batch gradient (mean + L2) over exactly the kept shards' batches, in one process."""
-    index = np.concatenate([batches[k] for k in record["kept"]])
-    X = np.concatenate([mnist_images[index]])
+    index = np.concatenate([batches[k].index for k in record["kept"]])
     params = base.unflatten(params_flat, spec)
-    from mnist_lenet_spark import data
-    return lenet.loss_and_grads(params, data.scale_batch(X, dtype), mnist_labels[index], train=False)
+    return lenet.loss_and_grads(params, data.scale_batch(mnist_images[index], dtype), mnist_labels[index],
+                                train=False)
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-4), (np.float64, 1e-10)])
 def test_step_gradient_equals_large_batch_over_the_kept_batches(spark, mnist, dtype, tol):
     images, labels = mnist.train.images[:200], mnist.train.labels[:200]
-    sgd = msp.SyncSGD(spark, workers=3, batch_size=8, backup_workers=2, dropout=False, seed=5)
-    config = training.SGDConfig(batch_size=8, dropout=False, seed=5)
     spec, state = training.new_state(lenet, 5)
     flat = state.params.astype(dtype)
-    data_bc = spark.sparkContext.broadcast((images, labels))
-    gradient = backup.BackupGradient(sgd, spec, data_bc, config, total_steps=2)
+    sc = spark.sparkContext
+    data_bc = sc.broadcast((images, labels))
+    ctx = tasks.TaskContext(lenet, spec, threads=1, dropout=False)
+    step = backup.BackupStep(sc, ctx, data_bc, workers=3, backup=BackupConfig(workers=2), describe=str)
     try:
         batches = sharding.epoch_batches(200, 5, 8, 5, 0)[0]
-        g, loss_sum, count, info = gradient(flat, batches, 0, 0)
+        sums, info = step(flat, batches)
     finally:
-        gradient.close()
+        step.close()
         data_bc.destroy()
     assert len(info["kept"]) == 3 and sorted(info["kept"] + info["dropped"]) == [0, 1, 2, 3, 4]
-    assert count == 24 and g.dtype == dtype
+    assert sums.count == 24 and sums.grad_sum.dtype == dtype
     loss, grads = kept_batch_gradient(images, labels, info, batches, flat, spec, dtype)
-    ours = g / count
+    ours = sums.grad_sum / sums.count
     for name, part in zip([n for n, _ in spec], np.split(ours, np.cumsum([np.prod(s) for _, s in spec])[:-1])):
-        expected = grads[name] - (lenet.L2 * base.unflatten(flat, spec)[name] if name in lenet.REGULARIZED else 0)
+        expected = grads[name] - (SGDConfig.l2 * base.unflatten(flat, spec)[name] if name in lenet.REGULARIZED else 0)
         assert rel_error(part.reshape(expected.shape), expected) < tol, name
 
 
@@ -94,26 +95,29 @@ def test_no_jobs_or_threads_left_after_fit(spark, mnist):
 
 
 def test_accumulator_keeps_first_results_of_newest_step_only():
-    keep = backup._FirstResults(2)
+    keep = backup.FirstResults(2)
     acc = keep.zero(None)
-    for item in [(0, 1), (0, 2), (0, 3), (1, 0), (0, 4), (1, 2), (1, 3)]:
-        acc = keep.addInPlace(acc, [item])
-    assert acc == [(1, 0), (1, 2)]
+    for step, shard in [(0, 1), (0, 2), (0, 3), (1, 0), (0, 4), (1, 2), (1, 3)]:
+        acc = keep.addInPlace(acc, [tasks.BackupResult(step, shard, 0.0, 0.0, None)])
+    assert [(r.step, r.shard) for r in acc] == [(1, 0), (1, 2)]
 
 
 def test_invalid_backup_settings(spark, mnist):
-    with pytest.raises(training.ConfigError, match="backup_workers must be"):
+    with pytest.raises(ConfigError, match="backup_workers must be"):
         msp.SyncSGD(spark, workers=2, backup_workers=-1)
-    with pytest.raises(training.ConfigError, match="need at least 3 training examples"):
+    with pytest.raises(ConfigError, match="backup_grace must be >= 0"):
+        msp.SyncSGD(spark, workers=2, backup_workers=1, backup_grace=-1.0)
+    with pytest.raises(ConfigError, match="need at least 3 training examples"):
         msp.SyncSGD(spark, workers=2, backup_workers=1).fit(mnist.train.images[:2], mnist.train.labels[:2])
 
 
 def test_straggler_model_is_seeded_and_reproducible():
-    m = StragglerModel(prob=0.3, delay=1.0, seed=7)
-    draws = [m.delay_for(0, s, p) for s in range(50) for p in range(4)]
-    assert draws == [m.delay_for(0, s, p) for s in range(50) for p in range(4)]
+    m = StragglerModel(prob=0.3, delay=1.0)
+    draws = [m.delay_for(TaskKey(7, 0, s, p)) for s in range(50) for p in range(4)]
+    assert draws == [m.delay_for(TaskKey(7, 0, s, p)) for s in range(50) for p in range(4)]
+    assert draws != [m.delay_for(TaskKey(8, 0, s, p)) for s in range(50) for p in range(4)]  # the run's seed counts
     assert 0.15 < np.mean(np.array(draws) > 0) < 0.45
-    assert StragglerModel(delay=1.0, slow_partitions=(2,)).delay_for(0, 0, 2) == 1.0
+    assert StragglerModel(delay=1.0, slow_partitions=(2,)).delay_for(TaskKey(0, 0, 0, 2)) == 1.0
     assert not StragglerModel().active
 
 
@@ -126,5 +130,5 @@ def test_wait_all_mode_waits_for_the_straggler_but_keeps_the_first_n(spark, mnis
     for h in result.history:
         assert h["kept"] == [1, 2] and h["dropped"] == [0]
         assert h["seconds"] >= 4.0  # it waited for the slow task
-    with pytest.raises(training.ConfigError, match="backup_mode must be"):
+    with pytest.raises(ConfigError, match="backup_mode must be"):
         msp.SyncSGD(spark, backup_mode="fastest")

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mnist_lenet_spark import local
 from mnist_lenet_spark import spark as msp
-from mnist_lenet_spark import training
+from mnist_lenet_spark.config import SGDConfig
 from mnist_lenet_spark.models import lenet
-from tests.conftest import ROOT, tiny_problem
+from tests.conftest import tiny_problem
 from tests.reference import rel_error
 
 
@@ -25,8 +26,8 @@ def check_trainer(session, mnist):
     assert max(rel_error(grads[k], grads0[k]) for k in grads) < 1e-10
     images, labels = mnist.train.images[:64], mnist.train.labels[:64]
     result = msp.SyncSGD(session, workers=2, batch_size=16, seed=2).fit(images, labels, max_steps=2)
-    local = training.fit_local(images, labels, training.SGDConfig(batch_size=16, seed=2, max_steps=2), shards=2)
-    assert rel_error(result.params["W2"], local.params["W2"]) < 1e-4
+    single = local.fit_local(images, labels, SGDConfig(batch_size=16, seed=2, max_steps=2), shards=2)
+    assert rel_error(result.params["W2"], single.params["W2"]) < 1e-4
 
 
 def test_local_cluster(mnist):

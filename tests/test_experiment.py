@@ -1,14 +1,12 @@
 """jobs/straggler_experiment.py on tiny settings, and the plots."""
 import json
-import sys
 
 import pytest
 
 from mnist_lenet_spark import plots
-from tests.conftest import ROOT
+from tests.conftest import load_job
 
-sys.path.insert(0, str(ROOT / "jobs"))
-import straggler_experiment  # noqa: E402
+straggler_experiment = load_job("straggler_experiment")
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -22,13 +20,16 @@ def test_plots_write_png_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "c.png", "s.png"]
 
 
-def test_experiment_writes_json_and_plots(tmp_path):
-    payload = straggler_experiment.main(
+def test_experiment_writes_json_and_plots(tmp_path, capsys):
+    status = straggler_experiment.main(
         ["--workers", "2", "--backup", "0,1", "--steps", "4", "--batch-size", "16", "--no-speculation",
          "--straggler-prob", "0.5", "--straggler-delay", "0.3", "--validate-every", "2", "--validation-size", "100",
          "--out-dir", str(tmp_path)])
+    assert status == 0
+    assert "b=1          mean" in capsys.readouterr().out
     saved = json.loads((tmp_path / "straggler_experiment.json").read_text())
-    assert set(saved["runs"]) == {"b=0", "b=1"} == set(payload["runs"])
+    assert set(saved["runs"]) == {"b=0", "b=1"}
+    assert saved["settings"]["straggler"] == {"prob": 0.5, "delay": 0.3, "slow_partitions": []}
     for run in saved["runs"].values():
         assert len(run["step_seconds"]) == 4 and all(s > 0 for s in run["step_seconds"])
         assert len(run["accuracy_vs_time"]) == 2

@@ -6,10 +6,10 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from mnist_lenet_spark.config import ConfigError, SGDConfig, read_training_conf
+from tests.conftest import ROOT, load_job
 
-sys.path.insert(0, str(ROOT / "jobs"))
-import train_lenet  # noqa: E402
+train_lenet = load_job("train_lenet")
 
 JOB = [sys.executable, str(ROOT / "jobs" / "train_lenet.py"), "--master", "local[2]", "--no-progress",
        "--conf", str(ROOT / "conf" / "spark-defaults.conf")]
@@ -23,6 +23,8 @@ JOB = [sys.executable, str(ROOT / "jobs" / "train_lenet.py"), "--master", "local
     (["--backup-workers", "-2"], "--backup-workers: must be >= 0"),
     (["--resume"], "--resume needs --checkpoint-dir"),
     (["--straggler-prob", "1.5"], "--straggler-prob: must be in [0, 1]"),
+    (["--straggler-delay", "-1"], "--straggler-delay: must be >= 0, got -1"),
+    (["--slow-partitions", "1,x"], "--slow-partitions: expected integers separated by commas, got '1,x'"),
 ])
 def test_bad_flags_give_one_line_and_status_2(flags, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -103,3 +105,37 @@ def test_malformed_spark_conf_file_is_one_line_and_status_2(tmp_path):
                            "--no-progress"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"train_lenet: error: {conf}:2: expected 'key value', got 'spark.task.cpus'"
+
+
+def test_flags_override_the_training_conf_which_overrides_sgd_config(tmp_path):
+    conf = tmp_path / "training.json"
+    conf.write_text('{"workers": 3, "lr": 0.05, "backup_workers": 1}')
+    run = train_lenet.train_run(train_lenet.parse_args(["--training-conf", str(conf), "--lr", "0.2"]))
+    assert run.workers == 3 and run.backup.workers == 1 and run.config.lr == 0.2
+    assert run.config.batch_size == SGDConfig().batch_size  # not in the file: the library's default
+    bundled = train_lenet.train_run(train_lenet.parse_args([]))
+    assert bundled.config == SGDConfig(validate_every=200) and bundled.workers == 2
+
+
+@pytest.mark.parametrize("text,message", [
+    ('{"lr": 0.1, "learning_rate": 0.1}', "unknown key 'learning_rate'"),
+    ('{"batch_size": "64"}', "batch_size must be int, got '64'"),
+    ('{"dropout": 1}', "dropout must be bool, got 1"),
+    ('{"workers": 0}', "workers must be an integer >= 1, got 0"),
+    ('{"backup_mode": "fast"}', "backup_mode must be 'cancel' or 'wait-all'"),
+    ('{"lr": 0.1,', "not valid JSON"),
+    ('[1, 2]', "expected a JSON object"),
+])
+def test_training_conf_rejects_unknown_keys_and_wrong_types(tmp_path, text, message):
+    conf = tmp_path / "training.json"
+    conf.write_text(text)
+    with pytest.raises(ConfigError, match=f"^{conf}: .*{message}".replace("[", r"\[").replace("(", r"\(")):
+        read_training_conf(conf)
+
+
+def test_malformed_training_conf_is_one_line_and_status_2(tmp_path):
+    conf = tmp_path / "training.json"
+    conf.write_text('{"epochs": "three"}')
+    proc = subprocess.run(JOB + ["--training-conf", str(conf)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"train_lenet: error: {conf}: epochs must be int, got 'three'"]

@@ -2,9 +2,23 @@
 import numpy as np
 import pytest
 
-from mnist_lenet_spark.nn import affine, conv2d, conv2d_pool, dropout, max_pool2d, relu, softmax_cross_entropy
-from tests.reference import (conv2d_nchw, hnwc_to_nchw, max_pool_nchw, nchw_to_hnwc, numeric_grad,
-                             rel_error)
+from mnist_lenet_spark.nn import (
+    affine,
+    conv2d,
+    conv2d_pool,
+    dropout,
+    max_pool2d,
+    relu,
+    softmax_cross_entropy,
+)
+from tests.reference import (
+    conv2d_nchw,
+    hnwc_to_nchw,
+    max_pool_nchw,
+    nchw_to_hnwc,
+    numeric_grad,
+    rel_error,
+)
 
 TOL = 1e-6
 

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
+from mnist_lenet_spark import data, tasks
 from mnist_lenet_spark.models import base, lenet
-from tests.reference import numeric_grad, rel_error
+from tests.reference import rel_error
 
 SHAPES = {"W1": (32, 1, 5, 5), "b1": (32,), "W2": (64, 32, 5, 5), "b2": (64,), "W3": (3136, 512),
           "b3": (512,), "W4": (512, 10), "b4": (10,)}
@@ -76,11 +77,14 @@ def test_float32_in_float32_out_and_close_to_float64():
     assert all(rel_error(g32[k], g64[k]) < 1e-4 for k in g32)
 
 
-def test_predict_is_a_distribution_and_accuracy_counts():
-    params, X, y = small_problem(np.float32)
-    probs = lenet.predict(params, X)
-    assert probs.shape == (2, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
-    assert lenet.accuracy(params, X, np.argmax(probs, axis=1)) == 1.0
+def test_predict_is_a_distribution_and_count_correct_counts():
+    params = lenet.init_params(1)
+    images = np.random.default_rng(0).integers(0, 256, (7, 28, 28), dtype=np.uint8)
+    probs = lenet.predict(params, data.scale_batch(images))
+    assert probs.shape == (7, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    predicted = np.argmax(probs, axis=1)
+    assert tasks.count_correct(lenet, params, images, predicted, chunk=3) == 7  # chunks of 3, 3 and 1
+    assert tasks.count_correct(lenet, params, images, (predicted + 1) % 10) == 0
 
 
 def test_train_needs_a_generator_and_shape_is_checked():

@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
+from mnist_lenet_spark import local, tasks, training
 from mnist_lenet_spark import spark as msp
-from mnist_lenet_spark import training, worker
+from mnist_lenet_spark.config import BackupConfig, ConfigError, SGDConfig
 from mnist_lenet_spark.models import lenet
 from tests.conftest import tiny_problem
 from tests.reference import rel_error
@@ -30,20 +31,20 @@ def test_fit_without_dropout_equals_single_process_trainer(spark, mnist, workers
     images, labels = small_split(mnist, n)
     sgd = msp.SyncSGD(spark, workers=workers, batch_size=batch, seed=3, dropout=False)
     result = sgd.fit(images, labels, epochs=2, max_steps=6)
-    config = training.SGDConfig(batch_size=batch, seed=3, dropout=False, epochs=2, max_steps=6)
-    local = training.fit_local(images, labels, config, shards=workers)
-    assert [h["examples"] for h in result.history] == [h["examples"] for h in local.history]
-    assert [h["loss"] for h in result.history] == pytest.approx([h["loss"] for h in local.history], rel=1e-5)
-    for k in local.params:
-        assert rel_error(result.params[k], local.params[k]) < 1e-4, k
+    config = SGDConfig(batch_size=batch, seed=3, dropout=False, epochs=2, max_steps=6)
+    single = local.fit_local(images, labels, config, shards=workers)
+    assert [h["examples"] for h in result.history] == [h["examples"] for h in single.history]
+    assert [h["loss"] for h in result.history] == pytest.approx([h["loss"] for h in single.history], rel=1e-5)
+    for k in single.params:
+        assert rel_error(result.params[k], single.params[k]) < 1e-4, k
 
 
 def test_fit_with_dropout_matches_single_process_trainer_too(spark, mnist):
     # dropout masks come from (seed, epoch, step, shard), so they are the same on every executor
     images, labels = small_split(mnist, 64)
     result = msp.SyncSGD(spark, workers=2, batch_size=16, seed=1).fit(images, labels, max_steps=3)
-    local = training.fit_local(images, labels, training.SGDConfig(batch_size=16, seed=1, max_steps=3), shards=2)
-    assert rel_error(result.params["W3"], local.params["W3"]) < 1e-4
+    single = local.fit_local(images, labels, SGDConfig(batch_size=16, seed=1, max_steps=3), shards=2)
+    assert rel_error(result.params["W3"], single.params["W3"]) < 1e-4
 
 
 def test_python_workers_are_reused_between_steps(spark, mnist):
@@ -55,7 +56,7 @@ def test_python_workers_are_reused_between_steps(spark, mnist):
 
 def test_each_task_limits_blas_to_its_cores(spark):
     threads = spark.sparkContext.parallelize([0, 1], 2).mapPartitions(
-        lambda it: (list(it), worker.tune_process(1), [worker.blas_threads()])[2]).collect()
+        lambda it: (list(it), tasks.tune_process(1), [tasks.blas_threads()])[2]).collect()
     assert threads and all(t and all(n == 1 for n in t) for t in threads)
 
 
@@ -68,7 +69,7 @@ def test_training_reduces_loss_and_validation_runs_on_the_cluster(spark, mnist):
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
     assert [v["step"] for v in result.validation][:2] == [10, 20]
     assert result.validation[-1]["accuracy"] > 0.7
-    local_acc = training.count_correct(lenet, result.params, *val) / 300
+    local_acc = tasks.count_correct(lenet, result.params, *val) / 300
     assert result.validation[-1]["accuracy"] == pytest.approx(local_acc)
 
 
@@ -100,17 +101,30 @@ def test_learning_rate_decays_per_epoch_and_warms_up(spark, mnist):
     ({"lr": float("nan")}, "lr must be"), ({"backup_workers": -1}, "backup_workers must be"),
 ])
 def test_bad_settings_raise_config_errors(spark, kwargs, message):
-    with pytest.raises(training.ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):
         msp.SyncSGD(spark, **kwargs)
 
 
 def test_too_few_examples_for_the_tasks(spark, mnist):
-    with pytest.raises(training.ConfigError, match="need at least 5 training examples"):
+    with pytest.raises(ConfigError, match="need at least 5 training examples"):
         msp.SyncSGD(spark, workers=4, backup_workers=1).fit(*small_split(mnist, 3))
 
 
 def test_linear_lr_scaling_follows_the_effective_batch(spark):
     assert msp.SyncSGD(spark, workers=4, batch_size=32, lr_scaling="linear").config.lr == pytest.approx(0.02)
     assert msp.SyncSGD(spark, workers=4, batch_size=32).config.lr == pytest.approx(0.01)
-    with pytest.raises(training.ConfigError, match="lr_scaling must be"):
+    with pytest.raises(ConfigError, match="lr_scaling must be"):
         msp.SyncSGD(spark, lr_scaling="sqrt")
+
+
+def test_config_objects_and_keyword_options_build_the_same_trainer(spark):
+    by_keywords = msp.SyncSGD(spark, workers=3, batch_size=32, seed=4, lr=0.02, backup_workers=1, backup_mode="wait-all")
+    by_config = msp.SyncSGD(spark, 3, config=SGDConfig(batch_size=32, seed=4, lr=0.02),
+                            backup=BackupConfig(workers=1, mode="wait-all"))
+    assert by_keywords.config == by_config.config and by_keywords.backup == by_config.backup
+    overridden = msp.SyncSGD(spark, config=SGDConfig(lr=0.5), lr=0.1)  # a keyword wins over the config
+    assert overridden.config.lr == 0.1 and overridden.config.batch_size == SGDConfig().batch_size
+    with pytest.raises(TypeError, match="unexpected keyword argument 'learning_rate'"):
+        msp.SyncSGD(spark, learning_rate=0.1)
+    with pytest.raises(ConfigError, match="batch_size must be int, got 32.0"):
+        msp.SyncSGD(spark, batch_size=32.0)

@@ -4,6 +4,7 @@ import socket
 import time
 
 from mnist_lenet_spark import step_signal
+from mnist_lenet_spark.sharding import TaskKey
 from mnist_lenet_spark.straggler import StragglerModel
 
 
@@ -48,10 +49,10 @@ def test_an_injected_delay_ends_when_asked_to_stop():
     slow = StragglerModel(delay=30.0, slow_partitions=(0,))
     deadline = time.monotonic() + 0.2
     t0 = time.monotonic()
-    slow.sleep(0, 0, 0, should_stop=lambda: time.monotonic() > deadline)
+    slow.sleep(TaskKey(0, 0, 0, 0), should_stop=lambda: time.monotonic() > deadline)
     assert 0.2 <= time.monotonic() - t0 < 1.0
     t0 = time.monotonic()
-    StragglerModel(delay=0.3, slow_partitions=(0,)).sleep(0, 0, 0, should_stop=lambda: False)
+    StragglerModel(delay=0.3, slow_partitions=(0,)).sleep(TaskKey(0, 0, 0, 0), should_stop=lambda: False)
     assert time.monotonic() - t0 >= 0.3  # not asked to stop: the full delay
 
 

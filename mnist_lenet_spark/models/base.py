@@ -74,12 +74,3 @@ def add_l2(params: Params, grads: Params, names: Sequence[str], l2: float, chunk
             np.multiply(wc, scale, out=t)
             g[a:a + chunk] += t
     return 0.5 * l2 * total
-
-
-def accuracy(model: Model, params: Params, X: np.ndarray, y: np.ndarray, batch_size: int = 500) -> float:
-    """Fraction of ``X`` (N, ...) whose most probable class equals ``y`` (N,); batched to bound memory."""
-    if len(y) == 0:
-        raise ValueError("accuracy of an empty set")
-    correct = sum(int(np.sum(np.argmax(model.predict(params, X[i:i + batch_size]), axis=1) == y[i:i + batch_size]))
-                  for i in range(0, len(y), batch_size))
-    return correct / len(y)

@@ -8,16 +8,14 @@ layout of ``nn.conv2d`` and flattens in (C, H, W) order before W3, as SystemML d
 """
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
+from ..config import SGDConfig
 from ..nn import affine, conv2d, conv2d_pool, dropout, relu, softmax_cross_entropy
 from . import base
 
 REGULARIZED = ("W1", "W2", "W3", "W4")
 KEEP_PROB = 0.5
-L2 = 5e-4
 
 
 def init_params(seed: int) -> base.Params:
@@ -61,7 +59,7 @@ def _forward(params, X, train, rng):
 
 
 def loss_and_grads(params: base.Params, X: np.ndarray, y: np.ndarray, *, train: bool = True,
-                   rng: np.random.Generator | None = None, l2: float = L2) -> tuple[float, base.Params]:
+                   rng: np.random.Generator | None = None, l2: float = SGDConfig.l2) -> tuple[float, base.Params]:
     """Mean softmax cross-entropy over the batch + ``0.5 * l2 * sum(W**2)`` over W1..W4.
 
     X (N, 1, 28, 28), y (N,) ints. Gradients have the keys, shapes and dtype of ``params``.
@@ -92,8 +90,3 @@ def predict(params: base.Params, X: np.ndarray) -> np.ndarray:
     """X (N, 1, 28, 28) -> class probabilities (N, 10), dropout off."""
     scores, _ = _forward(params, X, False, None)
     return softmax_cross_entropy.softmax(scores)
-
-
-def accuracy(params: base.Params, X: np.ndarray, y: np.ndarray) -> float:
-    """Fraction of X (N, 1, 28, 28) classified as y (N,)."""
-    return base.accuracy(sys.modules[__name__], params, X, y)

@@ -13,7 +13,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-
 CHUNK = 32768  # values per chunk: 128 KiB per float32 array, so a chunk's arrays stay in L2
 
 

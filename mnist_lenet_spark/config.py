@@ -1,0 +1,155 @@
+"""Every training default, in one place: the SGD schedule, the backup-worker policy, and the reader of
+``conf/training.json``."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import numbers
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import sharding
+
+REFERENCE_BATCH = 64  # the batch SystemML's learning rate was tuned for
+
+
+class ConfigError(ValueError):
+    """A training option has a bad value; the message names the option and the value."""
+
+
+_RUNTIME_TYPES = {"int": numbers.Integral, "float": numbers.Real, "bool": bool, "str": str, "None": type(None)}
+
+
+def _check_types(obj, prefix: str = "") -> None:
+    """Each field's value has its annotated type (``'float | None'``: a real number or None; never a bool
+    for a number), so a mistyped setting fails here with its name, not later in arithmetic."""
+    for f in dataclasses.fields(obj):
+        names = [name.strip() for name in f.type.split("|")]
+        value = getattr(obj, f.name)
+        is_number_as_bool = isinstance(value, bool) and "bool" not in names
+        if is_number_as_bool or not isinstance(value, tuple(_RUNTIME_TYPES[n] for n in names)):
+            raise ConfigError(f"{prefix}{f.name} must be {' or '.join(names)}, got {value!r}")
+
+
+def _raise_failed(obj, checks, prefix: str = "") -> None:
+    for name, ok, rule in checks:
+        if not ok:
+            raise ConfigError(f"{prefix}{name} {rule}, got {getattr(obj, name)!r}")
+
+
+@dataclass(frozen=True)
+class SGDConfig:
+    """SystemML's LeNet schedule."""
+    batch_size: int = 64  # per worker (per shard) per step
+    lr: float = 0.01
+    momentum: float = 0.9
+    lr_decay: float = 0.95  # lr multiplied by this once per epoch
+    l2: float = 5e-4
+    epochs: int = 1
+    seed: int = 0
+    validate_every: int = 0  # steps; 0 = only at the end of each epoch
+    max_steps: int | None = None  # stop after this many steps in all
+    dropout: bool = True
+    warmup_steps: int = 0  # linear warm-up of the learning rate (Goyal et al. 2017)
+
+    def __post_init__(self):
+        _check_types(self)
+        checks = [
+            ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("lr", math.isfinite(self.lr) and self.lr > 0, "must be a positive finite number"),
+            ("momentum", math.isfinite(self.momentum) and 0 <= self.momentum < 1, "must be in [0, 1)"),
+            ("lr_decay", math.isfinite(self.lr_decay) and 0 < self.lr_decay <= 1, "must be in (0, 1]"),
+            ("l2", math.isfinite(self.l2) and self.l2 >= 0, "must be >= 0"),
+            ("epochs", self.epochs >= 1, "must be >= 1"),
+            ("validate_every", self.validate_every >= 0, "must be >= 0"),
+            ("max_steps", self.max_steps is None or self.max_steps >= 1, "must be >= 1"),
+            ("warmup_steps", self.warmup_steps >= 0, "must be >= 0"),
+        ]
+        _raise_failed(self, checks)
+
+    def learning_rate(self, epoch: int, step: int) -> float:
+        """lr * decay**epoch, ramped linearly over the first ``warmup_steps`` global steps."""
+        lr = self.lr * self.lr_decay ** epoch
+        if step < self.warmup_steps:
+            lr *= (step + 1) / self.warmup_steps
+        return lr
+
+    def scaled_for(self, workers: int, lr_scaling: str) -> SGDConfig:
+        """``lr_scaling="linear"``: lr x (workers x batch_size / 64), Goyal et al. 2017; "none": unchanged."""
+        if lr_scaling not in ("none", "linear"):
+            raise ConfigError(f"lr_scaling must be 'none' or 'linear', got {lr_scaling!r}")
+        if lr_scaling == "none":
+            return self
+        return dataclasses.replace(self, lr=self.lr * workers * self.batch_size / REFERENCE_BATCH)
+
+    def total_steps(self, num_examples: int, shards: int) -> int:
+        """Steps of the whole run: ``epochs`` epochs, cut at ``max_steps``."""
+        total = sharding.steps_per_epoch(num_examples, shards, self.batch_size) * self.epochs
+        return min(total, self.max_steps) if self.max_steps is not None else total
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    """Backup workers (Chen et al. 2016): ``workers`` extra tasks per step whose slowest results are dropped.
+
+    ``mode``: "cancel" goes on at the N-th result (the feature); "wait-all" waits for all N + b
+    tasks and keeps the N that finished first (a comparison mode that saves no time).
+    ``grace``: seconds after the N-th result before Spark cancels the rest of the step; None
+    means twice the median task time so far. ``cancel``: False never cancels. ``signal``: tell a
+    closed step's late tasks to stop by themselves (``step_signal``).
+    """
+    workers: int = 0
+    mode: str = "cancel"
+    grace: float | None = None
+    cancel: bool = True
+    signal: bool = True
+
+    def __post_init__(self):
+        _check_types(self, prefix="backup_")
+        checks = [
+            ("workers", self.workers >= 0, "must be an integer >= 0"),
+            ("mode", self.mode in ("cancel", "wait-all"), "must be 'cancel' or 'wait-all'"),
+            ("grace", self.grace is None or (math.isfinite(self.grace) and self.grace >= 0), "must be >= 0"),
+        ]
+        _raise_failed(self, checks, prefix="backup_")
+
+
+@dataclass(frozen=True)
+class TrainingConf:
+    """What ``conf/training.json`` sets: the job's worker count and its SGD and backup settings."""
+    workers: int = 2
+    sgd: SGDConfig = SGDConfig()
+    backup: BackupConfig = BackupConfig()
+
+
+def read_training_conf(path: str | os.PathLike) -> TrainingConf:
+    """A JSON object of ``workers``, any ``SGDConfig`` field, and ``backup_`` + any ``BackupConfig`` field.
+
+    Keys left out keep the defaults above; an unknown key or a value of the wrong type is a
+    ConfigError naming the file and the key.
+    """
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read training conf ({e.strerror})") from None
+    except ValueError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a JSON object of settings, got {type(values).__name__}")
+    sgd_keys = {f.name for f in dataclasses.fields(SGDConfig)}
+    backup_keys = {"backup_" + f.name: f.name for f in dataclasses.fields(BackupConfig)}
+    unknown = sorted(set(values) - sgd_keys - set(backup_keys) - {"workers"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; known keys: workers, "
+                          f"{', '.join(sorted(sgd_keys | set(backup_keys)))}")
+    try:
+        workers = values.get("workers", TrainingConf.workers)
+        if type(workers) is not int or workers < 1:
+            raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
+        return TrainingConf(workers, SGDConfig(**{k: v for k, v in values.items() if k in sgd_keys}),
+                            BackupConfig(**{backup_keys[k]: v for k, v in values.items() if k in backup_keys}))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

@@ -1,0 +1,35 @@
+"""The single-process trainer: the sibling of ``spark.SyncSGD``, its reference and the baseline of its speed-up."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from . import tasks, training
+from .config import SGDConfig
+from .models import base, lenet
+
+
+def fit_local(train_images: np.ndarray, train_labels: np.ndarray, config: SGDConfig = SGDConfig(),
+              model: base.Model = lenet, validation: tuple[np.ndarray, np.ndarray] | None = None,
+              on_step: Callable[[dict], None] | None = None, state: training.TrainState | None = None,
+              shards: int = 1, dtype=np.float32) -> training.FitResult:
+    """Train on uint8 ``train_images`` (N, 28, 28) and int ``train_labels`` (N,); ``validation`` likewise.
+
+    With ``shards=W`` it computes, one after the other, the same W mini-batches per step that
+    ``SyncSGD(workers=W)`` spreads over Spark tasks: the same examples, the same update.
+    """
+    spec, fresh = training.new_state(model, config.seed)
+    state = state or fresh
+    state.params = state.params.astype(dtype, copy=False)
+    state.velocity = state.velocity.astype(dtype, copy=False)
+
+    def gradient(flat, batches):
+        return tasks.sum_batches(model, spec, flat, train_images, train_labels, batches, config.dropout), {}
+
+    def evaluate(flat):
+        images, labels = validation
+        return tasks.count_correct(model, base.unflatten(flat, spec), images, labels) / len(labels)
+
+    return training.fit_loop(model, spec, state, len(train_labels), shards, gradient, config,
+                             evaluate if validation is not None else None, on_step)

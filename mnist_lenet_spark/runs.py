@@ -1,0 +1,143 @@
+"""A whole training run as ``jobs/train_lenet.py`` does it: data, session, resume, fit, test, outputs."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import data, files, training
+from .config import BackupConfig, ConfigError, SGDConfig
+from .straggler import StragglerModel
+
+log = logging.getLogger(__name__)
+#: what a resumed run must share with the checkpoint, or it would not continue the same schedule
+RESUME_KEYS = ("seed", "batch_size", "workers", "backup_workers")
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """One run: the training settings, and where the data comes from and the outputs go."""
+    config: SGDConfig = SGDConfig()
+    backup: BackupConfig = BackupConfig()
+    workers: int = 2
+    lr_scaling: str = "none"
+    straggler: StragglerModel = StragglerModel()
+    master: str | None = None  # None: the one spark-submit chose, else local[*]
+    spark_conf: str | os.PathLike | None = None  # a spark-defaults.conf; None: the checkout's
+    data_dir: str | os.PathLike | None = None  # the four MNIST IDX files; None: the bundled copy
+    limit_train: int | None = None  # use the first N training images
+    checkpoint_dir: str | os.PathLike | None = None
+    checkpoint_every: int = 0
+    resume: bool = False
+    metrics: str | os.PathLike | None = None  # one JSON object per step
+    summary: str | os.PathLike | None = None  # one JSON object with the run's results
+    model_out: str | os.PathLike | None = None  # the trained parameters, .npz
+    progress: bool = True
+
+
+def step_statistics(history: list[dict]) -> dict:
+    """Step-time median, mean and p90 (seconds), examples, and dropped backup tasks of a run's history."""
+    times = np.array([h["seconds"] for h in history]) if history else np.array([np.nan])
+    return {"steps": len(history), "examples": sum(h["examples"] for h in history),
+            "step_seconds_median": float(np.median(times)), "step_seconds_mean": float(np.mean(times)),
+            "step_seconds_p90": float(np.percentile(times, 90)),
+            "dropped_tasks": sum(len(h.get("dropped", [])) for h in history)}
+
+
+def _resume_state(run: TrainRun, checkpoint: Path, shape: dict) -> training.TrainState:
+    state, meta = training.load_checkpoint(checkpoint)
+    saved = {**meta.get("config", {}), **meta}
+    for key, value in shape.items():
+        if key in saved and saved[key] != value:
+            raise ConfigError(f"{checkpoint}: written with --{key.replace('_', '-')} {saved[key]}, "
+                              f"resumed with {value}")
+    log.info("resuming from %s at step %d", checkpoint, state.step)
+    return state
+
+
+def train(run: TrainRun) -> dict:
+    """Train, test and write the outputs of ``run``; returns the summary. Errors in the data, the
+    settings or a checkpoint raise DataError or ConfigError (before Spark starts where possible)."""
+    from . import spark as msp
+
+    mnist = data.load_mnist(run.data_dir)
+    train_split = mnist.train
+    if run.limit_train:
+        train_split = data.Split(train_split.images[:run.limit_train], train_split.labels[:run.limit_train])
+    shape = {"seed": run.config.seed, "batch_size": run.config.batch_size, "workers": run.workers,
+             "backup_workers": run.backup.workers}
+    checkpoint = Path(run.checkpoint_dir) / "checkpoint.npz" if run.checkpoint_dir else None
+    state = _resume_state(run, checkpoint, shape) if run.resume else None
+
+    under_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started the JVM and chose the master
+    spark = msp.session(run.master or (None if under_spark_submit else "local[*]"), conf_file=run.spark_conf)
+    try:
+        sgd = msp.SyncSGD(spark, run.workers, config=run.config, backup=run.backup, straggler=run.straggler,
+                          lr_scaling=run.lr_scaling)
+        config = sgd.config
+        metrics_lines = []
+        progress = None
+        if run.progress:
+            from tqdm import tqdm
+            total = config.total_steps(len(train_split.labels), run.workers + run.backup.workers)
+            progress = tqdm(total=total - (state.step if state else 0), unit="step", dynamic_ncols=True,
+                            file=sys.stderr)
+
+        def on_step(record):
+            metrics_lines.append(json.dumps(record))
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{record['loss']:.3f}", epoch=record["epoch"] + 1,
+                                     ex_s=f"{record['examples'] / record['seconds']:.0f}")
+
+        save = (lambda st: training.save_checkpoint(checkpoint, st, config, shape)) if checkpoint else None
+        t0 = time.perf_counter()
+        result = sgd.fit(train_split.images, train_split.labels, validation_data=mnist.validation, on_step=on_step,
+                         state=state, checkpoint=save, checkpoint_every=run.checkpoint_every)
+        train_seconds = time.perf_counter() - t0
+        if progress is not None:
+            progress.close()
+        if checkpoint and run.checkpoint_every:
+            save(result.state)
+        test_accuracy = sgd.accuracy(result.params, mnist.test.images, mnist.test.labels)
+        stats = step_statistics(result.history)
+        summary = {
+            "test_accuracy": test_accuracy,
+            "validation_accuracy": result.validation[-1]["accuracy"] if result.validation else None,
+            "epochs": config.epochs, "workers": run.workers, "batch_size": config.batch_size,
+            "backup_workers": run.backup.workers, "train_seconds": train_seconds,
+            "examples_per_second": stats["examples"] / train_seconds,
+            "final_loss": result.history[-1]["loss"] if result.history else None,
+            "spark_master": spark.sparkContext.master, **stats,
+        }
+    finally:
+        spark.stop()
+    if run.metrics:
+        files.write_atomically(run.metrics, "\n".join(metrics_lines) + "\n")
+    if run.summary:
+        files.write_atomically(run.summary, json.dumps(summary, indent=2) + "\n")
+    if run.model_out:
+        buffer = io.BytesIO()
+        np.savez(buffer, **result.params)
+        files.write_atomically(run.model_out, buffer.getvalue())
+    return summary
+
+
+def with_flags(run: TrainRun, **flags) -> TrainRun:
+    """``run`` with the non-None ``flags`` set: ``TrainRun`` fields, ``SGDConfig`` fields, or
+    ``backup_`` + a ``BackupConfig`` field."""
+    sgd_fields = {f.name for f in dataclasses.fields(SGDConfig)}
+    backup_fields = {"backup_" + f.name: f.name for f in dataclasses.fields(BackupConfig)}
+    given = {k: v for k, v in flags.items() if v is not None}
+    config = dataclasses.replace(run.config, **{k: v for k, v in given.items() if k in sgd_fields})
+    backup = dataclasses.replace(run.backup, **{backup_fields[k]: v for k, v in given.items() if k in backup_fields})
+    rest = {k: v for k, v in given.items() if k not in sgd_fields and k not in backup_fields}
+    return dataclasses.replace(run, config=config, backup=backup, **rest)

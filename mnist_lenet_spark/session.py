@@ -1,0 +1,77 @@
+"""Starting Spark for this package: a session with conf/spark-defaults.conf applied, and the package zip
+that executors on a cluster import."""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from . import files
+from .config import ConfigError
+
+log = logging.getLogger(__name__)
+PACKAGE_DIR = Path(__file__).resolve().parent
+#: the Spark settings the step needs to be cheap, each explained in the README ("Spark settings")
+SPARK_DEFAULTS = PACKAGE_DIR.parent / "conf" / "spark-defaults.conf"
+
+
+def read_spark_conf(path: str | os.PathLike) -> dict[str, str]:
+    """``key value`` lines of a spark-defaults.conf (comments and blank lines skipped)."""
+    conf = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read Spark conf file ({e.strerror})") from None
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(None, 1)
+        if len(parts) != 2:
+            raise ConfigError(f"{path}:{number}: expected 'key value', got {line!r}")
+        conf[parts[0]] = parts[1].strip()
+    return conf
+
+
+def session(master: str | None = None, app_name: str = "mnist_lenet_spark", conf: dict | None = None,
+            conf_file: str | os.PathLike | None = None):
+    """A SparkSession with the settings of ``conf_file`` (default: the checkout's conf/spark-defaults.conf),
+    then ``conf`` on top."""
+    from pyspark.sql import SparkSession
+    if conf_file is None and SPARK_DEFAULTS.is_file():
+        conf_file = SPARK_DEFAULTS
+    elif conf_file is None:  # an installed package without its checkout: Spark's own defaults
+        log.warning("%s not found: the session runs with Spark's default settings", SPARK_DEFAULTS)
+    settings = read_spark_conf(conf_file) if conf_file else {}
+    settings.update(conf or {})
+    # Python workers run this interpreter (with this package and numpy) unless the user chose one.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app_name)
+    if master:
+        builder = builder.master(master)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    if not spark.sparkContext.master.startswith("local"):
+        ship_package(spark.sparkContext)
+    return spark
+
+
+def ship_package(sc) -> str:
+    """Zip this package and ``addPyFile`` it, so executors on a cluster can import it."""
+    out = build_zip(Path(tempfile.mkdtemp(prefix="mnist_lenet_spark-")) / "mnist_lenet_spark.zip")
+    sc.addPyFile(str(out))
+    return str(out)
+
+
+def build_zip(path: str | os.PathLike) -> Path:
+    """The package as a zip importable from ``--py-files`` (written atomically)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(PACKAGE_DIR.rglob("*.py")):
+            z.write(f, Path("mnist_lenet_spark") / f.relative_to(PACKAGE_DIR))
+    return files.write_atomically(path, buffer.getvalue())
