@@ -38,7 +38,7 @@ experiment: $(VENV)/.installed-dev check-java
 	$(PY) jobs/straggler_experiment.py --steps 20 --backup 0,1 --out-dir out/straggler $(ARGS)
 
 dist: $(VENV)/.installed-dev
-	$(PY) -c 'from mnist_lenet_spark.spark import build_zip; print(build_zip("dist/mnist_lenet_spark.zip"))'
+	$(PY) -c 'from mnist_lenet_spark.session import build_zip; print(build_zip("dist/mnist_lenet_spark.zip"))'
 
 clean:
 	rm -rf $(VENV) dist build out *.egg-info

@@ -1,15 +1,8 @@
 """The backup-worker policy (Chen et al. 2016): launch N + b gradient tasks a step, use the first N, stop waiting.
 
-Each task adds a ``tasks.BackupResult`` to a custom accumulator, whose updates reach the driver
-as each task finishes. The step's job runs in a thread under its own job group; the driver
-watches the accumulator and, as soon as N results of this step have arrived, sums them and goes
-on to the next step. Results of an older step that arrive late are discarded by the accumulator.
-
-The driver then tells the step's late tasks that their step is closed (``step_signal``): a task
-that asks in time stops by itself and keeps its Python worker. Spark's cancel (job group,
-``interruptOnCancel``) follows after a grace period as the fallback; it costs the task's
-Python worker, so tasks that are merely last get ``grace`` seconds to finish first. See README,
-"Backup workers".
+Results arrive through a custom accumulator as each task finishes; at the N-th the driver sums
+them, tells the late tasks their step is closed (``step_signal``) and, after a grace period,
+lets Spark cancel what is still running. README, "Backup workers", explains why each piece.
 """
 from __future__ import annotations
 

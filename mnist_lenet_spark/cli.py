@@ -12,39 +12,23 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _checked(convert, ok, rule: str, name: str):
+    """An argparse type: ``convert(text)``, refused with "must be RULE, got TEXT" unless ``ok``."""
+    def parse(text: str):
+        value = convert(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+    parse.__name__ = name  # argparse names it in "invalid NAME value" errors
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def probability(text: str) -> float:
-    value = finite_float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
+positive_int = _checked(int, lambda v: v >= 1, ">= 1", "positive_int")
+non_negative_int = _checked(int, lambda v: v >= 0, ">= 0", "non_negative_int")
+finite_float = _checked(float, math.isfinite, "a finite number", "finite_float")
+non_negative_float = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0",
+                              "non_negative_float")
+probability = _checked(float, lambda v: 0 <= v <= 1, "in [0, 1]", "probability")
 
 
 def int_list(text: str) -> tuple[int, ...]:

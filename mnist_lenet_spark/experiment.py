@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data, files, plots, runs
+from . import spark as msp
 from .config import BackupConfig, SGDConfig
 from .straggler import StragglerModel
 
@@ -48,7 +49,6 @@ class Experiment:
 
 def run_config(spark, exp: Experiment, mnist, backup_workers: int) -> dict:
     """One configuration's step times, dropped tasks and accuracy against time."""
-    from . import spark as msp
     sgd = msp.SyncSGD(spark, exp.workers, straggler=exp.straggler,
                       config=SGDConfig(batch_size=exp.batch_size, seed=exp.seed, validate_every=exp.validate_every,
                                        max_steps=exp.steps),
@@ -69,7 +69,6 @@ def run_config(spark, exp: Experiment, mnist, backup_workers: int) -> dict:
 
 def run(exp: Experiment) -> dict:
     """Every configuration of ``exp`` (each b in one session, speculation in its own); writes the outputs."""
-    from . import spark as msp
     mnist = data.load_mnist()
     sessions = [({}, list(exp.backup))] + ([(SPECULATION, ["speculation"])] if exp.speculation else [])
     result = {}

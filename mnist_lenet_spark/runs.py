@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from . import data, files, training
+from . import spark as msp
 from .config import BackupConfig, ConfigError, SGDConfig
 from .straggler import StragglerModel
 
 log = logging.getLogger(__name__)
-#: what a resumed run must share with the checkpoint, or it would not continue the same schedule
-RESUME_KEYS = ("seed", "batch_size", "workers", "backup_workers")
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ def step_statistics(history: list[dict]) -> dict:
             "dropped_tasks": sum(len(h.get("dropped", [])) for h in history)}
 
 
-def _resume_state(run: TrainRun, checkpoint: Path, shape: dict) -> training.TrainState:
+def _resume_state(checkpoint: Path, shape: dict) -> training.TrainState:
     state, meta = training.load_checkpoint(checkpoint)
     saved = {**meta.get("config", {}), **meta}
     for key, value in shape.items():
@@ -66,16 +65,16 @@ def _resume_state(run: TrainRun, checkpoint: Path, shape: dict) -> training.Trai
 def train(run: TrainRun) -> dict:
     """Train, test and write the outputs of ``run``; returns the summary. Errors in the data, the
     settings or a checkpoint raise DataError or ConfigError (before Spark starts where possible)."""
-    from . import spark as msp
 
     mnist = data.load_mnist(run.data_dir)
     train_split = mnist.train
     if run.limit_train:
         train_split = data.Split(train_split.images[:run.limit_train], train_split.labels[:run.limit_train])
+    # what a resumed run must share with its checkpoint, or it would not continue the same schedule
     shape = {"seed": run.config.seed, "batch_size": run.config.batch_size, "workers": run.workers,
              "backup_workers": run.backup.workers}
     checkpoint = Path(run.checkpoint_dir) / "checkpoint.npz" if run.checkpoint_dir else None
-    state = _resume_state(run, checkpoint, shape) if run.resume else None
+    state = _resume_state(checkpoint, shape) if run.resume else None
 
     under_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started the JVM and chose the master
     spark = msp.session(run.master or (None if under_spark_submit else "local[*]"), conf_file=run.spark_conf)

@@ -1,13 +1,7 @@
-"""The Spark trainer, on the driver: broadcast, mapPartitions, treeReduce, and ``training.fit_loop``'s update.
-
-Each step the driver broadcasts the flat float32 parameters; each RDD partition (one per shard)
-computes the gradient *sum* of its own mini-batch in ``tasks.step_task``; ``treeReduce`` adds the
-``GradientSum``s; the loop divides by the count, adds the L2 term once and updates. With backup
-workers the step is ``backup.BackupStep`` instead.
-
-The uint8 training set is broadcast once per ``fit``: a Python worker unpickles a broadcast once
-and keeps it while it is reused, so a step ships only batch indices and parameters (a cached RDD
-would be streamed from the JVM to Python in every job; see PERF_NOTES).
+"""The Spark trainer, on the driver: each step broadcasts the parameters, runs ``tasks.step_task`` in
+``mapPartitions`` over one partition per shard, and adds the ``GradientSum``s with ``treeReduce``
+for ``training.fit_loop`` (with backup workers the step is ``backup.BackupStep``). The uint8
+training set is broadcast once per ``fit`` and kept by the reused Python workers.
 """
 from __future__ import annotations
 
@@ -22,7 +16,7 @@ from . import sharding, tasks, training
 from .backup import BackupStep
 from .config import BackupConfig, ConfigError, SGDConfig
 from .models import base, lenet
-from .session import build_zip, session  # noqa: F401  (the README's ``msp.session``)
+from .session import session  # noqa: F401  (the README's ``msp.session``)
 from .straggler import StragglerModel
 
 #: keyword arguments of SyncSGD that set a BackupConfig field
@@ -65,10 +59,6 @@ class SyncSGD:
         self.model = model
         self.straggler = straggler if straggler is not None and straggler.active else None
         self.threads = int(self.sc.getConf().get("spark.task.cpus", "1"))
-
-    @property
-    def backup_workers(self) -> int:
-        return self.backup.workers
 
     def _context(self, spec: base.ParamSpec, dropout: bool = False) -> tasks.TaskContext:
         return tasks.TaskContext(self.model, spec, self.threads, dropout, self.straggler)

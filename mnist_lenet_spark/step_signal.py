@@ -1,14 +1,7 @@
-"""Cooperative cancellation of a backup step's late tasks.
+"""Cooperative cancellation of a backup step's late tasks: the driver serves the newest closed step.
 
-Spark cancels a running PySpark task only by killing its Python worker, and the executor does
-that on a 2 s poll: until then the task keeps its slot, and afterwards a fresh worker must start
-and reload the broadcasts (README, "Backup workers"). So the driver also publishes the newest
-*closed* step on a tiny TCP service, and a backup task asks it before each batch and while an
-injected straggler delay runs. A task whose step is closed stops at once, returns nothing and
-keeps its worker. Spark's own cancel, after a grace period, stays as the fallback for a task
-that cannot ask (busy inside one long computation, or on an executor that cannot reach the
-driver).
-
+A task asks before each batch (and during an injected delay) and stops by itself when its step
+is closed, keeping its Python worker; Spark's cancel is the fallback (README, "Backup workers").
 Protocol: the client sends one byte, the server answers the closed step as a signed 64-bit
 big-endian integer (-1 before any step closed). No pyspark import here.
 """

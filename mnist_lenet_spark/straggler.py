@@ -1,11 +1,8 @@
 """Seeded straggler injection for experiments and tests.
 
-A task is delayed by ``delay`` seconds with probability ``prob`` (drawn from its ``TaskKey``: the
-run's seed, epoch, step and shard, so a run is reproducible), and always when its
-partition is in ``slow_partitions``. A real straggler (a slow or overloaded executor, a long GC)
-looks the same to the driver: a task that finishes late. Under backup workers the delay ends
-early when the task's step is closed (``step_signal``), as a slow task that checks between its
-pieces of work would; one that never checks holds its slot until Spark kills its worker.
+A task is delayed by ``delay`` seconds with probability ``prob`` (drawn from its ``TaskKey``, so a
+run is reproducible), and always when its shard is in ``slow_partitions``. To the driver a real
+straggler (a slow executor, a long GC) looks the same: a task that finishes late.
 """
 from __future__ import annotations
 

@@ -23,7 +23,8 @@ JOB = [sys.executable, str(ROOT / "jobs" / "train_lenet.py"), "--master", "local
     (["--backup-workers", "-2"], "--backup-workers: must be >= 0"),
     (["--resume"], "--resume needs --checkpoint-dir"),
     (["--straggler-prob", "1.5"], "--straggler-prob: must be in [0, 1]"),
-    (["--straggler-delay", "-1"], "--straggler-delay: must be >= 0, got -1"),
+    (["--straggler-delay", "-1"], "--straggler-delay: must be a finite number >= 0, got -1"),
+    (["--workers", "two"], "--workers: invalid positive_int value: 'two'"),
     (["--slow-partitions", "1,x"], "--slow-partitions: expected integers separated by commas, got '1,x'"),
 ])
 def test_bad_flags_give_one_line_and_status_2(flags, message, capsys):

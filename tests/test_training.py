@@ -74,3 +74,12 @@ def test_checkpoint_round_trip_and_a_bad_file(tmp_path, mnist):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="not a checkpoint of this tool"):
         training.load_checkpoint(path)
+
+
+def test_the_math_and_the_executor_side_import_no_pyspark():
+    import subprocess
+    import sys
+    modules = ["tasks", "sharding", "straggler", "step_signal", "config", "training", "local", "models.lenet", "nn"]
+    code = "; ".join(f"import mnist_lenet_spark.{m}" for m in modules) + "; import sys; print('pyspark' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
