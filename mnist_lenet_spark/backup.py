@@ -52,13 +52,13 @@ class BackupStep:
     ``describe(key)`` names a step's job in the Spark UI.
     """
 
-    def __init__(self, sc, ctx: tasks.TaskContext, data_bc, workers: int, backup: BackupConfig, describe):
+    def __init__(self, sc, ctx: tasks.TaskContext, source, workers: int, backup: BackupConfig, describe):
         from pyspark.accumulators import AccumulatorParam
 
         class Param(FirstResults, AccumulatorParam):
             pass
 
-        self.sc, self.ctx, self.data_bc, self.describe = sc, ctx, data_bc, describe
+        self.sc, self.ctx, self.source, self.describe = sc, ctx, source, describe
         self.n, self.options = workers, backup
         self.wait_all = backup.mode == "wait-all"
         self.accumulator = sc.accumulator([], Param(workers + backup.workers if self.wait_all else workers))
@@ -85,7 +85,7 @@ class BackupStep:
         group = f"mnist-lenet-{self.run_id}-step-{step}"
         bc = sc.broadcast(flat)
         rdd = sc.parallelize(batches, len(batches))
-        task = partial(tasks.backup_task, self.ctx, self.data_bc, bc, step, self.accumulator,
+        task = partial(tasks.backup_task, self.ctx, self.source, bc, step, self.accumulator,
                        self.signal.address if self.signal else None)
         need = min(self.n, sum(1 for b in batches if len(b.index)))
         failure = []

@@ -93,68 +93,80 @@ class SyncSGD:
         ``state`` resumes from a checkpoint; ``checkpoint(state)`` is called every
         ``checkpoint_every`` steps.
         """
+        data_bc = self.sc.broadcast((np.ascontiguousarray(X_train), np.asarray(y_train, np.int64)))
+        val_bc = self.sc.broadcast(tuple(map(np.asarray, validation_data))) if validation_data is not None else None
+        try:
+            return self.fit_data(tasks.BroadcastData(data_bc), len(y_train), epochs,
+                                 tasks.BroadcastData(val_bc) if val_bc else None, max_steps=max_steps,
+                                 on_step=on_step, state=state, checkpoint=checkpoint,
+                                 checkpoint_every=checkpoint_every)
+        finally:
+            data_bc.destroy(blocking=False)
+            if val_bc:
+                val_bc.destroy(blocking=False)
+
+    def fit_data(self, source: tasks.BroadcastData | tasks.StagedShards, num_examples: int,
+                 epochs: int | None = None, validation: tasks.BroadcastData | tasks.StagedShards | None = None, *,
+                 max_steps: int | None = None, on_step=None, state: training.TrainState | None = None,
+                 checkpoint=None, checkpoint_every: int = 0) -> training.FitResult:
+        """``fit`` on data already on the executors: broadcast arrays, or shards staged from a DataFrame."""
         config = dataclasses.replace(self.config, epochs=epochs or self.config.epochs,
                                      max_steps=max_steps or self.config.max_steps)
         shards = self.workers + self.backup.workers
-        if len(y_train) < shards:
+        if num_examples < shards:
             raise ConfigError(f"{shards} tasks per step need at least {shards} training examples, "
-                              f"got {len(y_train)}")
+                              f"got {num_examples}")
         spec, fresh = training.new_state(self.model, config.seed)
         state = state or fresh
-        total = config.total_steps(len(y_train), shards)
+        total = config.total_steps(num_examples, shards)
 
         def describe(key: sharding.TaskKey) -> str:
             return f"step {key.step + 1}/{total}, epoch {key.epoch + 1}"
 
         ctx = self._context(spec, config.dropout)
-        data_bc = self.sc.broadcast((np.ascontiguousarray(X_train), np.asarray(y_train, np.int64)))
-        val_bc = self.sc.broadcast(tuple(map(np.asarray, validation_data))) if validation_data is not None else None
         if self.backup.workers:
-            gradient = BackupStep(self.sc, ctx, data_bc, self.workers, self.backup, describe)
+            gradient = BackupStep(self.sc, ctx, source, self.workers, self.backup, describe)
         else:
-            gradient = partial(self._step, ctx, data_bc, describe)
+            gradient = partial(self._step, ctx, source, describe)
         try:
-            return training.fit_loop(self.model, spec, state, len(y_train), shards, gradient, config,
-                                     partial(self._evaluate, spec, val_bc) if val_bc else None, on_step,
+            return training.fit_loop(self.model, spec, state, num_examples, shards, gradient, config,
+                                     partial(self._evaluate, spec, validation) if validation else None, on_step,
                                      checkpoint, checkpoint_every)
         finally:
             if self.backup.workers:
                 gradient.close()
-            data_bc.destroy(blocking=False)
-            if val_bc:
-                val_bc.destroy(blocking=False)
 
-    def _step(self, ctx, data_bc, describe, flat, batches):
+    def _step(self, ctx, source, describe, flat, batches):
         """One plain synchronous step: broadcast, mapPartitions, treeReduce."""
         self.sc.setJobDescription(describe(batches[0].key))
         t0 = time.perf_counter()
         bc = self.sc.broadcast(flat)
         try:
             report = self.sc.parallelize(batches, len(batches)).mapPartitions(
-                partial(tasks.step_task, ctx, data_bc, bc)).treeReduce(add)
+                partial(tasks.step_task, ctx, source, bc)).treeReduce(add)
         finally:
             bc.destroy(blocking=False)  # or the executors fill up with old parameters
         return report.sums, {"step_seconds": time.perf_counter() - t0, "pids": sorted(report.pids)}
 
-    def _evaluate(self, spec, val_bc, flat, chunk: int = 1000) -> float:
-        """Accuracy on the broadcast validation set, counted over the cluster."""
-        n = len(val_bc.value[1])
+    def _evaluate(self, spec, source, flat, chunk: int = 1000) -> float:
+        """Accuracy on the validation data (broadcast or staged), counted over the cluster."""
+        sizes = source.sizes()
         self.sc.setJobDescription("validation")
         bc = self.sc.broadcast(flat)
         try:
-            ranges = [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+            ranges = [(k, a, min(a + chunk, n)) for k, n in sizes for a in range(0, n, chunk)]
             slices = min(len(ranges), max(self.workers, 1))
             correct = self.sc.parallelize(ranges, slices).mapPartitions(
-                partial(tasks.count_correct_task, self._context(spec), val_bc, bc)).sum()
+                partial(tasks.count_correct_task, self._context(spec), source, bc)).sum()
         finally:
             bc.destroy(blocking=False)
-        return correct / n
+        return correct / sum(n for _, n in sizes)
 
     def accuracy(self, params: base.Params, images: np.ndarray, labels: np.ndarray) -> float:
         """Accuracy of ``params`` on uint8 ``images`` (N, 28, 28), counted over the cluster."""
         spec = base.param_spec(params)
         bc = self.sc.broadcast((np.asarray(images), np.asarray(labels)))
         try:
-            return self._evaluate(spec, bc, base.flatten(params, spec))
+            return self._evaluate(spec, tasks.BroadcastData(bc), base.flatten(params, spec))
         finally:
             bc.destroy(blocking=False)

@@ -6,7 +6,9 @@ broadcasts and accumulators arrive as arguments.
 from __future__ import annotations
 
 import ctypes
+import io
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import data, step_signal
+from . import data, files, step_signal
 from .models import base
 from .sharding import ShardBatch
 from .straggler import StragglerModel
@@ -53,6 +55,36 @@ class BackupResult:
     finished_at: float  # time.time() on the executor
     seconds: float  # the task's own duration
     sums: GradientSum
+
+
+@dataclass(frozen=True)
+class BroadcastData:
+    """Training data broadcast whole (``SyncSGD.fit`` on arrays): batch indices index it directly."""
+    bc: object  # a Broadcast of (images uint8 (N, 28, 28), labels int64 (N,))
+
+    def shard(self, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """(images, labels, offset of shard k's first row): here the whole set, offset 0."""
+        images, labels = self.bc.value
+        return images, labels, 0
+
+    def sizes(self) -> list[tuple[int, int]]:
+        """[(shard, rows)] to walk for an evaluation: the whole set as one."""
+        return [(0, len(self.bc.value[1]))]
+
+
+@dataclass(frozen=True)
+class StagedShards:
+    """Training data staged as one pair of .npy files per shard (``staging.stage``), memory-mapped by tasks."""
+    directory: str
+    starts: tuple[int, ...]  # global index of each shard's first row
+    counts: tuple[int, ...]  # rows of each shard
+
+    def shard(self, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+        images, labels = open_shard(self.directory, k)
+        return images, labels, self.starts[k]
+
+    def sizes(self) -> list[tuple[int, int]]:
+        return list(enumerate(self.counts))
 
 
 @dataclass(frozen=True)
@@ -113,9 +145,9 @@ def gradient_sum(model: base.Model, spec: base.ParamSpec, flat_params: np.ndarra
 
 def sum_batches(model: base.Model, spec: base.ParamSpec, flat_params: np.ndarray, images: np.ndarray,
                 labels: np.ndarray, batches: Iterable[ShardBatch], dropout: bool,
-                should_stop: Callable[[], bool] | None = None) -> GradientSum | None:
-    """Sums over the uint8 ``images[batch.index]`` of every batch, in ``flat_params``'s dtype; None if there
-    are no batches, or when ``should_stop()`` (asked before each batch) says True."""
+                should_stop: Callable[[], bool] | None = None, offset: int = 0) -> GradientSum | None:
+    """Sums over the uint8 ``images[batch.index - offset]`` of every batch, in ``flat_params``'s dtype; None if
+    there are no batches, or when ``should_stop()`` (asked before each batch) says True."""
     total = None
     for batch in batches:
         if should_stop is not None and should_stop():
@@ -123,9 +155,10 @@ def sum_batches(model: base.Model, spec: base.ParamSpec, flat_params: np.ndarray
         if len(batch.index) == 0:
             part = GradientSum(np.zeros_like(flat_params), 0.0, 0)
         else:
-            X = data.scale_batch(images[batch.index], flat_params.dtype.type)  # (n, 1, 28, 28)
+            index = batch.index - offset if offset else batch.index  # (n,) rows of the given arrays
+            X = data.scale_batch(images[index], flat_params.dtype.type)  # (n, 1, 28, 28)
             rng = batch.key.dropout_rng() if dropout else None
-            part = gradient_sum(model, spec, flat_params, X, labels[batch.index], rng)
+            part = gradient_sum(model, spec, flat_params, X, labels[index], rng)
         total = part if total is None else total + part
     return total
 
@@ -143,32 +176,35 @@ def count_correct(model: base.Model, params: base.Params, images: np.ndarray, la
 
 # -- task bodies (mapPartitions functions) ------------------------------------------------------------
 # Each drains its input iterator first: only then does PySpark reuse the Python worker.
-def shard_gradient(ctx: TaskContext, data_bc, params_bc, batches: list[ShardBatch],
+def shard_gradient(ctx: TaskContext, source: BroadcastData | StagedShards, params_bc, batches: list[ShardBatch],
                    should_stop: Callable[[], bool] | None = None) -> GradientSum | None:
-    """Sums over this task's batches of the broadcast data, after any injected straggler delay."""
+    """Sums over this task's batches (all of one shard) of the training data, after any straggler delay."""
     tune_process(ctx.threads)
     if ctx.straggler is not None:
         for batch in batches:
             ctx.straggler.sleep(batch.key, should_stop)
-    images, labels = data_bc.value
-    return sum_batches(ctx.model, ctx.spec, params_bc.value, images, labels, batches, ctx.dropout, should_stop)
+    if not batches:
+        return None
+    images, labels, offset = source.shard(batches[0].key.shard)
+    return sum_batches(ctx.model, ctx.spec, params_bc.value, images, labels, batches, ctx.dropout, should_stop,
+                       offset)
 
 
-def step_task(ctx: TaskContext, data_bc, params_bc, partition: Iterator[ShardBatch]) -> Iterator[TaskReport]:
+def step_task(ctx: TaskContext, source, params_bc, partition: Iterator[ShardBatch]) -> Iterator[TaskReport]:
     """A plain synchronous step: this shard's sums, for ``treeReduce``."""
-    total = shard_gradient(ctx, data_bc, params_bc, list(partition))
+    total = shard_gradient(ctx, source, params_bc, list(partition))
     if total is not None:
         yield TaskReport(total, (os.getpid(),))
 
 
-def backup_task(ctx: TaskContext, data_bc, params_bc, step: int, accumulator, signal_address,
+def backup_task(ctx: TaskContext, source, params_bc, step: int, accumulator, signal_address,
                 partition: Iterator[ShardBatch]) -> Iterator:
     """A backup-worker step: the sums go to the accumulator as soon as they are ready, unless the driver
     closed the step meanwhile (then the task stops early and sends nothing)."""
     batches = list(partition)
     started = time.time()
     should_stop = partial(step_signal.is_closed, signal_address, step) if signal_address else None
-    total = shard_gradient(ctx, data_bc, params_bc, batches, should_stop)
+    total = shard_gradient(ctx, source, params_bc, batches, should_stop)
     if total is not None:
         finished = time.time()
         accumulator.add([BackupResult(step, batches[0].key.shard, finished, finished - started, total)])
@@ -182,9 +218,134 @@ def given_batch_task(ctx: TaskContext, params_bc, partition: Iterator[tuple[np.n
         yield TaskReport(gradient_sum(ctx.model, ctx.spec, params_bc.value, X, y, rng=None), (os.getpid(),))
 
 
-def count_correct_task(ctx: TaskContext, data_bc, params_bc, partition: Iterator[tuple[int, int]]):
-    """Correct predictions over the (start, stop) ranges of the broadcast images."""
+def count_correct_task(ctx: TaskContext, source, params_bc, partition: Iterator[tuple[int, int, int]]):
+    """Correct predictions over (shard, start, stop) row ranges of the data (positions within the shard)."""
     tune_process(ctx.threads)
-    images, labels = data_bc.value
     params = base.unflatten(params_bc.value, ctx.spec)
-    yield sum(count_correct(ctx.model, params, images[a:b], labels[a:b]) for a, b in partition)
+    correct = 0
+    for k, a, b in partition:
+        images, labels, _ = source.shard(k)
+        correct += count_correct(ctx.model, params, images[a:b], labels[a:b])
+    yield correct
+
+
+# -- staging a DataFrame's rows as shard files (driver side: staging.py) ------------------------------
+PIXELS = 28 * 28
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def row_pixels(features) -> np.ndarray | str:
+    """uint8 (784,) from a Vector, a sequence of 784 numbers in 0..255 (rounded) or 784 bytes; else the problem."""
+    if features is None:
+        return "is null"
+    if isinstance(features, (bytes, bytearray)):
+        if len(features) != PIXELS:
+            return f"has {len(features)} bytes, expected {PIXELS}"
+        return np.frombuffer(features, np.uint8)
+    try:
+        values = features.toArray() if hasattr(features, "toArray") else np.asarray(features, np.float64)
+    except (TypeError, ValueError):
+        return "holds a null or a non-number"
+    if values.shape != (PIXELS,):
+        return f"has {values.size} values, expected {PIXELS}"
+    if not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > 255:
+        return f"has values outside 0..255 (min {values.min()}, max {values.max()})"
+    return np.rint(values).astype(np.uint8)
+
+
+def row_label(label) -> int | str:
+    """The class 0..9 of a label given as an integer or an integral double; else the problem."""
+    if label is None:
+        return "is null"
+    if isinstance(label, bool) or not isinstance(label, (int, float, np.integer, np.floating)):
+        return f"is not a number: {_short(label)}"
+    if not math.isfinite(label) or label != int(label):
+        return f"is not a whole number: {label!r}"
+    if not 0 <= label <= 9:
+        return f"is outside 0..9: {label!r}"
+    return int(label)
+
+
+@dataclass(frozen=True)
+class StagedShard:
+    """What writing one shard reports to the driver (an error instead of files when a row is bad)."""
+    shard: int
+    count: int
+    error: str | None = None  # "row I: column 'C' PROBLEM (example)" for the first bad row
+    error_row: int = -1
+
+
+def convert_rows(features_col: str, label_col: str, edges: np.ndarray, first_index: list[int], partition: int,
+                 rows: Iterator) -> Iterator[tuple[int, tuple]]:
+    """(shard, (global row index, label, 784 pixel bytes | error)) for each row of one input partition.
+
+    Row ``i`` of the DataFrame belongs to shard ``k`` when ``edges[k] <= i < edges[k + 1]``; the
+    global index is this partition's ``first_index`` plus the row's position in it.
+    """
+    for i, row in enumerate(rows, first_index[partition]):
+        shard = int(np.searchsorted(edges, i, side="right")) - 1
+        pixels, label = row_pixels(row[features_col]), row_label(row[label_col])
+        problem = None
+        if isinstance(pixels, str):
+            problem = f"column '{features_col}' {pixels}"
+        elif isinstance(label, str):
+            problem = f"column '{label_col}' {label}"
+        if problem:
+            example = f"{label_col}={_short(row[label_col])}, {features_col}={_short(row[features_col])}"
+            yield shard, (i, None, f"row {i}: {problem} (example row: {example})")
+        else:
+            yield shard, (i, label, pixels.tobytes())
+
+
+def shard_paths(directory: str, k: int) -> tuple[str, str]:
+    return f"{directory}/shard-{k:05d}-images.npy", f"{directory}/shard-{k:05d}-labels.npy"
+
+
+def write_shard(directory: str, k: int, items: Iterator[tuple[int, tuple]]) -> Iterator[StagedShard]:
+    """Write shard ``k``'s rows, in global index order, as images uint8 (n, 28, 28) and labels int64 (n,)."""
+    rows = sorted(item for _, item in items)  # by global index: the DataFrame's order
+    bad = [(i, problem) for i, label, problem in rows if label is None]
+    if bad:
+        yield StagedShard(k, len(rows), bad[0][1], bad[0][0])
+        return
+    images = np.frombuffer(b"".join(pixels for _, _, pixels in rows), np.uint8).reshape(-1, 28, 28)
+    labels = np.array([label for _, label, _ in rows], np.int64)
+    for path, array in zip(shard_paths(directory, k), (images, labels)):
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        files.write_atomically(path, buffer.getvalue())
+    yield StagedShard(k, len(rows))
+
+
+_open_shards: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def open_shard(directory: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shard ``k``'s (images, labels), memory-mapped once per Python worker and kept while it is reused."""
+    key = (directory, k)
+    if key not in _open_shards:
+        for other in [o for o in _open_shards if o[0] != directory]:  # an earlier fit's shards
+            del _open_shards[other]
+        images_path, labels_path = shard_paths(directory, k)
+        _open_shards[key] = np.load(images_path, mmap_mode="r"), np.load(labels_path, mmap_mode="r")
+    return _open_shards[key]
+
+
+# -- inference (LeNetClassificationModel.transform) ----------------------------------------------------
+def predict_pixels(model: base.Model, params: base.Params, features, chunk: int = 500):
+    """(prediction (n,), probability (n, classes), log-probability (n, classes)) for a pandas Series of
+    features (Vectors as arrays, number sequences or 784-byte binaries)."""
+    pixels = [row_pixels(f) for f in features]
+    bad = next((p for p in pixels if isinstance(p, str)), None)
+    if bad is not None:
+        raise ValueError(f"features {bad}")
+    images = np.stack(pixels).reshape(-1, 28, 28) if pixels else np.empty((0, 28, 28), np.uint8)
+    dtype = next(iter(params.values())).dtype.type
+    probs = np.concatenate([model.predict(params, data.scale_batch(images[i:i + chunk], dtype))
+                            for i in range(0, len(images), chunk)]) if len(images) else np.empty((0, 10))
+    probs = probs.astype(np.float64)  # (n, classes)
+    return np.argmax(probs, axis=1).astype(np.float64), probs, np.log(np.maximum(probs, 1e-300))

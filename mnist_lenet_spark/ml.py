@@ -1,0 +1,254 @@
+"""LeNet as a ``pyspark.ml`` Estimator and Model: ``fit(DataFrame)``, ``transform``, ``Pipeline``, ``save``/``load``.
+
+``LeNetClassifier.fit`` stages the DataFrame's rows as shard files (``staging``) and trains them
+with ``SyncSGD``: the training set never passes through the driver. ``transform`` adds
+``prediction``, ``probability`` and ``rawPrediction`` (log-probabilities) columns, computed on the
+executors in Arrow batches. Defaults come from ``config``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pyspark import keyword_only
+from pyspark.ml import Estimator, Model
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import (HasCheckpointInterval, HasFeaturesCol, HasLabelCol, HasPredictionCol,
+                                     HasProbabilityCol, HasRawPredictionCol, HasSeed, HasValidationIndicatorCol)
+from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, DefaultParamsWritable, DefaultParamsWriter,
+                             MLReadable, MLReader, MLWritable, MLWriter)
+
+from . import data, staging, tasks, training
+from .config import BackupConfig, SGDConfig, TrainingConf
+from .models import base, lenet
+from .spark import SyncSGD
+from .straggler import StragglerModel
+
+log = logging.getLogger(__name__)
+
+
+def _param(name: str, doc: str, convert) -> Param:
+    return Param(Params._dummy(), name, doc, typeConverter=convert)
+
+
+class _LeNetParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityCol, HasRawPredictionCol, HasSeed,
+                   HasValidationIndicatorCol, HasCheckpointInterval):
+    """The Params of LeNetClassifier and its model, each declared once; defaults from ``config``."""
+    workers = _param("workers", "gradient tasks (shards) per step; effective batch = batchSize x workers",
+                     TypeConverters.toInt)
+    backupWorkers = _param("backupWorkers", "extra gradient tasks per step whose slowest results are dropped",
+                           TypeConverters.toInt)
+    batchSize = _param("batchSize", "examples per worker per step", TypeConverters.toInt)
+    epochs = _param("epochs", "passes over the training data", TypeConverters.toInt)
+    maxSteps = _param("maxSteps", "stop after this many steps (0: no limit)", TypeConverters.toInt)
+    lr = _param("lr", "learning rate", TypeConverters.toFloat)
+    momentum = _param("momentum", "Nesterov momentum", TypeConverters.toFloat)
+    lrDecay = _param("lrDecay", "learning rate multiplied by this once per epoch", TypeConverters.toFloat)
+    l2 = _param("l2", "L2 regularisation of the weights", TypeConverters.toFloat)
+    warmupSteps = _param("warmupSteps", "linear learning-rate warm-up over this many steps", TypeConverters.toInt)
+    lrScaling = _param("lrScaling", "'linear': lr x workers x batchSize / 64; 'none'", TypeConverters.toString)
+    checkpointDir = _param("checkpointDir", "local folder for checkpoints (empty: none)", TypeConverters.toString)
+    stagingDir = _param("stagingDir", "folder every executor can read, for the staged shards (empty: a temp folder)",
+                        TypeConverters.toString)
+    stragglerProb = _param("stragglerProb", "experiments: probability that a task is delayed", TypeConverters.toFloat)
+    stragglerDelay = _param("stragglerDelay", "experiments: seconds of an injected delay", TypeConverters.toFloat)
+    showProgress = _param("showProgress", "show a progress bar while fitting", TypeConverters.toBoolean)
+
+    def __init__(self):
+        super().__init__()
+        sgd, backup = SGDConfig(), BackupConfig()
+        self._setDefault(workers=TrainingConf.workers, backupWorkers=backup.workers, batchSize=sgd.batch_size,
+                         epochs=sgd.epochs, maxSteps=0, lr=sgd.lr, momentum=sgd.momentum, lrDecay=sgd.lr_decay,
+                         l2=sgd.l2, warmupSteps=sgd.warmup_steps, lrScaling="none", seed=sgd.seed,
+                         checkpointInterval=0, checkpointDir="", stagingDir="", stragglerProb=0.0,
+                         stragglerDelay=0.0, showProgress=False)
+
+    def sgd_config(self) -> SGDConfig:
+        return SGDConfig(batch_size=self.getOrDefault(self.batchSize), lr=self.getOrDefault(self.lr),
+                         momentum=self.getOrDefault(self.momentum), lr_decay=self.getOrDefault(self.lrDecay),
+                         l2=self.getOrDefault(self.l2), epochs=self.getOrDefault(self.epochs),
+                         seed=self.getOrDefault(self.seed), max_steps=self.getOrDefault(self.maxSteps) or None,
+                         warmup_steps=self.getOrDefault(self.warmupSteps))
+
+
+def _add_accessors(cls, names: list[str]) -> None:
+    """getX / setX for each named Param, as pyspark.ml's own classes spell them out."""
+    for name in names:
+        title = name[0].upper() + name[1:]
+        if not hasattr(cls, "get" + title):
+            setattr(cls, "get" + title, lambda self, _n=name: self.getOrDefault(getattr(self, _n)))
+        setattr(cls, "set" + title, lambda self, value, _n=name: self._set(**{_n: value}))
+
+
+_OWN_PARAMS = [n for n, v in vars(_LeNetParams).items() if isinstance(v, Param)]
+_SHARED_PARAMS = ["featuresCol", "labelCol", "predictionCol", "probabilityCol", "rawPredictionCol", "seed",
+                  "validationIndicatorCol", "checkpointInterval"]
+
+
+@dataclass
+class LeNetTrainingSummary:
+    history: list[dict]  # one record per step: loss, lr, examples, seconds, ...
+    validation: list[dict] = field(default_factory=list)  # {step, epoch, accuracy}
+    staging_seconds: float = 0.0  # the one pass that staged the shards
+
+
+class LeNetClassifier(Estimator, _LeNetParams, DefaultParamsReadable, DefaultParamsWritable):
+    """Trains LeNet with synchronous SGD (and backup workers) over Spark; see the module docstring."""
+
+    @keyword_only
+    def __init__(self, **kwargs):
+        super().__init__()
+        self._set(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(self, **kwargs) -> LeNetClassifier:
+        return self._set(**self._input_kwargs)
+
+    def _fit(self, dataset) -> LeNetClassificationModel:
+        from pyspark.sql import functions as F
+        spark = dataset.sparkSession
+        workers, backup = self.getOrDefault(self.workers), BackupConfig(workers=self.getOrDefault(self.backupWorkers))
+        straggler = StragglerModel(self.getOrDefault(self.stragglerProb), self.getOrDefault(self.stragglerDelay))
+        sgd = SyncSGD(spark, workers, config=self.sgd_config(), backup=backup, straggler=straggler,
+                      lr_scaling=self.getOrDefault(self.lrScaling))
+        features, label = self.getFeaturesCol(), self.getLabelCol()
+        train_df, val_df = dataset, None
+        if self.isDefined(self.validationIndicatorCol) and self.getValidationIndicatorCol():
+            indicator = self.getValidationIndicatorCol()
+            if indicator not in dataset.columns:
+                raise data.DataError(f"column '{indicator}' (validationIndicatorCol) not found")
+            is_val = F.coalesce(F.col(indicator).cast("boolean"), F.lit(False))
+            train_df, val_df = dataset.filter(~is_val), dataset.filter(is_val)
+        directory = staging.staging_directory(self.getOrDefault(self.stagingDir))
+        try:
+            staged = staging.stage(train_df, features, label, workers + backup.workers, directory + "/train")
+            val = (staging.stage(val_df, features, label, workers, directory + "/validation")
+                   if val_df is not None else None)
+            result = sgd.fit_data(staged.source, staged.num_examples, validation=val.source if val else None,
+                                  **self._checkpointing(sgd), on_step=self._progress(sgd, staged.num_examples))
+        finally:
+            staging.remove(directory)
+        model = LeNetClassificationModel(result.params)
+        self._copyValues(model)
+        model._summary = LeNetTrainingSummary(result.history, result.validation, staged.seconds)
+        return model
+
+    def _checkpointing(self, sgd: SyncSGD) -> dict:
+        folder = self.getOrDefault(self.checkpointDir)
+        if not folder:
+            return {}
+        path = Path(folder) / "checkpoint.npz"
+        return {"checkpoint": lambda state: training.save_checkpoint(path, state, sgd.config),
+                "checkpoint_every": max(self.getOrDefault(self.checkpointInterval), 0)}
+
+    def _progress(self, sgd: SyncSGD, num_examples: int):
+        if not self.getOrDefault(self.showProgress):
+            return None
+        from tqdm.auto import tqdm
+        bar = tqdm(total=sgd.config.total_steps(num_examples, sgd.workers + sgd.backup.workers), unit="step")
+
+        def on_step(record):
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", epoch=record["epoch"] + 1)
+            if bar.n >= bar.total:
+                bar.close()
+        return on_step
+
+
+class LeNetClassificationModel(Model, _LeNetParams, MLReadable, MLWritable):
+    """A trained LeNet: ``transform`` adds prediction, probability and rawPrediction columns.
+
+    ``weights``: the NumPy parameters (``params`` is pyspark's list of Param objects, so it is
+    not reused for them). ``summary``: the training history, when this model came from ``fit``.
+    """
+
+    def __init__(self, weights: base.Params | None = None):
+        super().__init__()
+        self.weights = weights
+        self._summary: LeNetTrainingSummary | None = None
+
+    @property
+    def hasSummary(self) -> bool:
+        return self._summary is not None
+
+    @property
+    def summary(self) -> LeNetTrainingSummary:
+        if self._summary is None:
+            raise RuntimeError("no training summary: this model was loaded, not fitted")
+        return self._summary
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Classes (n,) of uint8 images (n, 28, 28), on the driver."""
+        return np.argmax(self.predictProbability(images), axis=1)
+
+    def predictProbability(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities (n, 10) of uint8 images (n, 28, 28), on the driver, in batches of 500."""
+        dtype = next(iter(self.weights.values())).dtype.type
+        return np.concatenate([lenet.predict(self.weights, data.scale_batch(images[i:i + 500], dtype))
+                               for i in range(0, len(images), 500)])
+
+    def _transform(self, dataset):
+        from pyspark.ml.functions import array_to_vector, vector_to_array
+        from pyspark.ml.linalg import VectorUDT
+        from pyspark.sql import functions as F
+        from pyspark.sql.functions import pandas_udf
+
+        features = self.getFeaturesCol()
+        staging.check_columns(dataset, features, None)
+        column = F.col(features)
+        if isinstance(dataset.schema[features].dataType, VectorUDT):  # Arrow carries arrays, not Vectors
+            column = vector_to_array(column)
+        weights = self.weights
+
+        @pandas_udf("prediction double, probability array<double>, raw array<double>")
+        def predict(batch: pd.Series) -> pd.DataFrame:
+            prediction, probability, raw = tasks.predict_pixels(lenet, weights, batch)
+            return pd.DataFrame({"prediction": prediction, "probability": list(probability), "raw": list(raw)})
+
+        out = "__lenet_output"
+        return (dataset.withColumn(out, predict(column))
+                .withColumn(self.getPredictionCol(), F.col(f"{out}.prediction"))
+                .withColumn(self.getProbabilityCol(), array_to_vector(F.col(f"{out}.probability")))
+                .withColumn(self.getRawPredictionCol(), array_to_vector(F.col(f"{out}.raw")))
+                .drop(out))
+
+    # -- persistence: Params as MLlib's JSON metadata, weights as Parquet rows under data/ ------------------
+    def write(self) -> MLWriter:
+        return _ModelWriter(self)
+
+    @classmethod
+    def read(cls) -> MLReader:
+        return _ModelReader()
+
+
+class _ModelWriter(MLWriter):
+    def __init__(self, instance: LeNetClassificationModel):
+        super().__init__()
+        self.instance = instance
+
+    def saveImpl(self, path: str) -> None:
+        DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession)
+        rows = [(i, name, list(value.shape), str(value.dtype), value.tobytes())
+                for i, (name, value) in enumerate(self.instance.weights.items())]
+        schema = "index int, name string, shape array<int>, dtype string, value binary"
+        self.sparkSession.createDataFrame(rows, schema).coalesce(1).write.parquet(f"{path}/data")
+
+
+class _ModelReader(MLReader):
+    def load(self, path: str) -> LeNetClassificationModel:
+        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
+        rows = sorted(self.sparkSession.read.parquet(f"{path}/data").collect(), key=lambda r: r["index"])
+        weights = {r["name"]: np.frombuffer(r["value"], np.dtype(r["dtype"])).reshape(r["shape"]).copy()
+                   for r in rows}
+        model = LeNetClassificationModel(weights)
+        model._resetUid(metadata["uid"])
+        DefaultParamsReader.getAndSetParams(model, metadata)
+        return model
+
+
+for _cls in (LeNetClassifier, LeNetClassificationModel):
+    _add_accessors(_cls, _OWN_PARAMS + _SHARED_PARAMS)
+del _cls
