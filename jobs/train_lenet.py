@@ -34,6 +34,11 @@ def parse_args(argv=None):
     p.add_argument("--conf", default=None, help="a spark-defaults.conf to apply (plain python runs)")
     p.add_argument("--training-conf", default=str(TRAINING_CONF), help="JSON file of training settings")
     p.add_argument("--data-dir", default=None, help="folder with the four MNIST IDX files (default: bundled)")
+    p.add_argument("--train", default=None, help="training data on any Hadoop path, read as a DataFrame and staged "
+                                                 "on the executors (idx: a folder; csv, parquet: files)")
+    p.add_argument("--test", default=None, help="test data, with --train (idx default: the --train folder)")
+    p.add_argument("--format", choices=["idx", "csv", "parquet"], default="idx", help="of --train and --test")
+    p.add_argument("--save-model", default=None, help="write the Spark ML model directory here (any Hadoop path)")
     p.add_argument("--epochs", type=positive_int)
     p.add_argument("--max-steps", type=positive_int)
     p.add_argument("--workers", type=positive_int)
@@ -67,6 +72,12 @@ def parse_args(argv=None):
         p.error("--resume needs --checkpoint-dir")
     if args.checkpoint_every and not args.checkpoint_dir:
         p.error("--checkpoint-every needs --checkpoint-dir")
+    if args.train and (args.data_dir or args.limit_train):
+        p.error("--train reads its own data: it goes without --data-dir and --limit-train")
+    if args.test and not args.train:
+        p.error("--test needs --train")
+    if args.train and args.format != "idx" and not args.test:
+        p.error(f"--format {args.format} needs --test as well as --train")
     if args.data_dir and not Path(args.data_dir).is_dir():
         p.error(f"argument --data-dir: {args.data_dir}: no such directory")
     if args.conf and not Path(args.conf).is_file():
@@ -85,6 +96,7 @@ def train_run(args) -> runs.TrainRun:
         backup_mode=args.backup_mode, lr_scaling=args.lr_scaling,
         straggler=StragglerModel(args.straggler_prob, args.straggler_delay, args.slow_partitions),
         master=args.master, spark_conf=args.conf, data_dir=args.data_dir, limit_train=args.limit_train,
+        train_path=args.train, test_path=args.test, data_format=args.format, save_model=args.save_model,
         checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
         metrics=args.metrics, summary=args.summary, model_out=args.model_out, progress=not args.no_progress)
 

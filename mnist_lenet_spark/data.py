@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -42,64 +43,75 @@ class Mnist(NamedTuple):
 
 def _read_bytes(path: Path) -> bytes:
     try:
-        with open(path, "rb") as f:
-            head = f.read(2)
-            f.seek(0)
-            if head == b"\x1f\x8b":
-                try:
-                    return gzip.GzipFile(fileobj=f).read()
-                except (OSError, EOFError) as e:
-                    raise DataError(f"{path.name}: corrupt gzip data ({e})") from None
-            return f.read()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected a file") from None
+    return gunzip(raw, path.name)
 
 
-def _header(raw: bytes, path: Path, magic: int, ndim: int) -> list[int]:
+def gunzip(raw: bytes, name: str) -> bytes:
+    """The content of a file's bytes: decompressed when they are gzip data."""
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:  # truncated, or a damaged deflate stream
+        raise DataError(f"{name}: corrupt gzip data ({e})") from None
+
+
+def _header(raw: bytes, name: str, magic: int, ndim: int) -> list[int]:
     need = 4 + 4 * ndim
     if len(raw) < need:
-        raise DataError(f"{path.name}: truncated header: expected {need} bytes, found {len(raw)}")
+        raise DataError(f"{name}: truncated header: expected {need} bytes, found {len(raw)}")
     found = int.from_bytes(raw[0:4], "big")
     if found != magic:
-        raise DataError(f"{path.name}: wrong magic number {found}, expected {magic}")
+        raise DataError(f"{name}: wrong magic number {found}, expected {magic}")
     return [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
 
 
 def read_idx_images(path: str | os.PathLike) -> np.ndarray:
     """IDX3 image file -> uint8 (N, 28, 28)."""
     path = Path(path)
-    raw = _read_bytes(path)
-    count, rows, cols = _header(raw, path, IMAGE_MAGIC, 3)
+    return parse_idx_images(_read_bytes(path), path.name)
+
+
+def parse_idx_images(raw: bytes, name: str) -> np.ndarray:
+    """The (decompressed) bytes of an IDX3 image file -> uint8 (N, 28, 28); ``name`` is for errors."""
+    count, rows, cols = _header(raw, name, IMAGE_MAGIC, 3)
     if (rows, cols) != (28, 28):
-        raise DataError(f"{path.name}: images are {rows}x{cols}, expected 28x28")
+        raise DataError(f"{name}: images are {rows}x{cols}, expected 28x28")
     expected = count * rows * cols
     body = len(raw) - 16
     if body != expected:
         what = "truncated" if body < expected else "trailing data"
-        raise DataError(f"{path.name}: {what}: expected {expected} pixel bytes, found {body}")
+        raise DataError(f"{name}: {what}: expected {expected} pixel bytes, found {body}")
     return np.frombuffer(raw, np.uint8, offset=16).reshape(count, rows, cols)
 
 
 def read_idx_labels(path: str | os.PathLike) -> np.ndarray:
     """IDX1 label file -> int64 (N,), each in 0..9."""
     path = Path(path)
-    raw = _read_bytes(path)
-    (count,) = _header(raw, path, LABEL_MAGIC, 1)
+    return parse_idx_labels(_read_bytes(path), path.name)
+
+
+def parse_idx_labels(raw: bytes, name: str) -> np.ndarray:
+    """The (decompressed) bytes of an IDX1 label file -> int64 (N,), each in 0..9."""
+    (count,) = _header(raw, name, LABEL_MAGIC, 1)
     body = len(raw) - 8
     if body != count:
         what = "truncated" if body < count else "trailing data"
-        raise DataError(f"{path.name}: {what}: expected {count} label bytes, found {body}")
+        raise DataError(f"{name}: {what}: expected {count} label bytes, found {body}")
     labels = np.frombuffer(raw, np.uint8, offset=8).astype(np.int64)
-    _check_labels(labels, path)
+    _check_labels(labels, name)
     return labels
 
 
-def _check_labels(labels: np.ndarray, path: Path) -> None:
+def _check_labels(labels: np.ndarray, name: str) -> None:
     bad = np.flatnonzero(labels > 9)
     if bad.size:
-        raise DataError(f"{path.name}: label {labels[bad[0]]} at item {bad[0]} is outside 0..9")
+        raise DataError(f"{name}: label {labels[bad[0]]} at item {bad[0]} is outside 0..9")
 
 
 def read_idx_pair(images_path, labels_path) -> Split:
@@ -132,7 +144,7 @@ def read_csv(path: str | os.PathLike) -> Split:
         raise DataError(f"{path.name}: pixel values must be in 0..255")
     if labels.min() < 0:
         raise DataError(f"{path.name}: negative label {labels.min()}")
-    _check_labels(labels, path)
+    _check_labels(labels, path.name)
     return Split(pixels.astype(np.uint8).reshape(-1, 28, 28), labels)
 
 

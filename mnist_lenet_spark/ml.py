@@ -122,18 +122,12 @@ class LeNetClassifier(Estimator, _LeNetParams, DefaultParamsReadable, DefaultPar
                 raise data.DataError(f"column '{indicator}' (validationIndicatorCol) not found")
             is_val = F.coalesce(F.col(indicator).cast("boolean"), F.lit(False))
             train_df, val_df = dataset.filter(~is_val), dataset.filter(is_val)
-        directory = staging.staging_directory(self.getOrDefault(self.stagingDir))
-        try:
-            staged = staging.stage(train_df, features, label, workers + backup.workers, directory + "/train")
-            val = (staging.stage(val_df, features, label, workers, directory + "/validation")
-                   if val_df is not None else None)
-            result = sgd.fit_data(staged.source, staged.num_examples, validation=val.source if val else None,
-                                  **self._checkpointing(sgd), on_step=self._progress(sgd, staged.num_examples))
-        finally:
-            staging.remove(directory)
+        result, staging_seconds = staging.fit_dataframes(
+            sgd, train_df, val_df, features, label, self.getOrDefault(self.stagingDir), **self._checkpointing(sgd),
+            on_step=self._progress(sgd))
         model = LeNetClassificationModel(result.params)
         self._copyValues(model)
-        model._summary = LeNetTrainingSummary(result.history, result.validation, staged.seconds)
+        model._summary = LeNetTrainingSummary(result.history, result.validation, staging_seconds)
         return model
 
     def _checkpointing(self, sgd: SyncSGD) -> dict:
@@ -144,13 +138,16 @@ class LeNetClassifier(Estimator, _LeNetParams, DefaultParamsReadable, DefaultPar
         return {"checkpoint": lambda state: training.save_checkpoint(path, state, sgd.config),
                 "checkpoint_every": max(self.getOrDefault(self.checkpointInterval), 0)}
 
-    def _progress(self, sgd: SyncSGD, num_examples: int):
+    def _progress(self, sgd: SyncSGD):
+        """A progress bar (a widget in a notebook) fed by each step; its length is known once staging counted."""
         if not self.getOrDefault(self.showProgress):
             return None
         from tqdm.auto import tqdm
-        bar = tqdm(total=sgd.config.total_steps(num_examples, sgd.workers + sgd.backup.workers), unit="step")
+        bar = tqdm(unit="step")
 
         def on_step(record):
+            if bar.total is None:
+                bar.total = record["total_steps"]
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", epoch=record["epoch"] + 1)
             if bar.n >= bar.total:

@@ -93,3 +93,19 @@ def stage(df, features_col: str, label_col: str, shards: int, directory: str) ->
 
 def remove(directory: str) -> None:
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def fit_dataframes(sgd, train_df, validation_df, features_col: str, label_col: str, staging_dir: str | None = None,
+                   **fit_options):
+    """Stage ``train_df`` (and ``validation_df``, if any) as shards and train ``sgd`` on them; the staged files
+    are removed afterwards. Returns (FitResult, seconds spent staging)."""
+    directory = staging_directory(staging_dir)
+    try:
+        train = stage(train_df, features_col, label_col, sgd.workers + sgd.backup.workers, directory + "/train")
+        validation = (stage(validation_df, features_col, label_col, sgd.workers, directory + "/validation")
+                      if validation_df is not None else None)
+        result = sgd.fit_data(train.source, train.num_examples,
+                              validation=validation.source if validation else None, **fit_options)
+    finally:
+        remove(directory)
+    return result, train.seconds + (validation.seconds if validation else 0.0)

@@ -96,8 +96,8 @@ def fit_loop(model: base.Model, spec: base.ParamSpec, state: TrainState, num_exa
             state.params, state.velocity = new_params, opt.velocity
             state.step += 1
             state.step_in_epoch += 1
-            record = {"step": state.step, "epoch": state.epoch, "loss": loss, "lr": lr, "examples": sums.count,
-                      "seconds": time.perf_counter() - t0, **info}
+            record = {"step": state.step, "total_steps": total_steps, "epoch": state.epoch, "loss": loss, "lr": lr,
+                      "examples": sums.count, "seconds": time.perf_counter() - t0, **info}
             result.history.append(record)
             if on_step:
                 on_step(record)

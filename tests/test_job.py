@@ -140,3 +140,32 @@ def test_malformed_training_conf_is_one_line_and_status_2(tmp_path):
     proc = subprocess.run(JOB + ["--training-conf", str(conf)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"train_lenet: error: {conf}: epochs must be int, got 'three'"]
+
+
+def test_train_from_a_dataframe_source_save_the_model_and_predict_with_it(tmp_path):
+    model, summary = tmp_path / "model", tmp_path / "s.json"
+    run("--train", str(ROOT / "data" / "mnist"), "--max-steps", "3", "--batch-size", "16", "--validate-every", "0",
+        "--save-model", str(model), "--summary", str(summary))
+    s = json.loads(summary.read_text())
+    assert s["steps"] == 3 and s["staging_seconds"] > 0 and 0 <= s["test_accuracy"] <= 1
+    predictions = tmp_path / "predictions.parquet"
+    proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "predict.py"), "--master", "local[2]", "--model",
+                           str(model), "--input", str(ROOT / "data" / "mnist"), "--output", str(predictions),
+                           "--evaluate"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert f"accuracy: {s['test_accuracy']:.4f}" in lines  # the same model, the same test set
+    matrix = [line.split() for line in lines[lines.index(next(x for x in lines if x.startswith("confusion"))) + 2:]]
+    assert len(matrix) == 10 and sum(int(n) for row in matrix for n in row[1:]) == 10000
+    assert list(predictions.glob("*.parquet"))
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--train", "x", "--limit-train", "5"], "--train reads its own data"),
+    (["--test", "x"], "--test needs --train"),
+    (["--train", "x", "--format", "csv"], "--format csv needs --test"),
+])
+def test_dataframe_source_flags(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        train_lenet.parse_args(flags)
+    assert message in capsys.readouterr().err

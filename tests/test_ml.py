@@ -1,0 +1,137 @@
+"""The Spark ML estimator and model over DataFrames, and the DataFrame readers, on local[2]."""
+import numpy as np
+import pytest
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+from pyspark.ml.linalg import Vectors
+
+from mnist_lenet_spark import data, readers
+from mnist_lenet_spark import spark as msp
+from mnist_lenet_spark.config import SGDConfig
+from mnist_lenet_spark.data import DataError
+from mnist_lenet_spark.ml import LeNetClassificationModel, LeNetClassifier
+from tests.conftest import ROOT
+
+
+def binary_rows(spark, images, labels, slices=3):
+    rows = [(int(label), image.tobytes()) for image, label in zip(images, labels)]
+    return spark.createDataFrame(spark.sparkContext.parallelize(rows, slices), "label long, features binary")
+
+
+@pytest.fixture(scope="module")
+def small(spark, mnist):
+    images, labels = mnist.train.images[:300], mnist.train.labels[:300]
+    return images, labels, binary_rows(spark, images, labels)
+
+
+@pytest.fixture(scope="module")
+def fitted(small):
+    return LeNetClassifier(workers=2, batchSize=16, maxSteps=6, seed=3).fit(small[2])
+
+
+def test_fit_on_a_dataframe_equals_syncsgd_on_the_same_arrays(spark, small, fitted):
+    images, labels, _ = small
+    arrays = msp.SyncSGD(spark, 2, batch_size=16, seed=3).fit(images, labels, max_steps=6)
+    assert [h["loss"] for h in fitted.summary.history] == pytest.approx([h["loss"] for h in arrays.history], rel=1e-6)
+    for k, v in arrays.params.items():
+        np.testing.assert_allclose(fitted.weights[k], v, rtol=1e-6, atol=1e-7, err_msg=k)
+    assert fitted.summary.staging_seconds > 0
+
+
+def test_defaults_come_from_sgd_config():
+    clf = LeNetClassifier()
+    sgd = SGDConfig()
+    assert (clf.getBatchSize(), clf.getLr(), clf.getMomentum(), clf.getLrDecay(), clf.getL2(), clf.getSeed()) == \
+        (sgd.batch_size, sgd.lr, sgd.momentum, sgd.lr_decay, sgd.l2, sgd.seed)
+    assert clf.setLr(0.5).getLr() == 0.5 and clf.getFeaturesCol() == "features"
+
+
+def test_vector_array_and_binary_features_train_alike(spark, small):
+    images, labels, binary = small
+    flat = [img.reshape(-1).astype(float) for img in images[:100]]
+    vectors = spark.createDataFrame([(int(y), Vectors.dense(x)) for x, y in zip(flat, labels)], ["label", "features"])
+    arrays = spark.createDataFrame([(float(y), x.tolist()) for x, y in zip(flat, labels)], ["label", "features"])
+    clf = LeNetClassifier(batchSize=8, maxSteps=2, seed=1)
+    reference = clf.fit(binary.limit(100)).weights
+    for df in (vectors, arrays):
+        weights = clf.fit(df).weights
+        assert all(np.array_equal(weights[k], reference[k]) for k in reference)
+
+
+def test_transform_adds_prediction_columns_for_the_evaluator(small, fitted):
+    images, labels, df = small
+    out = fitted.transform(df)
+    assert [f.name for f in out.schema.fields] == ["label", "features", "prediction", "probability", "rawPrediction"]
+    rows = out.select("prediction", "probability", "rawPrediction").collect()
+    predicted = np.array([r.prediction for r in rows])
+    assert np.array_equal(predicted, fitted.predict(images))  # executors agree with the driver
+    assert all(abs(sum(r.probability) - 1) < 1e-5 for r in rows)
+    assert np.allclose([np.exp(r.rawPrediction.toArray()) for r in rows[:5]],
+                       [r.probability.toArray() for r in rows[:5]], atol=1e-6)
+    accuracy = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(out)
+    assert accuracy == pytest.approx(np.mean(predicted == labels))
+
+
+def test_saved_model_and_pipeline_load_and_predict_exactly_as_before(spark, small, fitted, tmp_path):
+    _, _, df = small
+    fitted.save(str(tmp_path / "model"))
+    loaded = LeNetClassificationModel.load(str(tmp_path / "model"))
+    assert loaded.uid == fitted.uid and loaded.getBatchSize() == 16 and not loaded.hasSummary
+    assert all(np.array_equal(loaded.weights[k], v) for k, v in fitted.weights.items())
+    before = [r.probability for r in fitted.transform(df).select("probability").collect()]
+    assert [r.probability for r in loaded.transform(df).select("probability").collect()] == before
+    pipeline = Pipeline(stages=[LeNetClassifier(batchSize=8, maxSteps=2)]).fit(df)
+    pipeline.write().overwrite().save(str(tmp_path / "pipeline"))
+    again = PipelineModel.load(str(tmp_path / "pipeline"))
+    assert isinstance(again.stages[0], LeNetClassificationModel)
+    assert again.transform(df).select("prediction").collect() == pipeline.transform(df).select("prediction").collect()
+
+
+def test_validation_indicator_rows_are_held_out(spark, small):
+    images, labels, df = small
+    flagged = readers.with_validation_flag(spark, df, 100)
+    model = LeNetClassifier(batchSize=25, epochs=1, validationIndicatorCol="is_validation").fit(flagged)
+    assert sum(h["examples"] for h in model.summary.history) == 200  # one epoch over the 200 training rows
+    assert len(model.summary.validation) == 1 and 0 <= model.summary.validation[0]["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("rows,schema,message", [
+    ([(1, b"\x00" * 783)], "label long, features binary", "row 0: column 'features' has 783 bytes, expected 784"),
+    ([(1, [300.0] * 784)], "label long, features array<double>",
+     "row 0: column 'features' has values outside 0..255"),
+    ([(1, None)], "label long, features binary", "row 0: column 'features' is null"),
+    ([(10, b"\x00" * 784)], "label long, features binary", "row 0: column 'label' is outside 0..9: 10"),
+    ([(2.5, b"\x00" * 784)], "label double, features binary", "row 0: column 'label' is not a whole number: 2.5"),
+    ([(1, "x")], "label long, features string", "column 'features' (features) has type string"),
+    ([(1, b"\x00" * 784)], "y long, features binary", "column 'label' (label) not found"),
+])
+def test_bad_rows_and_columns_are_one_clear_error_on_the_driver(spark, rows, schema, message):
+    with pytest.raises(DataError) as e:
+        LeNetClassifier(workers=1, batchSize=2, maxSteps=1).fit(spark.createDataFrame(rows, schema))
+    first_line = str(e.value).splitlines()[0]
+    assert message in first_line
+    if message.startswith("row"):
+        assert "(example row: label=" in first_line
+
+
+def test_read_mnist_from_idx_and_csv_matches_the_numpy_reader(spark, mnist, tmp_path):
+    test = readers.read_mnist(spark, str(ROOT / "data" / "mnist"), split="test").collect()
+    assert len(test) == 10000
+    assert np.array_equal([r.label for r in test], mnist.test.labels)
+    assert np.array_equal(np.frombuffer(b"".join(r.features for r in test), np.uint8).reshape(-1, 28, 28),
+                          mnist.test.images)
+    lines = [",".join(map(str, [y, *x.reshape(-1)])) for x, y in zip(mnist.test.images[:4], mnist.test.labels[:4])]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    rows = readers.read_mnist(spark, str(tmp_path / "m.csv"), format="csv").collect()
+    assert [r.label for r in rows] == list(mnist.test.labels[:4])
+    assert rows[3].features == mnist.test.images[3].tobytes()
+    (tmp_path / "bad.csv").write_text(lines[0] + "\n3,1,2\n")
+    with pytest.raises(DataError, match="bad.csv: a line is not label"):
+        readers.read_mnist(spark, str(tmp_path / "bad.csv"), format="csv")
+    with pytest.raises(DataError, match="expected one file t10k-images-idx3-ubyte"):
+        readers.read_mnist(spark, str(tmp_path), split="test")
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 8)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(data.gunzip(
+        (ROOT / "data" / "mnist" / "t10k-labels-idx1-ubyte.gz").read_bytes(), "labels"))
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte: truncated header"):
+        readers.read_mnist(spark, str(tmp_path), split="test")
