@@ -87,14 +87,16 @@ def train(run: TrainRun) -> dict:
         metrics_lines = []
         progress = None
 
-        def on_step(record):
+        def start_progress(steps: int):
             nonlocal progress
+            if run.progress and progress is None:
+                from tqdm import tqdm
+                progress = tqdm(total=steps, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+        def on_step(record):
             metrics_lines.append(json.dumps(record))
-            if run.progress:
-                if progress is None:
-                    from tqdm import tqdm
-                    progress = tqdm(total=record["total_steps"] - record["step"] + 1, unit="step",
-                                    dynamic_ncols=True, file=sys.stderr)
+            start_progress(record["total_steps"] - record["step"] + 1)  # DataFrames: known once staged
+            if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", epoch=record["epoch"] + 1,
                                      ex_s=f"{record['examples'] / record['seconds']:.0f}")
@@ -108,6 +110,7 @@ def train(run: TrainRun) -> dict:
             train_split = mnist.train
             if run.limit_train:
                 train_split = data.Split(train_split.images[:run.limit_train], train_split.labels[:run.limit_train])
+            start_progress(config.total_steps(len(train_split.labels), shards) - (state.step if state else 0))
             result = sgd.fit(train_split.images, train_split.labels, validation_data=mnist.validation, **fit_options)
         else:
             from pyspark.sql import functions as F

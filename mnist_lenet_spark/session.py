@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: the Spark settings the step needs to be cheap, each explained in the README ("Spark settings")
 SPARK_DEFAULTS = PACKAGE_DIR.parent / "conf" / "spark-defaults.conf"
+LOG4J = PACKAGE_DIR.parent / "conf" / "log4j2.properties"  # warnings and errors only
 
 
 def read_spark_conf(path: str | os.PathLike) -> dict[str, str]:
@@ -40,13 +41,15 @@ def read_spark_conf(path: str | os.PathLike) -> dict[str, str]:
 def session(master: str | None = None, app_name: str = "mnist_lenet_spark", conf: dict | None = None,
             conf_file: str | os.PathLike | None = None):
     """A SparkSession with the settings of ``conf_file`` (default: the checkout's conf/spark-defaults.conf),
-    then ``conf`` on top."""
+    then ``conf`` on top; Spark logs through conf/log4j2.properties (warnings and errors)."""
     from pyspark.sql import SparkSession
     if conf_file is None and SPARK_DEFAULTS.is_file():
         conf_file = SPARK_DEFAULTS
     elif conf_file is None:  # an installed package without its checkout: Spark's own defaults
         log.warning("%s not found: the session runs with Spark's default settings", SPARK_DEFAULTS)
     settings = read_spark_conf(conf_file) if conf_file else {}
+    if LOG4J.is_file() and "spark.driver.extraJavaOptions" not in settings:
+        settings["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={LOG4J}"
     settings.update(conf or {})
     # Python workers run this interpreter (with this package and numpy) unless the user chose one.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
