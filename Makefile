@@ -32,6 +32,7 @@ bench: $(VENV)/.installed-bench check-java
 	$(PY) benchmarks/spark_step.py
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/backup.py
+	$(PY) benchmarks/dataframe.py
 	$(PY) benchmarks/accuracy.py
 
 experiment: $(VENV)/.installed-dev check-java

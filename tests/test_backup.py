@@ -34,7 +34,8 @@ def test_step_gradient_equals_large_batch_over_the_kept_batches(spark, mnist, dt
     sc = spark.sparkContext
     data_bc = sc.broadcast((images, labels))
     ctx = tasks.TaskContext(lenet, spec, threads=1, dropout=False)
-    step = backup.BackupStep(sc, ctx, tasks.BroadcastData(data_bc), workers=3, backup=BackupConfig(workers=2), describe=str)
+    step = backup.BackupStep(sc, ctx, tasks.BroadcastData(data_bc), workers=3, backup=BackupConfig(workers=2),
+                             describe=str)
     try:
         batches = sharding.epoch_batches(200, 5, 8, 5, 0)[0]
         sums, info = step(flat, batches)
