@@ -97,3 +97,51 @@ def test_standalone_master_with_two_workers(standalone, mnist):
         check_trainer(session, mnist)
     finally:
         session.stop()
+
+
+def executor_pids():
+    """PIDs of the standalone workers' executor JVMs on this machine."""
+    out = subprocess.run(["pgrep", "-f", "CoarseGrainedExecutorBackend"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+@pytest.mark.parametrize("backup_workers", [0, 1])
+def test_a_killed_executor_loses_no_shard_and_changes_no_result(standalone, mnist, backup_workers):
+    """SIGKILL one of the two executors mid-fit: its tasks run again elsewhere on the same staged rows."""
+    import signal
+
+    from mnist_lenet_spark import staging
+    from mnist_lenet_spark.straggler import StragglerModel
+    session = msp.session(standalone, conf={"spark.ui.enabled": "false", "spark.executor.memory": "1g",
+                                            "spark.driver.host": "127.0.0.1"})
+    try:
+        sc = session.sparkContext
+        sc.setLogLevel("ERROR")
+        deadline = time.time() + 60
+        while len(executor_pids()) < 2 and time.time() < deadline:
+            time.sleep(0.5)
+        images, labels = mnist.train.images[:600], mnist.train.labels[:600]
+        rows = session.createDataFrame([(int(y), x.tobytes()) for x, y in zip(images, labels)],
+                                       "label long, features binary")
+        slow = StragglerModel(delay=0.3, slow_partitions=tuple(range(3)))  # every task: time to kill mid-step
+        sgd = msp.SyncSGD(session, 2, batch_size=16, seed=5, max_steps=10, backup_workers=backup_workers,
+                          straggler=slow)
+        killed = []
+
+        def kill_one_executor(record):
+            if record["step"] == 3:
+                pid = executor_pids()[0]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+        result, _ = staging.fit_dataframes(sgd, rows, None, "features", "label", on_step=kill_one_executor)
+        assert killed and killed[0] not in executor_pids()
+        assert [h["step"] for h in result.history] == list(range(1, 11))
+        if backup_workers == 0:  # every step used every shard: the same as an undisturbed run on arrays
+            reference = msp.SyncSGD(session, 2, batch_size=16, seed=5).fit(images, labels, max_steps=10)
+            for k, v in reference.params.items():
+                np.testing.assert_allclose(result.params[k], v, rtol=1e-6, atol=1e-7, err_msg=k)
+        else:  # N of N + b results each step, whichever finished first
+            assert all(len(h["kept"]) == 2 for h in result.history)
+    finally:
+        session.stop()
