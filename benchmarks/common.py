@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -23,10 +24,21 @@ def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def cpu() -> str:
+    """The CPU model (lscpu): machines here differ ~2x in seconds, so every result names its CPU."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
+                "unknown")
+
+
 def save(name: str, payload: dict) -> Path:
     """Write (merge into) benchmarks/results/NAME.json: keys of this run replace those of earlier runs."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     merged = json.loads(path.read_text()) if path.exists() else {}
     merged.update(payload)
+    merged["cpu"] = cpu()
     return files.write_atomically(path, json.dumps(merged, indent=2) + "\n")

@@ -124,6 +124,22 @@ class TrainingConf:
     backup: BackupConfig = BackupConfig()
 
 
+def split_options(options: dict) -> tuple[dict, dict, dict]:
+    """Flat settings -> (``SGDConfig`` fields, ``BackupConfig`` fields given as ``backup_`` + the field name,
+    everything else): how SyncSGD's keywords, the job's flags and conf/training.json name the settings."""
+    sgd_fields = {f.name for f in dataclasses.fields(SGDConfig)}
+    backup_fields = {f.name for f in dataclasses.fields(BackupConfig)}
+    sgd, backup, rest = {}, {}, {}
+    for key, value in options.items():
+        if key in sgd_fields:
+            sgd[key] = value
+        elif key.startswith("backup_") and key[len("backup_"):] in backup_fields:
+            backup[key[len("backup_"):]] = value
+        else:
+            rest[key] = value
+    return sgd, backup, rest
+
+
 def read_training_conf(path: str | os.PathLike) -> TrainingConf:
     """A JSON object of ``workers``, any ``SGDConfig`` field, and ``backup_`` + any ``BackupConfig`` field.
 
@@ -139,17 +155,16 @@ def read_training_conf(path: str | os.PathLike) -> TrainingConf:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a JSON object of settings, got {type(values).__name__}")
-    sgd_keys = {f.name for f in dataclasses.fields(SGDConfig)}
-    backup_keys = {"backup_" + f.name: f.name for f in dataclasses.fields(BackupConfig)}
-    unknown = sorted(set(values) - sgd_keys - set(backup_keys) - {"workers"})
+    sgd, backup, rest = split_options(values)
+    unknown = sorted(set(rest) - {"workers"})
     if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; known keys: workers, "
-                          f"{', '.join(sorted(sgd_keys | set(backup_keys)))}")
+        known = ["workers", *(f.name for f in dataclasses.fields(SGDConfig)),
+                 *("backup_" + f.name for f in dataclasses.fields(BackupConfig))]
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; known keys: {', '.join(known)}")
     try:
-        workers = values.get("workers", TrainingConf.workers)
+        workers = rest.get("workers", TrainingConf.workers)
         if type(workers) is not int or workers < 1:
             raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
-        return TrainingConf(workers, SGDConfig(**{k: v for k, v in values.items() if k in sgd_keys}),
-                            BackupConfig(**{backup_keys[k]: v for k, v in values.items() if k in backup_keys}))
+        return TrainingConf(workers, SGDConfig(**sgd), BackupConfig(**backup))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import data, files, readers, staging, training
 from . import spark as msp
-from .config import BackupConfig, ConfigError, SGDConfig
+from .config import BackupConfig, ConfigError, SGDConfig, split_options
 from .straggler import StragglerModel
 
 log = logging.getLogger(__name__)
@@ -159,10 +159,6 @@ def train(run: TrainRun) -> dict:
 def with_flags(run: TrainRun, **flags) -> TrainRun:
     """``run`` with the non-None ``flags`` set: ``TrainRun`` fields, ``SGDConfig`` fields, or
     ``backup_`` + a ``BackupConfig`` field."""
-    sgd_fields = {f.name for f in dataclasses.fields(SGDConfig)}
-    backup_fields = {"backup_" + f.name: f.name for f in dataclasses.fields(BackupConfig)}
-    given = {k: v for k, v in flags.items() if v is not None}
-    config = dataclasses.replace(run.config, **{k: v for k, v in given.items() if k in sgd_fields})
-    backup = dataclasses.replace(run.backup, **{backup_fields[k]: v for k, v in given.items() if k in backup_fields})
-    rest = {k: v for k, v in given.items() if k not in sgd_fields and k not in backup_fields}
-    return dataclasses.replace(run, config=config, backup=backup, **rest)
+    sgd, backup, rest = split_options({k: v for k, v in flags.items() if v is not None})
+    return dataclasses.replace(run, config=dataclasses.replace(run.config, **sgd),
+                               backup=dataclasses.replace(run.backup, **backup), **rest)

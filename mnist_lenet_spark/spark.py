@@ -14,15 +14,10 @@ import numpy as np
 
 from . import sharding, tasks, training
 from .backup import BackupStep
-from .config import BackupConfig, ConfigError, SGDConfig
+from .config import BackupConfig, ConfigError, SGDConfig, split_options
 from .models import base, lenet
 from .session import session  # noqa: F401  (the README's ``msp.session``)
 from .straggler import StragglerModel
-
-#: keyword arguments of SyncSGD that set a BackupConfig field
-_BACKUP_OPTIONS = {"backup_workers": "workers", "backup_mode": "mode", "backup_grace": "grace",
-                   "backup_cancel": "cancel", "backup_signal": "signal"}
-
 
 class SyncSGD:
     """Synchronous SGD over ``workers`` Spark tasks per step; effective batch = batch_size x workers.
@@ -46,14 +41,12 @@ class SyncSGD:
                  straggler: StragglerModel | None = None, lr_scaling: str = "none", **options):
         if type(workers) is not int or workers < 1:
             raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
-        sgd_fields = {f.name for f in dataclasses.fields(SGDConfig)}
-        unknown = sorted(set(options) - sgd_fields - set(_BACKUP_OPTIONS))
+        sgd_options, backup_options, unknown = split_options(options)
         if unknown:
-            raise TypeError(f"SyncSGD() got an unexpected keyword argument {unknown[0]!r}")
-        config = dataclasses.replace(config or SGDConfig(), **{k: v for k, v in options.items() if k in sgd_fields})
+            raise TypeError(f"SyncSGD() got an unexpected keyword argument {sorted(unknown)[0]!r}")
+        config = dataclasses.replace(config or SGDConfig(), **sgd_options)
         self.config = config.scaled_for(workers, lr_scaling)
-        self.backup = dataclasses.replace(backup or BackupConfig(),
-                                          **{_BACKUP_OPTIONS[k]: v for k, v in options.items() if k in _BACKUP_OPTIONS})
+        self.backup = dataclasses.replace(backup or BackupConfig(), **backup_options)
         self.sc = getattr(spark, "sparkContext", spark)
         self.workers = workers
         self.model = model
