@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from mnist_lenet_spark import config, data, runs
+from mnist_lenet_spark import config, data, runs, training
 from mnist_lenet_spark.cli import (
     Parser,
     finite_float,
@@ -110,6 +110,9 @@ def main(argv=None):
     except (data.DataError, config.ConfigError) as e:
         print(f"train_lenet: error: {e}", file=sys.stderr)
         return 2
+    except training.DivergenceError as e:
+        print(f"train_lenet: error: {e}", file=sys.stderr)
+        return 3
     print(f"steps {summary['steps']}, {summary['train_seconds']:.1f} s, {summary['examples_per_second']:.0f} "
           f"examples/s, median step {summary['step_seconds_median'] * 1000:.0f} ms")
     if summary["validation_accuracy"] is not None:

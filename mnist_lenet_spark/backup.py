@@ -67,11 +67,13 @@ class BackupStep:
         self.pending: list[tuple[threading.Thread, threading.Timer | None, object, str]] = []
         self.signal = None
         if backup.signal and not self.wait_all:
-            host = sc.getConf().get("spark.driver.host", "127.0.0.1")
+            conf = sc.getConf()
+            host = conf.get("spark.driver.host", "127.0.0.1")
+            bind = conf.get("spark.driver.bindAddress", host)  # listen where Spark listens
             try:
-                self.signal = step_signal.StepServer(host)
+                self.signal = step_signal.StepServer(bind, host)
             except OSError as e:
-                log.warning("no step signal on %s (%s): late tasks stop only when Spark cancels them", host, e)
+                log.warning("no step signal on %s (%s): late tasks stop only when Spark cancels them", bind, e)
 
     def _grace(self) -> float:
         if self.options.grace is not None:
@@ -86,7 +88,7 @@ class BackupStep:
         bc = sc.broadcast(flat)
         rdd = sc.parallelize(batches, len(batches))
         task = partial(tasks.backup_task, self.ctx, self.source, bc, step, self.accumulator,
-                       self.signal.address if self.signal else None)
+                       self.signal.endpoint if self.signal else None)
         need = min(self.n, sum(1 for b in batches if len(b.index)))
         failure = []
 

@@ -63,6 +63,7 @@ class SGDConfig:
             ("lr_decay", math.isfinite(self.lr_decay) and 0 < self.lr_decay <= 1, "must be in (0, 1]"),
             ("l2", math.isfinite(self.l2) and self.l2 >= 0, "must be >= 0"),
             ("epochs", self.epochs >= 1, "must be >= 1"),
+            ("seed", self.seed >= 0, "must be >= 0"),
             ("validate_every", self.validate_every >= 0, "must be >= 0"),
             ("max_steps", self.max_steps is None or self.max_steps >= 1, "must be >= 1"),
             ("warmup_steps", self.warmup_steps >= 0, "must be >= 0"),
@@ -83,6 +84,15 @@ class SGDConfig:
         if lr_scaling == "none":
             return self
         return dataclasses.replace(self, lr=self.lr * workers * self.batch_size / REFERENCE_BATCH)
+
+    def check_data(self, num_examples: int, shards: int) -> None:
+        """ConfigError unless ``num_examples`` fill ``shards`` shards with at least one batch each."""
+        if num_examples < shards:
+            raise ConfigError(f"{shards} tasks per step need at least {shards} training examples, got {num_examples}")
+        smallest = min(b - a for a, b in sharding.shard_bounds(num_examples, shards))
+        if self.batch_size > smallest:
+            raise ConfigError(f"batch_size {self.batch_size} is larger than a shard: {num_examples} training examples "
+                              f"over {shards} tasks leave {smallest} in the smallest")
 
     def total_steps(self, num_examples: int, shards: int) -> int:
         """Steps of the whole run: ``epochs`` epochs, cut at ``max_steps``."""

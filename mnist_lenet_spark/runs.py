@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -16,6 +17,7 @@ import numpy as np
 from . import data, files, readers, staging, training
 from . import spark as msp
 from .config import BackupConfig, ConfigError, SGDConfig, split_options
+from .models import lenet
 from .straggler import StragglerModel
 
 log = logging.getLogger(__name__)
@@ -55,28 +57,96 @@ def step_statistics(history: list[dict]) -> dict:
             "dropped_tasks": sum(len(h.get("dropped", [])) for h in history)}
 
 
-def _resume_state(checkpoint: Path, shape: dict) -> training.TrainState:
+class MetricsLog:
+    """``--metrics``: one JSON object per step, written and flushed as the step ends. On resume the lines
+    past the checkpoint's step (written by the run that stopped after it) are dropped first."""
+
+    def __init__(self, path: str | os.PathLike, resume_step: int | None):
+        path = Path(path)
+        kept = []
+        if resume_step is not None and path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= resume_step:
+                        kept.append(line + "\n")
+                except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+                    break
+        files.write_atomically(path, "".join(kept))
+        self.file = open(path, "a")
+
+    def write(self, record: dict) -> None:
+        self.file.write(strict_json(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def strict_json(value, indent: int | None = None) -> str:
+    """JSON without NaN or Infinity (which JSON does not have): non-finite numbers become null."""
+    def clean(v):
+        if isinstance(v, float) and not np.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(value), allow_nan=False, indent=indent, default=str)
+
+
+def _resume_state(run: TrainRun, checkpoint: Path, shape: dict) -> training.TrainState:
+    """The checkpoint's state, refused (ConfigError naming the file) if it does not continue this run."""
     state, meta = training.load_checkpoint(checkpoint)
     saved = {**meta.get("config", {}), **meta}
     for key, value in shape.items():
         if key in saved and saved[key] != value:
-            raise ConfigError(f"{checkpoint}: written with --{key.replace('_', '-')} {saved[key]}, "
-                              f"resumed with {value}")
+            flag = {"data": "training data", "model": "model"}.get(key, "--" + key.replace("_", "-"))
+            raise ConfigError(f"{checkpoint}: written with {flag} {saved[key]}, resumed with {value}")
+    _, fresh = training.new_state(lenet, run.config.seed)
+    for name in ("params", "velocity"):
+        found, expected = getattr(state, name), getattr(fresh, name)
+        if found.shape != expected.shape or found.dtype != expected.dtype:
+            raise ConfigError(f"{checkpoint}: {name} of shape {found.shape} {found.dtype}, the model has "
+                              f"{expected.shape} {expected.dtype}")
+    lr = run.config.scaled_for(run.workers, run.lr_scaling).lr
+    if saved.get("lr") is not None and saved["lr"] != lr:
+        log.info("resuming with lr %g (the checkpoint's run had %g)", lr, saved["lr"])
     log.info("resuming from %s at step %d", checkpoint, state.step)
     return state
 
 
+def _data_fingerprint(labels: np.ndarray) -> str:
+    """Which training set a checkpoint was written for: its size and a hash of its labels."""
+    return f"{len(labels)} examples, labels sha256 {hashlib.sha256(labels.tobytes()).hexdigest()[:16]}"
+
+
 def train(run: TrainRun) -> dict:
     """Train, test and write the outputs of ``run``; returns the summary. Errors in the data, the
-    settings or a checkpoint raise DataError or ConfigError (before Spark starts where possible)."""
-    mnist = None if run.train_path else data.load_mnist(run.data_dir)
+    settings or a checkpoint raise DataError or ConfigError before Spark starts where possible; a
+    diverging run raises training.DivergenceError. The summary (with ``status``) and the metrics
+    are written also when the run stops on an error."""
     shards = run.workers + run.backup.workers
+    run.straggler.check_partitions(shards)
+    mnist = train_split = None
+    if not run.train_path:
+        mnist = data.load_mnist(run.data_dir)
+        train_split = mnist.train
+        if run.limit_train:
+            train_split = data.Split(train_split.images[:run.limit_train], train_split.labels[:run.limit_train])
+        run.config.check_data(len(train_split.labels), shards)
     # what a resumed run must share with its checkpoint, or it would not continue the same schedule
     shape = {"seed": run.config.seed, "batch_size": run.config.batch_size, "workers": run.workers,
-             "backup_workers": run.backup.workers}
+             "backup_workers": run.backup.workers, "model": lenet.__name__.rsplit(".", 1)[-1],
+             "data": _data_fingerprint(train_split.labels) if train_split is not None else run.train_path}
     checkpoint = Path(run.checkpoint_dir) / "checkpoint.npz" if run.checkpoint_dir else None
-    state = _resume_state(checkpoint, shape) if run.resume else None
-
+    if checkpoint:
+        for stale in checkpoint.parent.glob(checkpoint.name + ".*.tmp"):  # left by a run that was killed
+            stale.unlink()
+    state = _resume_state(run, checkpoint, shape) if run.resume else None
+    metrics = MetricsLog(run.metrics, state.step if state else None) if run.metrics else None
+    history: list[dict] = []
+    summary = {"status": "failed", "steps": 0}
     under_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started the JVM and chose the master
     spark = msp.session(run.master or (None if under_spark_submit else "local[*]"), conf_file=run.spark_conf)
     try:
@@ -84,7 +154,6 @@ def train(run: TrainRun) -> dict:
         sgd = msp.SyncSGD(spark, run.workers, config=run.config, backup=run.backup, straggler=run.straggler,
                           lr_scaling=run.lr_scaling)
         config = sgd.config
-        metrics_lines = []
         progress = None
 
         def start_progress(steps: int):
@@ -94,7 +163,9 @@ def train(run: TrainRun) -> dict:
                 progress = tqdm(total=steps, unit="step", dynamic_ncols=True, file=sys.stderr)
 
         def on_step(record):
-            metrics_lines.append(json.dumps(record))
+            history.append(record)
+            if metrics:
+                metrics.write(record)
             start_progress(record["total_steps"] - record["step"] + 1)  # DataFrames: known once staged
             if progress is not None:
                 progress.update(1)
@@ -107,9 +178,6 @@ def train(run: TrainRun) -> dict:
         t0 = time.perf_counter()
         staging_seconds = 0.0
         if mnist is not None:
-            train_split = mnist.train
-            if run.limit_train:
-                train_split = data.Split(train_split.images[:run.limit_train], train_split.labels[:run.limit_train])
             start_progress(config.total_steps(len(train_split.labels), shards) - (state.step if state else 0))
             result = sgd.fit(train_split.images, train_split.labels, validation_data=mnist.validation, **fit_options)
         else:
@@ -123,7 +191,7 @@ def train(run: TrainRun) -> dict:
         train_seconds = time.perf_counter() - t0 - staging_seconds
         if progress is not None:
             progress.close()
-        if checkpoint and run.checkpoint_every:
+        if save:  # the final state, whatever --checkpoint-every says
             save(result.state)
         model = LeNetClassificationModel(result.params)
         if mnist is not None:
@@ -135,7 +203,7 @@ def train(run: TrainRun) -> dict:
             model.write().overwrite().save(str(run.save_model))
         stats = step_statistics(result.history)
         summary = {
-            "test_accuracy": test_accuracy,
+            "status": "ok", "test_accuracy": test_accuracy,
             "validation_accuracy": result.validation[-1]["accuracy"] if result.validation else None,
             "epochs": config.epochs, "workers": run.workers, "batch_size": config.batch_size,
             "backup_workers": run.backup.workers, "shards": shards, "train_seconds": train_seconds,
@@ -143,12 +211,17 @@ def train(run: TrainRun) -> dict:
             "final_loss": result.history[-1]["loss"] if result.history else None,
             "spark_master": spark.sparkContext.master, **stats,
         }
+    except BaseException as e:  # the summary tells how the run ended, then the error goes on to the caller
+        status = "diverged" if isinstance(e, training.DivergenceError) else "failed"
+        summary = {"status": status, "error": str(e).splitlines()[0] if str(e) else type(e).__name__,
+                   **step_statistics(history)}
+        raise
     finally:
         spark.stop()
-    if run.metrics:
-        files.write_atomically(run.metrics, "\n".join(metrics_lines) + "\n")
-    if run.summary:
-        files.write_atomically(run.summary, json.dumps(summary, indent=2) + "\n")
+        if metrics:
+            metrics.close()
+        if run.summary:
+            files.write_atomically(run.summary, strict_json(summary, indent=2) + "\n")
     if run.model_out:
         buffer = io.BytesIO()
         np.savez(buffer, **result.params)

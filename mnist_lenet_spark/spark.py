@@ -51,6 +51,8 @@ class SyncSGD:
         self.workers = workers
         self.model = model
         self.straggler = straggler if straggler is not None and straggler.active else None
+        if self.straggler:
+            self.straggler.check_partitions(workers + self.backup.workers)
         self.threads = int(self.sc.getConf().get("spark.task.cpus", "1"))
 
     def _context(self, spec: base.ParamSpec, dropout: bool = False) -> tasks.TaskContext:
@@ -106,9 +108,7 @@ class SyncSGD:
         config = dataclasses.replace(self.config, epochs=epochs or self.config.epochs,
                                      max_steps=max_steps or self.config.max_steps)
         shards = self.workers + self.backup.workers
-        if num_examples < shards:
-            raise ConfigError(f"{shards} tasks per step need at least {shards} training examples, "
-                              f"got {num_examples}")
+        config.check_data(num_examples, shards)
         spec, fresh = training.new_state(self.model, config.seed)
         state = state or fresh
         total = config.total_steps(num_examples, shards)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
+from .config import ConfigError
 from .sharding import TaskKey
 
 #: how often an injected delay asks whether its step was closed (backup workers, see step_signal)
@@ -19,6 +20,12 @@ class StragglerModel(NamedTuple):
     prob: float = 0.0
     delay: float = 0.0
     slow_partitions: tuple[int, ...] = ()
+
+    def check_partitions(self, shards: int) -> None:
+        """ConfigError for an always-slow partition that a step with ``shards`` tasks does not have."""
+        wrong = [p for p in self.slow_partitions if not 0 <= p < shards]
+        if wrong:
+            raise ConfigError(f"slow partition {wrong[0]} does not exist: a step's tasks are 0..{shards - 1}")
 
     @property
     def active(self) -> bool:

@@ -197,13 +197,13 @@ def step_task(ctx: TaskContext, source, params_bc, partition: Iterator[ShardBatc
         yield TaskReport(total, (os.getpid(),))
 
 
-def backup_task(ctx: TaskContext, source, params_bc, step: int, accumulator, signal_address,
+def backup_task(ctx: TaskContext, source, params_bc, step: int, accumulator, signal: step_signal.Endpoint | None,
                 partition: Iterator[ShardBatch]) -> Iterator:
     """A backup-worker step: the sums go to the accumulator as soon as they are ready, unless the driver
     closed the step meanwhile (then the task stops early and sends nothing)."""
     batches = list(partition)
     started = time.time()
-    should_stop = partial(step_signal.is_closed, signal_address, step) if signal_address else None
+    should_stop = partial(step_signal.is_closed, signal, step) if signal else None
     total = shard_gradient(ctx, source, params_bc, batches, should_stop)
     if total is not None:
         finished = time.time()

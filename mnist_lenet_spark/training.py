@@ -11,8 +11,10 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +28,10 @@ from .nn.optim import sgd_nesterov
 from .tasks import GradientSum
 
 log = logging.getLogger(__name__)
+
+
+class DivergenceError(RuntimeError):
+    """The loss or the gradient of a step is not finite; raised before that step's update is applied."""
 
 
 @dataclass
@@ -92,6 +98,7 @@ def fit_loop(model: base.Model, spec: base.ParamSpec, state: TrainState, num_exa
             if sums.count == 0:
                 log.warning("step %d: every mini-batch was empty; only the L2 term updates", state.step)
             loss, grad = loss_and_gradient(sums, state.params, spec, model, config.l2)
+            _check_finite(loss, grad, sums.count, state)
             new_params, opt = sgd_nesterov.update(state.params, grad, opt, lr=lr, momentum=config.momentum)
             state.params, state.velocity = new_params, opt.velocity
             state.step += 1
@@ -112,6 +119,18 @@ def fit_loop(model: base.Model, spec: base.ParamSpec, state: TrainState, num_exa
                 validate()
     result.params = {k: v.copy() for k, v in base.unflatten(state.params, spec).items()}
     return result
+
+
+def _check_finite(loss: float, grad: np.ndarray, count: int, state: TrainState) -> None:
+    """DivergenceError naming the step when the loss or the gradient (P,) holds a NaN or an infinity."""
+    what = None
+    if count and not math.isfinite(loss):
+        what = f"the loss is {loss}"
+    elif not math.isfinite(float(np.sum(grad, dtype=np.float64))):  # one pass; a NaN or inf anywhere shows
+        what = f"the gradient has {int(np.count_nonzero(~np.isfinite(grad)))} non-finite values"
+    if what:
+        raise DivergenceError(f"diverged at step {state.step + 1} (epoch {state.epoch + 1}): {what}; "
+                              f"the update was not applied (try a smaller --lr)")
 
 
 def new_state(model: base.Model, seed: int) -> tuple[base.ParamSpec, TrainState]:
@@ -137,9 +156,12 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[TrainState, dict[str, Any]
     try:
         with np.load(path) as z:
             meta = json.loads(str(z["meta"]))
-            state = TrainState(z["params"], z["velocity"], meta["step"], meta["epoch"], meta["step_in_epoch"])
+            state = TrainState(z["params"], z["velocity"], int(meta["step"]), int(meta["epoch"]),
+                               int(meta["step_in_epoch"]))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such checkpoint") from None
-    except (OSError, KeyError, ValueError) as e:
-        raise ConfigError(f"{path}: not a checkpoint of this tool ({e})") from None
+    except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
+        # empty, truncated, random bytes, or another program's .npz
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{path}: not a checkpoint of this tool ({reason})") from None
     return state, meta

@@ -135,3 +135,12 @@ def test_read_mnist_from_idx_and_csv_matches_the_numpy_reader(spark, mnist, tmp_
         (ROOT / "data" / "mnist" / "t10k-labels-idx1-ubyte.gz").read_bytes(), "labels"))
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte: truncated header"):
         readers.read_mnist(spark, str(tmp_path), split="test")
+
+
+def test_the_estimator_saves_and_loads_its_params(tmp_path):
+    clf = LeNetClassifier(workers=3, backupWorkers=1, lr=0.02, lrScaling="linear", validationIndicatorCol="v")
+    clf.save(str(tmp_path / "clf"))
+    loaded = LeNetClassifier.load(str(tmp_path / "clf"))
+    assert loaded.uid == clf.uid
+    assert (loaded.getWorkers(), loaded.getBackupWorkers(), loaded.getLr(), loaded.getLrScaling(),
+            loaded.getValidationIndicatorCol(), loaded.getBatchSize()) == (3, 1, 0.02, "linear", "v", 64)

@@ -1,6 +1,7 @@
 """The driver's closed-step signal and the straggler delay that listens to it (no Spark needed)."""
 import logging
 import socket
+import threading
 import time
 
 from mnist_lenet_spark import step_signal
@@ -11,12 +12,12 @@ from mnist_lenet_spark.straggler import StragglerModel
 def test_tasks_see_a_step_closed_only_after_the_driver_closes_it():
     server = step_signal.StepServer()
     try:
-        assert not step_signal.is_closed(server.address, 0)
+        assert not step_signal.is_closed(server.endpoint, 0)
         server.close_step(0)
-        assert step_signal.is_closed(server.address, 0) and not step_signal.is_closed(server.address, 1)
+        assert step_signal.is_closed(server.endpoint, 0) and not step_signal.is_closed(server.endpoint, 1)
         server.close_step(3)
         server.close_step(2)  # never goes back
-        assert step_signal.is_closed(server.address, 3)
+        assert step_signal.is_closed(server.endpoint, 3)
     finally:
         server.shutdown()
 
@@ -24,7 +25,7 @@ def test_tasks_see_a_step_closed_only_after_the_driver_closes_it():
 def test_a_task_that_cannot_reach_the_driver_answers_not_closed_and_stops_asking(caplog):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
-        address = s.getsockname()
+        address = step_signal.Endpoint(*s.getsockname(), b"t" * step_signal.TOKEN_BYTES)
     with caplog.at_level(logging.WARNING, logger="mnist_lenet_spark.step_signal"):
         assert not step_signal.is_closed(address, 0)
         assert not step_signal.is_closed(address, 0)
@@ -34,13 +35,13 @@ def test_a_task_that_cannot_reach_the_driver_answers_not_closed_and_stops_asking
 
 def test_a_connection_to_a_server_that_went_away_is_replaced():
     first = step_signal.StepServer()
-    assert not step_signal.is_closed(first.address, 0)  # opens and caches a connection
+    assert not step_signal.is_closed(first.endpoint, 0)  # opens and caches a connection
     first.shutdown()
-    assert not step_signal.is_closed(first.address, 0)  # stale connection, then refused: no exception
+    assert not step_signal.is_closed(first.endpoint, 0)  # stale connection, then refused: no exception
     second = step_signal.StepServer()
     try:
         second.close_step(5)
-        assert step_signal.is_closed(second.address, 5)
+        assert step_signal.is_closed(second.endpoint, 5)
     finally:
         second.shutdown()
 
@@ -60,6 +61,83 @@ def test_shutdown_leaves_no_threads():
     import threading
     before = threading.active_count()
     server = step_signal.StepServer()
-    assert not step_signal.is_closed(server.address, 0)
+    assert not step_signal.is_closed(server.endpoint, 0)
     server.shutdown()
     assert threading.active_count() <= before
+
+
+def connect(server):
+    return socket.create_connection(server.endpoint[:2], timeout=2)
+
+
+def answer(conn):
+    reply = b""
+    while len(reply) < 8:
+        chunk = conn.recv(8 - len(reply))
+        if not chunk:
+            return None  # closed by the server
+        reply += chunk
+    return int.from_bytes(reply, "big", signed=True)
+
+
+def test_a_client_without_the_token_gets_no_answer_and_is_dropped():
+    server = step_signal.StepServer()
+    try:
+        server.close_step(4)
+        with connect(server) as bad:
+            bad.sendall(b"x" * step_signal.TOKEN_BYTES + b"?")
+            assert answer(bad) is None
+        with connect(server) as good:
+            good.sendall(server.token + b"?")
+            assert answer(good) == 4
+    finally:
+        server.shutdown()
+
+
+def test_silent_and_non_reading_clients_are_dropped(monkeypatch):
+    monkeypatch.setattr(step_signal.StepServer, "AUTH_SECONDS", 0.3)
+    server = step_signal.StepServer()
+    try:
+        silent = connect(server)
+        flooder = socket.socket()
+        flooder.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect, or TCP ignores it
+        flooder.connect(server.endpoint[:2])
+        flooder.sendall(server.token)
+        flooder.settimeout(5)
+        try:  # 2 MB of questions (~8,000 answers) whose answers it never reads
+            flooder.sendall(b"?" * 2_000_000)
+        except OSError:  # the server gave up on it midway
+            pass
+        deadline = time.monotonic() + 5
+        while server.connections and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert answer(silent) is None  # it never sent the token in time
+        assert server.connections == 0 and server.dropped >= 2
+        assert step_signal.is_closed(server.endpoint, -1)  # a real task is still served
+    finally:
+        server.shutdown()
+
+
+def test_a_flood_of_connections_is_bounded_and_the_service_stays_up():
+    server = step_signal.StepServer(max_connections=16)
+    held = []
+    try:
+        for _ in range(60):
+            try:
+                held.append(connect(server))
+            except OSError:
+                break
+        time.sleep(0.3)
+        assert server.connections <= 16
+        assert threading.active_count() < 10  # one thread for all of them
+        for conn in held:
+            conn.close()
+        time.sleep(0.3)
+        server.close_step(7)
+        step_signal._connections.clear()
+        step_signal._unreachable.clear()
+        assert step_signal.is_closed(server.endpoint, 7)
+    finally:
+        for conn in held:
+            conn.close()
+        server.shutdown()
