@@ -123,7 +123,7 @@ def test_a_killed_executor_loses_no_shard_and_changes_no_result(standalone, mnis
         images, labels = mnist.train.images[:600], mnist.train.labels[:600]
         rows = session.createDataFrame([(int(y), x.tobytes()) for x, y in zip(images, labels)],
                                        "label long, features binary")
-        slow = StragglerModel(delay=0.3, slow_partitions=tuple(range(3)))  # every task: time to kill mid-step
+        slow = StragglerModel(delay=0.3, slow_partitions=tuple(range(2 + backup_workers)))  # time to kill mid-step
         sgd = msp.SyncSGD(session, 2, batch_size=16, seed=5, max_steps=10, backup_workers=backup_workers,
                           straggler=slow)
         killed = []
