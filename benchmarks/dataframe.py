@@ -2,7 +2,7 @@
 
 (1) In one session, alternating: the median step of ``SyncSGD`` 2 x 64 on MNIST's 55,000
 training rows given as arrays (broadcast) and given as a DataFrame (staged); target: staged /
-arrays <= 1.05. (2) In two fresh driver processes, fit from a DataFrame of MNIST and of 5 x MNIST
+arrays <= 1.05. (2) In fresh driver processes (alternating, twice each), fit from a DataFrame of MNIST and of 5 x MNIST
 (275,000 rows): peak RSS of the Python driver and the median step; targets: RSS grows by less
 than 64 MB, the step by less than 10 %. The staging pass is reported beside. (3) ``transform``
 throughput in images/s against ``lenet.predict`` in one process. Writes
@@ -75,12 +75,16 @@ def child(copies: int, steps: int) -> None:
                       "staging_seconds": staging_seconds}))
 
 
-def scale(steps: int) -> dict:
-    out = {}
-    for copies in (1, 5):
-        proc = subprocess.run([sys.executable, __file__, "--child", str(copies), "--steps", str(steps)],
-                              capture_output=True, text=True, check=True)
-        out[f"{copies}x"] = json.loads(proc.stdout.strip().splitlines()[-1])
+def scale(steps: int, rounds: int = 2) -> dict:
+    """1x and 5x alternately, ``rounds`` fresh processes each; the medians of each size."""
+    runs = {1: [], 5: []}
+    for _ in range(rounds):
+        for copies in (1, 5):
+            proc = subprocess.run([sys.executable, __file__, "--child", str(copies), "--steps", str(steps)],
+                                  capture_output=True, text=True, check=True)
+            runs[copies].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    out = {f"{copies}x": {key: statistics.median(r[key] for r in results) for key in results[0]}
+           for copies, results in runs.items()}
     out["rss_growth_mb"] = out["5x"]["driver_peak_rss_mb"] - out["1x"]["driver_peak_rss_mb"]
     out["step_5x_over_1x"] = out["5x"]["step_ms"] / out["1x"]["step_ms"]
     return out
