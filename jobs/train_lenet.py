@@ -66,6 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--straggler-delay", type=non_negative_float, default=0.0, help="seconds")
     p.add_argument("--slow-partitions", type=int_list, default=(),
                    help="comma-separated partitions that always straggle")
+    p.add_argument("--task-failure-prob", type=probability, default=0.0,
+                   help="experiments: each gradient task attempt fails with this probability (Spark retries it)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.resume and not args.checkpoint_dir:
@@ -94,7 +96,8 @@ def train_run(args) -> runs.TrainRun:
         lr=args.lr, momentum=args.momentum, lr_decay=args.lr_decay, l2=args.l2, warmup_steps=args.warmup_steps,
         seed=args.seed, validate_every=args.validate_every, backup_workers=args.backup_workers,
         backup_mode=args.backup_mode, lr_scaling=args.lr_scaling,
-        straggler=StragglerModel(args.straggler_prob, args.straggler_delay, args.slow_partitions),
+        straggler=StragglerModel(args.straggler_prob, args.straggler_delay, args.slow_partitions,
+                                 args.task_failure_prob),
         master=args.master, spark_conf=args.conf, data_dir=args.data_dir, limit_train=args.limit_train,
         train_path=args.train, test_path=args.test, data_format=args.format, save_model=args.save_model,
         checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
@@ -113,6 +116,9 @@ def main(argv=None):
     except training.DivergenceError as e:
         print(f"train_lenet: error: {e}", file=sys.stderr)
         return 3
+    except training.StepFailure as e:
+        print(f"train_lenet: error: {e}", file=sys.stderr)
+        return 4
     print(f"steps {summary['steps']}, {summary['train_seconds']:.1f} s, {summary['examples_per_second']:.0f} "
           f"examples/s, median step {summary['step_seconds_median'] * 1000:.0f} ms")
     if summary["validation_accuracy"] is not None:

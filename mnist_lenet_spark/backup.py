@@ -14,7 +14,8 @@ import uuid
 from functools import partial, reduce
 from operator import add
 
-from . import step_signal, tasks
+from . import step_signal, tasks, training
+from .training import task_error
 from .config import BackupConfig
 from .sharding import ShardBatch
 
@@ -27,7 +28,8 @@ class FirstResults:
     """AccumulatorParam: keep the earliest-arriving ``BackupResult``s of the newest step, at most ``keep``.
 
     A result for an older step (a task that finished after its step was closed) is dropped,
-    and so is every result past the first ``keep`` of a step: memory stays at N gradients.
+    and so is every gradient past the first ``keep`` of a step: memory stays at N gradients.
+    Failures (a task whose last attempt failed) are kept: they carry no gradient.
     """
 
     def __init__(self, keep: int):
@@ -41,7 +43,7 @@ class FirstResults:
             newest = acc[0].step if acc else -1
             if result.step > newest:
                 acc.clear()
-            if result.step >= newest and len(acc) < self.keep:
+            if result.step >= newest and (result.error or sum(r.error is None for r in acc) < self.keep):
                 acc.append(result)
         return acc
 
@@ -106,17 +108,22 @@ class BackupStep:
         if self.wait_all:
             thread.join()
         while True:
-            arrived_results = [r for r in self.accumulator.value if r.step == step]
-            if len(arrived_results) >= need or not thread.is_alive():
+            results = [r for r in self.accumulator.value if r.step == step]
+            failed = [r for r in results if r.error]
+            if len(results) - len(failed) >= need or not thread.is_alive() or len(batches) - len(failed) < need:
                 break
             time.sleep(POLL_SECONDS)
         arrived = time.perf_counter()
-        kept = sorted((r for r in self.accumulator.value if r.step == step), key=lambda r: r.finished_at)[:need]
+        kept = sorted((r for r in results if not r.error), key=lambda r: r.finished_at)[:need]
         if len(kept) < need:
+            if self.signal:
+                self.signal.close_step(step)
+            sc.cancelJobGroup(group)
             thread.join()
             bc.destroy(blocking=False)
-            raise RuntimeError(f"step {step}: only {len(kept)} of {need} gradient tasks finished") from (
-                failure[0] if failure else None)
+            cause = failed[0].error if failed else task_error(failure[0]) if failure else "its job ended"
+            raise training.StepFailure(f"step {step + 1}: only {len(kept)} of the {need} gradients needed arrived, "
+                                       f"and no more can; a task failed: {cause}")
         if self.signal:
             self.signal.close_step(step)  # late tasks of this step now stop at their next check
         self.task_seconds.extend(r.seconds for r in kept)
@@ -130,7 +137,7 @@ class BackupStep:
         kept_shards = sorted(r.shard for r in kept)
         info = {"step_seconds": time.perf_counter() - t0, "kept": kept_shards,
                 "dropped": [k for k in range(len(batches)) if k not in kept_shards],
-                "close_seconds": time.perf_counter() - arrived}
+                "failed": sorted(r.shard for r in failed), "close_seconds": time.perf_counter() - arrived}
         return sums, info
 
     def _reap(self, wait: bool = False) -> None:

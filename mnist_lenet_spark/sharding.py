@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 _STRAGGLER_SALT = 0x5106  # keeps the straggler draws apart from the dropout masks of the same key
+_FAILURE_SALT = 0xFA11
 
 
 class TaskKey(NamedTuple):
@@ -32,6 +33,11 @@ class TaskKey(NamedTuple):
     def straggler_draw(self) -> float:
         """A uniform [0, 1) number that decides whether this task is delayed."""
         return float(np.random.default_rng([self.seed, self.epoch, self.step, self.shard, _STRAGGLER_SALT]).random())
+
+    def failure_draw(self, attempt: int) -> float:
+        """A uniform [0, 1) number that decides whether attempt ``attempt`` of this task fails (injected)."""
+        rng = np.random.default_rng([self.seed, self.epoch, self.step, self.shard, attempt, _FAILURE_SALT])
+        return float(rng.random())
 
 
 class ShardBatch(NamedTuple):

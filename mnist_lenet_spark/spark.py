@@ -6,6 +6,7 @@ training set is broadcast once per ``fit`` and kept by the reused Python workers
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from functools import partial
 from operator import add
@@ -56,7 +57,16 @@ class SyncSGD:
         self.threads = int(self.sc.getConf().get("spark.task.cpus", "1"))
 
     def _context(self, spec: base.ParamSpec, dropout: bool = False) -> tasks.TaskContext:
-        return tasks.TaskContext(self.model, spec, self.threads, dropout, self.straggler)
+        return tasks.TaskContext(self.model, spec, self.threads, dropout, self.straggler, self._max_attempts())
+
+    def _max_attempts(self) -> int:
+        """How often Spark runs a failing task: F of local[N,F] (local masters default to 1), else
+        spark.task.maxFailures (4)."""
+        master = self.sc.master
+        if master.startswith("local"):
+            found = re.fullmatch(r"local\[[^,\]]+,\s*(\d+)\]", master)
+            return int(found.group(1)) if found else 1
+        return int(self.sc.getConf().get("spark.task.maxFailures", "4"))
 
     # -- one given batch ---------------------------------------------------------------------------
     def gradient(self, params: base.Params, X: np.ndarray, y: np.ndarray) -> tuple[float, base.Params]:
@@ -137,6 +147,11 @@ class SyncSGD:
         try:
             report = self.sc.parallelize(batches, len(batches)).mapPartitions(
                 partial(tasks.step_task, ctx, source, bc)).treeReduce(add)
+        except Exception as e:  # Spark gave up on a task (it retried up to its max attempts)
+            if "Py4J" not in type(e).__name__ and "PythonException" not in type(e).__name__:
+                raise
+            raise training.StepFailure(f"step {batches[0].key.step + 1}: a gradient task failed for good: "
+                                       f"{training.task_error(e)}") from None
         finally:
             bc.destroy(blocking=False)  # or the executors fill up with old parameters
         return report.sums, {"step_seconds": time.perf_counter() - t0, "pids": sorted(report.pids)}

@@ -16,24 +16,40 @@ from .sharding import TaskKey
 POLL_SECONDS = 0.01
 
 
+class InjectedFailure(RuntimeError):
+    """The error an injected task failure raises (``StragglerModel.failure_prob``)."""
+
+
 class StragglerModel(NamedTuple):
     prob: float = 0.0
     delay: float = 0.0
     slow_partitions: tuple[int, ...] = ()
+    failure_prob: float = 0.0  # each task *attempt* fails with this probability (Spark may retry it)
+    failing_partitions: tuple[int, ...] = ()  # these fail at every attempt (tests and experiments)
 
     def check_partitions(self, shards: int) -> None:
-        """ConfigError for an always-slow partition that a step with ``shards`` tasks does not have."""
-        wrong = [p for p in self.slow_partitions if not 0 <= p < shards]
-        if wrong:
-            raise ConfigError(f"slow partition {wrong[0]} does not exist: a step's tasks are 0..{shards - 1}")
+        """ConfigError for an always-slow or always-failing partition that a step with ``shards`` tasks lacks."""
+        for kind, partitions in (("slow", self.slow_partitions), ("failing", self.failing_partitions)):
+            wrong = [p for p in partitions if not 0 <= p < shards]
+            if wrong:
+                raise ConfigError(f"{kind} partition {wrong[0]} does not exist: a step's tasks are 0..{shards - 1}")
+
+    @property
+    def delays(self) -> bool:
+        return self.delay > 0 and (self.prob > 0 or bool(self.slow_partitions))
 
     @property
     def active(self) -> bool:
-        return self.delay > 0 and (self.prob > 0 or bool(self.slow_partitions))
+        return self.delays or self.failure_prob > 0 or bool(self.failing_partitions)
+
+    def fail_if_drawn(self, key: TaskKey, attempt: int) -> None:
+        """Raise InjectedFailure when attempt ``attempt`` of the task of ``key`` is to fail."""
+        if key.shard in self.failing_partitions or self.failure_prob and key.failure_draw(attempt) < self.failure_prob:
+            raise InjectedFailure(f"injected failure of step {key.step + 1}, shard {key.shard}, attempt {attempt + 1}")
 
     def delay_for(self, key: TaskKey) -> float:
         """Seconds the task of ``key`` sleeps before computing."""
-        if not self.active:
+        if not self.delays:
             return 0.0
         if key.shard in self.slow_partitions:
             return self.delay

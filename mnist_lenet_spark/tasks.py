@@ -49,12 +49,13 @@ class TaskReport:
 
 @dataclass(frozen=True)
 class BackupResult:
-    """What a backup-worker task adds to the step's accumulator."""
+    """What a backup-worker task adds to the step's accumulator: its sums, or the error of its last attempt."""
     step: int
     shard: int
     finished_at: float  # time.time() on the executor
     seconds: float  # the task's own duration
-    sums: GradientSum
+    sums: GradientSum | None
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class TaskContext:
     threads: int  # BLAS threads per task (spark.task.cpus)
     dropout: bool = True
     straggler: StragglerModel | None = None
+    max_attempts: int = 1  # Spark's attempts per task (spark.task.maxFailures, or F of local[N,F])
 
 
 # -- process set-up -----------------------------------------------------------------------------------
@@ -129,6 +131,13 @@ def blas_threads() -> list[int]:
     """Thread counts of the BLAS libraries loaded in this process (for tests)."""
     from threadpoolctl import threadpool_info
     return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+
+
+def attempt_number() -> int:
+    """This task attempt's number under Spark (0 for the first), else 0."""
+    from pyspark import TaskContext as SparkTaskContext  # here only: this module imports no pyspark at load
+    context = SparkTaskContext.get()
+    return context.attemptNumber() if context is not None else 0
 
 
 # -- the gradient -------------------------------------------------------------------------------------
@@ -183,6 +192,7 @@ def shard_gradient(ctx: TaskContext, source: BroadcastData | StagedShards, param
     if ctx.straggler is not None:
         for batch in batches:
             ctx.straggler.sleep(batch.key, should_stop)
+            ctx.straggler.fail_if_drawn(batch.key, attempt_number())
     if not batches:
         return None
     images, labels, offset = source.shard(batches[0].key.shard)
@@ -204,10 +214,17 @@ def backup_task(ctx: TaskContext, source, params_bc, step: int, accumulator, sig
     batches = list(partition)
     started = time.time()
     should_stop = partial(step_signal.is_closed, signal, step) if signal else None
-    total = shard_gradient(ctx, source, params_bc, batches, should_stop)
-    if total is not None:
+    try:
+        total = shard_gradient(ctx, source, params_bc, batches, should_stop)
+        error = None
+    except Exception as e:
+        if attempt_number() + 1 < ctx.max_attempts:
+            raise  # Spark runs it again
+        # failed for good: the step counts it as a result that did not arrive (the job must not abort)
+        total, error = None, f"{type(e).__name__}: {e}"
+    if total is not None or error is not None:
         finished = time.time()
-        accumulator.add([BackupResult(step, batches[0].key.shard, finished, finished - started, total)])
+        accumulator.add([BackupResult(step, batches[0].key.shard, finished, finished - started, total, error)])
     return iter(())
 
 

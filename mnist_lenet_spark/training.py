@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -32,6 +33,21 @@ log = logging.getLogger(__name__)
 
 class DivergenceError(RuntimeError):
     """The loss or the gradient of a step is not finite; raised before that step's update is applied."""
+
+
+class StepFailure(RuntimeError):
+    """A step could not get the gradients it needs (a task failed for good); no update was applied."""
+
+
+def task_error(e: BaseException) -> str:
+    """The task's own error line out of the Py4J / PythonException wrapper around it (else the first line)."""
+    lines = [line.strip() for line in str(e).splitlines()]
+    own = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Failure): ", line)
+           and not line.startswith(("py4j.", "org.apache.", "java."))]
+    if not own:
+        return lines[0] if lines else type(e).__name__
+    name, message = own[-1].split(": ", 1)
+    return f"{name.rsplit('.', 1)[-1]}: {message}"  # InjectedFailure, not mnist_lenet_spark.straggler.Inj...
 
 
 @dataclass

@@ -140,3 +140,14 @@ def test_bad_input_is_one_line_and_status_2_before_spark_starts(tmp_path, capsys
         assert status == 2 and message in last, (flags, last)
     from pyspark.sql import SparkSession
     assert SparkSession.getActiveSession() is None  # every one of them before a session started
+
+
+def test_a_task_that_fails_for_good_is_one_line_naming_the_step_and_its_error(tmp_path):
+    summary = tmp_path / "s.json"
+    proc = subprocess.run(JOB + SMALL + ["--max-steps", "3", "--task-failure-prob", "1", "--summary", str(summary)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "train_lenet: error: step 1: a gradient task failed for good: InjectedFailure: injected failure of step 1")
+    s = json.loads(summary.read_text())
+    assert s["status"] == "failed" and s["steps"] == 0
