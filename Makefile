@@ -33,6 +33,7 @@ bench: $(VENV)/.installed-bench check-java
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/backup.py
 	$(PY) benchmarks/dataframe.py
+	$(PY) benchmarks/soak.py
 	$(PY) benchmarks/accuracy.py
 
 experiment: $(VENV)/.installed-dev check-java

@@ -165,3 +165,8 @@ class BackupStep:
         self._reap(wait=True)
         if self.signal:
             self.signal.shutdown()
+        # PySpark keeps every accumulator of a session in a registry, value included: without this each
+        # fit would leave its last N gradients on the driver
+        self.accumulator.value = []
+        from pyspark.accumulators import _accumulatorRegistry
+        _accumulatorRegistry.pop(self.accumulator.aid, None)

@@ -93,6 +93,9 @@ def test_no_jobs_or_threads_left_after_fit(spark, mnist):
         mnist.train.images[:64], mnist.train.labels[:64], max_steps=2)
     assert not spark.sparkContext.statusTracker().getActiveJobsIds()
     assert threading.active_count() <= before
+    from pyspark.accumulators import _accumulatorRegistry  # PySpark keeps every accumulator with its value
+    assert not any(isinstance(a._value, list) and any(isinstance(r, tasks.BackupResult) for r in a._value)
+                   for a in _accumulatorRegistry.values()), "a fit left its gradients on the driver"
 
 
 def test_accumulator_keeps_first_results_of_newest_step_only():
