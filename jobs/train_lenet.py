@@ -80,8 +80,12 @@ def parse_args(argv=None):
         p.error("--test needs --train")
     if args.train and args.format != "idx" and not args.test:
         p.error(f"--format {args.format} needs --test as well as --train")
-    if args.data_dir and not Path(args.data_dir).is_dir():
-        p.error(f"argument --data-dir: {args.data_dir}: no such directory")
+    if args.data_dir:
+        try:
+            if not Path(args.data_dir).is_dir():
+                p.error(f"argument --data-dir: {args.data_dir}: no such directory")
+        except OSError as e:  # e.g. a folder above it may not be entered
+            p.error(f"argument --data-dir: {args.data_dir}: {e.strerror}")
     if args.conf and not Path(args.conf).is_file():
         p.error(f"argument --conf: {args.conf}: no such file")
     return args

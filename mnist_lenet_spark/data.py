@@ -48,6 +48,8 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected a file") from None
+    except PermissionError:
+        raise DataError(f"{path}: permission denied") from None
     return gunzip(raw, path.name)
 
 

@@ -50,7 +50,8 @@ class _LeNetParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbability
     l2 = _param("l2", "L2 regularisation of the weights", TypeConverters.toFloat)
     warmupSteps = _param("warmupSteps", "linear learning-rate warm-up over this many steps", TypeConverters.toInt)
     lrScaling = _param("lrScaling", "'linear': lr x workers x batchSize / 64; 'none'", TypeConverters.toString)
-    checkpointDir = _param("checkpointDir", "local folder for checkpoints (empty: none)", TypeConverters.toString)
+    checkpointDir = _param("checkpointDir", "local folder for checkpoint.npz, written every checkpointInterval steps "
+                           "and at the end (empty: none)", TypeConverters.toString)
     stagingDir = _param("stagingDir", "folder every executor can read, for the staged shards (empty: a temp folder)",
                         TypeConverters.toString)
     stragglerProb = _param("stragglerProb", "experiments: probability that a task is delayed", TypeConverters.toFloat)
@@ -122,9 +123,12 @@ class LeNetClassifier(Estimator, _LeNetParams, DefaultParamsReadable, DefaultPar
                 raise data.DataError(f"column '{indicator}' (validationIndicatorCol) not found")
             is_val = F.coalesce(F.col(indicator).cast("boolean"), F.lit(False))
             train_df, val_df = dataset.filter(~is_val), dataset.filter(is_val)
+        checkpointing = self._checkpointing(sgd)
         result, staging_seconds = staging.fit_dataframes(
-            sgd, train_df, val_df, features, label, self.getOrDefault(self.stagingDir), **self._checkpointing(sgd),
+            sgd, train_df, val_df, features, label, self.getOrDefault(self.stagingDir), **checkpointing,
             on_step=self._progress(sgd))
+        if checkpointing:  # the final state too, whatever the interval
+            checkpointing["checkpoint"](result.state)
         model = LeNetClassificationModel(result.params)
         self._copyValues(model)
         model._summary = LeNetTrainingSummary(result.history, result.validation, staging_seconds)

@@ -43,7 +43,7 @@ def run(*flags, check=True):
 
 
 def test_run_writes_summary_metrics_and_model(tmp_path):
-    summary, metrics, model = tmp_path / "s.json", tmp_path / "m.jsonl", tmp_path / "model.npz"
+    summary, metrics, model = tmp_path / "s.json", tmp_path / "m.jsonl", tmp_path / "new" / "model.npz"  # created
     proc = run("--limit-train", "512", "--max-steps", "4", "--batch-size", "32", "--validate-every", "2",
                "--summary", str(summary), "--metrics", str(metrics), "--model-out", str(model))
     assert "test accuracy:" in proc.stdout

@@ -144,3 +144,11 @@ def test_the_estimator_saves_and_loads_its_params(tmp_path):
     assert loaded.uid == clf.uid
     assert (loaded.getWorkers(), loaded.getBackupWorkers(), loaded.getLr(), loaded.getLrScaling(),
             loaded.getValidationIndicatorCol(), loaded.getBatchSize()) == (3, 1, 0.02, "linear", "v", 64)
+
+
+def test_checkpoint_dir_gets_the_final_state(small, tmp_path):
+    from mnist_lenet_spark import training
+    model = LeNetClassifier(batchSize=16, maxSteps=3, checkpointDir=str(tmp_path)).fit(small[2])
+    state, meta = training.load_checkpoint(tmp_path / "checkpoint.npz")
+    assert state.step == 3 and meta["config"]["batch_size"] == 16
+    assert np.array_equal(state.params[:10], model.weights["W1"].reshape(-1)[:10])

@@ -151,3 +151,28 @@ def test_a_task_that_fails_for_good_is_one_line_naming_the_step_and_its_error(tm
         "train_lenet: error: step 1: a gradient task failed for good: InjectedFailure: injected failure of step 1")
     s = json.loads(summary.read_text())
     assert s["status"] == "failed" and s["steps"] == 0
+
+
+def test_an_unreadable_data_file_is_one_line_and_status_2(tmp_path):
+    """Run as an unprivileged user (root reads every file), the way a job meets a file it may not read."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.fail("this test drops root's privileges with setpriv: run it as root (CI does)")
+    import tempfile
+    from pathlib import Path
+    top = Path(tempfile.mkdtemp())  # pytest's own tmp folders are root's alone
+    try:
+        data_dir = top / "mnist"
+        shutil.copytree(ROOT / "data" / "mnist", data_dir)
+        for path in (top, data_dir):
+            os.chmod(path, 0o755)
+        for f in data_dir.iterdir():
+            os.chmod(f, 0o644)
+        os.chmod(data_dir / "t10k-images-idx3-ubyte.gz", 0o000)
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *JOB[:2],
+                               "--data-dir", str(data_dir), "--no-progress"],
+                              capture_output=True, text=True, timeout=120, env=dict(os.environ, HOME=str(top)))
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"train_lenet: error: {data_dir / 't10k-images-idx3-ubyte.gz'}: permission denied")
+    finally:
+        shutil.rmtree(top)
