@@ -63,7 +63,7 @@ class SyncSGD:
         """How often Spark runs a failing task: F of local[N,F] (local masters default to 1), else
         spark.task.maxFailures (4)."""
         master = self.sc.master
-        if master.startswith("local"):
+        if master == "local" or master.startswith("local["):  # local-cluster[...] retries as a cluster does
             found = re.fullmatch(r"local\[[^,\]]+,\s*(\d+)\]", master)
             return int(found.group(1)) if found else 1
         return int(self.sc.getConf().get("spark.task.maxFailures", "4"))
