@@ -36,6 +36,8 @@ def main(argv=None):
     try:
         from mnist_lenet_spark.ml import LeNetClassificationModel
         from pyspark.errors import AnalysisException
+        if not readers.hadoop_files(spark, f"{args.model.rstrip('/')}/metadata/part-*"):
+            raise data.DataError(f"{args.model}: not a saved LeNet model (no metadata/ in it)")
         try:
             model = LeNetClassificationModel.load(args.model)
         except AnalysisException as e:

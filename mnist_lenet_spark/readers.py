@@ -12,7 +12,7 @@ SCHEMA = "label long, features binary"
 _PREFIX = {"train": "train", "test": "t10k", "t10k": "t10k"}
 
 
-def _hadoop_files(spark, pattern: str) -> list[str]:
+def hadoop_files(spark, pattern: str) -> list[str]:
     """The files that a Hadoop glob matches, listed by the JVM (so hdfs://, s3a:// ... work)."""
     jvm, jsc = spark.sparkContext._jvm, spark.sparkContext._jsc
     path = jvm.org.apache.hadoop.fs.Path(pattern)
@@ -21,7 +21,7 @@ def _hadoop_files(spark, pattern: str) -> list[str]:
 
 
 def _one_file(spark, folder: str, name: str) -> str:
-    matches = _hadoop_files(spark, f"{folder.rstrip('/')}/{name}{{,.gz}}")
+    matches = hadoop_files(spark, f"{folder.rstrip('/')}/{name}{{,.gz}}")
     if len(matches) != 1:
         raise DataError(f"{folder}: expected one file {name} or {name}.gz, found {len(matches) or 'none'}")
     return matches[0]

@@ -158,6 +158,13 @@ def test_train_from_a_dataframe_source_save_the_model_and_predict_with_it(tmp_pa
     matrix = [line.split() for line in lines[lines.index(next(x for x in lines if x.startswith("confusion"))) + 2:]]
     assert len(matrix) == 10 and sum(int(n) for row in matrix for n in row[1:]) == 10000
     assert list(predictions.glob("*.parquet"))
+    missing = subprocess.run([sys.executable, str(ROOT / "jobs" / "predict.py"), "--master", "local[1]", "--model",
+                              str(tmp_path / "nowhere"), "--input", str(ROOT / "data" / "mnist"), "--evaluate"],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines()[-1] == (
+        f"predict: error: {tmp_path / 'nowhere'}: not a saved LeNet model (no metadata/ in it)")
+    assert "Exception" not in missing.stderr
 
 
 @pytest.mark.parametrize("flags,message", [
