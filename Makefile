@@ -30,6 +30,7 @@ test: $(VENV)/.installed-dev check-java
 bench: $(VENV)/.installed-bench check-java
 	$(PY) benchmarks/kernel.py
 	$(PY) benchmarks/spark_step.py
+	$(PY) benchmarks/warmup.py
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/backup.py
 	$(PY) benchmarks/dataframe.py
