@@ -15,7 +15,6 @@ from functools import partial, reduce
 from operator import add
 
 from . import step_signal, tasks, training
-from .training import task_error
 from .config import BackupConfig
 from .sharding import ShardBatch
 
@@ -121,7 +120,7 @@ class BackupStep:
             sc.cancelJobGroup(group)
             thread.join()
             bc.destroy(blocking=False)
-            cause = failed[0].error if failed else task_error(failure[0]) if failure else "its job ended"
+            cause = failed[0].error if failed else training.task_error(failure[0]) if failure else "its job ended"
             raise training.StepFailure(f"step {step + 1}: only {len(kept)} of the {need} gradients needed arrived, "
                                        f"and no more can; a task failed: {cause}")
         if self.signal:

@@ -187,9 +187,7 @@ class LeNetClassificationModel(Model, _LeNetParams, MLReadable, MLWritable):
 
     def predictProbability(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (n, 10) of uint8 images (n, 28, 28), on the driver, in batches of 500."""
-        dtype = next(iter(self.weights.values())).dtype.type
-        return np.concatenate([lenet.predict(self.weights, data.scale_batch(images[i:i + 500], dtype))
-                               for i in range(0, len(images), 500)])
+        return tasks.predict_images(lenet, self.weights, images)
 
     def _transform(self, dataset):
         from pyspark.ml.functions import array_to_vector, vector_to_array

@@ -172,15 +172,19 @@ def sum_batches(model: base.Model, spec: base.ParamSpec, flat_params: np.ndarray
     return total
 
 
+def predict_images(model: base.Model, params: base.Params, images: np.ndarray, chunk: int = 500) -> np.ndarray:
+    """Class probabilities (N, classes) of uint8 images (N, 28, 28), scaled and predicted ``chunk`` at a time
+    (bounded memory), in the parameters' dtype."""
+    dtype = next(iter(params.values())).dtype.type
+    parts = [model.predict(params, data.scale_batch(images[i:i + chunk], dtype))  # (n, classes)
+             for i in range(0, len(images), chunk)]
+    return np.concatenate(parts) if parts else np.empty((0, 10), dtype)
+
+
 def count_correct(model: base.Model, params: base.Params, images: np.ndarray, labels: np.ndarray,
                   chunk: int = 500) -> int:
     """How many uint8 images (N, 28, 28) the model classifies as ``labels`` (N,)."""
-    dtype = next(iter(params.values())).dtype.type
-    correct = 0
-    for i in range(0, len(labels), chunk):
-        probs = model.predict(params, data.scale_batch(images[i:i + chunk], dtype))  # (n, classes)
-        correct += int(np.sum(np.argmax(probs, axis=1) == labels[i:i + chunk]))
-    return correct
+    return int(np.sum(np.argmax(predict_images(model, params, images, chunk), axis=1) == labels))
 
 
 # -- task bodies (mapPartitions functions) ------------------------------------------------------------
@@ -288,7 +292,7 @@ def row_label(label) -> int | str:
 
 
 @dataclass(frozen=True)
-class StagedShard:
+class ShardWritten:
     """What writing one shard reports to the driver (an error instead of files when a row is bad)."""
     shard: int
     count: int
@@ -322,12 +326,12 @@ def shard_paths(directory: str, k: int) -> tuple[str, str]:
     return f"{directory}/shard-{k:05d}-images.npy", f"{directory}/shard-{k:05d}-labels.npy"
 
 
-def write_shard(directory: str, k: int, items: Iterator[tuple[int, tuple]]) -> Iterator[StagedShard]:
+def write_shard(directory: str, k: int, items: Iterator[tuple[int, tuple]]) -> Iterator[ShardWritten]:
     """Write shard ``k``'s rows, in global index order, as images uint8 (n, 28, 28) and labels int64 (n,)."""
     rows = sorted(item for _, item in items)  # by global index: the DataFrame's order
     bad = [(i, problem) for i, label, problem in rows if label is None]
     if bad:
-        yield StagedShard(k, len(rows), bad[0][1], bad[0][0])
+        yield ShardWritten(k, len(rows), bad[0][1], bad[0][0])
         return
     images = np.frombuffer(b"".join(pixels for _, _, pixels in rows), np.uint8).reshape(-1, 28, 28)
     labels = np.array([label for _, label, _ in rows], np.int64)
@@ -335,7 +339,7 @@ def write_shard(directory: str, k: int, items: Iterator[tuple[int, tuple]]) -> I
         buffer = io.BytesIO()
         np.save(buffer, array)
         files.write_atomically(path, buffer.getvalue())
-    yield StagedShard(k, len(rows))
+    yield ShardWritten(k, len(rows))
 
 
 _open_shards: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
@@ -361,8 +365,5 @@ def predict_pixels(model: base.Model, params: base.Params, features, chunk: int 
     if bad is not None:
         raise ValueError(f"features {bad}")
     images = np.stack(pixels).reshape(-1, 28, 28) if pixels else np.empty((0, 28, 28), np.uint8)
-    dtype = next(iter(params.values())).dtype.type
-    probs = np.concatenate([model.predict(params, data.scale_batch(images[i:i + chunk], dtype))
-                            for i in range(0, len(images), chunk)]) if len(images) else np.empty((0, 10))
-    probs = probs.astype(np.float64)  # (n, classes)
+    probs = predict_images(model, params, images, chunk).astype(np.float64)  # (n, classes)
     return np.argmax(probs, axis=1).astype(np.float64), probs, np.log(np.maximum(probs, 1e-300))
