@@ -31,6 +31,7 @@ bench: $(VENV)/.installed-bench check-java
 	$(PY) benchmarks/kernel.py
 	$(PY) benchmarks/spark_step.py
 	$(PY) benchmarks/warmup.py
+	$(PY) benchmarks/peers.py
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/backup.py
 	$(PY) benchmarks/dataframe.py
