@@ -168,7 +168,7 @@ def main():
         spark.stop()
 
     print(f"CPU: {result['cpu']}; mean step over steps 2-{steps} (start-up: call to end of step 1)")
-    print(f"| configuration | TorchDistributor | this project | ratio |\n|---|---|---|---|")
+    print("| configuration | TorchDistributor | this project | ratio |\n|---|---|---|---|")
     for name, theirs, ours in rows:
         print(f"| {name} | {theirs:.3f} s | {ours:.3f} s | {ours / theirs:.2f}x |")
     save("peers", result)
