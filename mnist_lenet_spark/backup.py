@@ -61,6 +61,8 @@ class BackupStep:
 
         self.sc, self.ctx, self.source, self.describe = sc, ctx, source, describe
         self.n, self.options = workers, backup
+        shards = workers + backup.workers
+        self.shard_rdd = sc.parallelize(range(shards), shards)  # one partition per shard: every step's tasks
         self.wait_all = backup.mode == "wait-all"
         self.accumulator = sc.accumulator([], Param(workers + backup.workers if self.wait_all else workers))
         self.run_id = uuid.uuid4().hex[:8]
@@ -86,8 +88,7 @@ class BackupStep:
         sc, step = self.sc, batches[0].key.step
         self._reap()
         group = f"mnist-lenet-{self.run_id}-step-{step}"
-        bc = sc.broadcast(flat)
-        rdd = sc.parallelize(batches, len(batches))
+        bc = sc.broadcast((flat, batches))
         task = partial(tasks.backup_task, self.ctx, self.source, bc, step, self.accumulator,
                        self.signal.endpoint if self.signal else None)
         need = min(self.n, sum(1 for b in batches if len(b.index)))
@@ -96,7 +97,7 @@ class BackupStep:
         def run_job():
             sc.setJobGroup(group, f"{self.describe(batches[0].key)} (backup workers)", interruptOnCancel=True)
             try:
-                rdd.mapPartitions(task).count()
+                self.shard_rdd.mapPartitions(task).count()
             except Exception as e:  # a cancelled job raises here too
                 failure.append(e)
 

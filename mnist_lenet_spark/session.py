@@ -48,9 +48,10 @@ def session(master: str | None = None, app_name: str = "mnist_lenet_spark", conf
     elif conf_file is None:  # an installed package without its checkout: Spark's own defaults
         log.warning("%s not found: the session runs with Spark's default settings", SPARK_DEFAULTS)
     settings = read_spark_conf(conf_file) if conf_file else {}
-    if LOG4J.is_file() and "spark.driver.extraJavaOptions" not in settings:
-        settings["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={LOG4J}"
     settings.update(conf or {})
+    java_options = settings.get("spark.driver.extraJavaOptions", "")
+    if LOG4J.is_file() and "log4j2.configurationFile" not in java_options:
+        settings["spark.driver.extraJavaOptions"] = f"{java_options} -Dlog4j2.configurationFile={LOG4J}".strip()
     # Python workers run this interpreter (with this package and numpy) unless the user chose one.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)

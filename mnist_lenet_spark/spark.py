@@ -1,12 +1,15 @@
-"""The Spark trainer, on the driver: each step broadcasts the parameters, runs ``tasks.step_task`` in
-``mapPartitions`` over one partition per shard, and adds the ``GradientSum``s with ``treeReduce``
-for ``training.fit_loop`` (with backup workers the step is ``backup.BackupStep``). The uint8
-training set is broadcast once per ``fit`` and kept by the reused Python workers.
+"""The Spark trainer, on the driver: each step broadcasts the parameters (with the step's batch indices),
+runs ``tasks.step_task`` in ``mapPartitions`` over an RDD of one partition per shard, made once per
+fit, and adds the ``GradientSum``s with ``treeReduce`` for ``training.fit_loop`` (with backup workers
+the step is ``backup.BackupStep``). The uint8 training set is broadcast once per ``fit`` and kept by
+the reused Python workers; a warm-up job readies those workers while the data is being staged.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
+import threading
 import time
 from functools import partial
 from operator import add
@@ -19,6 +22,8 @@ from .config import BackupConfig, ConfigError, SGDConfig, split_options
 from .models import base, lenet
 from .session import session  # noqa: F401  (the README's ``msp.session``)
 from .straggler import StragglerModel
+
+log = logging.getLogger(__name__)
 
 class SyncSGD:
     """Synchronous SGD over ``workers`` Spark tasks per step; effective batch = batch_size x workers.
@@ -55,6 +60,7 @@ class SyncSGD:
         if self.straggler:
             self.straggler.check_partitions(workers + self.backup.workers)
         self.threads = int(self.sc.getConf().get("spark.task.cpus", "1"))
+        self._warm_up: tuple[threading.Thread, float] | None = None  # (job thread, when it started)
 
     def _context(self, spec: base.ParamSpec, dropout: bool = False) -> tasks.TaskContext:
         return tasks.TaskContext(self.model, spec, self.threads, dropout, self.straggler, self._max_attempts())
@@ -67,6 +73,44 @@ class SyncSGD:
             found = re.fullmatch(r"local\[[^,\]]+,\s*(\d+)\]", master)
             return int(found.group(1)) if found else 1
         return int(self.sc.getConf().get("spark.task.maxFailures", "4"))
+
+    # -- start-up ----------------------------------------------------------------------------------------
+    def start_warm_up(self, source: tasks.BroadcastData | tasks.StagedShards | None = None, *,
+                      since: float | None = None) -> None:
+        """Ready the Python workers in the background (``tasks.warm_task``: imports, BLAS, the allocator, the
+        path of a step and, given ``source``, the data), overlapping what the driver does next (staging a
+        DataFrame); the next fit waits for it before its first step, and counts its setup from ``since``
+        (a ``time.perf_counter()``; default now)."""
+        if self._warm_up is not None:
+            return
+        from pyspark import InheritableThread  # keeps the job's thread paired with a JVM thread
+        params = self.model.init_params(0)
+        spec = base.param_spec(params)
+        ctx = self._context(spec)
+        shards = self.workers + self.backup.workers
+
+        def run():
+            self.sc.setJobDescription("warm-up: Python workers")
+            bc = self.sc.broadcast(base.flatten(params, spec))
+            try:
+                self.sc.parallelize(range(shards), shards).mapPartitions(
+                    partial(tasks.warm_task, ctx, source, bc, self.config.batch_size)).treeReduce(add)
+            except Exception as e:  # only an optimisation: a real problem shows again in the first step
+                log.warning("warm-up job failed: %s", training.task_error(e))
+            finally:
+                if self.sc._jsc is not None:  # not stopped meanwhile
+                    bc.destroy(blocking=False)
+        thread = InheritableThread(target=run, daemon=True)
+        self._warm_up = (thread, time.perf_counter() if since is None else since)
+        thread.start()
+
+    def _finish_warm_up(self) -> float:
+        """Wait for the warm-up (starting it if nobody did); seconds since it started."""
+        self.start_warm_up()
+        thread, started = self._warm_up
+        thread.join()
+        self._warm_up = None
+        return time.perf_counter() - started
 
     # -- one given batch ---------------------------------------------------------------------------
     def gradient(self, params: base.Params, X: np.ndarray, y: np.ndarray) -> tuple[float, base.Params]:
@@ -98,7 +142,10 @@ class SyncSGD:
         ``state`` resumes from a checkpoint; ``checkpoint(state)`` is called every
         ``checkpoint_every`` steps.
         """
+        started = time.perf_counter()
         data_bc = self.sc.broadcast((np.ascontiguousarray(X_train), np.asarray(y_train, np.int64)))
+        # reads it while the driver broadcasts the validation set; the setup includes the broadcast
+        self.start_warm_up(tasks.BroadcastData(data_bc), since=started)
         val_bc = self.sc.broadcast(tuple(map(np.asarray, validation_data))) if validation_data is not None else None
         try:
             return self.fit_data(tasks.BroadcastData(data_bc), len(y_train), epochs,
@@ -114,11 +161,19 @@ class SyncSGD:
                  epochs: int | None = None, validation: tasks.BroadcastData | tasks.StagedShards | None = None, *,
                  max_steps: int | None = None, on_step=None, state: training.TrainState | None = None,
                  checkpoint=None, checkpoint_every: int = 0) -> training.FitResult:
-        """``fit`` on data already on the executors: broadcast arrays, or shards staged from a DataFrame."""
+        """``fit`` on data already on the executors: broadcast arrays, or shards staged from a DataFrame.
+
+        ``FitResult.setup_seconds``: from the start of the warm-up (``start_warm_up``; ``fit`` counts from its
+        broadcast of the data) to the first step; steps are timed apart from it."""
         config = dataclasses.replace(self.config, epochs=epochs or self.config.epochs,
                                      max_steps=max_steps or self.config.max_steps)
         shards = self.workers + self.backup.workers
-        config.check_data(num_examples, shards)
+        try:
+            config.check_data(num_examples, shards)
+        except ConfigError:
+            if self._warm_up is not None:  # started by fit: no job may outlive the call
+                self._finish_warm_up()
+            raise
         spec, fresh = training.new_state(self.model, config.seed)
         state = state or fresh
         total = config.total_steps(num_examples, shards)
@@ -129,24 +184,26 @@ class SyncSGD:
         ctx = self._context(spec, config.dropout)
         if self.backup.workers:
             gradient = BackupStep(self.sc, ctx, source, self.workers, self.backup, describe)
-        else:
-            gradient = partial(self._step, ctx, source, describe)
+        else:  # one partition per shard, holding its number: made once, used by every step
+            gradient = partial(self._step, ctx, source, describe, self.sc.parallelize(range(shards), shards))
+        setup_seconds = self._finish_warm_up()
         try:
-            return training.fit_loop(self.model, spec, state, num_examples, shards, gradient, config,
-                                     partial(self._evaluate, spec, validation) if validation else None, on_step,
-                                     checkpoint, checkpoint_every)
+            result = training.fit_loop(self.model, spec, state, num_examples, shards, gradient, config,
+                                       partial(self._evaluate, spec, validation) if validation else None, on_step,
+                                       checkpoint, checkpoint_every)
+            result.setup_seconds = setup_seconds
+            return result
         finally:
             if self.backup.workers:
                 gradient.close()
 
-    def _step(self, ctx, source, describe, flat, batches):
+    def _step(self, ctx, source, describe, shard_rdd, flat, batches):
         """One plain synchronous step: broadcast, mapPartitions, treeReduce."""
         self.sc.setJobDescription(describe(batches[0].key))
         t0 = time.perf_counter()
-        bc = self.sc.broadcast(flat)
+        bc = self.sc.broadcast((flat, batches))
         try:
-            report = self.sc.parallelize(batches, len(batches)).mapPartitions(
-                partial(tasks.step_task, ctx, source, bc)).treeReduce(add)
+            report = shard_rdd.mapPartitions(partial(tasks.step_task, ctx, source, bc)).treeReduce(add)
         except Exception as e:  # Spark gave up on a task (it retried up to its max attempts)
             if "Py4J" not in type(e).__name__ and "PythonException" not in type(e).__name__:
                 raise
@@ -154,7 +211,8 @@ class SyncSGD:
                                        f"{training.task_error(e)}") from None
         finally:
             bc.destroy(blocking=False)  # or the executors fill up with old parameters
-        return report.sums, {"step_seconds": time.perf_counter() - t0, "pids": sorted(report.pids)}
+        return report.sums, {"step_seconds": time.perf_counter() - t0, "pids": sorted(report.pids),
+                             "task_seconds": max(report.seconds)}
 
     def _evaluate(self, spec, source, flat, chunk: int = 1000) -> float:
         """Accuracy on the validation data (broadcast or staged), counted over the cluster."""

@@ -100,6 +100,7 @@ def fit_dataframes(sgd, train_df, validation_df, features_col: str, label_col: s
     """Stage ``train_df`` (and ``validation_df``, if any) as shards and train ``sgd`` on them; the staged files
     are removed afterwards. Returns (FitResult, seconds spent staging)."""
     directory = staging_directory(staging_dir)
+    sgd.start_warm_up()  # readies the Python workers while the shards are written
     try:
         train = stage(train_df, features_col, label_col, sgd.workers + sgd.backup.workers, directory + "/train")
         validation = (stage(validation_df, features_col, label_col, sgd.workers, directory + "/validation")

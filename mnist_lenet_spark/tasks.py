@@ -38,13 +38,14 @@ class GradientSum:
 
 @dataclass(frozen=True)
 class TaskReport:
-    """What a plain step's tasks send to ``treeReduce``: the sums, and the PIDs of the workers that computed
-    them (so reuse of Python workers can be checked)."""
+    """What a plain step's tasks send to ``treeReduce``: the sums, the PIDs of the workers that computed them
+    (so reuse of Python workers can be checked) and each task's own seconds (Spark's overhead is the rest)."""
     sums: GradientSum
     pids: tuple[int, ...]
+    seconds: tuple[float, ...] = ()
 
     def __add__(self, other: TaskReport) -> TaskReport:
-        return TaskReport(self.sums + other.sums, self.pids + other.pids)
+        return TaskReport(self.sums + other.sums, self.pids + other.pids, self.seconds + other.seconds)
 
 
 @dataclass(frozen=True)
@@ -189,8 +190,8 @@ def count_correct(model: base.Model, params: base.Params, images: np.ndarray, la
 
 # -- task bodies (mapPartitions functions) ------------------------------------------------------------
 # Each drains its input iterator first: only then does PySpark reuse the Python worker.
-def shard_gradient(ctx: TaskContext, source: BroadcastData | StagedShards, params_bc, batches: list[ShardBatch],
-                   should_stop: Callable[[], bool] | None = None) -> GradientSum | None:
+def shard_gradient(ctx: TaskContext, source: BroadcastData | StagedShards, flat_params: np.ndarray,
+                   batches: list[ShardBatch], should_stop: Callable[[], bool] | None = None) -> GradientSum | None:
     """Sums over this task's batches (all of one shard) of the training data, after any straggler delay."""
     tune_process(ctx.threads)
     if ctx.straggler is not None:
@@ -200,26 +201,34 @@ def shard_gradient(ctx: TaskContext, source: BroadcastData | StagedShards, param
     if not batches:
         return None
     images, labels, offset = source.shard(batches[0].key.shard)
-    return sum_batches(ctx.model, ctx.spec, params_bc.value, images, labels, batches, ctx.dropout, should_stop,
-                       offset)
+    return sum_batches(ctx.model, ctx.spec, flat_params, images, labels, batches, ctx.dropout, should_stop, offset)
 
 
-def step_task(ctx: TaskContext, source, params_bc, partition: Iterator[ShardBatch]) -> Iterator[TaskReport]:
+def _step_work(step_bc, partition: Iterator[int]) -> tuple[np.ndarray, list[ShardBatch]]:
+    """(flat parameters (P,), this task's batches) of a step: the partition holds shard numbers, the step's
+    broadcast holds the parameters and every shard's batch, so the RDD of shards serves every step."""
+    shards = list(partition)
+    flat_params, batches = step_bc.value
+    return flat_params, [batches[k] for k in shards]
+
+
+def step_task(ctx: TaskContext, source, step_bc, partition: Iterator[int]) -> Iterator[TaskReport]:
     """A plain synchronous step: this shard's sums, for ``treeReduce``."""
-    total = shard_gradient(ctx, source, params_bc, list(partition))
+    started = time.perf_counter()
+    total = shard_gradient(ctx, source, *_step_work(step_bc, partition))
     if total is not None:
-        yield TaskReport(total, (os.getpid(),))
+        yield TaskReport(total, (os.getpid(),), (time.perf_counter() - started,))
 
 
-def backup_task(ctx: TaskContext, source, params_bc, step: int, accumulator, signal: step_signal.Endpoint | None,
-                partition: Iterator[ShardBatch]) -> Iterator:
+def backup_task(ctx: TaskContext, source, step_bc, step: int, accumulator, signal: step_signal.Endpoint | None,
+                partition: Iterator[int]) -> Iterator:
     """A backup-worker step: the sums go to the accumulator as soon as they are ready, unless the driver
     closed the step meanwhile (then the task stops early and sends nothing)."""
-    batches = list(partition)
+    flat_params, batches = _step_work(step_bc, partition)
     started = time.time()
     should_stop = partial(step_signal.is_closed, signal, step) if signal else None
     try:
-        total = shard_gradient(ctx, source, params_bc, batches, should_stop)
+        total = shard_gradient(ctx, source, flat_params, batches, should_stop)
         error = None
     except Exception as e:
         if attempt_number() + 1 < ctx.max_attempts:
@@ -230,6 +239,21 @@ def backup_task(ctx: TaskContext, source, params_bc, step: int, accumulator, sig
         finished = time.time()
         accumulator.add([BackupResult(step, batches[0].key.shard, finished, finished - started, total, error)])
     return iter(())
+
+
+def warm_task(ctx: TaskContext, source, params_bc, batch_size: int, partition: Iterator[int]) -> Iterator[TaskReport]:
+    """A step on blank images, to ready a Python worker and the whole path of a step before the first one:
+    imports, BLAS threads, the allocator's heap grown to a step's size, the broadcast of parameters, the
+    return of a gradient-sized result and, given a ``source``, this shard's training data."""
+    shards = list(partition)
+    tune_process(ctx.threads)
+    if source is not None:
+        for k in shards:
+            source.shard(k)  # the broadcast read, or the shard's files mapped
+    X = data.scale_batch(np.zeros((batch_size, 28, 28), np.uint8))  # (n, 1, 28, 28)
+    total = gradient_sum(ctx.model, ctx.spec, params_bc.value, X, np.zeros(batch_size, np.int64),
+                         np.random.default_rng(0))
+    yield TaskReport(total, (os.getpid(),))
 
 
 def given_batch_task(ctx: TaskContext, params_bc, partition: Iterator[tuple[np.ndarray, np.ndarray]]):

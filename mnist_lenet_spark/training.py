@@ -66,6 +66,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)  # one record per step
     validation: list[dict] = field(default_factory=list)  # {step, epoch, accuracy}
     state: TrainState | None = None
+    setup_seconds: float = 0.0  # before the first step: data to the executors, workers warmed (Spark)
 
 
 Gradient = Callable[[np.ndarray, list[sharding.ShardBatch]], tuple[GradientSum, dict]]

@@ -40,3 +40,10 @@ def load_job(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def own_tracebacks(stderr: str) -> list[str]:
+    """The tracebacks in a job's stderr, less PySpark's daemon reporting a worker's closed pipe at shutdown
+    (its known noise: ``daemon.py ... BrokenPipeError``), which says nothing about our code."""
+    blocks = stderr.split("Traceback (most recent call last):")[1:]
+    return [b for b in blocks if not ("pyspark/daemon.py" in b and "BrokenPipeError" in b.split("\n\n")[0])]

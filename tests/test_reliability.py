@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, load_job
+from tests.conftest import ROOT, load_job, own_tracebacks
 
 train_lenet = load_job("train_lenet")
 JOB = [sys.executable, str(ROOT / "jobs" / "train_lenet.py"), "--master", "local[2]", "--no-progress"]
@@ -41,7 +41,7 @@ def test_divergence_stops_before_the_update_keeps_the_last_good_checkpoint_and_e
     with np.load(ck / "checkpoint.npz") as z:
         assert json.loads(str(z["meta"]))["step"] == diverged_at - 1
         assert np.isfinite(z["params"]).all() and np.isfinite(z["velocity"]).all()
-    assert "Traceback" not in proc.stderr
+    assert not own_tracebacks(proc.stderr), proc.stderr[-2000:]
 
 
 def test_a_killed_driver_resumes_to_the_same_parameters_without_duplicate_metrics(tmp_path):
