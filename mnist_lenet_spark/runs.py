@@ -207,7 +207,8 @@ def train(run: TrainRun) -> dict:
             "validation_accuracy": result.validation[-1]["accuracy"] if result.validation else None,
             "epochs": config.epochs, "workers": run.workers, "batch_size": config.batch_size,
             "backup_workers": run.backup.workers, "shards": shards, "train_seconds": train_seconds,
-            "staging_seconds": staging_seconds, "examples_per_second": stats["examples"] / train_seconds,
+            "staging_seconds": staging_seconds, "setup_seconds": result.setup_seconds,
+            "examples_per_second": stats["examples"] / train_seconds,
             "final_loss": result.history[-1]["loss"] if result.history else None,
             "spark_master": spark.sparkContext.master, **stats,
         }

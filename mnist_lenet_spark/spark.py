@@ -61,6 +61,7 @@ class SyncSGD:
             self.straggler.check_partitions(workers + self.backup.workers)
         self.threads = int(self.sc.getConf().get("spark.task.cpus", "1"))
         self._warm_up: tuple[threading.Thread, float] | None = None  # (job thread, when it started)
+        self.warm_pids: list[int] = []  # the Python workers the last warm-up readied
 
     def _context(self, spec: base.ParamSpec, dropout: bool = False) -> tasks.TaskContext:
         return tasks.TaskContext(self.model, spec, self.threads, dropout, self.straggler, self._max_attempts())
@@ -93,8 +94,9 @@ class SyncSGD:
             self.sc.setJobDescription("warm-up: Python workers")
             bc = self.sc.broadcast(base.flatten(params, spec))
             try:
-                self.sc.parallelize(range(shards), shards).mapPartitions(
+                report = self.sc.parallelize(range(shards), shards).mapPartitions(
                     partial(tasks.warm_task, ctx, source, bc, self.config.batch_size)).treeReduce(add)
+                self.warm_pids = sorted(set(report.pids))
             except Exception as e:  # only an optimisation: a real problem shows again in the first step
                 log.warning("warm-up job failed: %s", training.task_error(e))
             finally:

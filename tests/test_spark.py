@@ -54,6 +54,16 @@ def test_python_workers_are_reused_between_steps(spark, mnist):
     assert len(set(pids)) == 1, pids
 
 
+def test_a_warm_up_job_readies_both_workers_before_the_first_step_and_is_timed_apart(spark, mnist):
+    images, labels = small_split(mnist, 256)
+    sgd = msp.SyncSGD(spark, workers=2, batch_size=16)
+    result = sgd.fit(images, labels, max_steps=3)
+    assert len(sgd.warm_pids) == 2  # one blank step on each of the two concurrent workers
+    assert result.setup_seconds > 0
+    for h in result.history:  # each task's own time, inside the step's time
+        assert 0 < h["task_seconds"] < h["seconds"]
+
+
 def test_each_task_limits_blas_to_its_cores(spark):
     threads = spark.sparkContext.parallelize([0, 1], 2).mapPartitions(
         lambda it: (list(it), tasks.tune_process(1), [tasks.blas_threads()])[2]).collect()
