@@ -2,7 +2,10 @@
 
 Batch 64, one BLAS / intra-op thread each, interleaved rounds in one process so both see the
 same machine load; prints images/s of both, their ratio (median of per-round ratios), and the
-peak memory of one NumPy step.
+peak memory of one NumPy step. Then the ceiling: the matrix-product FLOPs of one NumPy step
+(counted from LeNet's shapes, as this package multiplies them), the single-thread SGEMM speed
+of this core at conv2's shape, and so the time of the products alone: the fastest a step could
+be if everything else were free, and the best ratio to PyTorch that would give.
 
     python benchmarks/kernel.py [--rounds 7] [--steps 10]
 """
@@ -20,6 +23,26 @@ from mnist_lenet_spark.models import base, lenet
 from mnist_lenet_spark.nn.optim import sgd_nesterov
 
 BATCH = 64
+
+
+def gemm_flops(batch: int = BATCH) -> float:
+    """FLOPs of the matrix products in one NumPy LeNet step (forward + backward), from the shapes."""
+    conv1 = 2 * (28 * 28 * batch) * 25 * 32 * 2  # forward + filter gradient; no dx for the first layer
+    # conv2 in row mode: 5 kernel rows x 14 output rows = 70 (M=14*batch, K=5*32, F=64) products, of which
+    # the 6 that fall in the zero padding are skipped; times 3 (forward, filter gradient, dx)
+    conv2 = 2 * (14 * batch) * (5 * 32) * 64 * (70 - 6) * 3
+    affine = 2 * batch * (3136 * 512 + 512 * 10) * 3  # forward, weight gradient, dx
+    return float(conv1 + conv2 + affine)
+
+
+def sgemm_gflops(repeats: int = 30) -> float:
+    """Single-thread SGEMM speed at conv2's shape, (14*14*64, 160) @ (160, 64), GFLOP/s (median)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((14 * 14 * BATCH, 160)).astype(np.float32)  # (M, K)
+    b = rng.standard_normal((160, 64)).astype(np.float32)  # (K, F)
+    out = np.empty((a.shape[0], 64), np.float32)  # (M, F)
+    seconds = median_seconds(lambda: np.matmul(a, b, out=out), repeats, warmup=3)
+    return 2 * a.shape[0] * 160 * 64 / seconds / 1e9
 
 
 def numpy_step_fn(X, y):
@@ -94,6 +117,15 @@ def main():
                       ratio_numpy_over_torch=statistics.median(ratios))
         print(f"pytorch: {t_th * 1e3:6.1f} ms/step  {BATCH / t_th:7.0f} images/s")
         print(f"numpy speed / pytorch speed (median of {args.rounds} rounds): {statistics.median(ratios):.2f}x")
+    flops, gflops = gemm_flops(), sgemm_gflops()
+    floor = flops / (gflops * 1e9)
+    result.update(gemm_gflop_per_step=flops / 1e9, sgemm_gflops=gflops, gemm_only_step_ms=floor * 1e3)
+    print(f"matrix products of one step: {flops / 1e9:.2f} GFLOP; SGEMM on this core at conv2's shape "
+          f"{gflops:.0f} GFLOP/s; so the products alone take {floor * 1e3:.1f} ms "
+          f"({floor / t_np:.0%} of the NumPy step)")
+    if th_step:
+        result["best_possible_ratio"] = t_th / floor
+        print(f"best ratio possible with these products and nothing else: {t_th / floor:.2f}x PyTorch")
     save("kernel", result)
 
 
