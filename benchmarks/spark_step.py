@@ -1,8 +1,9 @@
 """Spark's tax on one synchronous step (local[2], 2 x 64): against the empty-job floor, and where it goes.
 
 In one run:
-(1) with Spark's *default* settings, the median time of an empty Python ``mapPartitions`` job
-    over 2 partitions (iterator drained): the floor every per-step job pays;
+(1) with Spark's *default* settings (in a child process, so that its JVM starts with no options),
+    the median time of an empty Python ``mapPartitions`` job over 2 partitions (iterator drained):
+    the floor every per-step job pays;
 (2) with the settings of conf/spark-defaults.conf, ``SyncSGD.fit`` (2 workers x 64) for 80 steps,
     three times: the median of steps 1-40 and of steps 41-80, and the step overhead = step - the
     slower task's own seconds (measured inside the task, so two workers sharing the machine do not
@@ -23,6 +24,8 @@ import argparse
 import cProfile
 import pstats
 import statistics
+import subprocess
+import sys
 from functools import partial
 from operator import add
 
@@ -34,6 +37,13 @@ from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.models import base, lenet
 
 PARAMS = sum(int(np.prod(shape)) for _, shape in base.param_spec(lenet.init_params(0)))
+
+
+def empty_job_floor_in_child(jobs: int) -> float:
+    """The floor, in a new Python process: its JVM starts with Spark's defaults, ours with conf/'s options."""
+    out = subprocess.run([sys.executable, __file__, "--floor-jobs", str(jobs)], capture_output=True, text=True,
+                         check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def empty_job_floor(jobs: int) -> float:
@@ -136,9 +146,13 @@ def run_steps(spark, images, labels, steps: int) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=80)
+    ap.add_argument("--floor-jobs", type=int, help=argparse.SUPPRESS)  # the child that measures the floor
     args = ap.parse_args()
+    if args.floor_jobs:
+        print(empty_job_floor(args.floor_jobs))
+        return
     mnist = data.load_mnist()
-    floor = empty_job_floor(40)
+    floor = empty_job_floor_in_child(40)
     spark = msp.session("local[2]")
     spark.sparkContext.setLogLevel("ERROR")
     runs, small = [], []
