@@ -27,10 +27,10 @@ from mnist_lenet_spark.experiment import Experiment, run
 from mnist_lenet_spark.straggler import StragglerModel
 
 
-def held_up(straggler: StragglerModel, workers: int, backup: int, steps: int, seed: int = 0,
+def held_up(straggler: StragglerModel, num_examples: int, workers: int, backup: int, steps: int, seed: int = 0,
             batch: int = 64) -> np.ndarray:
     """(steps,) bool: more than ``backup`` of the step's workers + backup tasks drew a delay."""
-    shards, n = workers + backup, len(data.load_mnist().train.labels)
+    shards, n = workers + backup, num_examples
     out, epoch = [], 0
     while len(out) < steps:
         for step in sharding.epoch_batches(n, shards, batch, seed, epoch):
@@ -41,12 +41,13 @@ def held_up(straggler: StragglerModel, workers: int, backup: int, steps: int, se
 
 def expectation(runs: dict, straggler: StragglerModel, workers: int) -> dict:
     """Per b: the fraction of held-up steps (these draws; binomial law) and the mean step they predict."""
+    num_examples = len(data.load_mnist().train.labels)  # what Experiment trains on
     out = {}
     for key, r in runs.items():
         if not key.startswith("b="):
             continue
         b, seconds = int(key[2:]), np.array(r["step_seconds"])
-        hit = held_up(straggler, workers, b, len(seconds))
+        hit = held_up(straggler, num_examples, workers, b, len(seconds))
         base = float(np.mean(seconds[~hit])) if (~hit).any() else float("nan")
         p, tasks = straggler.prob, workers + b
         law = 1 - sum(math.comb(tasks, k) * p ** k * (1 - p) ** (tasks - k) for k in range(b + 1))

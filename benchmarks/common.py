@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +23,18 @@ def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def median_of(runs: list[dict]) -> dict:
+    """Key by key, the median over runs that report the same keys."""
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+
+def in_fresh_process(script: str, *args: str):
+    """Run ``script`` again with ``args`` in a new Python process - so a new JVM, started with its own options,
+    and a first fit that really is one - and return the JSON value the child printed on its last line."""
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def cpu() -> str:

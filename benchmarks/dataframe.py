@@ -16,11 +16,9 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
-import sys
 import time
 
-from common import save
+from common import in_fresh_process, median_of, save
 
 from mnist_lenet_spark import data, readers, session, staging, tasks
 from mnist_lenet_spark import spark as msp
@@ -80,11 +78,8 @@ def scale(steps: int, rounds: int = 2) -> dict:
     runs = {1: [], 5: []}
     for _ in range(rounds):
         for copies in (1, 5):
-            proc = subprocess.run([sys.executable, __file__, "--child", str(copies), "--steps", str(steps)],
-                                  capture_output=True, text=True, check=True)
-            runs[copies].append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    out = {f"{copies}x": {key: statistics.median(r[key] for r in results) for key in results[0]}
-           for copies, results in runs.items()}
+            runs[copies].append(in_fresh_process(__file__, "--child", str(copies), "--steps", str(steps)))
+    out = {f"{copies}x": median_of(results) for copies, results in runs.items()}
     out["rss_growth_mb"] = out["5x"]["driver_peak_rss_mb"] - out["1x"]["driver_peak_rss_mb"]
     out["step_5x_over_1x"] = out["5x"]["step_ms"] / out["1x"]["step_ms"]
     return out

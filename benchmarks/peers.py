@@ -57,9 +57,11 @@ def torch_train(params0: dict, images: np.ndarray, labels: np.ndarray, batch: in
             return self.fc4(x * keep)  # (n, 10)
 
     model = LeNet()
-    with torch.no_grad():  # our affine weights are (in, out); nn.Linear's are (out, in)
-        for layer, w, b, transpose in ((model.conv1, "W1", "b1", False), (model.conv2, "W2", "b2", False),
-                                       (model.fc3, "W3", "b3", True), (model.fc4, "W4", "b4", True)):
+    # (layer, our weight, our bias, transposed?): our affine weights are (in, out); nn.Linear's are (out, in)
+    layers = ((model.conv1, "W1", "b1", False), (model.conv2, "W2", "b2", False),
+              (model.fc3, "W3", "b3", True), (model.fc4, "W4", "b4", True))
+    with torch.no_grad():
+        for layer, w, b, transpose in layers:
             layer.weight.copy_(torch.from_numpy(params0[w].T.copy() if transpose else params0[w]))
             layer.bias.copy_(torch.from_numpy(params0[b]))
     ddp = DistributedDataParallel(model)
@@ -84,8 +86,7 @@ def torch_train(params0: dict, images: np.ndarray, labels: np.ndarray, batch: in
         clock.append(time.time())
     dist.destroy_process_group()
     final = {}
-    for layer, w, b, transpose in ((model.conv1, "W1", "b1", False), (model.conv2, "W2", "b2", False),
-                                   (model.fc3, "W3", "b3", True), (model.fc4, "W4", "b4", True)):
+    for layer, w, b, transpose in layers:
         weight = layer.weight.detach().numpy()
         final[w], final[b] = (weight.T.copy() if transpose else weight.copy()), layer.bias.detach().numpy().copy()
     return {"clock": clock, "params": final}

@@ -24,26 +24,17 @@ import argparse
 import cProfile
 import pstats
 import statistics
-import subprocess
-import sys
 from functools import partial
 from operator import add
 
 import numpy as np
-from common import median_seconds, save
+from common import in_fresh_process, median_seconds, save
 
 from mnist_lenet_spark import data
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.models import base, lenet
 
 PARAMS = sum(int(np.prod(shape)) for _, shape in base.param_spec(lenet.init_params(0)))
-
-
-def empty_job_floor_in_child(jobs: int) -> float:
-    """The floor, in a new Python process: its JVM starts with Spark's defaults, ours with conf/'s options."""
-    out = subprocess.run([sys.executable, __file__, "--floor-jobs", str(jobs)], capture_output=True, text=True,
-                         check=True)
-    return float(out.stdout.strip().splitlines()[-1])
 
 
 def empty_job_floor(jobs: int) -> float:
@@ -152,7 +143,7 @@ def main():
         print(empty_job_floor(args.floor_jobs))
         return
     mnist = data.load_mnist()
-    floor = empty_job_floor_in_child(40)
+    floor = in_fresh_process(__file__, "--floor-jobs", "40")  # its JVM with Spark's defaults, ours with conf/'s
     spark = msp.session("local[2]")
     spark.sparkContext.setLogLevel("ERROR")
     runs, small = [], []

@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 
-from common import save
+from common import in_fresh_process, median_of, save
 
 from mnist_lenet_spark import data, session, staging
 from mnist_lenet_spark import spark as msp
@@ -63,16 +61,10 @@ def staging_seconds(java_options: str, copies: int = 5) -> dict:
         spark.stop()
 
 
-def in_fresh_process(kind: str, **kwargs) -> dict:
-    """Run ``kind`` (profile or staging_seconds) in a new Python process: JVM options only apply to a new JVM,
+def fresh(kind: str, **kwargs) -> dict:
+    """``kind`` (profile or staging_seconds) run in a new Python process: JVM options only apply to a new JVM,
     and a first fit is only a first fit in a new one."""
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps({"kind": kind, **kwargs})],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def median_of(runs: list[dict]) -> dict:
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    return in_fresh_process(__file__, "--child", json.dumps({"kind": kind, **kwargs}))
 
 
 def main():
@@ -86,11 +78,11 @@ def main():
         return
     c1, tiered = [], []
     for _ in range(args.rounds):  # alternate, so both see the same machine load
-        c1.append(in_fresh_process("profile", batch=64, steps=80))
-        tiered.append(in_fresh_process("profile", batch=64, steps=80, java_options="-XX:TieredStopAtLevel=4"))
+        c1.append(fresh("profile", batch=64, steps=80))
+        tiered.append(fresh("profile", batch=64, steps=80, java_options="-XX:TieredStopAtLevel=4"))
     result = {"2x64": median_of(c1), "2x64_tiered_jvm": median_of(tiered),
-              "2x512": in_fresh_process("profile", batch=512, steps=20),
-              "4x64_b1": in_fresh_process("profile", batch=64, steps=40, workers=4, backup=1)}
+              "2x512": fresh("profile", batch=512, steps=20),
+              "4x64_b1": fresh("profile", batch=64, steps=40, workers=4, backup=1)}
     for name, r in result.items():
         later = f", steps 41-80 {r['steps_41_80_median_seconds'] * 1e3:.0f} ms" \
             if "steps_41_80_median_seconds" in r else ""
@@ -99,8 +91,8 @@ def main():
               f"{r['steps_2_40_median_seconds'] * 1e3:.0f} ms{later}")
     times = {"c1": [], "tiered": []}
     for _ in range(2):
-        times["c1"].append(in_fresh_process("staging_seconds", java_options="-XX:TieredStopAtLevel=1")["seconds"])
-        times["tiered"].append(in_fresh_process("staging_seconds", java_options="-XX:TieredStopAtLevel=4")["seconds"])
+        times["c1"].append(fresh("staging_seconds", java_options="-XX:TieredStopAtLevel=1")["seconds"])
+        times["tiered"].append(fresh("staging_seconds", java_options="-XX:TieredStopAtLevel=4")["seconds"])
     price = {"staging_275000_rows_c1_seconds": statistics.median(times["c1"]),
              "staging_275000_rows_tiered_seconds": statistics.median(times["tiered"])}
     price["c1_over_tiered"] = price["staging_275000_rows_c1_seconds"] / price["staging_275000_rows_tiered_seconds"]
