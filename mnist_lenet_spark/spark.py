@@ -107,8 +107,9 @@ class SyncSGD:
         thread.start()
 
     def _finish_warm_up(self) -> float:
-        """Wait for the warm-up (starting it if nobody did); seconds since it started."""
-        self.start_warm_up()
+        """Wait for the warm-up, if one was started; seconds since it started (0 if none was)."""
+        if self._warm_up is None:
+            return 0.0
         thread, started = self._warm_up
         thread.join()
         self._warm_up = None
@@ -170,25 +171,23 @@ class SyncSGD:
         config = dataclasses.replace(self.config, epochs=epochs or self.config.epochs,
                                      max_steps=max_steps or self.config.max_steps)
         shards = self.workers + self.backup.workers
-        try:
+        try:  # whatever fails before the first step, no warm-up job outlives the call
             config.check_data(num_examples, shards)
-        except ConfigError:
-            if self._warm_up is not None:  # started by fit: no job may outlive the call
-                self._finish_warm_up()
-            raise
-        spec, fresh = training.new_state(self.model, config.seed)
-        state = state or fresh
-        total = config.total_steps(num_examples, shards)
+            self.start_warm_up()  # unless fit or fit_dataframes started it already
+            spec, fresh = training.new_state(self.model, config.seed)
+            state = state or fresh
+            total = config.total_steps(num_examples, shards)
 
-        def describe(key: sharding.TaskKey) -> str:
-            return f"step {key.step + 1}/{total}, epoch {key.epoch + 1}"
+            def describe(key: sharding.TaskKey) -> str:
+                return f"step {key.step + 1}/{total}, epoch {key.epoch + 1}"
 
-        ctx = self._context(spec, config.dropout)
-        if self.backup.workers:
-            gradient = BackupStep(self.sc, ctx, source, self.workers, self.backup, describe)
-        else:  # one partition per shard, holding its number: made once, used by every step
-            gradient = partial(self._step, ctx, source, describe, self.sc.parallelize(range(shards), shards))
-        setup_seconds = self._finish_warm_up()
+            ctx = self._context(spec, config.dropout)
+            if self.backup.workers:
+                gradient = BackupStep(self.sc, ctx, source, self.workers, self.backup, describe)
+            else:  # one partition per shard, holding its number: made once, used by every step
+                gradient = partial(self._step, ctx, source, describe, self.sc.parallelize(range(shards), shards))
+        finally:
+            setup_seconds = self._finish_warm_up()
         try:
             result = training.fit_loop(self.model, spec, state, num_examples, shards, gradient, config,
                                        partial(self._evaluate, spec, validation) if validation else None, on_step,

@@ -116,8 +116,11 @@ def test_bad_settings_raise_config_errors(spark, kwargs, message):
 
 
 def test_too_few_examples_for_the_tasks(spark, mnist):
+    sgd = msp.SyncSGD(spark, workers=4, backup_workers=1)
     with pytest.raises(ConfigError, match="need at least 5 training examples"):
-        msp.SyncSGD(spark, workers=4, backup_workers=1).fit(*small_split(mnist, 3))
+        sgd.fit(*small_split(mnist, 3))
+    # the warm-up job that fit started ended with the call: nothing of it runs on after the error
+    assert sgd.warm_pids and not spark.sparkContext.statusTracker().getActiveJobsIds()
 
 
 def test_linear_lr_scaling_follows_the_effective_batch(spark):
