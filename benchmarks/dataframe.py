@@ -46,15 +46,14 @@ def arrays_vs_dataframe(steps: int, rounds: int) -> dict:
     spark = session.session("local[2]")
     sgd = msp.SyncSGD(spark, 2, batch_size=64)
     mnist = data.load_mnist()
-    directory = staging.staging_directory(None)
+    staged = staging.stage(training_rows(spark), "features", "label", 2, staging.staging_directory(None))
     try:
-        staged = staging.stage(training_rows(spark), "features", "label", 2, directory)
         arrays, frames = [], []
         for _ in range(rounds):  # alternate, so both see the same machine load
             arrays.append(median_step(sgd.fit(mnist.train.images, mnist.train.labels, max_steps=steps + WARMUP)))
             frames.append(median_step(sgd.fit_data(staged.source, staged.num_examples, max_steps=steps + WARMUP)))
     finally:
-        staging.remove(directory)
+        staging.unstage(spark.sparkContext, staged.source)
         spark.stop()
     a, f = statistics.median(arrays), statistics.median(frames)
     return {"step_arrays_ms": a * 1e3, "step_dataframe_ms": f * 1e3, "dataframe_over_arrays": f / a,

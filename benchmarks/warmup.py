@@ -51,13 +51,13 @@ def staging_seconds(java_options: str, copies: int = 5) -> dict:
     """Staging ``copies`` x MNIST's rows in this (fresh) process."""
     from dataframe import training_rows
     spark = session.session("local[2]", conf={"spark.driver.extraJavaOptions": java_options})
-    directory = staging.staging_directory(None)
     try:
         t0 = time.perf_counter()
-        staging.stage(training_rows(spark, copies), "features", "label", 2, directory)
-        return {"seconds": time.perf_counter() - t0}
+        staged = staging.stage(training_rows(spark, copies), "features", "label", 2, staging.staging_directory(None))
+        seconds = time.perf_counter() - t0
+        staging.unstage(spark.sparkContext, staged.source)
+        return {"seconds": seconds}
     finally:
-        staging.remove(directory)
         spark.stop()
 
 

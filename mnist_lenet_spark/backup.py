@@ -62,7 +62,7 @@ class BackupStep:
         self.sc, self.ctx, self.source, self.describe = sc, ctx, source, describe
         self.n, self.options = workers, backup
         shards = workers + backup.workers
-        self.shard_rdd = sc.parallelize(range(shards), shards)  # one partition per shard: every step's tasks
+        self.shard_rdd = source.partitions(sc, shards)  # one partition per shard: every step's tasks
         self.wait_all = backup.mode == "wait-all"
         self.accumulator = sc.accumulator([], Param(workers + backup.workers if self.wait_all else workers))
         self.run_id = uuid.uuid4().hex[:8]

@@ -21,7 +21,7 @@ from pyspark.ml.param.shared import (HasCheckpointInterval, HasFeaturesCol, HasL
 from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, DefaultParamsWritable, DefaultParamsWriter,
                              MLReadable, MLReader, MLWritable, MLWriter)
 
-from . import data, staging, tasks, training
+from . import data, rows, staging, tasks, training
 from .config import BackupConfig, SGDConfig, TrainingConf
 from .models import base, lenet
 from .spark import SyncSGD
@@ -159,6 +159,22 @@ class LeNetClassifier(Estimator, _LeNetParams, DefaultParamsReadable, DefaultPar
         return on_step
 
 
+#: Spark 4 hands an Arrow UDF over a columnar source (Parquet) every column of its input in Arrow, which has no
+#: type for a Vector column: transform would fail with UNSUPPORTED_DATATYPE UDT (README, "Spark settings")
+COLUMNAR_UDF_INPUT = "spark.sql.execution.arrow.pythonUDF.columnarInput.enabled"
+
+
+def _columnar_udf_input_off(dataset) -> None:
+    """Turn COLUMNAR_UDF_INPUT off in ``dataset``'s session (logged) when a column of it is a Vector."""
+    from pyspark.ml.linalg import VectorUDT
+    conf = dataset.sparkSession.conf
+    if any(isinstance(f.dataType, VectorUDT) for f in dataset.schema.fields) and \
+            conf.get(COLUMNAR_UDF_INPUT, "true").lower() != "false":
+        log.warning("setting %s=false in this session: the input has a Vector column, which Arrow cannot carry",
+                    COLUMNAR_UDF_INPUT)
+        conf.set(COLUMNAR_UDF_INPUT, "false")
+
+
 class LeNetClassificationModel(Model, _LeNetParams, MLReadable, MLWritable):
     """A trained LeNet: ``transform`` adds prediction, probability and rawPrediction columns.
 
@@ -200,11 +216,12 @@ class LeNetClassificationModel(Model, _LeNetParams, MLReadable, MLWritable):
         column = F.col(features)
         if isinstance(dataset.schema[features].dataType, VectorUDT):  # Arrow carries arrays, not Vectors
             column = vector_to_array(column)
+        _columnar_udf_input_off(dataset)
         weights = self.weights
 
         @pandas_udf("prediction double, probability array<double>, raw array<double>")
         def predict(batch: pd.Series) -> pd.DataFrame:
-            prediction, probability, raw = tasks.predict_pixels(lenet, weights, batch)
+            prediction, probability, raw = rows.predict_pixels(lenet, weights, batch)
             return pd.DataFrame({"prediction": prediction, "probability": list(probability), "raw": list(raw)})
 
         out = "__lenet_output"

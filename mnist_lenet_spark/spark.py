@@ -20,6 +20,7 @@ from . import sharding, tasks, training
 from .backup import BackupStep
 from .config import BackupConfig, ConfigError, SGDConfig, split_options
 from .models import base, lenet
+from .shards import StagedShards
 from .session import session  # noqa: F401  (the README's ``msp.session``)
 from .straggler import StragglerModel
 
@@ -76,7 +77,7 @@ class SyncSGD:
         return int(self.sc.getConf().get("spark.task.maxFailures", "4"))
 
     # -- start-up ----------------------------------------------------------------------------------------
-    def start_warm_up(self, source: tasks.BroadcastData | tasks.StagedShards | None = None, *,
+    def start_warm_up(self, source: tasks.BroadcastData | StagedShards | None = None, *,
                       since: float | None = None) -> None:
         """Ready the Python workers in the background (``tasks.warm_task``: imports, BLAS, the allocator, the
         path of a step and, given ``source``, the data), overlapping what the driver does next (staging a
@@ -160,8 +161,8 @@ class SyncSGD:
             if val_bc:
                 val_bc.destroy(blocking=False)
 
-    def fit_data(self, source: tasks.BroadcastData | tasks.StagedShards, num_examples: int,
-                 epochs: int | None = None, validation: tasks.BroadcastData | tasks.StagedShards | None = None, *,
+    def fit_data(self, source: tasks.BroadcastData | StagedShards, num_examples: int,
+                 epochs: int | None = None, validation: tasks.BroadcastData | StagedShards | None = None, *,
                  max_steps: int | None = None, on_step=None, state: training.TrainState | None = None,
                  checkpoint=None, checkpoint_every: int = 0) -> training.FitResult:
         """``fit`` on data already on the executors: broadcast arrays, or shards staged from a DataFrame.
@@ -185,7 +186,7 @@ class SyncSGD:
             if self.backup.workers:
                 gradient = BackupStep(self.sc, ctx, source, self.workers, self.backup, describe)
             else:  # one partition per shard, holding its number: made once, used by every step
-                gradient = partial(self._step, ctx, source, describe, self.sc.parallelize(range(shards), shards))
+                gradient = partial(self._step, ctx, source, describe, source.partitions(self.sc, shards))
         finally:
             setup_seconds = self._finish_warm_up()
         try:
@@ -221,9 +222,7 @@ class SyncSGD:
         self.sc.setJobDescription("validation")
         bc = self.sc.broadcast(flat)
         try:
-            ranges = [(k, a, min(a + chunk, n)) for k, n in sizes for a in range(0, n, chunk)]
-            slices = min(len(ranges), max(self.workers, 1))
-            correct = self.sc.parallelize(ranges, slices).mapPartitions(
+            correct = source.ranges(self.sc, self.workers, chunk).mapPartitions(
                 partial(tasks.count_correct_task, self._context(spec), source, bc)).sum()
         finally:
             bc.destroy(blocking=False)

@@ -4,15 +4,25 @@ Row ``i`` (in the DataFrame's order) goes to shard ``k`` when it falls in ``shar
 block ``k``: the same contiguous blocks ``SyncSGD.fit`` cuts from arrays, so both train on the
 same batches. One job counts each input partition; one more converts and checks every row where
 it lies, shuffles the rows (784 bytes each) to their shard, and writes each shard once as two
-``.npy`` files that the gradient tasks memory-map. Only per-shard counts (or the first bad row)
-come back to the driver.
+``.npy`` files (``shards.write_shard``). Only per-shard reports (or the first bad row) come back to
+the driver.
+
+Where the files go: by default into the local directory of the executor that wrote them, which
+needs no shared filesystem. The RDD of reports is cached, so every step's task for shard ``k`` is
+sent where report ``k`` is cached, that is where the files are; an executor that is lost takes its
+cached reports with it, and Spark recomputes them (re-reading the rows from lineage) on another
+executor, which writes the files again. A task that still runs elsewhere (its executor stayed busy
+past ``spark.locality.wait``) raises ``shards.ShardMissing`` and Spark runs it again. A
+``staging_dir`` puts the files in a folder every executor mounts instead.
 """
 from __future__ import annotations
 
 import logging
+import os
 import shutil
-import tempfile
 import time
+import uuid
+from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,7 +30,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from . import sharding, tasks
+from . import rows as row_conversion
+from . import sharding, shards
 from .data import DataError
 
 log = logging.getLogger(__name__)
@@ -28,9 +39,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StagedData:
-    source: tasks.StagedShards
+    source: shards.StagedShards
     num_examples: int
     seconds: float  # the staging pass, for reports
+    places: tuple[int, ...] = ()  # shards per executor that holds any, most first (balance, for reports)
 
 
 def check_columns(df, features_col: str, label_col: str | None) -> None:
@@ -54,59 +66,109 @@ def check_columns(df, features_col: str, label_col: str | None) -> None:
 
 
 def staging_directory(base: str | None) -> str:
-    """A new folder for one fit's shards: under ``base`` (a path every executor can read), else a temp dir."""
-    if base:
-        parsed = urlparse(base)
-        if parsed.scheme not in ("", "file"):
-            raise DataError(f"staging directory {base}: only local or mounted shared paths are supported, "
-                            f"not {parsed.scheme}://")
-        root = Path(parsed.path if parsed.scheme else base)
+    """A new name for one fit's shards: relative (inside each executor's local directory) by default, or a new
+    folder under ``base``, a plain path every executor mounts (checked by ``check_shared`` once written)."""
+    name = f"lenet-shards-{uuid.uuid4().hex[:12]}"
+    if not base:
+        return name
+    parsed = urlparse(base)
+    if parsed.scheme not in ("", "file"):
+        raise DataError(f"staging directory {base}: only a path that every executor mounts is supported, "
+                        f"not {parsed.scheme}://; leave it unset to stage on the executors' own disks")
+    root = Path(parsed.path if parsed.scheme else base)
+    if not root.is_absolute():
+        raise DataError(f"staging directory {base}: give an absolute path (every executor resolves it alike)")
+    try:
         root.mkdir(parents=True, exist_ok=True)
-        return tempfile.mkdtemp(prefix="lenet-shards-", dir=root)
-    return tempfile.mkdtemp(prefix="lenet-shards-")
+    except OSError as e:
+        raise DataError(f"staging directory {base}: cannot create it ({e.strerror})") from None
+    return str(root / name)
 
 
-def stage(df, features_col: str, label_col: str, shards: int, directory: str) -> StagedData:
-    """Write ``df``'s rows as ``shards`` shard files in ``directory``; DataError on a bad column or row."""
+def check_shared(directory: str, reports) -> None:
+    """DataError unless the driver sees every shard file the executors wrote into ``directory`` (a folder that
+    is meant to be shared): on a cluster a path that is not shared is one folder per host."""
+    for r in reports:
+        for path in shards.shard_paths(directory, r.shard):
+            if not os.path.isfile(path):
+                raise DataError(f"staging directory {Path(directory).parent}: not shared: an executor wrote "
+                                f"{Path(path).name} there, but the driver cannot see it; use a folder that every "
+                                f"host mounts, or leave it unset to stage on the executors' own disks")
+
+
+def stage(df, features_col: str, label_col: str, shard_count: int, directory: str) -> StagedData:
+    """Write ``df``'s rows as ``shard_count`` shard files named ``directory`` (see ``staging_directory``) and cache
+    the RDD of their reports; DataError on a bad column or row. ``unstage`` removes them."""
+    from pyspark import StorageLevel
     check_columns(df, features_col, label_col)
     t0 = time.perf_counter()
     rows = df.select(features_col, label_col).rdd
     counts = rows.mapPartitions(lambda it: [sum(1 for _ in it)]).collect()  # rows of each input partition
     n = int(sum(counts))
-    if n < shards:
-        raise DataError(f"{shards} shards need at least {shards} rows, the DataFrame has {n}")
-    edges = np.array([a for a, _ in sharding.shard_bounds(n, shards)] + [n])
+    if n < shard_count:
+        raise DataError(f"{shard_count} shards need at least {shard_count} rows, the DataFrame has {n}")
+    edges = np.array([a for a, _ in sharding.shard_bounds(n, shard_count)] + [n])
     first_index = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()
-    reports = (rows.mapPartitionsWithIndex(partial(tasks.convert_rows, features_col, label_col, edges, first_index))
-               .partitionBy(shards, lambda k: k)
-               .mapPartitionsWithIndex(partial(tasks.write_shard, directory))
-               .collect())
-    reports.sort(key=lambda r: r.shard)
-    bad = [r for r in reports if r.error]
-    if bad:
-        raise DataError(min(bad, key=lambda r: r.error_row).error)
+    tokens = (rows.mapPartitionsWithIndex(partial(row_conversion.convert_rows, features_col, label_col, edges,
+                                                  first_index))
+              .partitionBy(shard_count, lambda k: k)
+              .mapPartitionsWithIndex(partial(shards.write_shard, directory))
+              .persist(StorageLevel.MEMORY_ONLY))  # a few bytes a shard: where each shard's files are
+    staged = shards.StagedShards(directory, tuple(int(a) for a in edges[:-1]), (), tokens)
+    try:
+        reports = sorted(tokens.collect(), key=lambda r: r.shard)
+        bad = [r for r in reports if r.error]
+        if bad:
+            raise DataError(min(bad, key=lambda r: r.error_row).error)
+        if os.path.isabs(directory):
+            check_shared(directory, reports)
+    except BaseException:
+        unstage(tokens.context, staged)
+        raise
     seconds = time.perf_counter() - t0
-    log.info("staged %d rows as %d shards in %s (%.1f s)", n, shards, directory, seconds)
-    starts = tuple(int(a) for a in edges[:-1])
-    return StagedData(tasks.StagedShards(directory, starts, tuple(r.count for r in reports)), n, seconds)
+    places = tuple(sorted(Counter(r.place for r in reports).values(), reverse=True))
+    log.info("staged %d rows as %d shards in %.1f s; shards per executor: %s", n, shard_count, seconds,
+             list(places))
+    return StagedData(shards.StagedShards(directory, staged.starts, tuple(r.count for r in reports), tokens), n,
+                      seconds, places)
 
 
-def remove(directory: str) -> None:
-    shutil.rmtree(directory, ignore_errors=True)
+def unstage(sc, staged: shards.StagedShards) -> None:
+    """Remove a fit's shard files wherever they are, and forget the cached reports (best effort: Spark also
+    removes its executors' local directories when the application ends)."""
+    top = staged.directory.split("/", 1)[0] if not os.path.isabs(staged.directory) else staged.directory
+    try:
+        if os.path.isabs(top):
+            shutil.rmtree(top, ignore_errors=True)
+        elif sc._jsc is not None:  # the cleanup tasks run where the cached reports, and so the files, are
+            sc.setJobDescription("staging: remove shard files")
+            staged.tokens.mapPartitions(partial(shards.remove_local, top)).count()
+    except Exception as e:  # cleanup must not hide the error that brought us here
+        log.warning("could not remove the staged shards %s: %s", staged.directory, str(e).splitlines()[0])
+    finally:
+        if sc._jsc is not None:
+            staged.tokens.unpersist()
 
 
 def fit_dataframes(sgd, train_df, validation_df, features_col: str, label_col: str, staging_dir: str | None = None,
                    **fit_options):
     """Stage ``train_df`` (and ``validation_df``, if any) as shards and train ``sgd`` on them; the staged files
-    are removed afterwards. Returns (FitResult, seconds spent staging)."""
+    are removed afterwards, also when the fit fails. Returns (FitResult, seconds spent staging)."""
     directory = staging_directory(staging_dir)
     sgd.start_warm_up()  # readies the Python workers while the shards are written
+    staged = []
     try:
         train = stage(train_df, features_col, label_col, sgd.workers + sgd.backup.workers, directory + "/train")
+        staged.append(train.source)
         validation = (stage(validation_df, features_col, label_col, sgd.workers, directory + "/validation")
                       if validation_df is not None else None)
+        if validation:
+            staged.append(validation.source)
         result = sgd.fit_data(train.source, train.num_examples,
                               validation=validation.source if validation else None, **fit_options)
     finally:
-        remove(directory)
+        for source in staged:
+            unstage(sgd.sc, source)
+        if os.path.isabs(directory):
+            shutil.rmtree(directory, ignore_errors=True)
     return result, train.seconds + (validation.seconds if validation else 0.0)

@@ -1,4 +1,5 @@
-"""What runs inside Spark's Python workers: the gradient sum of a shard's mini-batch and the task bodies.
+"""What runs inside Spark's Python workers: the gradient sum of a shard's mini-batch and the task bodies
+(staging's half is ``shards`` and ``rows``).
 
 The single-process trainer calls the same functions in its own process. No pyspark import here:
 broadcasts and accumulators arrive as arguments.
@@ -6,9 +7,7 @@ broadcasts and accumulators arrive as arguments.
 from __future__ import annotations
 
 import ctypes
-import io
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -17,9 +16,10 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import data, files, step_signal
+from . import data, step_signal
 from .models import base
 from .sharding import ShardBatch
+from .shards import StagedShards
 from .straggler import StragglerModel
 
 log = logging.getLogger(__name__)
@@ -73,20 +73,14 @@ class BroadcastData:
         """[(shard, rows)] to walk for an evaluation: the whole set as one."""
         return [(0, len(self.bc.value[1]))]
 
+    def partitions(self, sc, shards: int):
+        """An RDD of shard numbers, partition k = shard k (every executor has the broadcast)."""
+        return sc.parallelize(range(shards), shards)
 
-@dataclass(frozen=True)
-class StagedShards:
-    """Training data staged as one pair of .npy files per shard (``staging.stage``), memory-mapped by tasks."""
-    directory: str
-    starts: tuple[int, ...]  # global index of each shard's first row
-    counts: tuple[int, ...]  # rows of each shard
-
-    def shard(self, k: int) -> tuple[np.ndarray, np.ndarray, int]:
-        images, labels = open_shard(self.directory, k)
-        return images, labels, self.starts[k]
-
-    def sizes(self) -> list[tuple[int, int]]:
-        return list(enumerate(self.counts))
+    def ranges(self, sc, slices: int, chunk: int):
+        """(shard, start, stop) row ranges for an evaluation, in ``slices`` tasks."""
+        ranges = [(k, a, min(a + chunk, n)) for k, n in self.sizes() for a in range(0, n, chunk)]
+        return sc.parallelize(ranges, min(len(ranges), slices))
 
 
 @dataclass(frozen=True)
@@ -272,122 +266,3 @@ def count_correct_task(ctx: TaskContext, source, params_bc, partition: Iterator[
         images, labels, _ = source.shard(k)
         correct += count_correct(ctx.model, params, images[a:b], labels[a:b])
     yield correct
-
-
-# -- staging a DataFrame's rows as shard files (driver side: staging.py) ------------------------------
-PIXELS = 28 * 28
-
-
-def _short(value, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def row_pixels(features) -> np.ndarray | str:
-    """uint8 (784,) from a Vector, a sequence of 784 numbers in 0..255 (rounded) or 784 bytes; else the problem."""
-    if features is None:
-        return "is null"
-    if isinstance(features, (bytes, bytearray)):
-        if len(features) != PIXELS:
-            return f"has {len(features)} bytes, expected {PIXELS}"
-        return np.frombuffer(features, np.uint8)
-    try:
-        values = features.toArray() if hasattr(features, "toArray") else np.asarray(features, np.float64)
-    except (TypeError, ValueError):
-        return "holds a null or a non-number"
-    if values.shape != (PIXELS,):
-        return f"has {values.size} values, expected {PIXELS}"
-    if not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > 255:
-        return f"has values outside 0..255 (min {values.min()}, max {values.max()})"
-    return np.rint(values).astype(np.uint8)
-
-
-def row_label(label) -> int | str:
-    """The class 0..9 of a label given as an integer or an integral double; else the problem."""
-    if label is None:
-        return "is null"
-    if isinstance(label, bool) or not isinstance(label, (int, float, np.integer, np.floating)):
-        return f"is not a number: {_short(label)}"
-    if not math.isfinite(label) or label != int(label):
-        return f"is not a whole number: {label!r}"
-    if not 0 <= label <= 9:
-        return f"is outside 0..9: {label!r}"
-    return int(label)
-
-
-@dataclass(frozen=True)
-class ShardWritten:
-    """What writing one shard reports to the driver (an error instead of files when a row is bad)."""
-    shard: int
-    count: int
-    error: str | None = None  # "row I: column 'C' PROBLEM (example)" for the first bad row
-    error_row: int = -1
-
-
-def convert_rows(features_col: str, label_col: str, edges: np.ndarray, first_index: list[int], partition: int,
-                 rows: Iterator) -> Iterator[tuple[int, tuple]]:
-    """(shard, (global row index, label, 784 pixel bytes | error)) for each row of one input partition.
-
-    Row ``i`` of the DataFrame belongs to shard ``k`` when ``edges[k] <= i < edges[k + 1]``; the
-    global index is this partition's ``first_index`` plus the row's position in it.
-    """
-    for i, row in enumerate(rows, first_index[partition]):
-        shard = int(np.searchsorted(edges, i, side="right")) - 1
-        pixels, label = row_pixels(row[features_col]), row_label(row[label_col])
-        problem = None
-        if isinstance(pixels, str):
-            problem = f"column '{features_col}' {pixels}"
-        elif isinstance(label, str):
-            problem = f"column '{label_col}' {label}"
-        if problem:
-            example = f"{label_col}={_short(row[label_col])}, {features_col}={_short(row[features_col])}"
-            yield shard, (i, None, f"row {i}: {problem} (example row: {example})")
-        else:
-            yield shard, (i, label, pixels.tobytes())
-
-
-def shard_paths(directory: str, k: int) -> tuple[str, str]:
-    return f"{directory}/shard-{k:05d}-images.npy", f"{directory}/shard-{k:05d}-labels.npy"
-
-
-def write_shard(directory: str, k: int, items: Iterator[tuple[int, tuple]]) -> Iterator[ShardWritten]:
-    """Write shard ``k``'s rows, in global index order, as images uint8 (n, 28, 28) and labels int64 (n,)."""
-    rows = sorted(item for _, item in items)  # by global index: the DataFrame's order
-    bad = [(i, problem) for i, label, problem in rows if label is None]
-    if bad:
-        yield ShardWritten(k, len(rows), bad[0][1], bad[0][0])
-        return
-    images = np.frombuffer(b"".join(pixels for _, _, pixels in rows), np.uint8).reshape(-1, 28, 28)
-    labels = np.array([label for _, label, _ in rows], np.int64)
-    for path, array in zip(shard_paths(directory, k), (images, labels)):
-        buffer = io.BytesIO()
-        np.save(buffer, array)
-        files.write_atomically(path, buffer.getvalue())
-    yield ShardWritten(k, len(rows))
-
-
-_open_shards: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
-
-
-def open_shard(directory: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Shard ``k``'s (images, labels), memory-mapped once per Python worker and kept while it is reused."""
-    key = (directory, k)
-    if key not in _open_shards:
-        for other in [o for o in _open_shards if o[0] != directory]:  # an earlier fit's shards
-            del _open_shards[other]
-        images_path, labels_path = shard_paths(directory, k)
-        _open_shards[key] = np.load(images_path, mmap_mode="r"), np.load(labels_path, mmap_mode="r")
-    return _open_shards[key]
-
-
-# -- inference (LeNetClassificationModel.transform) ----------------------------------------------------
-def predict_pixels(model: base.Model, params: base.Params, features, chunk: int = 500):
-    """(prediction (n,), probability (n, classes), log-probability (n, classes)) for a pandas Series of
-    features (Vectors as arrays, number sequences or 784-byte binaries)."""
-    pixels = [row_pixels(f) for f in features]
-    bad = next((p for p in pixels if isinstance(p, str)), None)
-    if bad is not None:
-        raise ValueError(f"features {bad}")
-    images = np.stack(pixels).reshape(-1, 28, 28) if pixels else np.empty((0, 28, 28), np.uint8)
-    probs = predict_images(model, params, images, chunk).astype(np.float64)  # (n, classes)
-    return np.argmax(probs, axis=1).astype(np.float64), probs, np.log(np.maximum(probs, 1e-300))

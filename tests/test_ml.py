@@ -38,6 +38,32 @@ def test_fit_on_a_dataframe_equals_syncsgd_on_the_same_arrays(spark, small, fitt
     assert fitted.summary.staging_seconds > 0
 
 
+@pytest.mark.parametrize("kind", ["vector", "sparse vector", "array", "binary"])
+def test_every_feature_type_through_parquet_transform_and_an_evaluator(spark, small, fitted, tmp_path, kind):
+    """Parquet keeps a VectorAssembler's Vector column as a UDT; the evaluator then plans the UDF over a
+    columnar scan. Predictions equal the driver's, even in a session where Spark's columnar UDF input is on."""
+    from mnist_lenet_spark.ml import COLUMNAR_UDF_INPUT
+    images, labels, _ = small
+    images, labels = images[:40], labels[:40]
+    flat = [img.reshape(-1).astype(float) for img in images]
+    features = {"vector": [Vectors.dense(x) for x in flat],
+                "sparse vector": [Vectors.sparse(784, {int(i): x[i] for i in np.flatnonzero(x)}) for x in flat],
+                "array": [x.tolist() for x in flat], "binary": [img.tobytes() for img in images]}[kind]
+    path = str(tmp_path / "rows.parquet")
+    spark.createDataFrame(list(zip([float(y) for y in labels], features)), ["label", "features"]).write.parquet(path)
+    spark.conf.set(COLUMNAR_UDF_INPUT, "true")  # Spark's own default
+    try:
+        out = fitted.transform(spark.read.parquet(path))
+        accuracy = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(out)
+    finally:
+        spark.conf.set(COLUMNAR_UDF_INPUT, "false")
+    expected = fitted.predict(images)
+    assert accuracy == pytest.approx(float(np.mean(expected == labels)))
+    predicted = {float(r["label"]) for r in out.select("label").collect()}
+    assert predicted == {float(y) for y in labels}
+    assert sorted(r["prediction"] for r in out.collect()) == sorted(float(p) for p in expected)
+
+
 def test_defaults_come_from_sgd_config():
     clf = LeNetClassifier()
     sgd = SGDConfig()
