@@ -4,8 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
+PACK_PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v $(PYTHON))
+PACKED_ENV := dist/mnist_lenet_spark_env.tar.gz
 
-.PHONY: run test bench experiment dist check-java clean
+.PHONY: run test bench experiment dist pack check-java clean
 
 $(VENV)/.installed-dev: setup.py
 	@$(PYTHON) scripts/check_python.py
@@ -24,7 +26,7 @@ check-java:
 run: $(VENV)/.installed-dev check-java
 	$(PY) jobs/train_lenet.py --conf conf/spark-defaults.conf $(ARGS)
 
-test: $(VENV)/.installed-dev check-java
+test: $(VENV)/.installed-dev check-java $(PACKED_ENV)
 	$(PY) -m pytest tests $(ARGS)
 
 bench: $(VENV)/.installed-bench check-java
@@ -43,6 +45,22 @@ experiment: $(VENV)/.installed-dev check-java
 
 dist: $(VENV)/.installed-dev
 	$(PY) -c 'from mnist_lenet_spark.session import build_zip; print(build_zip("dist/mnist_lenet_spark.zip"))'
+
+# The executors' Python environment for a cluster whose hosts have only a python3 (README, "Running on a
+# cluster"): a venv of PACK_PYTHON (the interpreter the executors have, at the same path) holding the package
+# and requirements-executor.txt, packed by venv-pack for spark-submit --archives.
+pack: dist $(PACKED_ENV)
+
+$(PACKED_ENV): $(VENV)/.installed-dev requirements-executor.txt $(shell find mnist_lenet_spark -name '*.py')
+	rm -rf build/pack-venv
+	$(PACK_PYTHON) -m venv build/pack-venv
+	build/pack-venv/bin/python -m pip install -q --upgrade pip
+	build/pack-venv/bin/python -m pip install -q -r requirements-executor.txt
+	build/pack-venv/bin/python -m pip install -q --no-deps .
+	@mkdir -p dist
+	$(VENV)/bin/venv-pack -p build/pack-venv -o $@.tmp.tar.gz --force > /dev/null
+	mv $@.tmp.tar.gz $@
+	rm -rf build/pack-venv
 
 clean:
 	rm -rf $(VENV) dist build out *.egg-info

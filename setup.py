@@ -1,4 +1,10 @@
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# what the executors import (the packed environment of `make pack`); the driver needs the rest too
+EXECUTOR_REQUIRES = [line.strip() for line in (Path(__file__).parent / "requirements-executor.txt").read_text()
+                     .splitlines() if line.strip() and not line.startswith("#")]
 
 setup(
     name="mnist_lenet_spark",
@@ -6,10 +12,9 @@ setup(
     description="Distributed synchronous SGD with backup workers on Apache Spark: LeNet on MNIST in NumPy",
     packages=find_packages(include=["mnist_lenet_spark", "mnist_lenet_spark.*"]),
     python_requires=">=3.10",
-    install_requires=["pyspark>=3.5", "numpy>=1.24", "scipy", "findspark", "threadpoolctl", "tqdm", "matplotlib",
-                      "pandas>=2,<3", "pyarrow"],
+    install_requires=EXECUTOR_REQUIRES + ["pyspark>=3.5", "findspark", "tqdm", "matplotlib"],
     extras_require={
-        "dev": ["pytest>=7", "pytest-timeout", "nbformat", "nbclient", "ipykernel"],
+        "dev": ["pytest>=7", "pytest-timeout", "nbformat", "nbclient", "ipykernel", "venv-pack"],
         "bench": ["torch==2.13.0"],
     },
 )

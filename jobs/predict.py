@@ -35,13 +35,7 @@ def main(argv=None):
     spark = msp.session(args.master or (None if "PYSPARK_GATEWAY_PORT" in os.environ else "local[*]"))
     try:
         from mnist_lenet_spark.ml import LeNetClassificationModel
-        from pyspark.errors import AnalysisException
-        if not readers.hadoop_files(spark, f"{args.model.rstrip('/')}/metadata/part-*"):
-            raise data.DataError(f"{args.model}: not a saved LeNet model (no metadata/ in it)")
-        try:
-            model = LeNetClassificationModel.load(args.model)
-        except AnalysisException as e:
-            raise data.DataError(f"{args.model}: not a saved LeNet model ({e.getMessage().splitlines()[0]})") from None
+        model = LeNetClassificationModel.load(args.model)  # DataError naming the folder if it holds no model
         predictions = model.transform(readers.read_mnist(spark, args.input, args.format, args.split))
         if args.output:
             predictions.drop("features", "rawPrediction").write.mode("overwrite").parquet(args.output)

@@ -15,11 +15,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import files
+
 log = logging.getLogger(__name__)
 
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
 VALIDATION_SIZE = 5000  # SystemML: the first 5,000 training images are the validation set
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "mnist"
+BUNDLED_DIR = files.checkout_root() / "data" / "mnist"
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),

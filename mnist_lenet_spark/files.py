@@ -30,3 +30,12 @@ def write_atomically(path: str | os.PathLike, content: bytes | str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def checkout_root() -> Path:
+    """The folder this package's checkout lives in (for its conf/ and data/): the package's parent, or, when the
+    package is imported from ``dist/NAME.zip`` (spark-submit --py-files), the folder that holds ``dist/``."""
+    root = Path(__file__).resolve().parent.parent
+    if root.suffix == ".zip":
+        root = root.parent.parent if root.parent.name == "dist" else root.parent
+    return root

@@ -21,7 +21,7 @@ from pyspark.ml.param.shared import (HasCheckpointInterval, HasFeaturesCol, HasL
 from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, DefaultParamsWritable, DefaultParamsWriter,
                              MLReadable, MLReader, MLWritable, MLWriter)
 
-from . import data, rows, staging, tasks, training
+from . import data, paths, readers, rows, staging, tasks, training
 from .config import BackupConfig, SGDConfig, TrainingConf
 from .models import base, lenet
 from .spark import SyncSGD
@@ -246,6 +246,7 @@ class _ModelWriter(MLWriter):
         self.instance = instance
 
     def saveImpl(self, path: str) -> None:
+        paths.check_writable_together(self.sparkSession.sparkContext, path, "model path")
         DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession)
         rows = [(i, name, list(value.shape), str(value.dtype), value.tobytes())
                 for i, (name, value) in enumerate(self.instance.weights.items())]
@@ -255,10 +256,16 @@ class _ModelWriter(MLWriter):
 
 class _ModelReader(MLReader):
     def load(self, path: str) -> LeNetClassificationModel:
-        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
-        rows = sorted(self.sparkSession.read.parquet(f"{path}/data").collect(), key=lambda r: r["index"])
+        from pyspark.errors import AnalysisException
+        if not readers.hadoop_files(self.sparkSession, f"{path.rstrip('/')}/metadata/part-*"):
+            raise data.DataError(f"{path}: not a saved LeNet model (no metadata/ in it)")
+        try:
+            metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
+        except AnalysisException as e:
+            raise data.DataError(f"{path}: not a saved LeNet model ({e.getMessage().splitlines()[0]})") from None
+        records = sorted(self.sparkSession.read.parquet(f"{path}/data").collect(), key=lambda r: r["index"])
         weights = {r["name"]: np.frombuffer(r["value"], np.dtype(r["dtype"])).reshape(r["shape"]).copy()
-                   for r in rows}
+                   for r in records}
         model = LeNetClassificationModel(weights)
         model._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(model, metadata)

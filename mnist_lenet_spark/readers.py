@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import data
+from . import data, paths
 from .data import DataError
 
 FORMATS = ("idx", "csv", "parquet")
@@ -50,6 +50,7 @@ def read_mnist(spark, path: str, format: str = "idx", split: str = "train"):
     """
     if format not in FORMATS:
         raise DataError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    paths.check_readable(spark.sparkContext, path, f"{split} data")
     if format == "parquet":
         return spark.read.parquet(path)
     if format == "csv":

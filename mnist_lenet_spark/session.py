@@ -6,7 +6,6 @@ import io
 import logging
 import os
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -16,8 +15,8 @@ from .config import ConfigError
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: the Spark settings the step needs to be cheap, each explained in the README ("Spark settings")
-SPARK_DEFAULTS = PACKAGE_DIR.parent / "conf" / "spark-defaults.conf"
-LOG4J = PACKAGE_DIR.parent / "conf" / "log4j2.properties"  # warnings and errors only
+SPARK_DEFAULTS = files.checkout_root() / "conf" / "spark-defaults.conf"
+LOG4J = files.checkout_root() / "conf" / "log4j2.properties"  # warnings and errors only
 
 
 def read_spark_conf(path: str | os.PathLike) -> dict[str, str]:
@@ -65,9 +64,13 @@ def session(master: str | None = None, app_name: str = "mnist_lenet_spark", conf
     return spark
 
 
-def ship_package(sc) -> str:
-    """Zip this package and ``addPyFile`` it, so executors on a cluster can import it."""
-    out = build_zip(Path(tempfile.mkdtemp(prefix="mnist_lenet_spark-")) / "mnist_lenet_spark.zip")
+def ship_package(sc) -> str | None:
+    """Zip this package and ``addPyFile`` it, so executors on a cluster can import it; not when it was imported
+    from a zip (``--py-files``: spark-submit ships that one, and a second file of that name is refused)."""
+    if PACKAGE_DIR.parent.suffix == ".zip":
+        return None
+    # in the SparkContext's own temp folder, which Spark deletes when the session stops
+    out = build_zip(Path(sc._temp_dir) / "mnist_lenet_spark.zip")
     sc.addPyFile(str(out))
     return str(out)
 

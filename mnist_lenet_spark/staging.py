@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from . import rows as row_conversion
-from . import sharding, shards
+from . import paths, sharding, shards
 from .data import DataError
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def check_columns(df, features_col: str, label_col: str | None) -> None:
 
 def staging_directory(base: str | None) -> str:
     """A new name for one fit's shards: relative (inside each executor's local directory) by default, or a new
-    folder under ``base``, a plain path every executor mounts (checked by ``check_shared`` once written)."""
+    folder under ``base``, a plain path every executor mounts (``fit_dataframes`` checks that it is shared)."""
     name = f"lenet-shards-{uuid.uuid4().hex[:12]}"
     if not base:
         return name
@@ -83,17 +83,6 @@ def staging_directory(base: str | None) -> str:
     except OSError as e:
         raise DataError(f"staging directory {base}: cannot create it ({e.strerror})") from None
     return str(root / name)
-
-
-def check_shared(directory: str, reports) -> None:
-    """DataError unless the driver sees every shard file the executors wrote into ``directory`` (a folder that
-    is meant to be shared): on a cluster a path that is not shared is one folder per host."""
-    for r in reports:
-        for path in shards.shard_paths(directory, r.shard):
-            if not os.path.isfile(path):
-                raise DataError(f"staging directory {Path(directory).parent}: not shared: an executor wrote "
-                                f"{Path(path).name} there, but the driver cannot see it; use a folder that every "
-                                f"host mounts, or leave it unset to stage on the executors' own disks")
 
 
 def stage(df, features_col: str, label_col: str, shard_count: int, directory: str) -> StagedData:
@@ -120,8 +109,6 @@ def stage(df, features_col: str, label_col: str, shard_count: int, directory: st
         bad = [r for r in reports if r.error]
         if bad:
             raise DataError(min(bad, key=lambda r: r.error_row).error)
-        if os.path.isabs(directory):
-            check_shared(directory, reports)
     except BaseException:
         unstage(tokens.context, staged)
         raise
@@ -155,6 +142,8 @@ def fit_dataframes(sgd, train_df, validation_df, features_col: str, label_col: s
     """Stage ``train_df`` (and ``validation_df``, if any) as shards and train ``sgd`` on them; the staged files
     are removed afterwards, also when the fit fails. Returns (FitResult, seconds spent staging)."""
     directory = staging_directory(staging_dir)
+    if staging_dir:
+        paths.check_writable_together(sgd.sc, os.path.dirname(directory), "staging directory")
     sgd.start_warm_up()  # readies the Python workers while the shards are written
     staged = []
     try:

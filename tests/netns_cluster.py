@@ -1,0 +1,218 @@
+"""A Spark standalone cluster of separate hosts on one Linux machine, for tests. Needs root.
+
+Each host is a network namespace with one address on a private bridge (the bridge lives in a namespace
+of its own: nothing is added to the root namespace) and a mount namespace with a private tmpfs on /tmp.
+Shared between hosts: the installed software, and one folder (``storage``) standing for the cluster's
+storage. Worker hosts also get an empty folder over this checkout's virtualenv ``bin/``, so their
+executors have only the system ``python3`` unless the application ships an environment.
+
+Every process is started by this module inside a host, every wait is bounded, and ``stop`` ends exactly
+the processes that live in the hosts' namespaces (found by their namespace, not by name), then deletes
+the namespaces, also after a failure.
+"""
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pyspark
+
+SPARK_HOME = Path(pyspark.__file__).parent
+SUBNET = "10.77.0"  # only ever inside this module's namespaces
+MASTER_PORT = 7077
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=check)
+
+
+def can_create_namespaces() -> str | None:
+    """None if this process can build the cluster, else why not."""
+    if os.geteuid() != 0:
+        return "needs root (network and mount namespaces)"
+    for tool in ("ip", "unshare", "nsenter", "mount"):
+        if shutil.which(tool) is None:
+            return f"needs the {tool} command"
+    name = f"mspcheck{os.getpid()}"
+    try:
+        _ip("netns", "add", name)
+    except (subprocess.CalledProcessError, OSError) as e:
+        return f"cannot create a network namespace: {getattr(e, 'stderr', e)}".strip()
+    _ip("netns", "del", name, check=False)
+    return None
+
+
+class Host:
+    """One host: its namespaces are held by a bounded ``sleep``; ``run`` starts a command inside them."""
+
+    def __init__(self, cluster: Cluster, name: str, index: int, hide: list[str]):
+        self.cluster, self.name, self.address = cluster, name, f"{SUBNET}.{index}"
+        self.netns = f"{cluster.prefix}-{name}"
+        self.link = f"{cluster.prefix[-6:]}{name}"[:15]  # the bridge's end of this host's cable
+        bridge = cluster.bridge_ns
+        _ip("netns", "add", self.netns)
+        _ip("-n", bridge, "link", "add", self.link, "type", "veth", "peer", "name", "eth0", "netns", self.netns)
+        _ip("-n", bridge, "link", "set", self.link, "master", "br0", "up")
+        _ip("-n", self.netns, "addr", "add", f"{self.address}/24", "dev", "eth0")
+        _ip("-n", self.netns, "link", "set", "eth0", "up")
+        _ip("-n", self.netns, "link", "set", "lo", "up")
+        hides = "".join(f" && mount -t tmpfs -o size=1m tmpfs '{d}'" for d in hide)
+        script = f"mount -t tmpfs -o size=8g,mode=1777 tmpfs /tmp{hides} && echo ready && exec sleep 7200"
+        self.holder = subprocess.Popen(["ip", "netns", "exec", self.netns, "unshare", "--mount", "--propagation",
+                                        "private", "--", "sh", "-c", script], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True, start_new_session=True)
+        ready, _, _ = select.select([self.holder.stdout], [], [], 20)
+        if not ready or self.holder.stdout.readline().strip() != "ready":
+            raise ClusterError(f"host {name} did not start: {self.holder.stderr.read() if self.holder.poll() else ''}")
+        self.net_inode = os.stat(f"/proc/{self.holder.pid}/ns/net").st_ino
+
+    def run(self, argv: list[str], env: dict | None = None, **popen) -> subprocess.Popen:
+        """Start ``argv`` on this host (its network and its /tmp), in a process group of its own."""
+        env = {**self.cluster.base_env(self), **(env or {})}
+        command = ["nsenter", "-t", str(self.holder.pid), "-m", "-n", "--", "env", "-i",
+                   *[f"{k}={v}" for k, v in env.items()], *argv]
+        return subprocess.Popen(command, start_new_session=True, **popen)
+
+    def check_output(self, argv: list[str], timeout: float = 60) -> str:
+        out = self.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            text, _ = out.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(out.pid, signal.SIGKILL)
+            out.communicate()
+            raise
+        return text
+
+    def pids(self) -> list[int]:
+        """Processes living in this host's network namespace (the holder excluded)."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != self.holder.pid:
+                try:
+                    if os.stat(f"/proc/{entry}/ns/net").st_ino == self.net_inode:
+                        found.append(int(entry))
+                except OSError:  # gone meanwhile
+                    pass
+        return found
+
+    def java_pids(self, main_class: str) -> list[int]:
+        """This host's JVMs whose command line names ``main_class``."""
+        out = []
+        for pid in self.pids():
+            try:
+                if main_class.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    out.append(pid)
+            except OSError:
+                pass
+        return out
+
+    def set_link(self, up: bool) -> None:
+        """Plug or pull this host's cable (the bridge's end)."""
+        _ip("-n", self.cluster.bridge_ns, "link", "set", self.link, "up" if up else "down")
+
+    def tmp_entries(self) -> list[str]:
+        """What is left in this host's /tmp."""
+        return sorted(self.check_output(["find", "/tmp", "-mindepth", "1"]).split())
+
+    def stop(self) -> None:
+        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+            for pid in self.pids():
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+            deadline = time.time() + wait
+            while self.pids() and time.time() < deadline:
+                time.sleep(0.2)
+        if self.holder.poll() is None:
+            os.killpg(self.holder.pid, signal.SIGKILL)
+        self.holder.wait(timeout=10)
+        _ip("netns", "del", self.netns, check=False)
+
+
+class Cluster:
+    """A master host, ``workers`` one-core worker hosts and a driver host; ``add_worker`` adds one more."""
+
+    def __init__(self, storage: Path, workers: int = 3, worker_memory: str = "1g"):
+        self.prefix = f"msp{uuid.uuid4().hex[:6]}"
+        self.storage = Path(storage)
+        self.bridge_ns = f"{self.prefix}-bridge"
+        self.worker_memory = worker_memory
+        self.hosts: dict[str, Host] = {}
+        self.venv_bin = str(Path(sys.executable).parent)
+        try:
+            _ip("netns", "add", self.bridge_ns)
+            _ip("-n", self.bridge_ns, "link", "add", "br0", "type", "bridge")
+            _ip("-n", self.bridge_ns, "link", "set", "br0", "up")
+            self.master = self._host("master")
+            self.master_url = f"spark://{self.master.address}:{MASTER_PORT}"
+            self.driver = self._host("driver")
+            self.master.run([str(SPARK_HOME / "bin" / "spark-class"), "org.apache.spark.deploy.master.Master",
+                             "--host", self.master.address, "--port", str(MASTER_PORT), "--webui-port", "8080"],
+                            stdout=self._log("master"), stderr=subprocess.STDOUT)
+            self.workers: list[Host] = []
+            for _ in range(workers):
+                self.add_worker()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _host(self, name: str, hide: list[str] = ()) -> Host:
+        host = Host(self, name, len(self.hosts) + 2, list(hide))
+        self.hosts[name] = host
+        return host
+
+    def _log(self, name: str):
+        folder = self.storage / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        return open(folder / f"{name}.log", "ab")
+
+    def base_env(self, host: Host) -> dict:
+        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp", "SPARK_HOME": str(SPARK_HOME),
+                "SPARK_LOCAL_IP": host.address, "SPARK_LOCAL_HOSTNAME": host.address,
+                "SPARK_LOG_DIR": str(self.storage / "logs" / host.name), "SPARK_NO_DAEMONIZE": "1",
+                **({"JAVA_HOME": os.environ["JAVA_HOME"]} if "JAVA_HOME" in os.environ else {})}
+
+    def add_worker(self) -> Host:
+        """A new one-core worker host, registered with the master (waits up to 60 s)."""
+        name = f"worker{len(self.workers) + 1}"
+        host = self._host(name, hide=[self.venv_bin])
+        work = self.storage / "work" / name
+        work.mkdir(parents=True, exist_ok=True)
+        host.run([str(SPARK_HOME / "bin" / "spark-class"), "org.apache.spark.deploy.worker.Worker",
+                  self.master_url, "--host", host.address, "--cores", "1", "--memory", self.worker_memory,
+                  "--webui-port", "8081", "--work-dir", str(work)], stdout=self._log(name), stderr=subprocess.STDOUT)
+        self.workers.append(host)
+        self._wait_for_log("master", f"Registering worker {host.address}", 60)
+        return host
+
+    def _wait_for_log(self, name: str, text: str, seconds: float) -> None:
+        path = self.storage / "logs" / f"{name}.log"
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            if path.is_file() and text in path.read_text(errors="replace"):
+                return
+            time.sleep(0.3)
+        raise ClusterError(f"{text!r} not in {path} after {seconds} s")
+
+    def executor_pids(self) -> dict[str, list[int]]:
+        return {h.name: h.java_pids("CoarseGrainedExecutorBackend") for h in self.workers}
+
+    def stop(self) -> None:
+        for host in reversed(list(self.hosts.values())):
+            try:
+                host.stop()
+            except Exception:  # the rest must still go
+                pass
+        _ip("netns", "del", self.bridge_ns, check=False)
