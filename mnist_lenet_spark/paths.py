@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import socket
 import uuid
 from pathlib import Path
@@ -71,6 +72,7 @@ def check_writable_together(sc, folder: str, what: str) -> None:
     local = local_path(folder)
     if local is None or not _on_cluster(sc):
         return
+    created = not os.path.exists(local)
     try:
         os.makedirs(local, exist_ok=True)
     except OSError as e:
@@ -86,6 +88,10 @@ def check_writable_together(sc, folder: str, what: str) -> None:
         if not all(os.path.isfile(os.path.join(local, n)) for n in names):
             raise DataError(f"{what} {folder}: what the executors write there does not reach the driver (each host "
                             f"has its own {local}); {HINT}")
+    except DataError:
+        if created:  # nothing of a failed save or staging is left on the driver
+            shutil.rmtree(local, ignore_errors=True)
+        raise
     finally:
         for n in names:
             if not n.startswith("!"):

@@ -141,9 +141,9 @@ def fit_dataframes(sgd, train_df, validation_df, features_col: str, label_col: s
                    **fit_options):
     """Stage ``train_df`` (and ``validation_df``, if any) as shards and train ``sgd`` on them; the staged files
     are removed afterwards, also when the fit fails. Returns (FitResult, seconds spent staging)."""
-    directory = staging_directory(staging_dir)
     if staging_dir:
-        paths.check_writable_together(sgd.sc, os.path.dirname(directory), "staging directory")
+        paths.check_writable_together(sgd.sc, staging_dir, "staging directory")
+    directory = staging_directory(staging_dir)
     sgd.start_warm_up()  # readies the Python workers while the shards are written
     staged = []
     try:

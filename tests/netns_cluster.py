@@ -77,10 +77,10 @@ class Host:
             raise ClusterError(f"host {name} did not start: {self.holder.stderr.read() if self.holder.poll() else ''}")
         self.net_inode = os.stat(f"/proc/{self.holder.pid}/ns/net").st_ino
 
-    def run(self, argv: list[str], env: dict | None = None, **popen) -> subprocess.Popen:
-        """Start ``argv`` on this host (its network and its /tmp), in a process group of its own."""
+    def run(self, argv: list[str], env: dict | None = None, cwd: str | os.PathLike = "/", **popen) -> subprocess.Popen:
+        """Start ``argv`` on this host (its network and its /tmp) in ``cwd``, in a process group of its own."""
         env = {**self.cluster.base_env(self), **(env or {})}
-        command = ["nsenter", "-t", str(self.holder.pid), "-m", "-n", "--", "env", "-i",
+        command = ["nsenter", "-t", str(self.holder.pid), "-m", "-n", f"--wd={cwd}", "--", "env", "-i",
                    *[f"{k}={v}" for k, v in env.items()], *argv]
         return subprocess.Popen(command, start_new_session=True, **popen)
 
@@ -121,9 +121,9 @@ class Host:
         """Plug or pull this host's cable (the bridge's end)."""
         _ip("-n", self.cluster.bridge_ns, "link", "set", self.link, "up" if up else "down")
 
-    def tmp_entries(self) -> list[str]:
-        """What is left in this host's /tmp."""
-        return sorted(self.check_output(["find", "/tmp", "-mindepth", "1"]).split())
+    def tmp_files(self) -> list[str]:
+        """The files in this host's /tmp (a running worker keeps an empty folder of its own there)."""
+        return sorted(self.check_output(["find", "/tmp", "-mindepth", "1", "-not", "-type", "d"]).split())
 
     def stop(self) -> None:
         for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):

@@ -1,0 +1,137 @@
+"""A driver program for the namespace cluster's tests (tests/test_netns_cluster.py), run on the driver host:
+
+    python tests/cluster_app.py SCENARIO MASTER_URL STORAGE
+
+It prints one JSON line with what it saw. Where the test must act mid-fit (kill an executor, add a host,
+pull a link), the driver writes ``STORAGE/at-step-3`` at step 3 and waits (bounded) for ``STORAGE/done``.
+"""
+import json
+import sys
+from functools import partial
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mnist_lenet_spark import data, local  # noqa: E402
+from mnist_lenet_spark import spark as msp  # noqa: E402
+from mnist_lenet_spark.config import SGDConfig  # noqa: E402
+
+SCENARIO, MASTER, STORAGE = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+ENV = ROOT / "dist" / "mnist_lenet_spark_env.tar.gz"
+
+
+def session():
+    spark = msp.session(MASTER, conf={"spark.archives": f"{ENV}#environment", "spark.executor.memory": "1g",
+                                      "spark.eventLog.enabled": "true", "spark.eventLog.compress": "false",
+                                      "spark.eventLog.dir": str(STORAGE / "events"),
+                                      "spark.ui.enabled": "false"})
+    spark.sparkContext.setLogLevel("ERROR")
+    deadline = time.time() + 120
+    while executors(spark) < 3 and time.time() < deadline:
+        time.sleep(0.5)
+    return spark
+
+
+def executors(spark) -> int:
+    return spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1  # less the driver's
+
+
+def act_at_step_3(record, spark=None, executors_after=0):
+    """Tell the test that step 3 is done, and wait for it to act (at most 90 s), then for ``executors_after``
+    executors (at most 120 s: a new one fetches and unpacks the environment first)."""
+    if record["step"] == 3:
+        (STORAGE / "at-step-3").write_text("")
+        deadline = time.time() + 90
+        while not (STORAGE / "done").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        if executors_after:
+            wait_for_task_slots(spark, executors_after)
+
+
+def _address(_):
+    import os
+    return os.environ.get("SPARK_LOCAL_IP")
+
+
+def wait_for_task_slots(spark, count, seconds=120):
+    """Until tasks run on ``count`` hosts (a new executor fetches and unpacks the environment before it takes
+    any): probe jobs of 8 tasks, told apart from the steps' 4 in the event log."""
+    sc, deadline, seen = spark.sparkContext, time.time() + seconds, set()
+    while len(seen) < count and time.time() < deadline:
+        seen |= set(sc.parallelize(range(8), 8).map(_address).collect())
+        time.sleep(0.5)
+
+
+def max_difference(a, b):
+    return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+
+
+def error_of(call):
+    try:
+        call()
+    except data.DataError as e:
+        return str(e)
+    return None
+
+
+def main():
+    spark = session()
+    mnist = data.load_mnist()
+    images, labels = mnist.train.images[:600], mnist.train.labels[:600]
+    rows_path = str(STORAGE / "rows.parquet")  # written by the test, in the cluster's storage
+    out = {}
+    try:
+        from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+
+        from mnist_lenet_spark.ml import LeNetClassificationModel, LeNetClassifier
+        if SCENARIO in ("dataframe", "kill"):
+            df = spark.read.parquet(rows_path)
+            steps = 6 if SCENARIO == "dataframe" else 8
+            clf = LeNetClassifier(workers=2, batchSize=16, maxSteps=steps, seed=3)
+            if SCENARIO == "kill":
+                clf._progress = lambda sgd: act_at_step_3
+            model = clf.fit(df)
+            arrays = msp.SyncSGD(spark, 2, batch_size=16, seed=3).fit(images, labels, max_steps=steps)
+            out["steps"] = [h["step"] for h in model.summary.history]
+            out["dataframe_vs_arrays"] = max_difference(model.weights, arrays.params)
+            if SCENARIO == "dataframe":
+                test = spark.read.parquet(str(STORAGE / "test.parquet"))
+                predicted = model.transform(test)
+                out["accuracy"] = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(predicted)
+                expected = model.predict(mnist.test.images[:200])
+                out["driver_accuracy"] = float(np.mean(expected == mnist.test.labels[:200]))
+                model.write().overwrite().save(str(STORAGE / "model"))
+                loaded = LeNetClassificationModel.load(str(STORAGE / "model"))
+                out["loaded_vs_saved"] = max_difference(loaded.weights, model.weights)
+                out["save_driver_local"] = error_of(lambda: model.write().overwrite().save("/tmp/lenet-model"))
+                out["load_no_model"] = error_of(lambda: LeNetClassificationModel.load(str(STORAGE / "events")))
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+                Path("/tmp/driver-only.parquet").mkdir()  # on the driver's host alone
+                pq.write_table(pa.table({"label": labels[:20].astype("int64")}), "/tmp/driver-only.parquet/p.parquet")
+                from mnist_lenet_spark import readers
+                out["read_driver_local"] = error_of(
+                    lambda: readers.read_mnist(spark, "/tmp/driver-only.parquet", "parquet"))
+                out["staging_not_shared"] = error_of(lambda: LeNetClassifier(maxSteps=1, stagingDir="/tmp/staging-x")
+                                                     .fit(df))
+                import shutil
+                shutil.rmtree("/tmp/driver-only.parquet")
+        elif SCENARIO == "join":  # broadcast arrays, 4 tasks a step: a fourth host joins after step 3
+            result = msp.SyncSGD(spark, 4, batch_size=16, seed=4).fit(images, labels, max_steps=10,
+                                                                       on_step=partial(act_at_step_3, spark=spark,
+                                                                                       executors_after=4))
+            single = local.fit_local(images, labels, SGDConfig(batch_size=16, seed=4, max_steps=10), shards=4)
+            out["steps"] = [h["step"] for h in result.history]
+            out["cluster_vs_single"] = max_difference(result.params, single.params)
+        out["app_id"] = spark.sparkContext.applicationId
+    finally:
+        spark.stop()
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

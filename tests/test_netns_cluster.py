@@ -1,0 +1,207 @@
+"""A standalone cluster of separate hosts (tests/netns_cluster.py): hosts that share no /tmp, no network stack
+and no Python environment with the driver; executors run the packed environment (make pack) on the system
+python3. Needs root; under CLUSTER_TESTS_REQUIRED=1 (.ci/run) a machine that cannot build the cluster fails
+these tests instead of skipping them. Marked ``cluster`` (slow): ``make test ARGS='-m "not cluster"'`` skips."""
+import json
+import os
+from collections import Counter
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.netns_cluster import SPARK_HOME, Cluster, can_create_namespaces
+
+pytestmark = pytest.mark.cluster
+PACKED_ENV = ROOT / "dist" / "mnist_lenet_spark_env.tar.gz"
+STORAGE_PARENT = ROOT / "build"  # outside /tmp, which each host has its own of
+
+
+def _unavailable() -> str | None:
+    reason = can_create_namespaces()
+    if reason is None and not PACKED_ENV.is_file():
+        reason = f"{PACKED_ENV} is missing (make pack)"
+    return reason
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    reason = _unavailable()
+    if reason:
+        if os.environ.get("CLUSTER_TESTS_REQUIRED") == "1":
+            pytest.fail(f"the namespace cluster is required here: {reason}")
+        pytest.skip(reason)
+    import tempfile
+    STORAGE_PARENT.mkdir(exist_ok=True)
+    storage = Path(tempfile.mkdtemp(prefix="cluster-", dir=STORAGE_PARENT))
+    from mnist_lenet_spark import data
+    write_rows(storage, data.load_mnist())
+    (storage / "events").mkdir()
+    c = Cluster(storage, workers=3)
+    try:
+        yield c
+    finally:
+        c.stop()
+        import shutil
+        if not os.environ.get("KEEP_CLUSTER_STORAGE"):  # for a look at the hosts' logs
+            shutil.rmtree(storage, ignore_errors=True)
+    assert not [line for line in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+                .splitlines() if line.startswith(c.prefix)], "a namespace was left behind"
+
+
+def write_rows(storage: Path, mnist) -> None:
+    """The training and test rows as Parquet in the cluster's storage, written here (not on a host)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    for name, images, labels in [("rows", mnist.train.images[:600], mnist.train.labels[:600]),
+                                 ("job", mnist.train.images[:5200], mnist.train.labels[:5200]),  # 5,000 validate
+                                 ("test", mnist.test.images[:200], mnist.test.labels[:200])]:
+        table = pa.table({"label": pa.array(labels.astype("int64")),
+                          "features": pa.array([x.tobytes() for x in images], pa.binary())})
+        (storage / f"{name}.parquet").mkdir()
+        pq.write_table(table, storage / f"{name}.parquet" / "part-0.parquet")
+
+
+def run_driver(cluster, argv, act=None, timeout=600):
+    """Run ``argv`` on the driver host; ``act()`` once the driver says it is at step 3. (returncode, stdout, stderr)"""
+    for marker in ("at-step-3", "done"):
+        (cluster.storage / marker).unlink(missing_ok=True)
+    env = {"PYSPARK_PYTHON": "./environment/bin/python", "PYTHONUNBUFFERED": "1"}
+    proc = cluster.driver.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        if act is not None:
+            deadline = time.time() + timeout
+            while not (cluster.storage / "at-step-3").exists() and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.2)
+            if proc.poll() is None:
+                act()
+                (cluster.storage / "done").write_text("")
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return proc.returncode, stdout, stderr
+
+
+def scenario(cluster, name, act=None):
+    code, stdout, stderr = run_driver(cluster, [sys.executable, str(ROOT / "tests" / "cluster_app.py"), name,
+                                                cluster.master_url, str(cluster.storage)], act)
+    assert code == 0, stderr[-4000:]
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def task_ends(cluster, app_id):
+    """(stage, host, reason) of every task that ended in the application, from its event log."""
+    ends = []
+    for f in sorted((cluster.storage / "events").glob(f"*{app_id}*/events_*")):
+        for line in f.read_text().splitlines():
+            event = json.loads(line)
+            if event.get("Event") == "SparkListenerTaskEnd":
+                ends.append((event["Stage ID"], event["Task Info"]["Host"], event["Task End Reason"]["Reason"]))
+    return ends
+
+
+#: what a SIGKILLed executor JVM leaves of Spark's own in its host's /tmp (native libraries it unpacked, the
+#: archive it fetched): nothing of ours, and no shards
+SIGKILL_LEFTOVERS = ("/tmp/liblz4-java-", "/tmp/snappy-", "mnist_lenet_spark_env.tar.gz")
+
+
+def tmp_files(cluster) -> dict[str, set[str]]:
+    """Each host's files in /tmp, less the running JVMs' own perf files."""
+    out = {}
+    for host in cluster.hosts.values():
+        live = {str(p) for p in host.pids()}
+        out[host.name] = {e for e in host.tmp_files()
+                          if not (e.startswith("/tmp/hsperfdata_root/") and e.rsplit("/", 1)[-1] in live)}
+    return out
+
+
+@pytest.fixture
+def tmp_before(cluster):
+    """The hosts' /tmp files before the test (an earlier test's SIGKILLed JVM may have left Spark's own)."""
+    return tmp_files(cluster)
+
+
+def assert_nothing_left(cluster, before, allowed=()):
+    """No new shard files, zips or Spark files in any host's /tmp once the application is over (bounded wait:
+    the workers remove an application's folders a moment after it ends)."""
+    deadline = time.time() + 30
+    while True:
+        left = {name: sorted(e for e in files - before.get(name, set()) if not any(a in e for a in allowed))[:5]
+                for name, files in tmp_files(cluster).items()}
+        left = {name: files for name, files in left.items() if files}
+        if not left or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert not left, f"left behind: {left}"
+
+
+def test_estimator_with_defaults_transform_save_and_clear_errors(cluster, tmp_before):
+    """LeNetClassifier.fit(df) with no setting: shards staged on the executors' own disks, no shared /tmp."""
+    out = scenario(cluster, "dataframe")
+    assert out["steps"] == list(range(1, 7))
+    assert out["dataframe_vs_arrays"] < 1e-6  # the same batches and sums as broadcast arrays
+    assert out["accuracy"] == pytest.approx(out["driver_accuracy"])
+    assert out["loaded_vs_saved"] == 0.0
+    assert out["save_driver_local"].startswith("model path /tmp/lenet-model: the executors")
+    assert "not a saved LeNet model" in out["load_no_model"]
+    assert out["read_driver_local"].startswith("train data /tmp/driver-only.parquet: the executors cannot read it")
+    assert out["staging_not_shared"].startswith("staging directory /tmp/staging-x: the executors")
+    assert_nothing_left(cluster, tmp_before)
+
+
+def test_a_killed_executor_on_the_dataframe_path_changes_no_result(cluster, tmp_before):
+    """SIGKILL one executor after step 3: its cached shards are recomputed elsewhere from lineage."""
+    killed = []
+
+    def kill():
+        pids = [p for host in cluster.workers for p in host.java_pids("CoarseGrainedExecutorBackend")]
+        os.kill(pids[0], signal.SIGKILL)
+        killed.append(pids[0])
+
+    out = scenario(cluster, "kill", kill)
+    assert killed
+    assert out["steps"] == list(range(1, 9))
+    assert out["dataframe_vs_arrays"] < 1e-6
+    assert_nothing_left(cluster, tmp_before, allowed=SIGKILL_LEFTOVERS)
+
+
+def test_a_host_that_joins_mid_fit_gets_step_tasks(cluster, tmp_before):
+    """Broadcast arrays, 4 tasks a step on 3 one-core hosts; a fourth joins after step 3 and takes tasks."""
+    joined = []
+    out = scenario(cluster, "join", lambda: joined.append(cluster.add_worker()))
+    assert out["steps"] == list(range(1, 11))
+    assert out["cluster_vs_single"] < 1e-4
+    ends = task_ends(cluster, out["app_id"])
+    tasks_per_stage = Counter(stage for stage, _, _ in ends)
+    steps = [host for stage, host, reason in ends if reason == "Success" and tasks_per_stage[stage] == 4]
+    assert steps.count(joined[0].address) >= 3, f"the new host ran {steps.count(joined[0].address)} step tasks"
+    assert_nothing_left(cluster, tmp_before)
+
+
+def test_spark_submit_as_the_readme_shows_it(cluster, tmp_before):
+    """The README's spark-submit line: --archives the packed environment, --py-files the zip, --train Parquet."""
+    spark_submit = str(SPARK_HOME / "bin" / "spark-submit")
+    argv = [spark_submit, "--master", cluster.master_url, "--properties-file", "conf/spark-defaults.conf",
+            "--archives", "dist/mnist_lenet_spark_env.tar.gz#environment",
+            "--conf", "spark.pyspark.python=./environment/bin/python",
+            "--conf", f"spark.pyspark.driver.python={sys.executable}",
+            "--py-files", "dist/mnist_lenet_spark.zip", "jobs/train_lenet.py"]
+    code, stdout, stderr = run_driver(cluster, argv + [
+        "--train", str(cluster.storage / "job.parquet"), "--test", str(cluster.storage / "test.parquet"),
+        "--format", "parquet", "--max-steps", "3", "--batch-size", "16", "--no-progress"])
+    assert code == 0, stdout[-2000:] + "\n".join(line for line in stderr.splitlines() if " INFO " not in line)[-4000:]
+    assert "test accuracy:" in stdout
+    code, stdout, stderr = run_driver(cluster, argv + ["--train", "/tmp/nowhere.parquet", "--test",
+                                                       "/tmp/nowhere.parquet", "--format", "parquet"])
+    # spark-submit's PythonRunner sends the job's stderr to its stdout
+    errors = [line for line in (stdout + stderr).splitlines() if "error" in line.lower() and " INFO " not in line]
+    assert code == 2, errors[:5]
+    assert len(errors) == 1 and errors[0].startswith("train_lenet: error: train data /tmp/nowhere.parquet: the "
+                                                     "executors cannot read it"), errors[:5]
+    assert_nothing_left(cluster, tmp_before)
