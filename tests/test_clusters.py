@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -54,6 +55,27 @@ def wait_for_port(port, seconds=60):
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
 
 
+class Standalone(NamedTuple):
+    url: str
+    worker_pids: list[int]  # spark-class execs the Worker JVM: these are the JVMs
+
+    def executor_pids(self) -> list[int]:
+        """The executor JVMs that this fixture's workers started (their children), nobody else's."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parent = int(stat[stat.rindex(")") + 2:].split()[1])
+                if parent in self.worker_pids and b"CoarseGrainedExecutorBackend" in \
+                        Path(f"/proc/{entry}/cmdline").read_bytes():
+                    found.append(int(entry))
+            except (OSError, ValueError):  # gone meanwhile
+                pass
+        return found
+
+
 @pytest.fixture
 def standalone(tmp_path):
     """A standalone master and two one-core workers on 127.0.0.1, from the pyspark package."""
@@ -74,7 +96,7 @@ def standalone(tmp_path):
                 [spark_class, "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1", "--cores", "1",
                  "--memory", "1g", "--webui-port", str(free_port()), "--work-dir", str(tmp_path)], env=env,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        yield url
+        yield Standalone(url, [p.pid for p in procs[1:]])
     finally:
         for p in procs:
             p.terminate()
@@ -86,7 +108,7 @@ def standalone(tmp_path):
 
 
 def test_standalone_master_with_two_workers(standalone, mnist):
-    session = msp.session(standalone, conf={"spark.ui.enabled": "false", "spark.executor.memory": "1g",
+    session = msp.session(standalone.url, conf={"spark.ui.enabled": "false", "spark.executor.memory": "1g",
                                             "spark.driver.host": "127.0.0.1"})
     try:
         sc = session.sparkContext
@@ -99,12 +121,6 @@ def test_standalone_master_with_two_workers(standalone, mnist):
         session.stop()
 
 
-def executor_pids():
-    """PIDs of the standalone workers' executor JVMs on this machine."""
-    out = subprocess.run(["pgrep", "-f", "CoarseGrainedExecutorBackend"], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
 @pytest.mark.parametrize("backup_workers", [0, 1])
 def test_a_killed_executor_loses_no_shard_and_changes_no_result(standalone, mnist, backup_workers):
     """SIGKILL one of the two executors mid-fit: its tasks run again elsewhere on the same staged rows."""
@@ -112,13 +128,13 @@ def test_a_killed_executor_loses_no_shard_and_changes_no_result(standalone, mnis
 
     from mnist_lenet_spark import staging
     from mnist_lenet_spark.straggler import StragglerModel
-    session = msp.session(standalone, conf={"spark.ui.enabled": "false", "spark.executor.memory": "1g",
+    session = msp.session(standalone.url, conf={"spark.ui.enabled": "false", "spark.executor.memory": "1g",
                                             "spark.driver.host": "127.0.0.1"})
     try:
         sc = session.sparkContext
         sc.setLogLevel("ERROR")
         deadline = time.time() + 60
-        while len(executor_pids()) < 2 and time.time() < deadline:
+        while len(standalone.executor_pids()) < 2 and time.time() < deadline:
             time.sleep(0.5)
         images, labels = mnist.train.images[:600], mnist.train.labels[:600]
         rows = session.createDataFrame([(int(y), x.tobytes()) for x, y in zip(images, labels)],
@@ -130,12 +146,12 @@ def test_a_killed_executor_loses_no_shard_and_changes_no_result(standalone, mnis
 
         def kill_one_executor(record):
             if record["step"] == 3:
-                pid = executor_pids()[0]
+                pid = standalone.executor_pids()[0]
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
 
         result, _ = staging.fit_dataframes(sgd, rows, None, "features", "label", on_step=kill_one_executor)
-        assert killed and killed[0] not in executor_pids()
+        assert killed and killed[0] not in standalone.executor_pids()
         assert [h["step"] for h in result.history] == list(range(1, 11))
         if backup_workers == 0:  # every step used every shard: the same as an undisturbed run on arrays
             reference = msp.SyncSGD(session, 2, batch_size=16, seed=5).fit(images, labels, max_steps=10)
