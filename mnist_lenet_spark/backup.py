@@ -15,7 +15,7 @@ from functools import partial, reduce
 from operator import add
 
 from . import step_signal, tasks, training
-from .config import BackupConfig
+from .config import BackupConfig, ConfigError
 from .sharding import ShardBatch
 
 log = logging.getLogger(__name__)
@@ -68,13 +68,20 @@ class BackupStep:
         self.run_id = uuid.uuid4().hex[:8]
         self.task_seconds: list[float] = []
         self.pending: list[tuple[threading.Thread, threading.Timer | None, object, str]] = []
+        self.stopped = sc.accumulator(0)  # late tasks that stopped by themselves when told their step closed
+        self.cancelled: set[str] = set()  # job groups of steps Spark was asked to cancel
+        self.killed_by_spark = 0  # tasks of those that had not finished: killed by Spark (or failed)
         self.signal = None
         if backup.signal and not self.wait_all:
             conf = sc.getConf()
             host = conf.get("spark.driver.host", "127.0.0.1")
             bind = conf.get("spark.driver.bindAddress", host)  # listen where Spark listens
             try:
-                self.signal = step_signal.StepServer(bind, host)
+                ports = step_signal.parse_ports(conf.get(step_signal.PORT_CONF, "0"))
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            try:
+                self.signal = step_signal.StepServer(bind, host, ports=ports)
             except OSError as e:
                 log.warning("no step signal on %s (%s): late tasks stop only when Spark cancels them", bind, e)
 
@@ -90,7 +97,7 @@ class BackupStep:
         group = f"mnist-lenet-{self.run_id}-step-{step}"
         bc = sc.broadcast((flat, batches))
         task = partial(tasks.backup_task, self.ctx, self.source, bc, step, self.accumulator,
-                       self.signal.endpoint if self.signal else None)
+                       self.signal.endpoint if self.signal else None, self.stopped)
         need = min(self.n, sum(1 for b in batches if len(b.index)))
         failure = []
 
@@ -118,7 +125,7 @@ class BackupStep:
         if len(kept) < need:
             if self.signal:
                 self.signal.close_step(step)
-            sc.cancelJobGroup(group)
+            self._cancel(group)
             thread.join()
             bc.destroy(blocking=False)
             cause = failed[0].error if failed else training.task_error(failure[0]) if failure else "its job ended"
@@ -129,7 +136,7 @@ class BackupStep:
         self.task_seconds.extend(r.seconds for r in kept)
         timer = None
         if thread.is_alive() and self.options.cancel:
-            timer = threading.Timer(self._grace(), lambda: thread.is_alive() and sc.cancelJobGroup(group))
+            timer = threading.Timer(self._grace(), lambda: thread.is_alive() and self._cancel(group))
             timer.daemon = True
             timer.start()
         self.pending.append((thread, timer, bc, group))
@@ -150,13 +157,35 @@ class BackupStep:
                 if self.signal:  # told to stop (see close): give them a moment, so no worker is killed
                     thread.join(timeout=STOP_SECONDS)
                 if thread.is_alive() and self.options.cancel:
-                    self.sc.cancelJobGroup(group)
+                    self._cancel(group)
                 thread.join()
             if thread.is_alive():
                 still.append((thread, timer, bc, group))
             else:
                 bc.destroy(blocking=False)  # only now: a late task may still be reading it
+                if group in self.cancelled:
+                    self.cancelled.discard(group)
+                    self.killed_by_spark += self._unfinished_tasks(group)
         self.pending = still
+
+    def _cancel(self, group: str) -> None:
+        self.cancelled.add(group)
+        self.sc.cancelJobGroup(group)
+
+    def _unfinished_tasks(self, group: str) -> int:
+        """Tasks of a cancelled step's job that did not finish (Spark killed them), from Spark's status store."""
+        tracker, count = self.sc.statusTracker(), 0
+        for job in tracker.getJobIdsForGroup(group):
+            info = tracker.getJobInfo(job)
+            for stage in (info.stageIds if info else []):
+                stage_info = tracker.getStageInfo(stage)
+                if stage_info:
+                    count += stage_info.numTasks - stage_info.numCompletedTasks
+        return count
+
+    def late_tasks(self) -> dict:
+        """How the late tasks of the fit ended: stopped by the step signal, or killed by Spark (a fallback)."""
+        return {"stopped_by_signal": self.stopped.value, "killed_by_spark": self.killed_by_spark}
 
     def close(self) -> None:
         """Wait for every step's job to end (cancelled or finished): no leaked jobs, threads or broadcasts."""
@@ -170,3 +199,9 @@ class BackupStep:
         self.accumulator.value = []
         from pyspark.accumulators import _accumulatorRegistry
         _accumulatorRegistry.pop(self.accumulator.aid, None)
+        _accumulatorRegistry.pop(self.stopped.aid, None)
+        late = self.late_tasks()
+        if self.signal and late["killed_by_spark"]:
+            log.warning("%d late tasks were killed by Spark, %d stopped by the step signal: the signal did not reach "
+                        "them all (a network fault, or a firewall: its port is set with %s)",
+                        late["killed_by_spark"], late["stopped_by_signal"], step_signal.PORT_CONF)

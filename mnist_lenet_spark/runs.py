@@ -210,6 +210,8 @@ def train(run: TrainRun) -> dict:
             "staging_seconds": staging_seconds, "setup_seconds": result.setup_seconds,
             "examples_per_second": stats["examples"] / train_seconds,
             "final_loss": result.history[-1]["loss"] if result.history else None,
+            "late_tasks_stopped_by_signal": result.late_tasks.get("stopped_by_signal", 0),
+            "late_tasks_killed_by_spark": result.late_tasks.get("killed_by_spark", 0),
             "spark_master": spark.sparkContext.master, **stats,
         }
     except BaseException as e:  # the summary tells how the run ended, then the error goes on to the caller

@@ -194,10 +194,12 @@ class SyncSGD:
                                        partial(self._evaluate, spec, validation) if validation else None, on_step,
                                        checkpoint, checkpoint_every)
             result.setup_seconds = setup_seconds
-            return result
         finally:
             if self.backup.workers:
                 gradient.close()
+        if self.backup.workers:
+            result.late_tasks = gradient.late_tasks()
+        return result
 
     def _step(self, ctx, source, describe, shard_rdd, flat, batches):
         """One plain synchronous step: broadcast, mapPartitions, treeReduce."""

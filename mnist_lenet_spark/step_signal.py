@@ -26,6 +26,33 @@ log = logging.getLogger(__name__)
 TIMEOUT_SECONDS = 1.0  # the client's connect and read timeout
 TOKEN_BYTES = 32
 _REPLY = struct.Struct("!q")
+#: Spark conf key of the driver port (or ``LOW-HIGH`` range) the service listens on; default: any free port
+PORT_CONF = "spark.mnistLenet.stepSignal.port"
+#: after a failed connection a task waits 0.5, 1, 2, 4, 8, 8 ... s before it tries again, at most this many times
+RETRIES, FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS = 12, 0.5, 8.0
+
+
+def parse_ports(value: str | None) -> range:
+    """``PORT_CONF``'s value as the ports to try: "0" or unset: any free one; "7100"; "7100-7110"."""
+    text = (value or "0").strip()
+    try:
+        low, _, high = text.partition("-")
+        low, high = int(low), int(high or low)
+    except ValueError:
+        raise ValueError(f"{PORT_CONF}: expected a port or LOW-HIGH, got {text!r}") from None
+    if not (0 <= low <= high <= 65535) or (low == 0 and high != 0):
+        raise ValueError(f"{PORT_CONF}: expected ports in 1..65535 (LOW <= HIGH) or 0, got {text!r}")
+    return range(low, high + 1)
+
+
+def _listen(bind: str, ports: range) -> socket.socket:
+    """A listening socket on the first free port of ``ports``; OSError naming the range if none is."""
+    for port in ports:
+        try:
+            return socket.create_server((bind, port), backlog=64)
+        except OSError as e:
+            error = e
+    raise OSError(f"no free port in {ports.start}-{ports.stop - 1} on {bind} ({error.strerror})")
 
 
 class Endpoint(NamedTuple):
@@ -46,19 +73,21 @@ class StepServer:
     """Driver side: serves the number of the newest closed step to the tasks that know the token.
 
     ``bind``: the address to listen on (Spark's ``spark.driver.bindAddress``); ``host``: the one
-    the tasks connect to (``spark.driver.host``; default: ``bind``).
+    the tasks connect to (``spark.driver.host``; default: ``bind``); ``ports``: where to listen
+    (``parse_ports``).
     """
     AUTH_SECONDS = 2.0  # a new connection must present the token within this
     IDLE_SECONDS = 60.0  # an authenticated connection silent this long is closed (its task reconnects)
 
-    def __init__(self, bind: str = "127.0.0.1", host: str | None = None, max_connections: int | None = None):
+    def __init__(self, bind: str = "127.0.0.1", host: str | None = None, max_connections: int | None = None,
+                 ports: range = range(0, 1), token: bytes | None = None):
         self.closed_step = -1
-        self.token = secrets.token_bytes(TOKEN_BYTES)
+        self.token = token or secrets.token_bytes(TOKEN_BYTES)
         soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         # a quarter of the descriptors at most: the driver needs the rest (Py4J, broadcasts, files)
         self.max_connections = max_connections or max(4, min(256, soft_limit // 4))
         self.dropped = 0  # connections closed for too many, no or a wrong token, idleness, or not reading
-        self._listener = socket.create_server((bind, 0), backlog=64)
+        self._listener = _listen(bind, ports)
         self._listener.setblocking(False)
         self.endpoint = Endpoint(host or bind, self._listener.getsockname()[1], self.token)
         self._clients: dict[socket.socket, _Client] = {}
@@ -161,12 +190,16 @@ class StepServer:
 
 # Task side: one connection per Python worker process and server, reused from task to task.
 _connections: dict[Endpoint, socket.socket] = {}
-_unreachable: set[Endpoint] = set()
+_failures: dict[Endpoint, tuple[int, float]] = {}  # consecutive failed connections, when to try again
 
 
 def is_closed(endpoint: Endpoint | None, step: int) -> bool:
-    """True when the driver has closed ``step``. Any failure answers False (Spark's cancel still applies)."""
-    if endpoint is None or endpoint in _unreachable:
+    """True when the driver has closed ``step``. Any failure answers False (Spark's cancel still applies); after
+    a failed connection the next one is tried only after a back-off, RETRIES times in a row at most."""
+    if endpoint is None:
+        return False
+    failures, retry_at = _failures.get(endpoint, (0, 0.0))
+    if failures >= RETRIES or time.monotonic() < retry_at:
         return False
     for _ in range(2):  # a cached connection may be stale (its server is gone): retry once on a fresh one
         conn = _connections.get(endpoint)
@@ -186,14 +219,20 @@ def is_closed(endpoint: Endpoint | None, step: int) -> bool:
                 if not chunk:
                     raise ConnectionError("the step signal server closed the connection")
                 reply += chunk
+            if failures:
+                log.warning("step signal at %s:%s reachable again", endpoint.host, endpoint.port)
+            _failures.pop(endpoint, None)
             return _REPLY.unpack(reply)[0] >= step
         except OSError as e:
             _connections.pop(endpoint, None)
             if conn is not None:
                 conn.close()
             if fresh:
-                _unreachable.add(endpoint)
-                log.warning("step signal at %s:%s unreachable (%s); late tasks will wait for Spark's cancel",
-                            endpoint.host, endpoint.port, e)
+                failures += 1
+                backoff = min(FIRST_BACKOFF_SECONDS * 2 ** (failures - 1), MAX_BACKOFF_SECONDS)
+                _failures[endpoint] = (failures, time.monotonic() + backoff)
+                log.warning("step signal at %s:%s unreachable (%s), attempt %d of %d; %s", endpoint.host,
+                            endpoint.port, e, failures, RETRIES,
+                            f"next in {backoff:g} s" if failures < RETRIES else "late tasks now wait for Spark's cancel")
                 return False
     return False

@@ -215,9 +215,9 @@ def step_task(ctx: TaskContext, source, step_bc, partition: Iterator[int]) -> It
 
 
 def backup_task(ctx: TaskContext, source, step_bc, step: int, accumulator, signal: step_signal.Endpoint | None,
-                partition: Iterator[int]) -> Iterator:
+                stopped, partition: Iterator[int]) -> Iterator:
     """A backup-worker step: the sums go to the accumulator as soon as they are ready, unless the driver
-    closed the step meanwhile (then the task stops early and sends nothing)."""
+    closed the step meanwhile (then the task stops early, sends nothing and counts itself in ``stopped``)."""
     flat_params, batches = _step_work(step_bc, partition)
     started = time.time()
     should_stop = partial(step_signal.is_closed, signal, step) if signal else None
@@ -229,6 +229,8 @@ def backup_task(ctx: TaskContext, source, step_bc, step: int, accumulator, signa
             raise  # Spark runs it again
         # failed for good: the step counts it as a result that did not arrive (the job must not abort)
         total, error = None, f"{type(e).__name__}: {e}"
+    if total is None and error is None and batches:  # told by the signal that its step is over
+        stopped.add(1)
     if total is not None or error is not None:
         finished = time.time()
         accumulator.add([BackupResult(step, batches[0].key.shard, finished, finished - started, total, error)])

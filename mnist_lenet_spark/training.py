@@ -67,6 +67,7 @@ class FitResult:
     validation: list[dict] = field(default_factory=list)  # {step, epoch, accuracy}
     state: TrainState | None = None
     setup_seconds: float = 0.0  # before the first step: data to the executors, workers warmed (Spark)
+    late_tasks: dict = field(default_factory=dict)  # backup workers: {stopped_by_signal, killed_by_spark}
 
 
 Gradient = Callable[[np.ndarray, list[sharding.ShardBatch]], tuple[GradientSum, dict]]

@@ -76,6 +76,27 @@ def test_late_tasks_stop_by_themselves_when_their_step_closes(spark, mnist):
     assert time.perf_counter() - t0 < 15
     assert all(h["dropped"] == [0] for h in result.history)
     assert not spark.sparkContext.statusTracker().getActiveJobsIds()
+    assert result.late_tasks == {"stopped_by_signal": 3, "killed_by_spark": 0}
+
+
+def test_late_tasks_killed_by_spark_are_counted_when_the_signal_is_off(spark, mnist):
+    """Without the step signal Spark's cancel ends each step's straggler: the fit says so."""
+    slow = StragglerModel(delay=30.0, slow_partitions=(0,))
+    sgd = msp.SyncSGD(spark, workers=2, batch_size=8, backup_workers=1, straggler=slow, backup_signal=False,
+                      backup_grace=0.1)
+    result = sgd.fit(mnist.train.images[:120], mnist.train.labels[:120], max_steps=2)
+    assert result.late_tasks == {"stopped_by_signal": 0, "killed_by_spark": 2}
+
+
+def test_a_bad_step_signal_port_is_a_config_error(spark, mnist):
+    from mnist_lenet_spark import step_signal
+    spark.sparkContext._conf.set(step_signal.PORT_CONF, "9-1")
+    try:
+        with pytest.raises(ConfigError, match=step_signal.PORT_CONF):
+            msp.SyncSGD(spark, workers=2, batch_size=8, backup_workers=1).fit(
+                mnist.train.images[:64], mnist.train.labels[:64], max_steps=1)
+    finally:
+        spark.sparkContext._conf.set(step_signal.PORT_CONF, "0")
 
 
 def test_without_stragglers_every_partition_can_be_kept_and_history_records_it(spark, mnist):

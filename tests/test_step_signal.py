@@ -4,6 +4,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from mnist_lenet_spark import step_signal
 from mnist_lenet_spark.sharding import TaskKey
 from mnist_lenet_spark.straggler import StragglerModel
@@ -22,15 +24,56 @@ def test_tasks_see_a_step_closed_only_after_the_driver_closes_it():
         server.shutdown()
 
 
-def test_a_task_that_cannot_reach_the_driver_answers_not_closed_and_stops_asking(caplog):
+def test_a_task_that_cannot_reach_the_driver_answers_not_closed_and_backs_off(caplog, monkeypatch):
+    monkeypatch.setattr(step_signal, "RETRIES", 2)
+    monkeypatch.setattr(step_signal, "FIRST_BACKOFF_SECONDS", 0.05)
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         address = step_signal.Endpoint(*s.getsockname(), b"t" * step_signal.TOKEN_BYTES)
     with caplog.at_level(logging.WARNING, logger="mnist_lenet_spark.step_signal"):
         assert not step_signal.is_closed(address, 0)
-        assert not step_signal.is_closed(address, 0)
-    assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1
+        assert not step_signal.is_closed(address, 0)  # within the back-off: not tried
+        time.sleep(0.1)
+        assert not step_signal.is_closed(address, 0)  # tried again: the last of RETRIES
+        time.sleep(0.2)
+        assert not step_signal.is_closed(address, 0)  # given up
+    assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 2
     assert not step_signal.is_closed(None, 0)
+
+
+def test_a_task_reconnects_once_the_driver_is_reachable_again(monkeypatch):
+    """A network blip: the driver's port refuses for a while, then answers on the same port."""
+    monkeypatch.setattr(step_signal, "FIRST_BACKOFF_SECONDS", 0.2)
+    first = step_signal.StepServer()
+    endpoint = first.endpoint
+    first.shutdown()
+    assert not step_signal.is_closed(endpoint, 0)  # refused: back off
+    second = step_signal.StepServer(ports=range(endpoint.port, endpoint.port + 1), token=endpoint.token)
+    try:
+        second.close_step(3)
+        assert not step_signal.is_closed(endpoint, 3)  # still backing off
+        time.sleep(0.3)
+        assert step_signal.is_closed(endpoint, 3)
+    finally:
+        second.shutdown()
+
+
+def test_the_port_can_be_set_as_a_range():
+    assert step_signal.parse_ports(None) == range(0, 1) and step_signal.parse_ports("7100") == range(7100, 7101)
+    for bad in ("x", "7110-7100", "0-5", "70000"):
+        with pytest.raises(ValueError, match=step_signal.PORT_CONF):
+            step_signal.parse_ports(bad)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = step_signal.StepServer(ports=range(port, port + 2))
+        try:
+            assert server.endpoint.port == port + 1  # the first free one of the range
+        finally:
+            server.shutdown()
+        with pytest.raises(OSError, match=f"no free port in {port}-{port}"):
+            step_signal.StepServer(ports=range(port, port + 1))
 
 
 def test_a_connection_to_a_server_that_went_away_is_replaced():
@@ -135,7 +178,7 @@ def test_a_flood_of_connections_is_bounded_and_the_service_stays_up():
         time.sleep(0.3)
         server.close_step(7)
         step_signal._connections.clear()
-        step_signal._unreachable.clear()
+        step_signal._failures.clear()
         assert step_signal.is_closed(server.endpoint, 7)
     finally:
         for conn in held:
