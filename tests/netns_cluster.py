@@ -56,7 +56,7 @@ def can_create_namespaces() -> str | None:
 class Host:
     """One host: its namespaces are held by a bounded ``sleep``; ``run`` starts a command inside them."""
 
-    def __init__(self, cluster: Cluster, name: str, index: int, hide: list[str]):
+    def __init__(self, cluster: Cluster, name: str, index: int, hide: list[str], keep: list[str]):
         self.cluster, self.name, self.address = cluster, name, f"{SUBNET}.{index}"
         self.netns = f"{cluster.prefix}-{name}"
         self.link = f"{cluster.prefix[-6:]}{name}"[:15]  # the bridge's end of this host's cable
@@ -67,8 +67,11 @@ class Host:
         _ip("-n", self.netns, "addr", "add", f"{self.address}/24", "dev", "eth0")
         _ip("-n", self.netns, "link", "set", "eth0", "up")
         _ip("-n", self.netns, "link", "set", "lo", "up")
+        tmpfs = "mount -t tmpfs -o size=8g,mode=1777 tmpfs /tmp"
+        if keep:  # bound back from the old /tmp, which the shell still reaches through its working directory
+            tmpfs = f"cd '{keep[0]}' && {tmpfs} && mkdir -p '{keep[0]}' && mount --bind . '{keep[0]}' && cd /"
         hides = "".join(f" && mount -t tmpfs -o size=1m tmpfs '{d}'" for d in hide)
-        script = f"mount -t tmpfs -o size=8g,mode=1777 tmpfs /tmp{hides} && echo ready && exec sleep 7200"
+        script = f"{tmpfs}{hides} && echo ready && exec sleep 7200"
         self.holder = subprocess.Popen(["ip", "netns", "exec", self.netns, "unshare", "--mount", "--propagation",
                                         "private", "--", "sh", "-c", script], stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -123,7 +126,9 @@ class Host:
 
     def tmp_files(self) -> list[str]:
         """The files in this host's /tmp (a running worker keeps an empty folder of its own there)."""
-        return sorted(self.check_output(["find", "/tmp", "-mindepth", "1", "-not", "-type", "d"]).split())
+        prune = [arg for d in self.cluster.keep for arg in ("-path", d, "-prune", "-o")]  # a checkout kept there
+        return sorted(self.check_output(["find", "/tmp", "-mindepth", "1", *prune, "-not", "-type", "d", "-print"])
+                      .split())
 
     def stop(self) -> None:
         for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
@@ -144,7 +149,9 @@ class Host:
 class Cluster:
     """A master host, ``workers`` one-core worker hosts and a driver host; ``add_worker`` adds one more."""
 
-    def __init__(self, storage: Path, workers: int = 3, worker_memory: str = "1g"):
+    def __init__(self, storage: Path, workers: int = 3, worker_memory: str = "1g", keep: str | None = None):
+        """``keep``: a folder under /tmp (this checkout, say) that every host must still see."""
+        self.keep = [keep] if keep and Path(keep).resolve().is_relative_to("/tmp") else []
         self.prefix = f"msp{uuid.uuid4().hex[:6]}"
         self.storage = Path(storage)
         self.bridge_ns = f"{self.prefix}-bridge"
@@ -169,7 +176,7 @@ class Cluster:
             raise
 
     def _host(self, name: str, hide: list[str] = ()) -> Host:
-        host = Host(self, name, len(self.hosts) + 2, list(hide))
+        host = Host(self, name, len(self.hosts) + 2, list(hide), self.keep)
         self.hosts[name] = host
         return host
 

@@ -41,7 +41,7 @@ def cluster(tmp_path_factory):
     from mnist_lenet_spark import data
     write_rows(storage, data.load_mnist())
     (storage / "events").mkdir()
-    c = Cluster(storage, workers=3)
+    c = Cluster(storage, workers=3, keep=str(ROOT))
     try:
         yield c
     finally:
