@@ -26,7 +26,7 @@ check-java:
 run: $(VENV)/.installed-dev check-java
 	$(PY) jobs/train_lenet.py --conf conf/spark-defaults.conf $(ARGS)
 
-test: $(VENV)/.installed-dev check-java $(PACKED_ENV)
+test: $(VENV)/.installed-dev check-java dist $(PACKED_ENV)
 	$(PY) -m pytest tests $(ARGS)
 
 bench: $(VENV)/.installed-bench check-java

@@ -38,6 +38,8 @@ def parse_args(argv=None):
                                                  "on the executors (idx: a folder; csv, parquet: files)")
     p.add_argument("--test", default=None, help="test data, with --train (idx default: the --train folder)")
     p.add_argument("--format", choices=["idx", "csv", "parquet"], default="idx", help="of --train and --test")
+    p.add_argument("--staging-dir", default=None, help="with --train: a folder every executor mounts for the staged "
+                                                       "shards (default: each executor's own local disk)")
     p.add_argument("--save-model", default=None, help="write the Spark ML model directory here (any Hadoop path)")
     p.add_argument("--epochs", type=positive_int)
     p.add_argument("--max-steps", type=positive_int)
@@ -76,6 +78,8 @@ def parse_args(argv=None):
         p.error("--checkpoint-every needs --checkpoint-dir")
     if args.train and (args.data_dir or args.limit_train):
         p.error("--train reads its own data: it goes without --data-dir and --limit-train")
+    if args.staging_dir and not args.train:
+        p.error("--staging-dir needs --train")
     if args.test and not args.train:
         p.error("--test needs --train")
     if args.train and args.format != "idx" and not args.test:
@@ -104,6 +108,7 @@ def train_run(args) -> runs.TrainRun:
                                  args.task_failure_prob),
         master=args.master, spark_conf=args.conf, data_dir=args.data_dir, limit_train=args.limit_train,
         train_path=args.train, test_path=args.test, data_format=args.format, save_model=args.save_model,
+        staging_dir=args.staging_dir,
         checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
         metrics=args.metrics, summary=args.summary, model_out=args.model_out, progress=not args.no_progress)
 

@@ -37,6 +37,7 @@ class TrainRun:
     train_path: str | None = None  # instead of data_dir: a Hadoop path read into a DataFrame (readers)
     test_path: str | None = None  # with train_path; for idx, default: the train_path folder
     data_format: str = "idx"  # of train_path and test_path: idx, csv or parquet
+    staging_dir: str | None = None  # with train_path: a folder every executor mounts; None: executors' own disks
     save_model: str | None = None  # the MLlib model directory (LeNetClassificationModel.save), any Hadoop path
     limit_train: int | None = None  # use the first N training images
     checkpoint_dir: str | os.PathLike | None = None
@@ -187,7 +188,7 @@ def train(run: TrainRun) -> dict:
             is_validation = F.col("is_validation")
             result, staging_seconds = staging.fit_dataframes(sgd, flagged.filter(~is_validation),
                                                              flagged.filter(is_validation), "features", "label",
-                                                             **fit_options)
+                                                             run.staging_dir, **fit_options)
         train_seconds = time.perf_counter() - t0 - staging_seconds
         if progress is not None:
             progress.close()

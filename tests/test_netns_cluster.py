@@ -188,9 +188,10 @@ def test_spark_submit_as_the_readme_shows_it(cluster, tmp_before):
     """The README's spark-submit line: --archives the packed environment, --py-files the zip, --train Parquet."""
     spark_submit = str(SPARK_HOME / "bin" / "spark-submit")
     argv = [spark_submit, "--master", cluster.master_url, "--properties-file", "conf/spark-defaults.conf",
+            "--driver-java-options", "-Dlog4j2.configurationFile=conf/log4j2.properties",
             "--archives", "dist/mnist_lenet_spark_env.tar.gz#environment",
             "--conf", "spark.pyspark.python=./environment/bin/python",
-            "--conf", f"spark.pyspark.driver.python={sys.executable}",
+            "--conf", "spark.pyspark.driver.python=.venv/bin/python",
             "--py-files", "dist/mnist_lenet_spark.zip", "jobs/train_lenet.py"]
     code, stdout, stderr = run_driver(cluster, argv + [
         "--train", str(cluster.storage / "job.parquet"), "--test", str(cluster.storage / "test.parquet"),
