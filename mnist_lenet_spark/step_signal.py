@@ -231,8 +231,8 @@ def is_closed(endpoint: Endpoint | None, step: int) -> bool:
                 failures += 1
                 backoff = min(FIRST_BACKOFF_SECONDS * 2 ** (failures - 1), MAX_BACKOFF_SECONDS)
                 _failures[endpoint] = (failures, time.monotonic() + backoff)
+                then = f"next in {backoff:g} s" if failures < RETRIES else "late tasks now wait for Spark's cancel"
                 log.warning("step signal at %s:%s unreachable (%s), attempt %d of %d; %s", endpoint.host,
-                            endpoint.port, e, failures, RETRIES,
-                            f"next in {backoff:g} s" if failures < RETRIES else "late tasks now wait for Spark's cancel")
+                            endpoint.port, e, failures, RETRIES, then)
                 return False
     return False
