@@ -127,6 +127,14 @@ def main():
             single = local.fit_local(images, labels, SGDConfig(batch_size=16, seed=4, max_steps=10), shards=4)
             out["steps"] = [h["step"] for h in result.history]
             out["cluster_vs_single"] = max_difference(result.params, single.params)
+        elif SCENARIO == "link":  # broadcast arrays, 3 tasks a step: a host's link is down for 20 s from step 3
+            t0 = time.perf_counter()
+            result = msp.SyncSGD(spark, 3, batch_size=16, seed=6).fit(images, labels, max_steps=8,
+                                                                       on_step=act_at_step_3)
+            single = local.fit_local(images, labels, SGDConfig(batch_size=16, seed=6, max_steps=8), shards=3)
+            out["steps"] = [h["step"] for h in result.history]
+            out["cluster_vs_single"] = max_difference(result.params, single.params)
+            out["seconds"] = time.perf_counter() - t0
         out["app_id"] = spark.sparkContext.applicationId
     finally:
         spark.stop()

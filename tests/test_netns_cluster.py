@@ -184,6 +184,31 @@ def test_a_host_that_joins_mid_fit_gets_step_tasks(cluster, tmp_before):
     assert_nothing_left(cluster, tmp_before)
 
 
+def test_a_host_whose_link_is_down_for_20_s_changes_no_result(cluster, tmp_before):
+    """Pull one worker's cable after step 3 for 20 s while the steps go on: its tasks wait (Spark's network
+    timeout is 120 s), the run finishes with the single-process parameters."""
+    import threading
+    host = cluster.workers[0]
+    plugged = []
+
+    def pull():
+        host.set_link(False)
+        timer = threading.Timer(20, lambda: (host.set_link(True), plugged.append(time.time())))
+        timer.start()
+        plugged.append(timer)
+
+    try:
+        out = scenario(cluster, "link", pull)
+    finally:
+        if plugged:
+            plugged[0].cancel()
+        host.set_link(True)
+    assert len(plugged) == 2, "the link was not plugged back during the run"
+    assert out["steps"] == list(range(1, 9))
+    assert out["cluster_vs_single"] < 1e-4
+    assert_nothing_left(cluster, tmp_before)
+
+
 def test_spark_submit_as_the_readme_shows_it(cluster, tmp_before):
     """The README's spark-submit line: --archives the packed environment, --py-files the zip, --train Parquet."""
     spark_submit = str(SPARK_HOME / "bin" / "spark-submit")
