@@ -69,7 +69,8 @@ class Host:
         _ip("-n", self.netns, "link", "set", "lo", "up")
         tmpfs = "mount -t tmpfs -o size=8g,mode=1777 tmpfs /tmp"
         if keep:  # bound back from the old /tmp, which the shell still reaches through its working directory
-            tmpfs = f"cd '{keep[0]}' && {tmpfs} && mkdir -p '{keep[0]}' && mount --bind . '{keep[0]}' && cd /"
+            tmpfs = (f"cd '{keep[0]}' && {tmpfs} && mkdir -p '{keep[0]}' && "
+                     f"mount --no-canonicalize --bind . '{keep[0]}' && cd /")
         hides = "".join(f" && mount -t tmpfs -o size=1m tmpfs '{d}'" for d in hide)
         script = f"{tmpfs}{hides} && echo ready && exec sleep 7200"
         self.holder = subprocess.Popen(["ip", "netns", "exec", self.netns, "unshare", "--mount", "--propagation",
@@ -77,7 +78,10 @@ class Host:
                                        stderr=subprocess.PIPE, text=True, start_new_session=True)
         ready, _, _ = select.select([self.holder.stdout], [], [], 20)
         if not ready or self.holder.stdout.readline().strip() != "ready":
-            raise ClusterError(f"host {name} did not start: {self.holder.stderr.read() if self.holder.poll() else ''}")
+            os.killpg(self.holder.pid, signal.SIGKILL)
+            _, err = self.holder.communicate(timeout=10)
+            _ip("netns", "del", self.netns, check=False)
+            raise ClusterError(f"host {name} did not start: {err.strip()}")
         self.net_inode = os.stat(f"/proc/{self.holder.pid}/ns/net").st_ino
 
     def run(self, argv: list[str], env: dict | None = None, cwd: str | os.PathLike = "/", **popen) -> subprocess.Popen:
