@@ -32,10 +32,15 @@ def write_atomically(path: str | os.PathLike, content: bytes | str) -> Path:
     return path
 
 
+def imported_from_zip() -> bool:
+    """Whether this package was imported from a zip (spark-submit --py-files dist/NAME.zip)."""
+    return Path(__file__).resolve().parent.parent.suffix == ".zip"
+
+
 def checkout_root() -> Path:
     """The folder this package's checkout lives in (for its conf/ and data/): the package's parent, or, when the
-    package is imported from ``dist/NAME.zip`` (spark-submit --py-files), the folder that holds ``dist/``."""
+    package is imported from ``dist/NAME.zip``, the folder that holds ``dist/``."""
     root = Path(__file__).resolve().parent.parent
-    if root.suffix == ".zip":
+    if imported_from_zip():
         root = root.parent.parent if root.parent.name == "dist" else root.parent
     return root

@@ -67,7 +67,7 @@ def session(master: str | None = None, app_name: str = "mnist_lenet_spark", conf
 def ship_package(sc) -> str | None:
     """Zip this package and ``addPyFile`` it, so executors on a cluster can import it; not when it was imported
     from a zip (``--py-files``: spark-submit ships that one, and a second file of that name is refused)."""
-    if PACKAGE_DIR.parent.suffix == ".zip":
+    if files.imported_from_zip():
         return None
     # in the SparkContext's own temp folder, which Spark deletes when the session stops
     out = build_zip(Path(sc._temp_dir) / "mnist_lenet_spark.zip")

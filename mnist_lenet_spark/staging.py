@@ -103,21 +103,20 @@ def stage(df, features_col: str, label_col: str, shard_count: int, directory: st
               .partitionBy(shard_count, lambda k: k)
               .mapPartitionsWithIndex(partial(shards.write_shard, directory))
               .persist(StorageLevel.MEMORY_ONLY))  # a few bytes a shard: where each shard's files are
-    staged = shards.StagedShards(directory, tuple(int(a) for a in edges[:-1]), (), tokens)
     try:
         reports = sorted(tokens.collect(), key=lambda r: r.shard)
         bad = [r for r in reports if r.error]
         if bad:
             raise DataError(min(bad, key=lambda r: r.error_row).error)
     except BaseException:
-        unstage(tokens.context, staged)
+        unstage(tokens.context, shards.StagedShards(directory, (), (), tokens))  # whatever was written
         raise
     seconds = time.perf_counter() - t0
     places = tuple(sorted(Counter(r.place for r in reports).values(), reverse=True))
     log.info("staged %d rows as %d shards in %.1f s; shards per executor: %s", n, shard_count, seconds,
              list(places))
-    return StagedData(shards.StagedShards(directory, staged.starts, tuple(r.count for r in reports), tokens), n,
-                      seconds, places)
+    starts, counts = tuple(int(a) for a in edges[:-1]), tuple(r.count for r in reports)
+    return StagedData(shards.StagedShards(directory, starts, counts, tokens), n, seconds, places)
 
 
 def unstage(sc, staged: shards.StagedShards) -> None:

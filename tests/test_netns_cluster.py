@@ -160,7 +160,7 @@ def test_a_killed_executor_on_the_dataframe_path_changes_no_result(cluster, tmp_
     killed = []
 
     def kill():
-        pids = [p for host in cluster.workers for p in host.java_pids("CoarseGrainedExecutorBackend")]
+        pids = [p for host_pids in cluster.executor_pids().values() for p in host_pids]
         os.kill(pids[0], signal.SIGKILL)
         killed.append(pids[0])
 
