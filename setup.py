@@ -14,7 +14,8 @@ setup(
     python_requires=">=3.10",
     install_requires=EXECUTOR_REQUIRES + ["pyspark>=3.5", "findspark", "tqdm", "matplotlib"],
     extras_require={
-        "dev": ["pytest>=7", "pytest-timeout", "nbformat", "nbclient", "ipykernel", "venv-pack"],
+        # moto's S3 server stands for a cluster's object store in the staging-URL tests
+        "dev": ["pytest>=7", "pytest-timeout", "nbformat", "nbclient", "ipykernel", "venv-pack", "moto[server]"],
         "bench": ["torch==2.13.0"],
     },
 )

@@ -38,8 +38,8 @@ def parse_args(argv=None):
                                                  "on the executors (idx: a folder; csv, parquet: files)")
     p.add_argument("--test", default=None, help="test data, with --train (idx default: the --train folder)")
     p.add_argument("--format", choices=["idx", "csv", "parquet"], default="idx", help="of --train and --test")
-    p.add_argument("--staging-dir", default=None, help="with --train: a folder every executor mounts for the staged "
-                                                       "shards (default: each executor's own local disk)")
+    p.add_argument("--staging-dir", default=None, help="with --train: where the staged shards go, a folder every "
+                        "executor mounts or a store's URL (s3://bucket/prefix); default: each executor's local disk")
     p.add_argument("--save-model", default=None, help="write the Spark ML model directory here (any Hadoop path)")
     p.add_argument("--epochs", type=positive_int)
     p.add_argument("--max-steps", type=positive_int)

@@ -52,7 +52,8 @@ class _LeNetParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbability
     lrScaling = _param("lrScaling", "'linear': lr x workers x batchSize / 64; 'none'", TypeConverters.toString)
     checkpointDir = _param("checkpointDir", "local folder for checkpoint.npz, written every checkpointInterval steps "
                            "and at the end (empty: none)", TypeConverters.toString)
-    stagingDir = _param("stagingDir", "folder every executor can read, for the staged shards (empty: a temp folder)",
+    stagingDir = _param("stagingDir", "where the staged shards go: a folder every executor mounts or a store's URL "
+                        "(s3://bucket/prefix, through fsspec); empty: each executor's own local disk",
                         TypeConverters.toString)
     stragglerProb = _param("stragglerProb", "experiments: probability that a task is delayed", TypeConverters.toFloat)
     stragglerDelay = _param("stragglerDelay", "experiments: seconds of an injected delay", TypeConverters.toFloat)

@@ -1,6 +1,7 @@
 """Whether the executors see a path as the driver does: on a cluster a plain (``file:``) path names a different
 folder on every host, so a path that only the driver has is bad input, found before any work is done.
-Paths with a scheme (``hdfs://``, ``s3a://``, ...) name one store for everyone and are not probed."""
+Paths with a scheme (``hdfs://``, ``s3a://``, ...) name one store for everyone; where our own Python writes to
+one (a staging URL, through fsspec), an executor tries it first (``check_store_writable``)."""
 from __future__ import annotations
 
 import glob
@@ -96,3 +97,36 @@ def check_writable_together(sc, folder: str, what: str) -> None:
         for n in names:
             if not n.startswith("!"):
                 Path(local, n).unlink(missing_ok=True)
+
+
+def _try_store(url: str, token: str, partition) -> list[str]:
+    """Task body: write and delete one small object under ``url``; [""] or ["TYPE: first line of the error"]."""
+    for _ in partition:
+        pass
+    try:
+        import fsspec
+        probe = f"{url.rstrip('/')}/.lenet-probe-{token}"
+        with fsspec.open(probe, "wb") as f:
+            f.write(b"probe")
+        fs, path = fsspec.core.url_to_fs(probe)
+        fs.rm(path)
+    except Exception as e:  # whatever the store's library raises: reported, not crashed on
+        return [f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}"]
+    return [""]
+
+
+def check_store_writable(sc, url: str, what: str) -> None:
+    """DataError naming ``url`` unless fsspec has a filesystem for its scheme and an executor can write and delete
+    an object there (the store's library in the executors' environment, its endpoint and credentials set for
+    them, e.g. with ``spark.executorEnv.AWS_ENDPOINT_URL_S3``)."""
+    import fsspec
+    scheme = urlparse(url).scheme
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except (ImportError, ValueError) as e:
+        raise DataError(f"{what} {url}: no filesystem for {scheme}:// here ({str(e).splitlines()[0]})") from None
+    sc.setJobDescription(f"check that the executors write {url}")
+    token = uuid.uuid4().hex[:8]
+    error = sc.parallelize([0], 1).mapPartitions(lambda it: _try_store(url, token, it)).collect()[0]
+    if error:
+        raise DataError(f"{what} {url}: the executors cannot write there ({error})")

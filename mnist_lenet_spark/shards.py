@@ -6,7 +6,9 @@ By default a shard's files live in the local directory of the executor that wrot
 then a relative name, resolved on each executor. The cached RDD of ``ShardWritten`` reports
 (``StagedShards.tokens``, driver side) keeps each shard's tasks on that executor (cache locality),
 and Spark recomputes a lost executor's shard from lineage on another one. With an absolute
-``directory`` (a folder every executor mounts) the files are wherever a task runs.
+``directory`` (a folder every executor mounts) or a URL of a store every executor reaches (``s3://``,
+``gs://``, ``hdfs://``: read and written through fsspec, as Horovod's Store and Petastorm do) the
+files are wherever a task runs.
 """
 from __future__ import annotations
 
@@ -42,9 +44,34 @@ def local_root() -> str:
     return dirs.split(",")[0] if dirs else tempfile.gettempdir()
 
 
+def is_url(directory: str) -> bool:
+    """Whether ``directory`` names a store by URL (``s3://bucket/prefix``), read and written through fsspec."""
+    return "://" in directory
+
+
 def resolve(directory: str) -> str:
-    """An absolute ``directory`` as it is; a relative one inside this executor's local directory."""
-    return directory if os.path.isabs(directory) else os.path.join(local_root(), directory)
+    """A URL or an absolute ``directory`` as it is; a relative one inside this executor's local directory."""
+    if is_url(directory) or os.path.isabs(directory):
+        return directory
+    return os.path.join(local_root(), directory)
+
+
+def _write(path: str, data: bytes) -> None:
+    if is_url(path):
+        import fsspec
+        with fsspec.open(path, "wb") as f:  # an object store makes the object visible whole, at close
+            f.write(data)
+    else:
+        files.write_atomically(path, data)  # a recomputed shard replaces the file whole
+
+
+def _load(path: str) -> np.ndarray:
+    """A shard array: memory-mapped from a local file, read whole from a store."""
+    if not is_url(path):
+        return np.load(path, mmap_mode="r")
+    import fsspec
+    with fsspec.open(path, "rb") as f:
+        return np.load(io.BytesIO(f.read()))
 
 
 def shard_paths(directory: str, k: int) -> tuple[str, str]:
@@ -64,7 +91,7 @@ def write_shard(directory: str, k: int, items: Iterator[tuple[int, tuple]]) -> I
     for path, array in zip(shard_paths(directory, k), (images, labels)):
         buffer = io.BytesIO()
         np.save(buffer, array)
-        files.write_atomically(path, buffer.getvalue())  # a recomputed shard replaces the file whole
+        _write(path, buffer.getvalue())
     yield ShardWritten(k, len(rows), local_root())
 
 
@@ -76,6 +103,14 @@ def remove_local(top: str, partition: Iterator) -> Iterator:
     shutil.rmtree(resolve(top), ignore_errors=True)
     _open_shards.clear()
     return iter(())
+
+
+def remove_url(url: str) -> None:
+    """Delete everything under ``url`` in its store (run in a task: it needs the executors' credentials)."""
+    import fsspec
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
 
 
 _open_shards: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
@@ -90,8 +125,10 @@ def open_shard(directory: str, k: int) -> tuple[np.ndarray, np.ndarray]:
             del _open_shards[other]
         images_path, labels_path = shard_paths(directory, k)
         try:
-            _open_shards[key] = np.load(images_path, mmap_mode="r"), np.load(labels_path, mmap_mode="r")
+            _open_shards[key] = _load(images_path), _load(labels_path)
         except FileNotFoundError:
+            if is_url(directory):
+                raise FileNotFoundError(f"shard {k} is missing from {directory} (removed while training?)") from None
             raise ShardMissing(f"shard {k} is not on this executor ({local_root()}): the task ran away from "
                                f"the executor that staged it") from None
     return _open_shards[key]
@@ -104,7 +141,7 @@ def _shard_number(report: ShardWritten) -> int:
 @dataclass(frozen=True)
 class StagedShards:
     """Training data staged as one pair of .npy files per shard (``staging.stage``), memory-mapped by tasks."""
-    directory: str  # relative: inside each executor's local directory; absolute: a folder all executors mount
+    directory: str  # relative: in each executor's local directory; absolute: a folder all mount; or a store's URL
     starts: tuple[int, ...]  # global index of each shard's first row
     counts: tuple[int, ...]  # rows of each shard
     tokens: object = field(default=None, compare=False, repr=False)  # driver only: the cached RDD of reports

@@ -13,7 +13,8 @@ sent where report ``k`` is cached, that is where the files are; an executor that
 cached reports with it, and Spark recomputes them (re-reading the rows from lineage) on another
 executor, which writes the files again. A task that still runs elsewhere (its executor stayed busy
 past ``spark.locality.wait``) raises ``shards.ShardMissing`` and Spark runs it again. A
-``staging_dir`` puts the files in a folder every executor mounts instead.
+``staging_dir`` puts the files in a folder every executor mounts instead, or in a store every executor
+reaches, given by URL (``s3://bucket/prefix``; written and read by the executors through fsspec).
 """
 from __future__ import annotations
 
@@ -67,14 +68,14 @@ def check_columns(df, features_col: str, label_col: str | None) -> None:
 
 def staging_directory(base: str | None) -> str:
     """A new name for one fit's shards: relative (inside each executor's local directory) by default, or a new
-    folder under ``base``, a plain path every executor mounts (``fit_dataframes`` checks that it is shared)."""
+    folder under ``base``: a plain path every executor mounts, or a store's URL (``fit_dataframes`` checks
+    that the executors share it)."""
     name = f"lenet-shards-{uuid.uuid4().hex[:12]}"
     if not base:
         return name
     parsed = urlparse(base)
     if parsed.scheme not in ("", "file"):
-        raise DataError(f"staging directory {base}: only a path that every executor mounts is supported, "
-                        f"not {parsed.scheme}://; leave it unset to stage on the executors' own disks")
+        return f"{base.rstrip('/')}/{name}"
     root = Path(parsed.path if parsed.scheme else base)
     if not root.is_absolute():
         raise DataError(f"staging directory {base}: give an absolute path (every executor resolves it alike)")
@@ -122,9 +123,14 @@ def stage(df, features_col: str, label_col: str, shard_count: int, directory: st
 def unstage(sc, staged: shards.StagedShards) -> None:
     """Remove a fit's shard files wherever they are, and forget the cached reports (best effort: Spark also
     removes its executors' local directories when the application ends)."""
-    top = staged.directory.split("/", 1)[0] if not os.path.isabs(staged.directory) else staged.directory
+    top = staged.directory
+    if not (shards.is_url(top) or os.path.isabs(top)):
+        top = top.split("/", 1)[0]
     try:
-        if os.path.isabs(top):
+        if shards.is_url(top):  # in a task: the executors hold the store's credentials
+            sc.setJobDescription("staging: remove shard files")
+            sc.parallelize([top], 1).foreach(shards.remove_url)
+        elif os.path.isabs(top):
             shutil.rmtree(top, ignore_errors=True)
         elif sc._jsc is not None:  # the cleanup tasks run where the cached reports, and so the files, are
             sc.setJobDescription("staging: remove shard files")
@@ -140,7 +146,9 @@ def fit_dataframes(sgd, train_df, validation_df, features_col: str, label_col: s
                    **fit_options):
     """Stage ``train_df`` (and ``validation_df``, if any) as shards and train ``sgd`` on them; the staged files
     are removed afterwards, also when the fit fails. Returns (FitResult, seconds spent staging)."""
-    if staging_dir:
+    if staging_dir and paths.local_path(staging_dir) is None:
+        paths.check_store_writable(sgd.sc, staging_dir, "staging directory")
+    elif staging_dir:
         paths.check_writable_together(sgd.sc, staging_dir, "staging directory")
     directory = staging_directory(staging_dir)
     sgd.start_warm_up()  # readies the Python workers while the shards are written
