@@ -13,11 +13,12 @@ from .models import base, lenet
 def fit_local(train_images: np.ndarray, train_labels: np.ndarray, config: SGDConfig = SGDConfig(),
               model: base.Model = lenet, validation: tuple[np.ndarray, np.ndarray] | None = None,
               on_step: Callable[[dict], None] | None = None, state: training.TrainState | None = None,
-              shards: int = 1, dtype=np.float32) -> training.FitResult:
+              shards: int = 1, dtype=np.float32, kept: list[list[int]] | None = None) -> training.FitResult:
     """Train on uint8 ``train_images`` (N, 28, 28) and int ``train_labels`` (N,); ``validation`` likewise.
 
     With ``shards=W`` it computes, one after the other, the same W mini-batches per step that
-    ``SyncSGD(workers=W)`` spreads over Spark tasks: the same examples, the same update.
+    ``SyncSGD(workers=W)`` spreads over Spark tasks: the same examples, the same update. ``kept[s]``: only
+    these of step ``s``'s mini-batches (a backup-worker run's ``history[s]["kept"]``, replayed).
     """
     spec, fresh = training.new_state(model, config.seed)
     state = state or fresh
@@ -25,6 +26,8 @@ def fit_local(train_images: np.ndarray, train_labels: np.ndarray, config: SGDCon
     state.velocity = state.velocity.astype(dtype, copy=False)
 
     def gradient(flat, batches):
+        if kept is not None:
+            batches = [batches[k] for k in kept[batches[0].key.step]]
         return tasks.sum_batches(model, spec, flat, train_images, train_labels, batches, config.dropout), {}
 
     def evaluate(flat):

@@ -3,9 +3,11 @@
     python tests/cluster_app.py SCENARIO MASTER_URL STORAGE
 
 It prints one JSON line with what it saw. Where the test must act mid-fit (kill an executor, add a host,
-pull a link), the driver writes ``STORAGE/at-step-3`` at step 3 and waits (bounded) for ``STORAGE/done``.
+pull a link), the driver writes ``STORAGE/at-step-3`` at step 3 and waits (bounded) for ``STORAGE/done``; the link
+scenario also waits at step 6 for ``STORAGE/plugged`` (the link is back).
 """
 import json
+import os
 import sys
 from functools import partial
 import time
@@ -18,17 +20,21 @@ sys.path.insert(0, str(ROOT))
 
 from mnist_lenet_spark import data, local  # noqa: E402
 from mnist_lenet_spark import spark as msp  # noqa: E402
-from mnist_lenet_spark.config import SGDConfig  # noqa: E402
+from mnist_lenet_spark.config import BackupConfig, SGDConfig  # noqa: E402
+from mnist_lenet_spark.straggler import StragglerModel  # noqa: E402
 
 SCENARIO, MASTER, STORAGE = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 ENV = ROOT / "dist" / "mnist_lenet_spark_env.tar.gz"
+STORE_ENV = json.loads(os.environ.get("STORE_ENV", "{}"))  # the S3 store's endpoint and credentials
 
 
 def session():
+    os.environ.update(STORE_ENV)  # for this driver's own look at the store
     spark = msp.session(MASTER, conf={"spark.archives": f"{ENV}#environment", "spark.executor.memory": "1g",
                                       "spark.eventLog.enabled": "true", "spark.eventLog.compress": "false",
                                       "spark.eventLog.dir": str(STORAGE / "events"),
-                                      "spark.ui.enabled": "false"})
+                                      "spark.ui.enabled": "false",
+                                      **{f"spark.executorEnv.{k}": v for k, v in STORE_ENV.items()}})
     spark.sparkContext.setLogLevel("ERROR")
     deadline = time.time() + 120
     while executors(spark) < 3 and time.time() < deadline:
@@ -50,6 +56,17 @@ def act_at_step_3(record, spark=None, executors_after=0):
             time.sleep(0.2)
         if executors_after:
             wait_for_task_slots(spark, executors_after)
+
+
+def link_steps(record):
+    """After step 3 the test pulls a host's link while step 4's tasks sleep (asking the step signal); steps
+    4-6 go on without that host; at step 6 wait (at most 60 s) until it is plugged back."""
+    if record["step"] == 3:
+        (STORAGE / "at-step-3").write_text("")
+    if record["step"] == 6:
+        deadline = time.time() + 60
+        while not (STORAGE / "plugged").exists() and time.time() < deadline:
+            time.sleep(0.2)
 
 
 def _address(_):
@@ -120,6 +137,15 @@ def main():
                                                      .fit(df))
                 import shutil
                 shutil.rmtree("/tmp/driver-only.parquet")
+                import s3fs
+                store = s3fs.S3FileSystem(skip_instance_cache=True)
+                clf = LeNetClassifier(workers=2, batchSize=16, maxSteps=steps, seed=3, stagingDir="s3://lenet/staging")
+                during = []
+                clf._progress = lambda sgd: lambda record: record["step"] == 1 and during.extend(store.find("lenet"))
+                in_store = clf.fit(df)
+                out["s3_objects_during"] = len(during)
+                out["s3_objects_after"] = len(s3fs.S3FileSystem(skip_instance_cache=True).find("lenet"))
+                out["s3_vs_arrays"] = max_difference(in_store.weights, arrays.params)
         elif SCENARIO == "join":  # broadcast arrays, 4 tasks a step: a fourth host joins after step 3
             result = msp.SyncSGD(spark, 4, batch_size=16, seed=4).fit(images, labels, max_steps=10,
                                                                        on_step=partial(act_at_step_3, spark=spark,
@@ -127,12 +153,17 @@ def main():
             single = local.fit_local(images, labels, SGDConfig(batch_size=16, seed=4, max_steps=10), shards=4)
             out["steps"] = [h["step"] for h in result.history]
             out["cluster_vs_single"] = max_difference(result.params, single.params)
-        elif SCENARIO == "link":  # broadcast arrays, 3 tasks a step: a host's link is down for 20 s from step 3
+        elif SCENARIO == "link":  # backup workers, 2 + 1 tasks a step, each sleeping 3 s first while it asks the
+            # step signal (so the late one is stopped by it); a host's link is down for 20 s from step 4
             t0 = time.perf_counter()
-            result = msp.SyncSGD(spark, 3, batch_size=16, seed=6).fit(images, labels, max_steps=8,
-                                                                       on_step=act_at_step_3)
-            single = local.fit_local(images, labels, SGDConfig(batch_size=16, seed=6, max_steps=8), shards=3)
+            result = msp.SyncSGD(spark, 2, batch_size=16, seed=6, backup=BackupConfig(workers=1),
+                                 straggler=StragglerModel(prob=1.0, delay=3.0)).fit(
+                images, labels, max_steps=12, on_step=link_steps)
+            single = local.fit_local(images, labels, SGDConfig(batch_size=16, seed=6, max_steps=12), shards=3,
+                                     kept=[h["kept"] for h in result.history])
             out["steps"] = [h["step"] for h in result.history]
+            out["kept"] = [h["kept"] for h in result.history]
+            out["late_tasks"] = result.late_tasks
             out["cluster_vs_single"] = max_difference(result.params, single.params)
             out["seconds"] = time.perf_counter() - t0
         out["app_id"] = spark.sparkContext.applicationId

@@ -166,9 +166,9 @@ class Cluster:
             _ip("netns", "add", self.bridge_ns)
             _ip("-n", self.bridge_ns, "link", "add", "br0", "type", "bridge")
             _ip("-n", self.bridge_ns, "link", "set", "br0", "up")
-            self.master = self._host("master")
+            self.master = self.add_host("master")
             self.master_url = f"spark://{self.master.address}:{MASTER_PORT}"
-            self.driver = self._host("driver")
+            self.driver = self.add_host("driver")
             self.master.run([str(SPARK_HOME / "bin" / "spark-class"), "org.apache.spark.deploy.master.Master",
                              "--host", self.master.address, "--port", str(MASTER_PORT), "--webui-port", "8080"],
                             stdout=self._log("master"), stderr=subprocess.STDOUT)
@@ -179,7 +179,8 @@ class Cluster:
             self.stop()
             raise
 
-    def _host(self, name: str, hide: list[str] = ()) -> Host:
+    def add_host(self, name: str, hide: list[str] = ()) -> Host:
+        """A new host on the bridge (for a server the cluster needs, such as a store)."""
         host = Host(self, name, len(self.hosts) + 2, list(hide), self.keep)
         self.hosts[name] = host
         return host
@@ -198,7 +199,7 @@ class Cluster:
     def add_worker(self) -> Host:
         """A new one-core worker host, registered with the master (waits up to 60 s)."""
         name = f"worker{len(self.workers) + 1}"
-        host = self._host(name, hide=[self.venv_bin])
+        host = self.add_host(name, hide=[self.venv_bin])
         work = self.storage / "work" / name
         work.mkdir(parents=True, exist_ok=True)
         host.run([str(SPARK_HOME / "bin" / "spark-class"), "org.apache.spark.deploy.worker.Worker",
