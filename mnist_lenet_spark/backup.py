@@ -1,18 +1,22 @@
 """The backup-worker policy (Chen et al. 2016): launch N + b gradient tasks a step, use the first N, stop waiting.
 
-Results arrive through a custom accumulator as each task finishes; at the N-th the driver sums
-them, tells the late tasks their step is closed (``step_signal``) and, after a grace period,
-lets Spark cancel what is still running. README, "Backup workers", explains why each piece.
+Results arrive through a custom accumulator as each task finishes and are added into one running
+sum as they arrive (as TensorFlow's SyncReplicasOptimizer does with its ConditionalAccumulator), so
+the driver holds one gradient whatever N is and the summing overlaps the wait; at the N-th the step
+closes, the late tasks are told so (``step_signal``) and, after a grace period, Spark cancels what
+is still running. README, "Backup workers", explains why each piece.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 import threading
 import time
 import uuid
-from functools import partial, reduce
-from operator import add
+from functools import partial
+
+import numpy as np
 
 from . import step_signal, tasks, training
 from .config import BackupConfig, ConfigError
@@ -23,37 +27,103 @@ POLL_SECONDS = 0.002
 STOP_SECONDS = 1.0  # at close, how long signalled tasks get to stop by themselves before Spark cancels them
 
 
-class FirstResults:
-    """AccumulatorParam: keep the earliest-arriving ``BackupResult``s of the newest step, at most ``keep``.
+class StepResults:
+    """The driver's value of the backup accumulator: the running sum of the first ``need`` gradients of the open
+    step, what they came from, and its failures (tasks whose last attempt failed; they carry no gradient).
 
-    A result for an older step (a task that finished after its step was closed) is dropped,
-    and so is every gradient past the first ``keep`` of a step: memory stays at N gradients.
-    Failures (a task whose last attempt failed) are kept: they carry no gradient.
+    Results of any other step (a task that finished after its step closed) and gradients past the first
+    ``need`` are dropped on arrival: one gradient is held, whatever N is. Added to by PySpark's accumulator
+    thread, read by the step's loop: under a lock.
     """
 
-    def __init__(self, keep: int):
-        self.keep = keep
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.open(-1, 0)
+        self.fold_seconds = 0.0  # driver time spent adding kept gradients, over the fit
+        self.folded = 0  # gradients added, over the fit
+
+    def open(self, step: int, need: int) -> None:
+        """Start collecting ``step``: its first ``need`` gradients are kept."""
+        with self._lock:
+            self.step, self.need = step, need
+            self.sums: tasks.GradientSum | None = None
+            self.kept: list[tasks.BackupResult] = []  # without their sums (those are in self.sums)
+            self.failed: list[tasks.BackupResult] = []
+
+    def add(self, result: tasks.BackupResult) -> None:
+        with self._lock:
+            if result.step != self.step:
+                return
+            if result.error is not None:
+                self.failed.append(result)
+                return
+            if len(self.kept) >= self.need:
+                return
+            t0 = time.perf_counter()
+            if self.sums is None:  # just unpickled: ours to add into (copied if read-only)
+                grad = result.sums.grad_sum if result.sums.grad_sum.flags.writeable else result.sums.grad_sum.copy()
+                self.sums = dataclasses.replace(result.sums, grad_sum=grad)
+            else:
+                np.add(self.sums.grad_sum, result.sums.grad_sum, out=self.sums.grad_sum)  # (P,) in place
+                self.sums = tasks.GradientSum(self.sums.grad_sum, self.sums.loss_sum + result.sums.loss_sum,
+                                              self.sums.count + result.sums.count)
+            self.fold_seconds += time.perf_counter() - t0
+            self.folded += 1
+            self.kept.append(dataclasses.replace(result, sums=None))
+
+    def counts(self) -> tuple[int, int]:
+        """(gradients kept, failures) of the open step so far."""
+        with self._lock:
+            return len(self.kept), len(self.failed)
+
+    def close(self) -> tuple[tasks.GradientSum | None, list[tasks.BackupResult], list[tasks.BackupResult]]:
+        """(sum, kept, failed) of the open step; nothing more is added to it."""
+        with self._lock:
+            out = self.sums, self.kept, self.failed
+            self.step, self.sums, self.kept, self.failed = -1, None, [], []
+            return out
+
+
+class FirstResults:
+    """AccumulatorParam of ``StepResults``. On an executor the value is the list of that task's own results
+    (``zero``), sent whole; on the driver each arriving list is folded into the ``StepResults``."""
 
     def zero(self, value):
         return []
 
     def addInPlace(self, acc, new):
+        if isinstance(acc, list):  # an executor's own results
+            acc.extend(new)
+            return acc
         for result in new:
-            newest = acc[0].step if acc else -1
-            if result.step > newest:
-                acc.clear()
-            if result.step >= newest and (result.error or sum(r.error is None for r in acc) < self.keep):
-                acc.append(result)
+            acc.add(result)
         return acc
+
+
+MAX_RESULT_SIZE = "spark.driver.maxResultSize"
+
+
+def check_result_size(sc, tasks_per_step: int, gradient_bytes: int) -> None:
+    """ConfigError unless a step's task results fit in ``spark.driver.maxResultSize``: each backup task's gradient
+    travels inside its task result (as an accumulator update), and Spark aborts a stage whose results add up
+    to more (the plain path's treeReduce sends only partial sums)."""
+    limit = sc._jsc.sc().conf().getSizeAsBytes(MAX_RESULT_SIZE, "1g")  # Spark's own parsing; 0: no limit
+    per_task = gradient_bytes + (64 << 10)  # the rest of a result: pickling, task metrics
+    if limit and tasks_per_step * per_task > limit:
+        raise ConfigError(f"backup workers: {tasks_per_step} tasks a step x {per_task / 2**20:.1f} MB of gradient = "
+                          f"{tasks_per_step * per_task / 2**20:.0f} MB of task results per step, over "
+                          f"{MAX_RESULT_SIZE} ({limit / 2**20:.0f} MB); raise it (--conf {MAX_RESULT_SIZE}="
+                          f"{-(-tasks_per_step * per_task // 2**30) + 1}g) or run fewer tasks")
 
 
 class BackupStep:
     """The ``gradient`` function of ``training.fit_loop`` for ``workers`` tasks plus ``backup.workers`` more.
 
-    ``describe(key)`` names a step's job in the Spark UI.
+    ``describe(key)`` names a step's job in the Spark UI; ``gradient_bytes``: the size of one gradient.
     """
 
-    def __init__(self, sc, ctx: tasks.TaskContext, source, workers: int, backup: BackupConfig, describe):
+    def __init__(self, sc, ctx: tasks.TaskContext, source, workers: int, backup: BackupConfig, describe,
+                 gradient_bytes: int = 0):
         from pyspark.accumulators import AccumulatorParam
 
         class Param(FirstResults, AccumulatorParam):
@@ -62,9 +132,16 @@ class BackupStep:
         self.sc, self.ctx, self.source, self.describe = sc, ctx, source, describe
         self.n, self.options = workers, backup
         shards = workers + backup.workers
+        check_result_size(sc, shards, gradient_bytes)  # every check before anything is created
+        conf = sc.getConf()
+        try:
+            ports = step_signal.parse_ports(conf.get(step_signal.PORT_CONF, "0"))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         self.shard_rdd = source.partitions(sc, shards)  # one partition per shard: every step's tasks
         self.wait_all = backup.mode == "wait-all"
-        self.accumulator = sc.accumulator([], Param(workers + backup.workers if self.wait_all else workers))
+        self.results = StepResults()
+        self.accumulator = sc.accumulator(self.results, Param())
         self.run_id = uuid.uuid4().hex[:8]
         self.task_seconds: list[float] = []
         self.pending: list[tuple[threading.Thread, threading.Timer | None, object, str]] = []
@@ -73,13 +150,8 @@ class BackupStep:
         self.killed_by_spark = 0  # tasks of those that had not finished: killed by Spark (or failed)
         self.signal = None
         if backup.signal and not self.wait_all:
-            conf = sc.getConf()
             host = conf.get("spark.driver.host", "127.0.0.1")
             bind = conf.get("spark.driver.bindAddress", host)  # listen where Spark listens
-            try:
-                ports = step_signal.parse_ports(conf.get(step_signal.PORT_CONF, "0"))
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
             try:
                 self.signal = step_signal.StepServer(bind, host, ports=ports)
             except OSError as e:
@@ -99,6 +171,7 @@ class BackupStep:
         task = partial(tasks.backup_task, self.ctx, self.source, bc, step, self.accumulator,
                        self.signal.endpoint if self.signal else None, self.stopped)
         need = min(self.n, sum(1 for b in batches if len(b.index)))
+        self.results.open(step, need)
         failure = []
 
         def run_job():
@@ -115,13 +188,12 @@ class BackupStep:
         if self.wait_all:
             thread.join()
         while True:
-            results = [r for r in self.accumulator.value if r.step == step]
-            failed = [r for r in results if r.error]
-            if len(results) - len(failed) >= need or not thread.is_alive() or len(batches) - len(failed) < need:
+            kept_count, failed_count = self.results.counts()
+            if kept_count >= need or not thread.is_alive() or len(batches) - failed_count < need:
                 break
             time.sleep(POLL_SECONDS)
         arrived = time.perf_counter()
-        kept = sorted((r for r in results if not r.error), key=lambda r: r.finished_at)[:need]
+        sums, kept, failed = self.results.close()
         if len(kept) < need:
             if self.signal:
                 self.signal.close_step(step)
@@ -140,7 +212,6 @@ class BackupStep:
             timer.daemon = True
             timer.start()
         self.pending.append((thread, timer, bc, group))
-        sums = reduce(add, (r.sums for r in kept))
         kept_shards = sorted(r.shard for r in kept)
         info = {"step_seconds": time.perf_counter() - t0, "kept": kept_shards,
                 "dropped": [k for k in range(len(batches)) if k not in kept_shards],
@@ -195,8 +266,8 @@ class BackupStep:
         if self.signal:
             self.signal.shutdown()
         # PySpark keeps every accumulator of a session in a registry, value included: without this each
-        # fit would leave its last N gradients on the driver
-        self.accumulator.value = []
+        # fit would leave its last gradient sum on the driver
+        self.results.open(-1, 0)
         from pyspark.accumulators import _accumulatorRegistry
         _accumulatorRegistry.pop(self.accumulator.aid, None)
         _accumulatorRegistry.pop(self.stopped.aid, None)

@@ -184,7 +184,8 @@ class SyncSGD:
 
             ctx = self._context(spec, config.dropout)
             if self.backup.workers:
-                gradient = BackupStep(self.sc, ctx, source, self.workers, self.backup, describe)
+                gradient = BackupStep(self.sc, ctx, source, self.workers, self.backup, describe,
+                                      gradient_bytes=state.params.nbytes)
             else:  # one partition per shard, holding its number: made once, used by every step
                 gradient = partial(self._step, ctx, source, describe, source.partitions(self.sc, shards))
         finally:

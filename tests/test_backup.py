@@ -115,16 +115,37 @@ def test_no_jobs_or_threads_left_after_fit(spark, mnist):
     assert not spark.sparkContext.statusTracker().getActiveJobsIds()
     assert threading.active_count() <= before
     from pyspark.accumulators import _accumulatorRegistry  # PySpark keeps every accumulator with its value
-    assert not any(isinstance(a._value, list) and any(isinstance(r, tasks.BackupResult) for r in a._value)
-                   for a in _accumulatorRegistry.values()), "a fit left its gradients on the driver"
+    assert not any(isinstance(a._value, backup.StepResults) for a in _accumulatorRegistry.values()), \
+        "a fit left its accumulator, and a gradient sum, on the driver"
 
 
-def test_accumulator_keeps_first_results_of_newest_step_only():
-    keep = backup.FirstResults(2)
-    acc = keep.zero(None)
-    for step, shard in [(0, 1), (0, 2), (0, 3), (1, 0), (0, 4), (1, 2), (1, 3)]:
-        acc = keep.addInPlace(acc, [tasks.BackupResult(step, shard, 0.0, 0.0, None)])
-    assert [(r.step, r.shard) for r in acc] == [(1, 0), (1, 2)]
+def test_the_accumulator_sums_the_first_n_gradients_of_the_open_step_and_drops_the_rest():
+    param, results = backup.FirstResults(), backup.StepResults()
+    on_executor = param.addInPlace(param.zero(results), [tasks.BackupResult(1, 0, 0.0, 0.0, None)])
+    assert isinstance(on_executor, list) and len(on_executor) == 1  # a task's own results travel as a list
+    results.open(1, 2)
+
+    def result(step, shard, error=None):
+        sums = None if error else tasks.GradientSum(np.full(3, float(shard), np.float32), float(shard), 10 + shard)
+        return tasks.BackupResult(step, shard, 0.0, 0.0, sums, error)
+
+    for r in [result(0, 9), result(1, 2), result(1, 4, error="boom"), result(2, 7), result(1, 3), result(1, 5)]:
+        assert param.addInPlace(results, [r]) is results
+    assert results.counts() == (2, 1)
+    sums, kept, failed = results.close()
+    assert [r.shard for r in kept] == [2, 3] and all(r.sums is None for r in kept)  # the sum holds them
+    np.testing.assert_array_equal(sums.grad_sum, [5.0, 5.0, 5.0])
+    assert (sums.loss_sum, sums.count) == (5.0, 25) and [r.shard for r in failed] == [4]
+    results.add(result(1, 6))  # after close: dropped
+    assert results.counts() == (0, 0) and results.folded == 2
+
+
+def test_more_task_results_than_spark_driver_max_result_size_is_one_clear_error(spark):
+    lenet_bytes = 1_663_370 * 4  # LeNet's float32 gradient
+    with pytest.raises(ConfigError, match=r"170 tasks a step x 6\.4 MB of gradient = 1089 MB of task results per "
+                                          r"step, over spark.driver.maxResultSize \(1024 MB\); raise it"):
+        backup.check_result_size(spark.sparkContext, 170, lenet_bytes)
+    backup.check_result_size(spark.sparkContext, 136, lenet_bytes)  # 128 + 8: fits the default 1g
 
 
 def test_invalid_backup_settings(spark, mnist):
