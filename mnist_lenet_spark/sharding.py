@@ -14,6 +14,7 @@ import numpy as np
 
 _STRAGGLER_SALT = 0x5106  # keeps the straggler draws apart from the dropout masks of the same key
 _FAILURE_SALT = 0xFA11
+_COMPUTE_SALT = 0xC0DE
 
 
 class TaskKey(NamedTuple):
@@ -33,6 +34,10 @@ class TaskKey(NamedTuple):
     def straggler_draw(self) -> float:
         """A uniform [0, 1) number that decides whether this task is delayed."""
         return float(np.random.default_rng([self.seed, self.epoch, self.step, self.shard, _STRAGGLER_SALT]).random())
+
+    def compute_draw(self) -> float:
+        """A uniform [0, 1) number that sets this task's emulated compute time (``emulation``)."""
+        return float(np.random.default_rng([self.seed, self.epoch, self.step, self.shard, _COMPUTE_SALT]).random())
 
     def failure_draw(self, attempt: int) -> float:
         """A uniform [0, 1) number that decides whether attempt ``attempt`` of this task fails (injected)."""

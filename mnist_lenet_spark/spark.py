@@ -22,6 +22,7 @@ from .config import BackupConfig, ConfigError, SGDConfig, split_options
 from .models import base, lenet
 from .shards import StagedShards
 from .session import session  # noqa: F401  (the README's ``msp.session``)
+from .emulation import EmulatedCompute
 from .straggler import StragglerModel
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class SyncSGD:
     backup : a ``BackupConfig`` (no backup workers by default)
     model : any ``models.base.Model``; LeNet by default
     straggler : a ``straggler.StragglerModel`` that delays tasks, for experiments
+    emulation : an ``emulation.EmulatedCompute``: tasks sleep a drawn time instead of computing (benchmarks)
     lr_scaling : "linear" multiplies lr by (workers x batch_size / 64); pair it with warmup_steps
     **options : any ``SGDConfig`` field (``batch_size=64, seed=0, lr=0.01, ...``), or ``backup_workers``,
         ``backup_mode``, ``backup_grace``, ``backup_cancel``, ``backup_signal`` (the ``BackupConfig``
@@ -45,7 +47,8 @@ class SyncSGD:
 
     def __init__(self, spark, workers: int = 2, *, config: SGDConfig | None = None,
                  backup: BackupConfig | None = None, model: base.Model = lenet,
-                 straggler: StragglerModel | None = None, lr_scaling: str = "none", **options):
+                 straggler: StragglerModel | None = None, lr_scaling: str = "none",
+                 emulation: EmulatedCompute | None = None, **options):
         if type(workers) is not int or workers < 1:
             raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
         sgd_options, backup_options, unknown = split_options(options)
@@ -60,12 +63,16 @@ class SyncSGD:
         self.straggler = straggler if straggler is not None and straggler.active else None
         if self.straggler:
             self.straggler.check_partitions(workers + self.backup.workers)
+        if emulation is not None:
+            emulation.check()
+        self.emulation = emulation
         self.threads = int(self.sc.getConf().get("spark.task.cpus", "1"))
         self._warm_up: tuple[threading.Thread, float] | None = None  # (job thread, when it started)
         self.warm_pids: list[int] = []  # the Python workers the last warm-up readied
 
     def _context(self, spec: base.ParamSpec, dropout: bool = False) -> tasks.TaskContext:
-        return tasks.TaskContext(self.model, spec, self.threads, dropout, self.straggler, self._max_attempts())
+        return tasks.TaskContext(self.model, spec, self.threads, dropout, self.straggler, self._max_attempts(),
+                                 self.emulation)
 
     def _max_attempts(self) -> int:
         """How often Spark runs a failing task: F of local[N,F] (local masters default to 1), else
@@ -217,7 +224,7 @@ class SyncSGD:
         finally:
             bc.destroy(blocking=False)  # or the executors fill up with old parameters
         return report.sums, {"step_seconds": time.perf_counter() - t0, "pids": sorted(report.pids),
-                             "task_seconds": max(report.seconds)}
+                             "task_seconds": max(report.seconds), "each_task_seconds": list(report.seconds)}
 
     def _evaluate(self, spec, source, flat, chunk: int = 1000) -> float:
         """Accuracy on the validation data (broadcast or staged), counted over the cluster."""

@@ -57,13 +57,18 @@ class StragglerModel(NamedTuple):
 
     def sleep(self, key: TaskKey, should_stop=None) -> None:
         """Sleep this task's delay; with ``should_stop``, ask it every ``POLL_SECONDS`` and end early on True."""
-        seconds = self.delay_for(key)
-        if not seconds or should_stop is None:
-            time.sleep(seconds)
-            return
-        end = time.monotonic() + seconds
-        while not should_stop():
-            left = end - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(POLL_SECONDS, left))
+        sleep(self.delay_for(key), should_stop)
+
+
+def sleep(seconds: float, should_stop=None, poll: float = POLL_SECONDS) -> bool:
+    """Sleep ``seconds``; with ``should_stop``, ask it every ``poll`` seconds: False if it said True first."""
+    if not seconds or should_stop is None:
+        time.sleep(seconds)
+        return True
+    end = time.monotonic() + seconds
+    while not should_stop():
+        left = end - time.monotonic()
+        if left <= 0:
+            return True
+        time.sleep(min(poll, left))
+    return False

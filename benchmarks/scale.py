@@ -1,0 +1,218 @@
+"""Backup workers at the paper's scale (Chen et al. 2016 use up to ~100 workers) on one machine, with emulated
+compute (mnist_lenet_spark/emulation.py): each task sleeps a time drawn from its TaskKey and returns a LeNet-sized
+gradient (6.3 MiB); broadcasts, scheduler, task results, accumulator, step signal and update run for real, on
+local[max N + max b] (136 task slots on 2 cores, the Python workers mostly asleep).
+
+(1) Driver cost: tasks that take no time, N + b = N in --n, the plain (treeReduce) step and the backup step
+    (b = 0: the same N results through the accumulator): median step = what the driver and the machine add;
+    the slope over N is the cost per gradient.
+(2) For every N in --n and b in --b: --steps steps with tasks of shift C + an exponential tail of mean C
+    ("heavy": the tail's mean equals the compute), mean and p90 step time, beside the prediction: the mean
+    over the same steps of the N-th shortest of the N + b drawn times, plus (1)'s cost at N + b tasks.
+(3) The same with the distribution fitted to this project's LeNet task times (emulation.FITTED_*), b in {0, 4}.
+(4) --fit: measure LeNet task times (batch 64, local[2], real compute) and fit shift + exponential tail.
+Also: the Python workers' summed peak RSS, and their CPU seconds per step. Writes benchmarks/results/scale.json
+and scale.png.
+
+    python benchmarks/scale.py [--n 8,16,32,64,96,128] [--b 0,1,2,4,8] [--steps 8] [--compute 1.0]
+    python benchmarks/scale.py --short      # N in 8, 32, 128; b in 0, 4; 4 steps (make bench)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from common import RESULTS, save
+
+from mnist_lenet_spark import data, session
+from mnist_lenet_spark import spark as msp
+from mnist_lenet_spark.emulation import FITTED_SHIFT, FITTED_TAIL_MEAN, EmulatedCompute
+from mnist_lenet_spark.sharding import epoch_batches
+
+BATCH = 16  # examples per task: only the count travels (the gradient is LeNet-sized whatever the batch)
+SEED = 1
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (the JVM's Python daemon and workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def python_workers(spark) -> dict:
+    """Summed RSS (MB) and CPU seconds of the Python processes under this session's JVM."""
+    rss, cpu, count = 0.0, 0.0, 0
+    for pid in descendants(spark.sparkContext._gateway.proc.pid):
+        try:
+            if b"python" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+            rss += int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+            count += 1
+        except (OSError, IndexError, ValueError):
+            pass
+    return {"workers": count, "rss_mb": rss, "cpu_seconds": cpu}
+
+
+def kth_shortest(emulation: EmulatedCompute, n: int, b: int, steps: int) -> list[float]:
+    """Per step, the N-th shortest of the N + b tasks' drawn times: the backup step's compute, by order statistics."""
+    batches = epoch_batches((n + b) * BATCH * steps, n + b, BATCH, SEED, 0)
+    return [sorted(emulation.seconds(batch.key) for batch in step)[n - 1] for step in batches[:steps]]
+
+
+def run(spark, n: int, b: int, steps: int, emulation: EmulatedCompute) -> dict:
+    """``steps`` emulated steps of N + b tasks (one more first, dropped: it readies any new Python worker)."""
+    images = np.zeros(((n + b) * BATCH * (steps + 1), 28, 28), np.uint8)  # one epoch holds every step
+    labels = np.zeros(len(images), np.int64)
+    sgd = msp.SyncSGD(spark, n, batch_size=BATCH, backup_workers=b, seed=SEED, emulation=emulation)
+    before = python_workers(spark)
+    result = sgd.fit(images, labels, max_steps=steps + 1)
+    after = python_workers(spark)
+    seconds = [h["seconds"] for h in result.history[1:]]
+    return {"mean": statistics.mean(seconds), "p90": float(np.percentile(seconds, 90)),
+            "median": statistics.median(seconds), "seconds": seconds, "workers_rss_mb": after["rss_mb"],
+            "workers_cpu_seconds_per_step": (after["cpu_seconds"] - before["cpu_seconds"]) / (steps + 1),
+            "late_tasks": result.late_tasks}
+
+
+def driver_cost(spark, ns: list[int], steps: int) -> dict:
+    """Zero-time tasks: the median step of the plain and the backup path at N tasks, and ms per gradient."""
+    zero = EmulatedCompute(shift=0.0, tail_mean=0.0)
+    out = {"plain_ms": {}, "backup_ms": {}}
+    for n in ns:
+        out["plain_ms"][n] = run(spark, n, 0, steps, zero)["median"] * 1e3
+        # b = 0 with backup_workers would be the plain path: one backup task that takes no time either
+        out["backup_ms"][n] = run(spark, n - 1, 1, steps, zero)["median"] * 1e3
+    for path in ("plain", "backup"):
+        slope, intercept = np.polyfit(ns, [out[f"{path}_ms"][n] for n in ns], 1)
+        out[f"{path}_ms_per_gradient"], out[f"{path}_intercept_ms"] = float(slope), float(intercept)
+    return out
+
+
+def grid(spark, ns, bs, steps, emulation: EmulatedCompute, cost: dict) -> list[dict]:
+    rows = []
+    for n in ns:
+        for b in bs:
+            path = "backup" if b else "plain"
+            overhead = (cost[f"{path}_intercept_ms"] + cost[f"{path}_ms_per_gradient"] * (n + b)) / 1e3
+            predicted = statistics.mean(kth_shortest(emulation, n, b, steps + 1)[1:]) + overhead
+            measured = run(spark, n, b, steps, emulation)
+            row = {"n": n, "b": b, **{k: measured[k] for k in ("mean", "p90", "workers_rss_mb",
+                                                                 "workers_cpu_seconds_per_step", "late_tasks")},
+                   "predicted_mean": predicted, "measured_over_predicted": measured["mean"] / predicted,
+                   "driver_part": overhead}
+            rows.append(row)
+            print(f"  N={n:3d} b={b}: mean {row['mean']:.2f} s (predicted {predicted:.2f}, "
+                  f"{row['measured_over_predicted']:.2f}x), p90 {row['p90']:.2f} s, workers "
+                  f"{row['workers_rss_mb']:.0f} MB, {row['workers_cpu_seconds_per_step']:.2f} CPU-s/step", flush=True)
+    return rows
+
+
+def best_b(rows: list[dict]) -> dict:
+    out = {}
+    for n in sorted({r["n"] for r in rows}):
+        mine = [r for r in rows if r["n"] == n]
+        base = next(r for r in mine if r["b"] == 0)
+        best = min(mine, key=lambda r: r["mean"])
+        out[n] = {"b": best["b"], "mean": best["mean"], "over_b0": best["mean"] / base["mean"]}
+    return out
+
+
+def fit_task_times(steps: int = 40) -> dict:
+    """LeNet task times (batch 64, two one-core tasks on local[2]), fitted as shift + exponential tail."""
+    spark = session.session("local[2]")
+    mnist = data.load_mnist()
+    sgd = msp.SyncSGD(spark, 2, batch_size=64)
+    result = sgd.fit(mnist.train.images, mnist.train.labels, max_steps=steps + 5)
+    spark.stop()
+    seconds = np.array([s for h in result.history[5:] for s in h["each_task_seconds"]])
+    shift = float(seconds.min())
+    return {"tasks": int(len(seconds)), "shift": shift, "tail_mean": float(seconds.mean() - shift),
+            "median": float(np.median(seconds)), "p90": float(np.percentile(seconds, 90))}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for b in sorted({r["b"] for r in rows}):
+        mine = [r for r in rows if r["b"] == b]
+        line, = ax.plot([r["n"] for r in mine], [r["mean"] for r in mine], "o-", label=f"b = {b}")
+        ax.plot([r["n"] for r in mine], [r["predicted_mean"] for r in mine], "--", color=line.get_color(), alpha=0.6)
+    ax.set_xlabel("N (gradients kept per step)")
+    ax.set_ylabel("mean step (s)")
+    ax.set_title("Backup workers, emulated heavy tail: measured (solid), order statistics + driver (dashed)")
+    ax.title.set_fontsize(9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", default="8,16,32,64,96,128")
+    ap.add_argument("--b", default="0,1,2,4,8")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--compute", type=float, default=1.0, help="C: the shift and the tail's mean, seconds")
+    ap.add_argument("--short", action="store_true", help="N in 8, 32, 128; b in 0, 4; 4 steps")
+    ap.add_argument("--fit", action="store_true", help="only measure and fit LeNet's task times")
+    args = ap.parse_args()
+    if args.fit:
+        fitted = fit_task_times()
+        print(f"LeNet task times: {fitted}")
+        save("scale", {"fitted_task_times": fitted})
+        return
+    ns = [8, 32, 128] if args.short else [int(x) for x in args.n.split(",")]
+    bs = [0, 4] if args.short else [int(x) for x in args.b.split(",")]
+    steps = 4 if args.short else args.steps
+    slots = max(ns) + max(bs)
+    spark = session.session(f"local[{slots}]", conf={"spark.ui.enabled": "false", "spark.driver.memory": "4g"})
+    spark.sparkContext.setLogLevel("ERROR")
+    t0 = time.perf_counter()
+    try:
+        cost = driver_cost(spark, ns, steps)
+        print(f"driver cost, tasks that take no time: plain {cost['plain_ms']} ms, backup {cost['backup_ms']} ms; "
+              f"per gradient: plain {cost['plain_ms_per_gradient']:.2f} ms, backup "
+              f"{cost['backup_ms_per_gradient']:.2f} ms", flush=True)
+        heavy = EmulatedCompute(shift=args.compute, tail_mean=args.compute)
+        print(f"heavy tail (shift {args.compute} s + exponential of mean {args.compute} s):", flush=True)
+        heavy_rows = grid(spark, ns, bs, steps, heavy, cost)
+        fitted = EmulatedCompute()
+        print(f"fitted to LeNet (shift {FITTED_SHIFT} s + exponential of mean {FITTED_TAIL_MEAN} s):", flush=True)
+        fitted_rows = grid(spark, ns, [0, 4], steps, fitted, cost)
+    finally:
+        spark.stop()
+    name = "scale-short" if args.short else "scale"
+    result = {name: {"settings": {"n": ns, "b": bs, "steps": steps, "compute": args.compute, "slots": slots},
+                     "driver_cost": cost, "heavy": heavy_rows, "heavy_best_b": best_b(heavy_rows),
+                     "fitted": fitted_rows, "fitted_best_b": best_b(fitted_rows),
+                     "minutes": (time.perf_counter() - t0) / 60}}
+    for n, best in result[name]["heavy_best_b"].items():
+        print(f"N={n}: best b = {best['b']} ({best['over_b0']:.2f}x b = 0)")
+    save("scale", result)
+    if not args.short:
+        plot(heavy_rows, RESULTS / "scale.png")
+    print(json.dumps({"minutes": result[name]["minutes"]}))
+
+
+if __name__ == "__main__":
+    main()
