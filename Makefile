@@ -37,6 +37,8 @@ bench: $(VENV)/.installed-bench check-java
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/backup.py
 	$(PY) benchmarks/dataframe.py
+	$(PY) benchmarks/cluster.py
+	$(PY) benchmarks/scale.py --short
 	$(PY) benchmarks/soak.py
 	$(PY) benchmarks/accuracy.py
 

@@ -7,8 +7,8 @@ so a reader can tell the mechanism from the luck of 100 draws.
 Four experiments of ``mnist_lenet_spark.experiment`` (what jobs/straggler_experiment.py runs):
 (1) local[2] with stragglers: b = 0, 1 and Spark speculation; (2) the same with the step signal
 off (late tasks stop only when Spark cancels them), to show what the signal buys; (3) local[2]
-without stragglers: b = 0, 1; (4) local[6] with stragglers, one task slot per task as on a cluster where each worker is its own
-executor. Targets: (1) mean step with b = 1 <= 0.6x b = 0; (3) b = 1 <= 1.2x b = 0. Writes
+without stragglers: b = 0, 1; (4) local[6] with stragglers, one task slot per task as on a cluster
+where each worker is its own executor. Targets: (1) mean step with b = 1 <= 0.6x b = 0; (3) b = 1 <= 1.2x b = 0. Writes
 benchmarks/results/backup.json and the plots under benchmarks/results/.
 
     python benchmarks/backup.py [--steps 100] [--other-steps 40]

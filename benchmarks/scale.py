@@ -57,25 +57,74 @@ def descendants(pid: int) -> list[int]:
 
 
 def python_workers(spark) -> dict:
-    """Summed RSS (MB) and CPU seconds of the Python processes under this session's JVM."""
-    rss, cpu, count = 0.0, 0.0, 0
+    """Summed PSS (MB: shared pages split between their sharers, so the sum is real memory) and CPU seconds of
+    the Python processes under this session's JVM."""
+    pss, cpu, count = 0.0, 0.0, 0
     for pid in descendants(spark.sparkContext._gateway.proc.pid):
         try:
             if b"python" not in Path(f"/proc/{pid}/cmdline").read_bytes():
                 continue
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-            rss += int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().split("\n")
+            pss += next(int(line.split()[1]) for line in rollup if line.startswith("Pss:")) / 1024  # kB
             count += 1
-        except (OSError, IndexError, ValueError):
+        except (OSError, IndexError, ValueError, StopIteration):
             pass
-    return {"workers": count, "rss_mb": rss, "cpu_seconds": cpu}
+    return {"workers": count, "pss_mb": pss, "cpu_seconds": cpu}
 
 
-def kth_shortest(emulation: EmulatedCompute, n: int, b: int, steps: int) -> list[float]:
-    """Per step, the N-th shortest of the N + b tasks' drawn times: the backup step's compute, by order statistics."""
+def driver_peak_rss_mb() -> float:
+    """This Python driver's peak RSS since the last ``reset_driver_peak`` (VmHWM)."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+
+
+def reset_driver_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak RSS starts again from the current RSS
+
+
+def drawn_times(emulation: EmulatedCompute, n: int, b: int, steps: int) -> list[list[float]]:
+    """Per step, the N + b tasks' drawn compute times, shortest first (the same draws the tasks make)."""
     batches = epoch_batches((n + b) * BATCH * steps, n + b, BATCH, SEED, 0)
-    return [sorted(emulation.seconds(batch.key) for batch in step)[n - 1] for step in batches[:steps]]
+    return [sorted(emulation.seconds(batch.key) for batch in step) for step in batches[:steps]]
+
+
+def predict(times: list[float], n: int, b: int, cost: dict) -> float:
+    """A step's time from its drawn task times (shortest first) and the cost measured with tasks that take no time.
+
+    Each result costs ``c`` ms of work that is done one result at a time, in the order the tasks finish
+    (a single-server queue: done_i = max(arrival_i, done_i-1) + c): on the backup path the driver
+    taking the gradients, on the plain path the results' serialisation and treeReduce's shuffle. The
+    step ends when the N-th is done (b = 0: the last), plus the fixed cost of launching it."""
+    path = "backup" if b else "plain"
+    c, done = cost[f"{path}_ms_per_gradient"] / 1e3, 0.0
+    for arrival in times[:n]:
+        done = max(arrival, done) + c
+    return cost[f"{path}_intercept_ms"] / 1e3 + done
+
+
+def predict_again() -> None:
+    """Recompute the prediction columns of benchmarks/results/scale.json from its own driver cost and settings
+    (the draws are the same: seeded by their task keys)."""
+    results = json.loads((RESULTS / "scale.json").read_text())
+    for name in ("scale", "scale-short"):
+        if name not in results:
+            continue
+        run_ = results[name]
+        steps, cost = run_["settings"]["steps"], run_["driver_cost"]
+        for key, emulation in (("heavy", EmulatedCompute(shift=run_["settings"]["compute"],
+                                                         tail_mean=run_["settings"]["compute"])),
+                               ("fitted", EmulatedCompute())):
+            for row in run_[key]:
+                draws = drawn_times(emulation, row["n"], row["b"], steps + 1)[1:]
+                row["predicted_mean"] = statistics.mean(predict(t, row["n"], row["b"], cost) for t in draws)
+                row["measured_over_predicted"] = row["mean"] / row["predicted_mean"]
+                print(f"{name} {key} N={row['n']} b={row['b']}: {row['mean']:.2f} s measured, "
+                      f"{row['predicted_mean']:.2f} s predicted ({row['measured_over_predicted']:.2f}x)")
+    save("scale", results)
+    if "scale" in results:
+        plot(results["scale"]["heavy"], RESULTS / "scale.png")
 
 
 def run(spark, n: int, b: int, steps: int, emulation: EmulatedCompute) -> dict:
@@ -84,11 +133,13 @@ def run(spark, n: int, b: int, steps: int, emulation: EmulatedCompute) -> dict:
     labels = np.zeros(len(images), np.int64)
     sgd = msp.SyncSGD(spark, n, batch_size=BATCH, backup_workers=b, seed=SEED, emulation=emulation)
     before = python_workers(spark)
+    reset_driver_peak()
     result = sgd.fit(images, labels, max_steps=steps + 1)
     after = python_workers(spark)
     seconds = [h["seconds"] for h in result.history[1:]]
     return {"mean": statistics.mean(seconds), "p90": float(np.percentile(seconds, 90)),
-            "median": statistics.median(seconds), "seconds": seconds, "workers_rss_mb": after["rss_mb"],
+            "median": statistics.median(seconds), "seconds": seconds, "workers_pss_mb": after["pss_mb"],
+            "driver_peak_rss_mb": driver_peak_rss_mb(),
             "workers_cpu_seconds_per_step": (after["cpu_seconds"] - before["cpu_seconds"]) / (steps + 1),
             "late_tasks": result.late_tasks}
 
@@ -112,17 +163,20 @@ def grid(spark, ns, bs, steps, emulation: EmulatedCompute, cost: dict) -> list[d
     for n in ns:
         for b in bs:
             path = "backup" if b else "plain"
-            overhead = (cost[f"{path}_intercept_ms"] + cost[f"{path}_ms_per_gradient"] * (n + b)) / 1e3
-            predicted = statistics.mean(kth_shortest(emulation, n, b, steps + 1)[1:]) + overhead
+            draws = drawn_times(emulation, n, b, steps + 1)[1:]  # the first step is dropped, as in run()
+            predicted = statistics.mean(predict(times, n, b, cost) for times in draws)
+            tail = statistics.mean(times[n - 1] for times in draws)  # the order statistic alone
             measured = run(spark, n, b, steps, emulation)
-            row = {"n": n, "b": b, **{k: measured[k] for k in ("mean", "p90", "workers_rss_mb",
+            row = {"n": n, "b": b, **{k: measured[k] for k in ("mean", "p90", "workers_pss_mb", "driver_peak_rss_mb",
                                                                  "workers_cpu_seconds_per_step", "late_tasks")},
                    "predicted_mean": predicted, "measured_over_predicted": measured["mean"] / predicted,
-                   "driver_part": overhead}
+                   "order_statistic_mean": tail, "tail_part": tail - emulation.shift,  # vs the driver's:
+                   "driver_part": (cost[f"{path}_intercept_ms"] + cost[f"{path}_ms_per_gradient"] * (n + b)) / 1e3}
             rows.append(row)
             print(f"  N={n:3d} b={b}: mean {row['mean']:.2f} s (predicted {predicted:.2f}, "
-                  f"{row['measured_over_predicted']:.2f}x), p90 {row['p90']:.2f} s, workers "
-                  f"{row['workers_rss_mb']:.0f} MB, {row['workers_cpu_seconds_per_step']:.2f} CPU-s/step", flush=True)
+                  f"{row['measured_over_predicted']:.2f}x; N-th of N + b drawn {tail:.2f}), p90 {row['p90']:.2f} s, "
+                  f"driver peak {row['driver_peak_rss_mb']:.0f} MB, workers {row['workers_pss_mb']:.0f} MB PSS, "
+                  f"{row['workers_cpu_seconds_per_step']:.2f} CPU-s/step", flush=True)
     return rows
 
 
@@ -175,7 +229,10 @@ def main():
     ap.add_argument("--compute", type=float, default=1.0, help="C: the shift and the tail's mean, seconds")
     ap.add_argument("--short", action="store_true", help="N in 8, 32, 128; b in 0, 4; 4 steps")
     ap.add_argument("--fit", action="store_true", help="only measure and fit LeNet's task times")
+    ap.add_argument("--predict-again", action="store_true", help="only recompute the saved run's predictions")
     args = ap.parse_args()
+    if args.predict_again:
+        return predict_again()
     if args.fit:
         fitted = fit_task_times()
         print(f"LeNet task times: {fitted}")

@@ -22,7 +22,7 @@ from .sharding import TaskKey
 DISTRIBUTIONS = ("exponential", "lognormal", "pareto")
 #: this project's LeNet task time (batch 64, one core, Intel Xeon) fitted as shift + exponential tail:
 #: shift = the fastest task, tail_mean = mean - fastest (maximum likelihood); ``benchmarks/scale.py --fit``
-FITTED_SHIFT, FITTED_TAIL_MEAN = 0.155, 0.012
+FITTED_SHIFT, FITTED_TAIL_MEAN = 0.071, 0.026
 
 
 class EmulatedCompute(NamedTuple):

@@ -105,7 +105,8 @@ def test_malformed_spark_conf_file_is_one_line_and_status_2(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "train_lenet.py"), "--conf", str(conf),
                            "--no-progress"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == f"train_lenet: error: {conf}:2: expected 'key value', got 'spark.task.cpus'"
+    assert proc.stderr.strip().splitlines()[-1] == (f"train_lenet: error: {conf}:2: expected 'key value', got "
+                                                    "'spark.task.cpus'")
 
 
 def test_flags_override_the_training_conf_which_overrides_sgd_config(tmp_path):

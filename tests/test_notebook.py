@@ -16,6 +16,7 @@ def test_notebook_runs_and_reports_accuracy(tmp_path, monkeypatch):
     assert "loaded model agrees: True" in text
     rel = float(text.split("largest relative gradient difference ")[1].split()[0])
     assert rel < 1e-4
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
     assert len(images) == 3  # the training curve, the digits, the confusion matrix
     assert os.environ["MNIST_NOTEBOOK_STEPS"] == "6"

@@ -131,7 +131,8 @@ def test_linear_lr_scaling_follows_the_effective_batch(spark):
 
 
 def test_config_objects_and_keyword_options_build_the_same_trainer(spark):
-    by_keywords = msp.SyncSGD(spark, workers=3, batch_size=32, seed=4, lr=0.02, backup_workers=1, backup_mode="wait-all")
+    by_keywords = msp.SyncSGD(spark, workers=3, batch_size=32, seed=4, lr=0.02, backup_workers=1,
+                              backup_mode="wait-all")
     by_config = msp.SyncSGD(spark, 3, config=SGDConfig(batch_size=32, seed=4, lr=0.02),
                             backup=BackupConfig(workers=1, mode="wait-all"))
     assert by_keywords.config == by_config.config and by_keywords.backup == by_config.backup
