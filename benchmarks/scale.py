@@ -203,6 +203,32 @@ def fit_task_times(steps: int = 40) -> dict:
             "median": float(np.median(seconds)), "p90": float(np.percentile(seconds, 90))}
 
 
+def driver_rss_child(n: int, b: int, fits: int = 3) -> None:
+    """In this fresh process: ``fits`` backup fits of N + b zero-time tasks; prints each fit's driver peak RSS."""
+    spark = session.session(f"local[{n + b}]", conf={"spark.ui.enabled": "false", "spark.driver.memory": "4g"})
+    spark.sparkContext.setLogLevel("ERROR")
+    zero = EmulatedCompute(shift=0.0, tail_mean=0.0)
+    peaks = [run(spark, n, b, 5, zero)["driver_peak_rss_mb"] for _ in range(fits)]
+    spark.stop()
+    print(json.dumps(peaks))
+
+
+def driver_rss() -> dict:
+    """The backup path's driver peak RSS at N = 8 and N = 128 (b = 4), fresh processes, with glibc's default
+    (dynamic) mmap threshold and with it fixed at 1 MB (MALLOC_MMAP_THRESHOLD_), so that freed gradient-sized
+    blocks go back to the system instead of staying in each thread's heap."""
+    import subprocess
+    import sys
+    out = {}
+    for label, extra in (("default", {}), ("mmap_threshold_1mb", {"MALLOC_MMAP_THRESHOLD_": "1048576"})):
+        for n in (8, 128):
+            proc = subprocess.run([sys.executable, __file__, "--driver-rss-child", str(n), "4"], capture_output=True,
+                                  text=True, check=True, env={**os.environ, **extra})
+            out[f"{label}_n{n}"] = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"driver peak RSS, {label}, N = {n}, b = 4, three fits: {out[f'{label}_n{n}']}", flush=True)
+    return out
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -230,7 +256,14 @@ def main():
     ap.add_argument("--short", action="store_true", help="N in 8, 32, 128; b in 0, 4; 4 steps")
     ap.add_argument("--fit", action="store_true", help="only measure and fit LeNet's task times")
     ap.add_argument("--predict-again", action="store_true", help="only recompute the saved run's predictions")
+    ap.add_argument("--driver-rss", action="store_true", help="only the driver's peak RSS at N = 8 and 128")
+    ap.add_argument("--driver-rss-child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.driver_rss_child:
+        return driver_rss_child(*args.driver_rss_child)
+    if args.driver_rss:
+        save("scale", {"driver_rss": driver_rss()})
+        return
     if args.predict_again:
         return predict_again()
     if args.fit:
