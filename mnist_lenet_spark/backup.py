@@ -39,8 +39,6 @@ class StepResults:
     def __init__(self):
         self._lock = threading.Lock()
         self.open(-1, 0)
-        self.fold_seconds = 0.0  # driver time spent adding kept gradients, over the fit
-        self.folded = 0  # gradients added, over the fit
 
     def open(self, step: int, need: int) -> None:
         """Start collecting ``step``: its first ``need`` gradients are kept."""
@@ -59,7 +57,6 @@ class StepResults:
                 return
             if len(self.kept) >= self.need:
                 return
-            t0 = time.perf_counter()
             if self.sums is None:  # just unpickled: ours to add into (copied if read-only)
                 grad = result.sums.grad_sum if result.sums.grad_sum.flags.writeable else result.sums.grad_sum.copy()
                 self.sums = dataclasses.replace(result.sums, grad_sum=grad)
@@ -67,8 +64,6 @@ class StepResults:
                 np.add(self.sums.grad_sum, result.sums.grad_sum, out=self.sums.grad_sum)  # (P,) in place
                 self.sums = tasks.GradientSum(self.sums.grad_sum, self.sums.loss_sum + result.sums.loss_sum,
                                               self.sums.count + result.sums.count)
-            self.fold_seconds += time.perf_counter() - t0
-            self.folded += 1
             self.kept.append(dataclasses.replace(result, sums=None))
 
     def counts(self) -> tuple[int, int]:

@@ -103,13 +103,11 @@ def _try_store(url: str, token: str, partition) -> list[str]:
     """Task body: write and delete one small object under ``url``; [""] or ["TYPE: first line of the error"]."""
     for _ in partition:
         pass
+    from . import shards
     try:
-        import fsspec
         probe = f"{url.rstrip('/')}/.lenet-probe-{token}"
-        with fsspec.open(probe, "wb") as f:
-            f.write(b"probe")
-        fs, path = fsspec.core.url_to_fs(probe)
-        fs.rm(path)
+        shards.write_file(probe, b"probe")
+        shards.remove_url(probe)
     except Exception as e:  # whatever the store's library raises: reported, not crashed on
         return [f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}"]
     return [""]

@@ -56,7 +56,8 @@ def resolve(directory: str) -> str:
     return os.path.join(local_root(), directory)
 
 
-def _write(path: str, data: bytes) -> None:
+def write_file(path: str, data: bytes) -> None:
+    """``data`` as the file or object ``path``, whole or not at all."""
     if is_url(path):
         import fsspec
         with fsspec.open(path, "wb") as f:  # an object store makes the object visible whole, at close
@@ -91,7 +92,7 @@ def write_shard(directory: str, k: int, items: Iterator[tuple[int, tuple]]) -> I
     for path, array in zip(shard_paths(directory, k), (images, labels)):
         buffer = io.BytesIO()
         np.save(buffer, array)
-        _write(path, buffer.getvalue())
+        write_file(path, buffer.getvalue())
     yield ShardWritten(k, len(rows), local_root())
 
 

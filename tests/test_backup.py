@@ -137,7 +137,7 @@ def test_the_accumulator_sums_the_first_n_gradients_of_the_open_step_and_drops_t
     np.testing.assert_array_equal(sums.grad_sum, [5.0, 5.0, 5.0])
     assert (sums.loss_sum, sums.count) == (5.0, 25) and [r.shard for r in failed] == [4]
     results.add(result(1, 6))  # after close: dropped
-    assert results.counts() == (0, 0) and results.folded == 2
+    assert results.counts() == (0, 0)
 
 
 def test_more_task_results_than_spark_driver_max_result_size_is_one_clear_error(spark):
