@@ -9,7 +9,7 @@ PACKED_ENV := dist/mnist_lenet_spark_env.tar.gz
 
 .PHONY: run test bench experiment dist pack check-java clean
 
-$(VENV)/.installed-dev: setup.py
+$(VENV)/.installed-dev: setup.py requirements-executor.txt
 	@$(PYTHON) scripts/check_python.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

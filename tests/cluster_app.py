@@ -139,6 +139,7 @@ def main():
                 shutil.rmtree("/tmp/driver-only.parquet")
                 import s3fs
                 store = s3fs.S3FileSystem(skip_instance_cache=True)
+                store.mkdir("lenet")  # the user's bucket
                 clf = LeNetClassifier(workers=2, batchSize=16, maxSteps=steps, seed=3, stagingDir="s3://lenet/staging")
                 during = []
                 clf._progress = lambda sgd: lambda record: record["step"] == 1 and during.extend(store.find("lenet"))

@@ -44,6 +44,8 @@ def load_job(name):
 
 def own_tracebacks(stderr: str) -> list[str]:
     """The tracebacks in a job's stderr, less PySpark's daemon reporting a worker's closed pipe at shutdown
-    (its known noise: ``daemon.py ... BrokenPipeError``), which says nothing about our code."""
+    (its known noise: ``daemon.py ... BrokenPipeError``, sometimes cut off after its first line by the exit,
+    so with no frame at all), which says nothing about our code."""
     blocks = stderr.split("Traceback (most recent call last):")[1:]
-    return [b for b in blocks if not ("pyspark/daemon.py" in b and "BrokenPipeError" in b.split("\n\n")[0])]
+    return [b for b in blocks if 'File "' in b.split("\n\n")[0]
+            and not ("pyspark/daemon.py" in b and "BrokenPipeError" in b.split("\n\n")[0])]
