@@ -11,11 +11,16 @@ local[max N + max b] (136 task slots on 2 cores, the Python workers mostly aslee
     over the same steps of the N-th shortest of the N + b drawn times, plus (1)'s cost at N + b tasks.
 (3) The same with the distribution fitted to this project's LeNet task times (emulation.FITTED_*), b in {0, 4}.
 (4) --fit: measure LeNet task times (batch 64, local[2], real compute) and fit shift + exponential tail.
-Also: the Python workers' summed peak RSS, and their CPU seconds per step. Writes benchmarks/results/scale.json
+Also: the Python workers' summed peak RSS; the CPU seconds per step of the Python workers, the JVM and the driver
+process, and from them a cluster's prediction: the order statistic plus only the driver's share, one result at a
+time (the driver process's and the JVM's CPU per gradient: an upper bound, as local mode's JVM also does the
+executors' side of each task). Writes benchmarks/results/scale.json
 and scale.png.
 
     python benchmarks/scale.py [--n 8,16,32,64,96,128] [--b 0,1,2,4,8] [--steps 8] [--compute 1.0]
     python benchmarks/scale.py --short      # N in 8, 32, 128; b in 0, 4; 4 steps (make bench)
+    python benchmarks/scale.py --n 8,96 --b 0,4 --compute 3 --name scale-long   # tasks 3x longer: the machine's
+                                            # own per-task cost (130 Python workers on 2 cores) matters 3x less
 """
 from __future__ import annotations
 
@@ -64,14 +69,19 @@ def python_workers(spark) -> dict:
         try:
             if b"python" not in Path(f"/proc/{pid}/cmdline").read_bytes():
                 continue
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+            cpu += cpu_seconds(pid)
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().split("\n")
             pss += next(int(line.split()[1]) for line in rollup if line.startswith("Pss:")) / 1024  # kB
             count += 1
         except (OSError, IndexError, ValueError, StopIteration):
             pass
     return {"workers": count, "pss_mb": pss, "cpu_seconds": cpu}
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process ``pid``, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def driver_peak_rss_mb() -> float:
@@ -132,29 +142,51 @@ def run(spark, n: int, b: int, steps: int, emulation: EmulatedCompute) -> dict:
     images = np.zeros(((n + b) * BATCH * (steps + 1), 28, 28), np.uint8)  # one epoch holds every step
     labels = np.zeros(len(images), np.int64)
     sgd = msp.SyncSGD(spark, n, batch_size=BATCH, backup_workers=b, seed=SEED, emulation=emulation)
+    jvm = spark.sparkContext._gateway.proc.pid
     before = python_workers(spark)
+    jvm_before, driver_before = cpu_seconds(jvm), time.process_time()
     reset_driver_peak()
     result = sgd.fit(images, labels, max_steps=steps + 1)
     after = python_workers(spark)
+    jvm_cpu, driver_cpu = cpu_seconds(jvm) - jvm_before, time.process_time() - driver_before
     seconds = [h["seconds"] for h in result.history[1:]]
     return {"mean": statistics.mean(seconds), "p90": float(np.percentile(seconds, 90)),
             "median": statistics.median(seconds), "seconds": seconds, "workers_pss_mb": after["pss_mb"],
             "driver_peak_rss_mb": driver_peak_rss_mb(),
+            # CPU per step: the Python workers (on a cluster, spread over the executors' machines), the JVM
+            # (local mode: the driver's scheduler and the executor's side of every task), this driver process
+            # (its loop, the accumulator's server thread unpickling and adding the gradients: a cluster's serial part)
             "workers_cpu_seconds_per_step": (after["cpu_seconds"] - before["cpu_seconds"]) / (steps + 1),
+            "jvm_cpu_seconds_per_step": jvm_cpu / (steps + 1), "driver_cpu_seconds_per_step": driver_cpu / (steps + 1),
             "late_tasks": result.late_tasks}
 
 
 def driver_cost(spark, ns: list[int], steps: int) -> dict:
     """Zero-time tasks: the median step of the plain and the backup path at N tasks, and ms per gradient."""
     zero = EmulatedCompute(shift=0.0, tail_mean=0.0)
-    out = {"plain_ms": {}, "backup_ms": {}}
+    out = {f"{path}_{what}": {} for path in ("plain", "backup") for what in ("ms", "cpu_ms")}
     for n in ns:
-        out["plain_ms"][n] = run(spark, n, 0, steps, zero)["median"] * 1e3
         # b = 0 with backup_workers would be the plain path: one backup task that takes no time either
-        out["backup_ms"][n] = run(spark, n - 1, 1, steps, zero)["median"] * 1e3
+        for path, measured in (("plain", run(spark, n, 0, steps, zero)), ("backup", run(spark, n - 1, 1, steps, zero))):
+            out[f"{path}_ms"][n] = measured["median"] * 1e3
+            out[f"{path}_cpu_ms"][n] = {part: measured[f"{part}_cpu_seconds_per_step"] * 1e3
+                                        for part in ("workers", "jvm", "driver")}
     for path in ("plain", "backup"):
         slope, intercept = np.polyfit(ns, [out[f"{path}_ms"][n] for n in ns], 1)
         out[f"{path}_ms_per_gradient"], out[f"{path}_intercept_ms"] = float(slope), float(intercept)
+        for part in ("workers", "jvm", "driver"):  # CPU ms per gradient: who pays the wall-clock slope above
+            slope = np.polyfit(ns, [out[f"{path}_cpu_ms"][n][part] for n in ns], 1)[0]
+            out[f"{path}_{part}_cpu_ms_per_gradient"] = float(slope)
+    return out
+
+
+def cluster_cost(cost: dict) -> dict:
+    """``predict``'s cost for a cluster, where the Python workers and the executors' JVMs are other machines': per
+    gradient only the driver process's and the JVM's CPU (upper bound); the fixed cost as measured."""
+    out = dict(cost)
+    for path in ("plain", "backup"):
+        out[f"{path}_ms_per_gradient"] = (cost[f"{path}_driver_cpu_ms_per_gradient"]
+                                          + cost[f"{path}_jvm_cpu_ms_per_gradient"])
     return out
 
 
@@ -166,15 +198,19 @@ def grid(spark, ns, bs, steps, emulation: EmulatedCompute, cost: dict) -> list[d
             draws = drawn_times(emulation, n, b, steps + 1)[1:]  # the first step is dropped, as in run()
             predicted = statistics.mean(predict(times, n, b, cost) for times in draws)
             tail = statistics.mean(times[n - 1] for times in draws)  # the order statistic alone
+            cluster = statistics.mean(predict(times, n, b, cluster_cost(cost)) for times in draws)
             measured = run(spark, n, b, steps, emulation)
-            row = {"n": n, "b": b, **{k: measured[k] for k in ("mean", "p90", "workers_pss_mb", "driver_peak_rss_mb",
-                                                                 "workers_cpu_seconds_per_step", "late_tasks")},
+            kept = ("mean", "p90", "workers_pss_mb", "driver_peak_rss_mb", "workers_cpu_seconds_per_step",
+                    "jvm_cpu_seconds_per_step", "driver_cpu_seconds_per_step", "late_tasks")
+            row = {"n": n, "b": b, **{k: measured[k] for k in kept},
                    "predicted_mean": predicted, "measured_over_predicted": measured["mean"] / predicted,
-                   "order_statistic_mean": tail, "tail_part": tail - emulation.shift,  # vs the driver's:
+                   "cluster_predicted_mean": cluster, "order_statistic_mean": tail,
+                   "tail_part": tail - emulation.shift,  # vs the driver's:
                    "driver_part": (cost[f"{path}_intercept_ms"] + cost[f"{path}_ms_per_gradient"] * (n + b)) / 1e3}
             rows.append(row)
             print(f"  N={n:3d} b={b}: mean {row['mean']:.2f} s (predicted {predicted:.2f}, "
-                  f"{row['measured_over_predicted']:.2f}x; N-th of N + b drawn {tail:.2f}), p90 {row['p90']:.2f} s, "
+                  f"{row['measured_over_predicted']:.2f}x; on a cluster {cluster:.2f}; N-th of N + b drawn "
+                  f"{tail:.2f}), p90 {row['p90']:.2f} s, "
                   f"driver peak {row['driver_peak_rss_mb']:.0f} MB, workers {row['workers_pss_mb']:.0f} MB PSS, "
                   f"{row['workers_cpu_seconds_per_step']:.2f} CPU-s/step", flush=True)
     return rows
@@ -254,6 +290,7 @@ def main():
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--compute", type=float, default=1.0, help="C: the shift and the tail's mean, seconds")
     ap.add_argument("--short", action="store_true", help="N in 8, 32, 128; b in 0, 4; 4 steps")
+    ap.add_argument("--name", help="the key of this run in scale.json (default: scale, or scale-short)")
     ap.add_argument("--fit", action="store_true", help="only measure and fit LeNet's task times")
     ap.add_argument("--predict-again", action="store_true", help="only recompute the saved run's predictions")
     ap.add_argument("--driver-rss", action="store_true", help="only the driver's peak RSS at N = 8 and 128")
@@ -283,6 +320,10 @@ def main():
         print(f"driver cost, tasks that take no time: plain {cost['plain_ms']} ms, backup {cost['backup_ms']} ms; "
               f"per gradient: plain {cost['plain_ms_per_gradient']:.2f} ms, backup "
               f"{cost['backup_ms_per_gradient']:.2f} ms", flush=True)
+        for path in ("plain", "backup"):
+            print(f"  {path}: CPU ms per gradient: Python workers {cost[f'{path}_workers_cpu_ms_per_gradient']:.1f}, "
+                  f"JVM {cost[f'{path}_jvm_cpu_ms_per_gradient']:.1f}, "
+                  f"driver process {cost[f'{path}_driver_cpu_ms_per_gradient']:.1f}", flush=True)
         heavy = EmulatedCompute(shift=args.compute, tail_mean=args.compute)
         print(f"heavy tail (shift {args.compute} s + exponential of mean {args.compute} s):", flush=True)
         heavy_rows = grid(spark, ns, bs, steps, heavy, cost)
@@ -291,7 +332,7 @@ def main():
         fitted_rows = grid(spark, ns, [0, 4], steps, fitted, cost)
     finally:
         spark.stop()
-    name = "scale-short" if args.short else "scale"
+    name = args.name or ("scale-short" if args.short else "scale")
     result = {name: {"settings": {"n": ns, "b": bs, "steps": steps, "compute": args.compute, "slots": slots},
                      "driver_cost": cost, "heavy": heavy_rows, "heavy_best_b": best_b(heavy_rows),
                      "fitted": fitted_rows, "fitted_best_b": best_b(fitted_rows),
@@ -299,7 +340,7 @@ def main():
     for n, best in result[name]["heavy_best_b"].items():
         print(f"N={n}: best b = {best['b']} ({best['over_b0']:.2f}x b = 0)")
     save("scale", result)
-    if not args.short:
+    if name == "scale":
         plot(heavy_rows, RESULTS / "scale.png")
     print(json.dumps({"minutes": result[name]["minutes"]}))
 

@@ -87,6 +87,15 @@ def max_difference(a, b):
     return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
 
 
+def single_process(*args, **kwargs):
+    """``local.fit_local`` with one BLAS thread, as each one-core executor computes: OpenBLAS's float32 products
+    round differently with 1 and 2 threads on some CPUs (AMD EPYC: 6e-5 after one LeNet step at 4 x 16, 2e-3
+    after ten), which would hide whether the distributed math is the same."""
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=1):
+        return local.fit_local(*args, **kwargs)
+
+
 def error_of(call):
     try:
         call()
@@ -151,7 +160,7 @@ def main():
             result = msp.SyncSGD(spark, 4, batch_size=16, seed=4).fit(images, labels, max_steps=10,
                                                                        on_step=partial(act_at_step_3, spark=spark,
                                                                                        executors_after=4))
-            single = local.fit_local(images, labels, SGDConfig(batch_size=16, seed=4, max_steps=10), shards=4)
+            single = single_process(images, labels, SGDConfig(batch_size=16, seed=4, max_steps=10), shards=4)
             out["steps"] = [h["step"] for h in result.history]
             out["cluster_vs_single"] = max_difference(result.params, single.params)
         elif SCENARIO == "link":  # backup workers, 2 + 1 tasks a step, each sleeping 3 s first while it asks the
@@ -160,7 +169,7 @@ def main():
             result = msp.SyncSGD(spark, 2, batch_size=16, seed=6, backup=BackupConfig(workers=1),
                                  straggler=StragglerModel(prob=1.0, delay=3.0)).fit(
                 images, labels, max_steps=12, on_step=link_steps)
-            single = local.fit_local(images, labels, SGDConfig(batch_size=16, seed=6, max_steps=12), shards=3,
+            single = single_process(images, labels, SGDConfig(batch_size=16, seed=6, max_steps=12), shards=3,
                                      kept=[h["kept"] for h in result.history])
             out["steps"] = [h["step"] for h in result.history]
             out["kept"] = [h["kept"] for h in result.history]

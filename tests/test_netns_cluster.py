@@ -198,22 +198,41 @@ def executor_log(cluster, host, app_id) -> str:
     return "".join(f.read_text(errors="replace") for f in sorted(work.glob("*/stderr")))
 
 
+#: how Spark's Executor logs the end of a task: done, killed (by a cancel), failed
+TASK_ENDS = ("Executor: Finished task", "killed task", "Exception in task")
+
+
+def running_a_task(cluster, host) -> bool:
+    """Whether ``host``'s executor in the newest application is running a task now: its live stderr's last
+    "Running task" line has no line after it that ends a task."""
+    apps = sorted((cluster.storage / "work" / host.name).glob("app-*"), key=lambda p: p.stat().st_mtime)
+    if not apps:
+        return False
+    log = "".join(f.read_text(errors="replace") for f in sorted(apps[-1].glob("*/stderr")))
+    started = log.rfind("Executor: Running task")
+    return started >= 0 and not any(end in log[started:] for end in TASK_ENDS)
+
+
 def test_a_host_whose_link_is_down_for_20_s_changes_no_result_and_the_step_signal_recovers(cluster, tmp_before):
-    """Backup workers (2 + 1 tasks a step); one worker's cable pulled for 20 s during step 4, while the steps go on
-    with the other hosts: the host's executor finds the step signal unreachable, and reachable again once plugged;
-    the parameters equal a single-process replay of the kept shards."""
+    """Backup workers (2 + 1 tasks a step); the cable of a worker running a step-4 task is pulled for 20 s, while
+    the steps go on with the other hosts: the host's executor finds the step signal unreachable, and reachable
+    again once plugged; the parameters equal a single-process replay of the kept shards."""
     import threading
-    host = cluster.workers[0]
-    plugged = []
+    cut, plugged = [], []
 
     def plug():
-        host.set_link(True)
+        cut[0].set_link(True)
         plugged.append(time.time())
         (cluster.storage / "plugged").write_text("")
 
     def pull():
-        time.sleep(1.0)  # step 4's tasks have started (on every host) and sleep 3 s
-        host.set_link(False)
+        # step 4's 3 tasks have started and sleep 3 s; after the join test there are 4 hosts, so pick one that
+        # is running a task (the others would have nothing to ask the signal while cut off)
+        time.sleep(1.0)
+        busy = [h for h in cluster.workers if running_a_task(cluster, h)]
+        assert busy, "no worker is running a step-4 task"
+        cut.append(busy[0])
+        busy[0].set_link(False)
         timer = threading.Timer(20, plug)
         timer.start()
         plugged.append(timer)
@@ -223,10 +242,12 @@ def test_a_host_whose_link_is_down_for_20_s_changes_no_result_and_the_step_signa
     finally:
         if plugged:
             plugged[0].cancel()
-        host.set_link(True)
+        for host in cut:
+            host.set_link(True)
     assert len(plugged) == 2, "the link was not plugged back during the run"
     assert out["steps"] == list(range(1, 13))
     assert out["cluster_vs_single"] < 1e-4
+    host = cut[0]
     log = executor_log(cluster, host, out["app_id"])
     lost, back = log.find("unreachable"), log.find("reachable again")
     assert 0 <= lost < back, f"the step signal's warnings on {host.name}: {log[-3000:]}"
