@@ -13,8 +13,8 @@ local[max N + max b] (136 task slots on 2 cores, the Python workers mostly aslee
 (4) --fit: measure LeNet task times (batch 64, local[2], real compute) and fit shift + exponential tail.
 Also: the Python workers' summed peak RSS; the CPU seconds per step of the Python workers, the JVM and the driver
 process, and from them a cluster's prediction: the order statistic plus only the driver's share, one result at a
-time (the driver process's and the JVM's CPU per gradient: an upper bound, as local mode's JVM also does the
-executors' side of each task). Writes benchmarks/results/scale.json
+time (the driver process's CPU per gradient and that of the JVM's driver-side threads, told apart from the
+executor's task threads by name: an upper bound, GC and shared threads included). Writes benchmarks/results/scale.json
 and scale.png.
 
     python benchmarks/scale.py [--n 8,16,32,64,96,128] [--b 0,1,2,4,8] [--steps 8] [--compute 1.0]
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, save
+from common import RESULTS, cpu, save
 
 from mnist_lenet_spark import data, session
 from mnist_lenet_spark import spark as msp
@@ -82,6 +82,55 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of process ``pid``, all its threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+#: JVM threads that do an executor's side of a task (local mode runs the executor in the driver's JVM): the task
+#: itself, and the threads that feed its Python worker and watch it; every other thread (result getters, the DAG
+#: scheduler, the dispatcher, the gateway to this Python, GC) is counted as the driver's (an upper bound)
+EXECUTOR_THREADS = ("Executor task", "stdout writer f", "writer for pyth", "Worker Monitor ", "process reaper")
+
+
+class JvmThreads:
+    """CPU seconds of the JVM ``pid``'s threads, split into driver-side and executor-side by thread name, sampled
+    every ``period`` s (Spark renames its task threads per task and ends idle ones: a name is read while its
+    thread runs; a thread that ends between samples loses at most one period of CPU to the driver's side)."""
+
+    def __init__(self, pid: int, period: float = 0.1):
+        import threading
+        self.pid, self.period = pid, period
+        self.last: dict[str, float] = {}
+        self.seconds = {"driver": 0.0, "executor": 0.0}
+        self._stop = threading.Event()
+        self.started, self.by_name = False, {}
+        self._sample()  # what ran before counts for neither
+        self.seconds, self.by_name, self.started = {"driver": 0.0, "executor": 0.0}, {}, True
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            try:
+                name = Path(f"/proc/{self.pid}/task/{tid}/comm").read_text().strip()
+                fields = Path(f"/proc/{self.pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the thread ended
+                continue
+            now = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            part = "executor" if name.startswith(EXECUTOR_THREADS) else "driver"
+            used = now - self.last.get(tid, 0.0 if self.started else now)  # a new thread: all of it
+            self.seconds[part] += used
+            kind = name.rstrip("0123456789#-")  # "GC Thread#1" -> "GC Thread"
+            self.by_name[kind] = self.by_name.get(kind, 0.0) + used
+            self.last[tid] = now
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self._sample()
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        return self.seconds
 
 
 def driver_peak_rss_mb() -> float:
@@ -145,10 +194,13 @@ def run(spark, n: int, b: int, steps: int, emulation: EmulatedCompute) -> dict:
     jvm = spark.sparkContext._gateway.proc.pid
     before = python_workers(spark)
     jvm_before, driver_before = cpu_seconds(jvm), time.process_time()
+    threads = JvmThreads(jvm)
     reset_driver_peak()
     result = sgd.fit(images, labels, max_steps=steps + 1)
     after = python_workers(spark)
     jvm_cpu, driver_cpu = cpu_seconds(jvm) - jvm_before, time.process_time() - driver_before
+    jvm_executor = threads.stop()["executor"]  # the rest of jvm_cpu: the driver's side (and what ended unseen)
+    busiest = dict(sorted(threads.by_name.items(), key=lambda kv: -kv[1])[:8])
     seconds = [h["seconds"] for h in result.history[1:]]
     return {"mean": statistics.mean(seconds), "p90": float(np.percentile(seconds, 90)),
             "median": statistics.median(seconds), "seconds": seconds, "workers_pss_mb": after["pss_mb"],
@@ -158,6 +210,8 @@ def run(spark, n: int, b: int, steps: int, emulation: EmulatedCompute) -> dict:
             # (its loop, the accumulator's server thread unpickling and adding the gradients: a cluster's serial part)
             "workers_cpu_seconds_per_step": (after["cpu_seconds"] - before["cpu_seconds"]) / (steps + 1),
             "jvm_cpu_seconds_per_step": jvm_cpu / (steps + 1), "driver_cpu_seconds_per_step": driver_cpu / (steps + 1),
+            "jvm_driver_cpu_seconds_per_step": (jvm_cpu - jvm_executor) / (steps + 1),
+            "jvm_busiest_threads_cpu_seconds": busiest,
             "late_tasks": result.late_tasks}
 
 
@@ -170,11 +224,12 @@ def driver_cost(spark, ns: list[int], steps: int) -> dict:
         for path, measured in (("plain", run(spark, n, 0, steps, zero)), ("backup", run(spark, n - 1, 1, steps, zero))):
             out[f"{path}_ms"][n] = measured["median"] * 1e3
             out[f"{path}_cpu_ms"][n] = {part: measured[f"{part}_cpu_seconds_per_step"] * 1e3
-                                        for part in ("workers", "jvm", "driver")}
+                                        for part in ("workers", "jvm", "jvm_driver", "driver")}
+            out[f"{path}_busiest_jvm_threads"] = {n: measured["jvm_busiest_threads_cpu_seconds"]}
     for path in ("plain", "backup"):
         slope, intercept = np.polyfit(ns, [out[f"{path}_ms"][n] for n in ns], 1)
         out[f"{path}_ms_per_gradient"], out[f"{path}_intercept_ms"] = float(slope), float(intercept)
-        for part in ("workers", "jvm", "driver"):  # CPU ms per gradient: who pays the wall-clock slope above
+        for part in ("workers", "jvm", "jvm_driver", "driver"):  # CPU ms per gradient: who pays the slope above
             slope = np.polyfit(ns, [out[f"{path}_cpu_ms"][n][part] for n in ns], 1)[0]
             out[f"{path}_{part}_cpu_ms_per_gradient"] = float(slope)
     return out
@@ -182,11 +237,12 @@ def driver_cost(spark, ns: list[int], steps: int) -> dict:
 
 def cluster_cost(cost: dict) -> dict:
     """``predict``'s cost for a cluster, where the Python workers and the executors' JVMs are other machines': per
-    gradient only the driver process's and the JVM's CPU (upper bound); the fixed cost as measured."""
+    gradient only the driver process's CPU and that of the JVM's driver-side threads (an upper bound: GC and the
+    threads local mode shares are in it); the fixed cost as measured."""
     out = dict(cost)
     for path in ("plain", "backup"):
         out[f"{path}_ms_per_gradient"] = (cost[f"{path}_driver_cpu_ms_per_gradient"]
-                                          + cost[f"{path}_jvm_cpu_ms_per_gradient"])
+                                          + cost[f"{path}_jvm_driver_cpu_ms_per_gradient"])
     return out
 
 
@@ -201,7 +257,8 @@ def grid(spark, ns, bs, steps, emulation: EmulatedCompute, cost: dict) -> list[d
             cluster = statistics.mean(predict(times, n, b, cluster_cost(cost)) for times in draws)
             measured = run(spark, n, b, steps, emulation)
             kept = ("mean", "p90", "workers_pss_mb", "driver_peak_rss_mb", "workers_cpu_seconds_per_step",
-                    "jvm_cpu_seconds_per_step", "driver_cpu_seconds_per_step", "late_tasks")
+                    "jvm_cpu_seconds_per_step", "jvm_driver_cpu_seconds_per_step", "driver_cpu_seconds_per_step",
+                    "late_tasks")
             row = {"n": n, "b": b, **{k: measured[k] for k in kept},
                    "predicted_mean": predicted, "measured_over_predicted": measured["mean"] / predicted,
                    "cluster_predicted_mean": cluster, "order_statistic_mean": tail,
@@ -283,6 +340,17 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def print_cost(cost: dict) -> None:
+    print(f"driver cost, tasks that take no time: plain {cost['plain_ms']} ms, backup {cost['backup_ms']} ms; "
+          f"per gradient: plain {cost['plain_ms_per_gradient']:.2f} ms, backup "
+          f"{cost['backup_ms_per_gradient']:.2f} ms", flush=True)
+    for path in ("plain", "backup"):
+        print(f"  {path}: CPU ms per gradient: Python workers {cost[f'{path}_workers_cpu_ms_per_gradient']:.1f}, "
+              f"JVM {cost[f'{path}_jvm_cpu_ms_per_gradient']:.1f} (its driver-side threads "
+              f"{cost[f'{path}_jvm_driver_cpu_ms_per_gradient']:.1f}), "
+              f"driver process {cost[f'{path}_driver_cpu_ms_per_gradient']:.1f}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", default="8,16,32,64,96,128")
@@ -294,6 +362,8 @@ def main():
     ap.add_argument("--fit", action="store_true", help="only measure and fit LeNet's task times")
     ap.add_argument("--predict-again", action="store_true", help="only recompute the saved run's predictions")
     ap.add_argument("--driver-rss", action="store_true", help="only the driver's peak RSS at N = 8 and 128")
+    ap.add_argument("--driver-split", action="store_true",
+                    help="only (1), tasks that take no time at --n: whose CPU each gradient costs")
     ap.add_argument("--driver-rss-child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.driver_rss_child:
@@ -317,13 +387,12 @@ def main():
     t0 = time.perf_counter()
     try:
         cost = driver_cost(spark, ns, steps)
-        print(f"driver cost, tasks that take no time: plain {cost['plain_ms']} ms, backup {cost['backup_ms']} ms; "
-              f"per gradient: plain {cost['plain_ms_per_gradient']:.2f} ms, backup "
-              f"{cost['backup_ms_per_gradient']:.2f} ms", flush=True)
-        for path in ("plain", "backup"):
-            print(f"  {path}: CPU ms per gradient: Python workers {cost[f'{path}_workers_cpu_ms_per_gradient']:.1f}, "
-                  f"JVM {cost[f'{path}_jvm_cpu_ms_per_gradient']:.1f}, "
-                  f"driver process {cost[f'{path}_driver_cpu_ms_per_gradient']:.1f}", flush=True)
+        if args.driver_split:
+            print_cost(cost)
+            save("scale", {args.name or "driver_split": {"settings": {"n": ns, "steps": steps}, "driver_cost": cost,
+                                                         "cpu": cpu()}})
+            return
+        print_cost(cost)
         heavy = EmulatedCompute(shift=args.compute, tail_mean=args.compute)
         print(f"heavy tail (shift {args.compute} s + exponential of mean {args.compute} s):", flush=True)
         heavy_rows = grid(spark, ns, bs, steps, heavy, cost)
@@ -336,7 +405,7 @@ def main():
     result = {name: {"settings": {"n": ns, "b": bs, "steps": steps, "compute": args.compute, "slots": slots},
                      "driver_cost": cost, "heavy": heavy_rows, "heavy_best_b": best_b(heavy_rows),
                      "fitted": fitted_rows, "fitted_best_b": best_b(fitted_rows),
-                     "minutes": (time.perf_counter() - t0) / 60}}
+                     "minutes": (time.perf_counter() - t0) / 60, "cpu": cpu()}}
     for n, best in result[name]["heavy_best_b"].items():
         print(f"N={n}: best b = {best['b']} ({best['over_b0']:.2f}x b = 0)")
     save("scale", result)
