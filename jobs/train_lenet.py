@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from mnist_lenet_spark import config, data, runs, training
+from mnist_lenet_spark import config, data, models, runs, training
 from mnist_lenet_spark.cli import (
     Parser,
     finite_float,
@@ -41,6 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--staging-dir", default=None, help="with --train: where the staged shards go, a folder every "
                         "executor mounts or a store's URL (s3://bucket/prefix); default: each executor's local disk")
     p.add_argument("--save-model", default=None, help="write the Spark ML model directory here (any Hadoop path)")
+    p.add_argument("--model", choices=models.NAMES, default="lenet",
+                   help="lenet (SystemML's LeNet) or resnet (ResNet-8 with batch norm)")
     p.add_argument("--epochs", type=positive_int)
     p.add_argument("--max-steps", type=positive_int)
     p.add_argument("--workers", type=positive_int)
@@ -100,7 +102,8 @@ def train_run(args) -> runs.TrainRun:
     conf = config.read_training_conf(args.training_conf)
     base = runs.TrainRun(config=conf.sgd, backup=conf.backup, workers=conf.workers)
     return runs.with_flags(
-        base, epochs=args.epochs, max_steps=args.max_steps, workers=args.workers, batch_size=args.batch_size,
+        base, model=args.model, epochs=args.epochs, max_steps=args.max_steps, workers=args.workers,
+        batch_size=args.batch_size,
         lr=args.lr, momentum=args.momentum, lr_decay=args.lr_decay, l2=args.l2, warmup_steps=args.warmup_steps,
         seed=args.seed, validate_every=args.validate_every, backup_workers=args.backup_workers,
         backup_mode=args.backup_mode, lr_scaling=args.lr_scaling,

@@ -21,9 +21,9 @@ from pyspark.ml.param.shared import (HasCheckpointInterval, HasFeaturesCol, HasL
 from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, DefaultParamsWritable, DefaultParamsWriter,
                              MLReadable, MLReader, MLWritable, MLWriter)
 
-from . import data, paths, readers, rows, staging, tasks, training
-from .config import BackupConfig, SGDConfig, TrainingConf
-from .models import base, lenet
+from . import data, models, paths, readers, rows, staging, tasks, training
+from .config import BackupConfig, ConfigError, SGDConfig, TrainingConf
+from .models import base
 from .spark import SyncSGD
 from .straggler import StragglerModel
 
@@ -37,6 +37,8 @@ def _param(name: str, doc: str, convert) -> Param:
 class _LeNetParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityCol, HasRawPredictionCol, HasSeed,
                    HasValidationIndicatorCol, HasCheckpointInterval):
     """The Params of LeNetClassifier and its model, each declared once; defaults from ``config``."""
+    model = _param("model", "the network: 'lenet' (SystemML's LeNet) or 'resnet' (ResNet-8 with batch norm)",
+                   TypeConverters.toString)
     workers = _param("workers", "gradient tasks (shards) per step; effective batch = batchSize x workers",
                      TypeConverters.toInt)
     backupWorkers = _param("backupWorkers", "extra gradient tasks per step whose slowest results are dropped",
@@ -62,11 +64,19 @@ class _LeNetParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbability
     def __init__(self):
         super().__init__()
         sgd, backup = SGDConfig(), BackupConfig()
-        self._setDefault(workers=TrainingConf.workers, backupWorkers=backup.workers, batchSize=sgd.batch_size,
+        self._setDefault(model="lenet", workers=TrainingConf.workers, backupWorkers=backup.workers,
+                         batchSize=sgd.batch_size,
                          epochs=sgd.epochs, maxSteps=0, lr=sgd.lr, momentum=sgd.momentum, lrDecay=sgd.lr_decay,
                          l2=sgd.l2, warmupSteps=sgd.warmup_steps, lrScaling="none", seed=sgd.seed,
                          checkpointInterval=0, checkpointDir="", stagingDir="", stragglerProb=0.0,
                          stragglerDelay=0.0, showProgress=False)
+
+    def _network(self):
+        """The ``models.base.Model`` the ``model`` Param names (a ConfigError for an unknown name)."""
+        try:
+            return models.by_name(self.getOrDefault(self.model))
+        except ValueError as e:
+            raise ConfigError(f"model: {e}") from None
 
     def sgd_config(self) -> SGDConfig:
         return SGDConfig(batch_size=self.getOrDefault(self.batchSize), lr=self.getOrDefault(self.lr),
@@ -115,7 +125,7 @@ class LeNetClassifier(Estimator, _LeNetParams, DefaultParamsReadable, DefaultPar
         workers, backup = self.getOrDefault(self.workers), BackupConfig(workers=self.getOrDefault(self.backupWorkers))
         straggler = StragglerModel(self.getOrDefault(self.stragglerProb), self.getOrDefault(self.stragglerDelay))
         sgd = SyncSGD(spark, workers, config=self.sgd_config(), backup=backup, straggler=straggler,
-                      lr_scaling=self.getOrDefault(self.lrScaling))
+                      lr_scaling=self.getOrDefault(self.lrScaling), model=self._network())
         features, label = self.getFeaturesCol(), self.getLabelCol()
         train_df, val_df = dataset, None
         if self.isDefined(self.validationIndicatorCol) and self.getValidationIndicatorCol():
@@ -204,7 +214,7 @@ class LeNetClassificationModel(Model, _LeNetParams, MLReadable, MLWritable):
 
     def predictProbability(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (n, 10) of uint8 images (n, 28, 28), on the driver, in batches of 500."""
-        return tasks.predict_images(lenet, self.weights, images)
+        return tasks.predict_images(self._network(), self.weights, images)
 
     def _transform(self, dataset):
         from pyspark.ml.functions import array_to_vector, vector_to_array
@@ -218,11 +228,11 @@ class LeNetClassificationModel(Model, _LeNetParams, MLReadable, MLWritable):
         if isinstance(dataset.schema[features].dataType, VectorUDT):  # Arrow carries arrays, not Vectors
             column = vector_to_array(column)
         _columnar_udf_input_off(dataset)
-        weights = self.weights
+        weights, network = self.weights, self._network()
 
         @pandas_udf("prediction double, probability array<double>, raw array<double>")
         def predict(batch: pd.Series) -> pd.DataFrame:
-            prediction, probability, raw = rows.predict_pixels(lenet, weights, batch)
+            prediction, probability, raw = rows.predict_pixels(network, weights, batch)
             return pd.DataFrame({"prediction": prediction, "probability": list(probability), "raw": list(raw)})
 
         out = "__lenet_output"

@@ -17,7 +17,7 @@ import numpy as np
 from . import data, files, readers, staging, training
 from . import spark as msp
 from .config import BackupConfig, ConfigError, SGDConfig, split_options
-from .models import lenet
+from . import models
 from .straggler import StragglerModel
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TrainRun:
     """One run: the training settings, and where the data comes from and the outputs go."""
+    model: str = "lenet"  # models.NAMES
     config: SGDConfig = SGDConfig()
     backup: BackupConfig = BackupConfig()
     workers: int = 2
@@ -104,7 +105,7 @@ def _resume_state(run: TrainRun, checkpoint: Path, shape: dict) -> training.Trai
         if key in saved and saved[key] != value:
             flag = {"data": "training data", "model": "model"}.get(key, "--" + key.replace("_", "-"))
             raise ConfigError(f"{checkpoint}: written with {flag} {saved[key]}, resumed with {value}")
-    _, fresh = training.new_state(lenet, run.config.seed)
+    _, fresh = training.new_state(models.by_name(run.model), run.config.seed)
     for name in ("params", "velocity"):
         found, expected = getattr(state, name), getattr(fresh, name)
         if found.shape != expected.shape or found.dtype != expected.dtype:
@@ -127,6 +128,10 @@ def train(run: TrainRun) -> dict:
     settings or a checkpoint raise DataError or ConfigError before Spark starts where possible; a
     diverging run raises training.DivergenceError. The summary (with ``status``) and the metrics
     are written also when the run stops on an error."""
+    try:
+        network = models.by_name(run.model)
+    except ValueError as e:
+        raise ConfigError(f"--model: {e}") from None
     shards = run.workers + run.backup.workers
     run.straggler.check_partitions(shards)
     mnist = train_split = None
@@ -138,7 +143,7 @@ def train(run: TrainRun) -> dict:
         run.config.check_data(len(train_split.labels), shards)
     # what a resumed run must share with its checkpoint, or it would not continue the same schedule
     shape = {"seed": run.config.seed, "batch_size": run.config.batch_size, "workers": run.workers,
-             "backup_workers": run.backup.workers, "model": lenet.__name__.rsplit(".", 1)[-1],
+             "backup_workers": run.backup.workers, "model": run.model,
              "data": _data_fingerprint(train_split.labels) if train_split is not None else run.train_path}
     checkpoint = Path(run.checkpoint_dir) / "checkpoint.npz" if run.checkpoint_dir else None
     if checkpoint:
@@ -153,7 +158,7 @@ def train(run: TrainRun) -> dict:
     try:
         from .ml import LeNetClassificationModel  # pyspark.ml: only once Spark runs
         sgd = msp.SyncSGD(spark, run.workers, config=run.config, backup=run.backup, straggler=run.straggler,
-                          lr_scaling=run.lr_scaling)
+                          lr_scaling=run.lr_scaling, model=network)
         config = sgd.config
         progress = None
 
@@ -195,6 +200,7 @@ def train(run: TrainRun) -> dict:
         if save:  # the final state, whatever --checkpoint-every says
             save(result.state)
         model = LeNetClassificationModel(result.params)
+        model._set(model=run.model)
         if mnist is not None:
             test_accuracy = sgd.accuracy(result.params, mnist.test.images, mnist.test.labels)
         else:
@@ -204,7 +210,7 @@ def train(run: TrainRun) -> dict:
             model.write().overwrite().save(str(run.save_model))
         stats = step_statistics(result.history)
         summary = {
-            "status": "ok", "test_accuracy": test_accuracy,
+            "status": "ok", "model": run.model, "test_accuracy": test_accuracy,
             "validation_accuracy": result.validation[-1]["accuracy"] if result.validation else None,
             "epochs": config.epochs, "workers": run.workers, "batch_size": config.batch_size,
             "backup_workers": run.backup.workers, "shards": shards, "train_seconds": train_seconds,

@@ -141,10 +141,11 @@ def attempt_number() -> int:
 # -- the gradient -------------------------------------------------------------------------------------
 def gradient_sum(model: base.Model, spec: base.ParamSpec, flat_params: np.ndarray, X: np.ndarray, y: np.ndarray,
                  rng: np.random.Generator | None) -> GradientSum:
-    """Sums over a scaled batch X (n, ...), y (n,); dropout on when ``rng`` is given."""
+    """Sums over a scaled batch X (n, ...), y (n,); dropout on when ``rng`` is given. A model with state (batch
+    norm) always computes in training mode: its batch statistics are part of the sums (``training.update_state``)."""
     count = len(y)
-    loss, grads = model.loss_and_grads(base.unflatten(flat_params, spec), X, y, train=rng is not None, rng=rng,
-                                       l2=0.0)
+    train = rng is not None or bool(getattr(model, "STATE", ()))
+    loss, grads = model.loss_and_grads(base.unflatten(flat_params, spec), X, y, train=train, rng=rng, l2=0.0)
     grad_sum = base.flatten(grads, spec)  # (P,)
     grad_sum *= grad_sum.dtype.type(count)
     return GradientSum(grad_sum, loss * count, count)

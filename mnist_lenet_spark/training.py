@@ -89,6 +89,24 @@ def loss_and_gradient(sums: GradientSum, flat_params: np.ndarray, spec: base.Par
     return loss, grad
 
 
+def update_state(model: base.Model, spec: base.ParamSpec, flat_params: np.ndarray, grad: np.ndarray,
+                 count: int) -> dict[str, np.ndarray]:
+    """The next values of the model's state that is not trained (``model.STATE``, e.g. batch norm's running
+    statistics), which lives in the parameter vector. Its gradient slots hold the step's statistics averaged
+    over its mini-batches weighted by example count (sums / count, as for the gradient); the state moves
+    towards them by ``model.STATE_MOMENTUM``. Those slots of ``grad`` are zeroed: no SGD step for state."""
+    names = getattr(model, "STATE", ())
+    if not names:
+        return {}
+    params, grads, momentum = base.unflatten(flat_params, spec), base.unflatten(grad, spec), model.STATE_MOMENTUM
+    out = {}
+    for name in names:
+        value = params[name]
+        out[name] = (1 - momentum) * value + momentum * grads[name] if count else value.copy()
+        grads[name][...] = 0
+    return out
+
+
 def fit_loop(model: base.Model, spec: base.ParamSpec, state: TrainState, num_examples: int, shards: int,
              gradient: Gradient, config: SGDConfig, evaluate: Callable[[np.ndarray], float] | None = None,
              on_step: Callable[[dict], None] | None = None,
@@ -117,7 +135,10 @@ def fit_loop(model: base.Model, spec: base.ParamSpec, state: TrainState, num_exa
                 log.warning("step %d: every mini-batch was empty; only the L2 term updates", state.step)
             loss, grad = loss_and_gradient(sums, state.params, spec, model, config.l2)
             _check_finite(loss, grad, sums.count, state)
+            model_state = update_state(model, spec, state.params, grad, sums.count)
             new_params, opt = sgd_nesterov.update(state.params, grad, opt, lr=lr, momentum=config.momentum)
+            for name, value in model_state.items():
+                base.unflatten(new_params, spec)[name][...] = value
             state.params, state.velocity = new_params, opt.velocity
             state.step += 1
             state.step_in_epoch += 1

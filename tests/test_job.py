@@ -73,6 +73,18 @@ def test_cli_resume_equals_straight_run(tmp_path):
     assert other.stderr.strip().splitlines()[-1].endswith("written with --workers 2, resumed with 3")
 
 
+def test_model_resnet_trains_and_its_checkpoint_names_it(tmp_path):
+    common = ["--limit-train", "128", "--batch-size", "8", "--validate-every", "0", "--checkpoint-dir", str(tmp_path)]
+    run(*common, "--model", "resnet", "--max-steps", "3", "--model-out", str(tmp_path / "resnet.npz"),
+        "--summary", str(tmp_path / "s.json"))
+    assert json.loads((tmp_path / "s.json").read_text())["model"] == "resnet"
+    with np.load(tmp_path / "resnet.npz") as z:
+        assert z["fc.W"].shape == (64, 10) and np.any(z["stem.bn.running_mean"] != 0)
+    other = run(*common, "--max-steps", "4", "--resume", check=False)  # the default model, lenet
+    assert other.returncode == 2
+    assert other.stderr.strip().splitlines()[-1].endswith("written with model resnet, resumed with lenet")
+
+
 def test_bad_data_file_is_one_line_and_status_2(tmp_path):
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
                  "t10k-labels-idx1-ubyte.gz"):

@@ -178,3 +178,22 @@ def test_checkpoint_dir_gets_the_final_state(small, tmp_path):
     state, meta = training.load_checkpoint(tmp_path / "checkpoint.npz")
     assert state.step == 3 and meta["config"]["batch_size"] == 16
     assert np.array_equal(state.params[:10], model.weights["W1"].reshape(-1)[:10])
+
+
+def test_the_resnet_by_name_fits_transforms_saves_and_loads(spark, small, tmp_path):
+    """model="resnet": the DataFrame fit equals SyncSGD's on the same arrays (running statistics included), the
+    saved model keeps its name, and transform and predict use the running statistics."""
+    from mnist_lenet_spark.models.resnet import ResNet
+    images, labels, df = small
+    fitted = LeNetClassifier(model="resnet", workers=2, batchSize=8, maxSteps=3, seed=3).fit(df)
+    arrays = msp.SyncSGD(spark, 2, batch_size=8, seed=3, model=ResNet()).fit(images, labels, max_steps=3)
+    assert "block3.conv2.bn.running_var" in fitted.weights
+    for k, v in arrays.params.items():
+        np.testing.assert_allclose(fitted.weights[k], v, rtol=1e-6, atol=1e-7, err_msg=k)
+    fitted.write().overwrite().save(str(tmp_path / "resnet"))
+    loaded = LeNetClassificationModel.load(str(tmp_path / "resnet"))
+    assert loaded.getModel() == "resnet"
+    rows = loaded.transform(df).select("prediction").collect()  # in the rows' order
+    assert [r.prediction for r in rows] == fitted.predict(images).tolist()
+    with pytest.raises(Exception, match="model: unknown model 'vgg'"):
+        LeNetClassifier(model="vgg", maxSteps=1).fit(df)
