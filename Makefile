@@ -27,7 +27,7 @@ run: $(VENV)/.installed-dev check-java
 	$(PY) jobs/train_lenet.py --conf conf/spark-defaults.conf $(ARGS)
 
 test: $(VENV)/.installed-dev check-java dist $(PACKED_ENV)
-	$(PY) -m pytest tests $(ARGS)
+	$(PY) -m pytest tests --durations=20 $(ARGS)
 
 bench: $(VENV)/.installed-bench check-java
 	$(PY) benchmarks/kernel.py

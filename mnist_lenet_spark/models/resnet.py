@@ -39,7 +39,6 @@ class ResNet:
 
     def __init__(self, channels: int = 1, height: int = 28, width: int = 28, classes: int = 10):
         self.input_shape, self.classes = (channels, height, width), classes
-        self.name = "resnet"
         self.blocks = [("block1", WIDTHS[0], WIDTHS[0], 1), ("block2", WIDTHS[0], WIDTHS[1], 2),
                        ("block3", WIDTHS[1], WIDTHS[2], 2)]  # (name, in, out channels, stride)
         convs = ["stem"] + [f"{b}.conv{i}" for b, *_ in self.blocks for i in (1, 2)]
