@@ -78,9 +78,10 @@ def python_workers(spark) -> dict:
     return {"workers": count, "pss_mb": pss, "cpu_seconds": cpu}
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of process ``pid``, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, tid: int | str | None = None) -> float:
+    """utime + stime of process ``pid`` (all its threads), or of its thread ``tid``."""
+    stat = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -98,26 +99,27 @@ class JvmThreads:
     def __init__(self, pid: int, period: float = 0.1):
         import threading
         self.pid, self.period = pid, period
-        self.last: dict[str, float] = {}
+        self.last = {tid: used for tid, _, used in self._threads()}  # what ran before counts for neither
         self.seconds = {"driver": 0.0, "executor": 0.0}
+        self.by_name: dict[str, float] = {}
         self._stop = threading.Event()
-        self.started, self.by_name = False, {}
-        self._sample()  # what ran before counts for neither
-        self.seconds, self.by_name, self.started = {"driver": 0.0, "executor": 0.0}, {}, True
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _sample(self) -> None:
+    def _threads(self):
+        """(tid, name, CPU seconds so far) of each live thread."""
         for tid in os.listdir(f"/proc/{self.pid}/task"):
             try:
                 name = Path(f"/proc/{self.pid}/task/{tid}/comm").read_text().strip()
-                fields = Path(f"/proc/{self.pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+                used = cpu_seconds(self.pid, tid)
             except OSError:  # the thread ended
                 continue
-            now = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            part = "executor" if name.startswith(EXECUTOR_THREADS) else "driver"
-            used = now - self.last.get(tid, 0.0 if self.started else now)  # a new thread: all of it
-            self.seconds[part] += used
+            yield tid, name, used
+
+    def _sample(self) -> None:
+        for tid, name, now in self._threads():
+            used = now - self.last.get(tid, 0.0)  # a thread new since the start: all of it
+            self.seconds["executor" if name.startswith(EXECUTOR_THREADS) else "driver"] += used
             kind = name.rstrip("0123456789#-")  # "GC Thread#1" -> "GC Thread"
             self.by_name[kind] = self.by_name.get(kind, 0.0) + used
             self.last[tid] = now
@@ -225,7 +227,7 @@ def driver_cost(spark, ns: list[int], steps: int) -> dict:
             out[f"{path}_ms"][n] = measured["median"] * 1e3
             out[f"{path}_cpu_ms"][n] = {part: measured[f"{part}_cpu_seconds_per_step"] * 1e3
                                         for part in ("workers", "jvm", "jvm_driver", "driver")}
-            out[f"{path}_busiest_jvm_threads"] = {n: measured["jvm_busiest_threads_cpu_seconds"]}
+            out.setdefault(f"{path}_busiest_jvm_threads", {})[n] = measured["jvm_busiest_threads_cpu_seconds"]
     for path in ("plain", "backup"):
         slope, intercept = np.polyfit(ns, [out[f"{path}_ms"][n] for n in ns], 1)
         out[f"{path}_ms_per_gradient"], out[f"{path}_intercept_ms"] = float(slope), float(intercept)
@@ -247,14 +249,14 @@ def cluster_cost(cost: dict) -> dict:
 
 
 def grid(spark, ns, bs, steps, emulation: EmulatedCompute, cost: dict) -> list[dict]:
-    rows = []
+    rows, on_cluster = [], cluster_cost(cost)
     for n in ns:
         for b in bs:
             path = "backup" if b else "plain"
             draws = drawn_times(emulation, n, b, steps + 1)[1:]  # the first step is dropped, as in run()
             predicted = statistics.mean(predict(times, n, b, cost) for times in draws)
             tail = statistics.mean(times[n - 1] for times in draws)  # the order statistic alone
-            cluster = statistics.mean(predict(times, n, b, cluster_cost(cost)) for times in draws)
+            cluster = statistics.mean(predict(times, n, b, on_cluster) for times in draws)
             measured = run(spark, n, b, steps, emulation)
             kept = ("mean", "p90", "workers_pss_mb", "driver_peak_rss_mb", "workers_cpu_seconds_per_step",
                     "jvm_cpu_seconds_per_step", "jvm_driver_cpu_seconds_per_step", "driver_cpu_seconds_per_step",

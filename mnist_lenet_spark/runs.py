@@ -97,7 +97,7 @@ def strict_json(value, indent: int | None = None) -> str:
     return json.dumps(clean(value), allow_nan=False, indent=indent, default=str)
 
 
-def _resume_state(run: TrainRun, checkpoint: Path, shape: dict) -> training.TrainState:
+def _resume_state(run: TrainRun, checkpoint: Path, shape: dict, network) -> training.TrainState:
     """The checkpoint's state, refused (ConfigError naming the file) if it does not continue this run."""
     state, meta = training.load_checkpoint(checkpoint)
     saved = {**meta.get("config", {}), **meta}
@@ -105,7 +105,7 @@ def _resume_state(run: TrainRun, checkpoint: Path, shape: dict) -> training.Trai
         if key in saved and saved[key] != value:
             flag = {"data": "training data", "model": "model"}.get(key, "--" + key.replace("_", "-"))
             raise ConfigError(f"{checkpoint}: written with {flag} {saved[key]}, resumed with {value}")
-    _, fresh = training.new_state(models.by_name(run.model), run.config.seed)
+    _, fresh = training.new_state(network, run.config.seed)
     for name in ("params", "velocity"):
         found, expected = getattr(state, name), getattr(fresh, name)
         if found.shape != expected.shape or found.dtype != expected.dtype:
@@ -149,7 +149,7 @@ def train(run: TrainRun) -> dict:
     if checkpoint:
         for stale in checkpoint.parent.glob(checkpoint.name + ".*.tmp"):  # left by a run that was killed
             stale.unlink()
-    state = _resume_state(run, checkpoint, shape) if run.resume else None
+    state = _resume_state(run, checkpoint, shape, network) if run.resume else None
     metrics = MetricsLog(run.metrics, state.step if state else None) if run.metrics else None
     history: list[dict] = []
     summary = {"status": "failed", "steps": 0}

@@ -137,8 +137,10 @@ def fit_loop(model: base.Model, spec: base.ParamSpec, state: TrainState, num_exa
             _check_finite(loss, grad, sums.count, state)
             model_state = update_state(model, spec, state.params, grad, sums.count)
             new_params, opt = sgd_nesterov.update(state.params, grad, opt, lr=lr, momentum=config.momentum)
-            for name, value in model_state.items():
-                base.unflatten(new_params, spec)[name][...] = value
+            if model_state:
+                views = base.unflatten(new_params, spec)
+                for name, value in model_state.items():
+                    views[name][...] = value
             state.params, state.velocity = new_params, opt.velocity
             state.step += 1
             state.step_in_epoch += 1

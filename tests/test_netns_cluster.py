@@ -208,7 +208,7 @@ def running_a_task(cluster, host) -> bool:
     apps = sorted((cluster.storage / "work" / host.name).glob("app-*"), key=lambda p: p.stat().st_mtime)
     if not apps:
         return False
-    log = "".join(f.read_text(errors="replace") for f in sorted(apps[-1].glob("*/stderr")))
+    log = executor_log(cluster, host, apps[-1].name)
     started = log.rfind("Executor: Running task")
     return started >= 0 and not any(end in log[started:] for end in TASK_ENDS)
 

@@ -97,19 +97,18 @@ class ResNet:
     def _conv_bn_backward(self, dout, cache, name, grads, need_dx=True):
         conv_cache, bn_cache = cache
         dh, grads[f"{name}.bn.gamma"], grads[f"{name}.bn.beta"] = batch_norm.backward(dout, bn_cache)
-        kind, saved, x_shape, stride = conv_cache
+        kind, saved, shape, stride = conv_cache  # shape: 1x1, the input's; 3x3, the stride-1 output's
         if kind == "1x1":
             xs, w = saved  # (H', N, W', C), (F, C, 1, 1)
             dh_mat = dh.reshape(-1, dh.shape[-1])  # (H'N W', F)
             grads[f"{name}.W"] = (dh_mat.T @ xs.reshape(-1, xs.shape[-1]))[:, :, None, None]  # (F, C, 1, 1)
             if not need_dx:
                 return None
-            dx = np.zeros(x_shape, dout.dtype)  # (H, N, W, C)
+            dx = np.zeros(shape, dout.dtype)  # (H, N, W, C)
             dx[::stride, :, ::stride, :] = (dh_mat @ w[:, :, 0, 0]).reshape(xs.shape)  # (H'N W', F) @ (F, C)
             return dx
-        full_shape = x_shape
         if stride != 1:  # back to the stride-1 output: zeros where the odd rows and columns were dropped
-            full = np.zeros(full_shape, dout.dtype)  # (H, N, W, F)
+            full = np.zeros(shape, dout.dtype)  # (H, N, W, F)
             full[::stride, :, ::stride, :] = dh
             dh = full
         dx, grads[f"{name}.W"], _ = conv2d.backward(dh, saved, need_dx=need_dx)
