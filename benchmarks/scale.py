@@ -21,6 +21,7 @@ and scale.png.
     python benchmarks/scale.py --short      # N in 8, 32, 128; b in 0, 4; 4 steps (make bench)
     python benchmarks/scale.py --n 8,96 --b 0,4 --compute 3 --name scale-long   # tasks 3x longer: the machine's
                                             # own per-task cost (130 Python workers on 2 cores) matters 3x less
+    python benchmarks/scale.py --combine --n 4,16,64,128 --b 4 --steps 6   # backup_combine driver vs executors
 """
 from __future__ import annotations
 
@@ -188,11 +189,12 @@ def predict_again() -> None:
         plot(results["scale"]["heavy"], RESULTS / "scale.png")
 
 
-def run(spark, n: int, b: int, steps: int, emulation: EmulatedCompute) -> dict:
+def run(spark, n: int, b: int, steps: int, emulation: EmulatedCompute, combine: str = "driver") -> dict:
     """``steps`` emulated steps of N + b tasks (one more first, dropped: it readies any new Python worker)."""
     images = np.zeros(((n + b) * BATCH * (steps + 1), 28, 28), np.uint8)  # one epoch holds every step
     labels = np.zeros(len(images), np.int64)
-    sgd = msp.SyncSGD(spark, n, batch_size=BATCH, backup_workers=b, seed=SEED, emulation=emulation)
+    sgd = msp.SyncSGD(spark, n, batch_size=BATCH, backup_workers=b, seed=SEED, emulation=emulation,
+                      backup_combine=combine)
     jvm = spark.sparkContext._gateway.proc.pid
     before = python_workers(spark)
     jvm_before, driver_before = cpu_seconds(jvm), time.process_time()
@@ -234,6 +236,32 @@ def driver_cost(spark, ns: list[int], steps: int) -> dict:
         for part in ("workers", "jvm", "jvm_driver", "driver"):  # CPU ms per gradient: who pays the slope above
             slope = np.polyfit(ns, [out[f"{path}_cpu_ms"][n][part] for n in ns], 1)[0]
             out[f"{path}_{part}_cpu_ms_per_gradient"] = float(slope)
+    return out
+
+
+def combine_compare(spark, ns: list[int], steps: int, compute: float) -> dict:
+    """The kept gradients added on the driver (a running sum) or on the executors (a tree sum over the kept
+    tasks' cached results), side by side at each N: zero-time tasks with one backup (what each costs the
+    driver, per step and split by process), and the heavy tail (shift + exponential of mean ``compute``) at b = 4;
+    the plain treeReduce step beside both."""
+    zero, heavy = EmulatedCompute(shift=0.0, tail_mean=0.0), EmulatedCompute(shift=compute, tail_mean=compute)
+    kept = ("median", "mean", "p90", "driver_peak_rss_mb", "driver_cpu_seconds_per_step",
+            "jvm_driver_cpu_seconds_per_step", "workers_cpu_seconds_per_step", "jvm_cpu_seconds_per_step",
+            "jvm_busiest_threads_cpu_seconds")
+    out = {}
+    for n in ns:
+        row = {"plain_zero": run(spark, n, 0, steps, zero), "plain_heavy": run(spark, n, 0, steps, heavy)}
+        for combine in ("driver", "executors"):
+            row[f"{combine}_zero"] = run(spark, n - 1, 1, steps, zero, combine)
+            row[f"{combine}_heavy_b4"] = run(spark, n, 4, steps, heavy, combine)
+        out[n] = {k: {m: v[m] for m in kept} for k, v in row.items()}
+        r = out[n]
+        print(f"N={n:3d} zero-time median step: plain {r['plain_zero']['median']:.2f} s, backup on the driver "
+              f"{r['driver_zero']['median']:.2f} s, on the executors {r['executors_zero']['median']:.2f} s; driver "
+              f"process CPU per step {r['driver_zero']['driver_cpu_seconds_per_step']:.3f} vs "
+              f"{r['executors_zero']['driver_cpu_seconds_per_step']:.3f} s; heavy b=4 mean "
+              f"{r['driver_heavy_b4']['mean']:.2f} vs {r['executors_heavy_b4']['mean']:.2f} s "
+              f"(b=0 {r['plain_heavy']['mean']:.2f} s)", flush=True)
     return out
 
 
@@ -366,6 +394,8 @@ def main():
     ap.add_argument("--driver-rss", action="store_true", help="only the driver's peak RSS at N = 8 and 128")
     ap.add_argument("--driver-split", action="store_true",
                     help="only (1), tasks that take no time at --n: whose CPU each gradient costs")
+    ap.add_argument("--combine", action="store_true",
+                    help="only the kept gradients added on the driver vs on the executors, at --n")
     ap.add_argument("--driver-rss-child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.driver_rss_child:
@@ -388,6 +418,12 @@ def main():
     spark.sparkContext.setLogLevel("ERROR")
     t0 = time.perf_counter()
     try:
+        if args.combine:
+            compared = combine_compare(spark, ns, steps, args.compute)
+            save("scale", {args.name or "combine": {"settings": {"n": ns, "steps": steps, "compute": args.compute},
+                                                    "by_n": compared, "cpu": cpu(),
+                                                    "minutes": (time.perf_counter() - t0) / 60}})
+            return
         cost = driver_cost(spark, ns, steps)
         if args.driver_split:
             print_cost(cost)

@@ -43,12 +43,18 @@ def parse_args(argv=None):
     p.add_argument("--save-model", default=None, help="write the Spark ML model directory here (any Hadoop path)")
     p.add_argument("--model", choices=models.NAMES, default="lenet",
                    help="lenet (SystemML's LeNet) or resnet (ResNet-8 with batch norm)")
+    p.add_argument("--image-shape", type=int_list, default=models.MNIST_SHAPE, metavar="C,H,W",
+                   help="channels,height,width of the --train rows' images (pixels channel-major); default 1,28,28")
+    p.add_argument("--classes", type=positive_int, default=models.MNIST_CLASSES, help="labels are 0 .. classes - 1")
     p.add_argument("--epochs", type=positive_int)
     p.add_argument("--max-steps", type=positive_int)
     p.add_argument("--workers", type=positive_int)
     p.add_argument("--backup-workers", type=non_negative_int)
     p.add_argument("--backup-mode", choices=["cancel", "wait-all"],
                    help="cancel: go on at the N-th result; wait-all: wait for every task, keep the first N")
+    p.add_argument("--backup-combine", choices=["driver", "executors"],
+                   help="where kept gradients are added: driver (a running sum) or executors (a tree sum "
+                        "over the kept tasks' cached results; for tens of workers and more)")
     p.add_argument("--batch-size", type=positive_int, help="per worker")
     p.add_argument("--lr", type=finite_float)
     p.add_argument("--momentum", type=finite_float)
@@ -102,11 +108,11 @@ def train_run(args) -> runs.TrainRun:
     conf = config.read_training_conf(args.training_conf)
     base = runs.TrainRun(config=conf.sgd, backup=conf.backup, workers=conf.workers)
     return runs.with_flags(
-        base, model=args.model, epochs=args.epochs, max_steps=args.max_steps, workers=args.workers,
-        batch_size=args.batch_size,
+        base, model=args.model, image_shape=tuple(args.image_shape), classes=args.classes, epochs=args.epochs,
+        max_steps=args.max_steps, workers=args.workers, batch_size=args.batch_size,
         lr=args.lr, momentum=args.momentum, lr_decay=args.lr_decay, l2=args.l2, warmup_steps=args.warmup_steps,
         seed=args.seed, validate_every=args.validate_every, backup_workers=args.backup_workers,
-        backup_mode=args.backup_mode, lr_scaling=args.lr_scaling,
+        backup_mode=args.backup_mode, backup_combine=args.backup_combine, lr_scaling=args.lr_scaling,
         straggler=StragglerModel(args.straggler_prob, args.straggler_delay, args.slow_partitions,
                                  args.task_failure_prob),
         master=args.master, spark_conf=args.conf, data_dir=args.data_dir, limit_train=args.limit_train,

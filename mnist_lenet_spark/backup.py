@@ -4,17 +4,21 @@ Results arrive through a custom accumulator as each task finishes and are added 
 sum as they arrive (as TensorFlow's SyncReplicasOptimizer does with its ConditionalAccumulator), so
 the driver holds one gradient whatever N is and the summing overlaps the wait; at the N-th the step
 closes, the late tasks are told so (``step_signal``) and, after a grace period, Spark cancels what
-is still running. README, "Backup workers", explains why each piece.
+is still running. With ``combine="executors"`` (for tens of workers and more) only a note of each result
+arrives: the tasks' sums stay in their cached partitions, and at the N-th note one more job adds the kept
+ones on the executors (``BackupStep._sum_kept``). README, "Backup workers", explains why each piece.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import statistics
 import threading
 import time
 import uuid
 from functools import partial
+from operator import add
 
 import numpy as np
 
@@ -57,7 +61,9 @@ class StepResults:
                 return
             if len(self.kept) >= self.need:
                 return
-            if self.sums is None:  # just unpickled: ours to add into (copied if read-only)
+            if result.sums is None:  # a note: its sums stay cached on its executor (combine="executors")
+                pass
+            elif self.sums is None:  # just unpickled: ours to add into (copied if read-only)
                 grad = result.sums.grad_sum if result.sums.grad_sum.flags.writeable else result.sums.grad_sum.copy()
                 self.sums = dataclasses.replace(result.sums, grad_sum=grad)
             else:
@@ -127,7 +133,9 @@ class BackupStep:
         self.sc, self.ctx, self.source, self.describe = sc, ctx, source, describe
         self.n, self.options = workers, backup
         shards = workers + backup.workers
-        check_result_size(sc, shards, gradient_bytes)  # every check before anything is created
+        self.on_executors = backup.combine == "executors"
+        if not self.on_executors:  # else only notes and ~sqrt(N) partial sums reach the driver
+            check_result_size(sc, shards, gradient_bytes)  # every check before anything is created
         conf = sc.getConf()
         try:
             ports = step_signal.parse_ports(conf.get(step_signal.PORT_CONF, "0"))
@@ -139,7 +147,8 @@ class BackupStep:
         self.accumulator = sc.accumulator(self.results, Param())
         self.run_id = uuid.uuid4().hex[:8]
         self.task_seconds: list[float] = []
-        self.pending: list[tuple[threading.Thread, threading.Timer | None, object, str]] = []
+        # (job thread, cancel timer, parameter broadcast, job group, cached sums or None) of unfinished steps
+        self.pending: list[tuple[threading.Thread, threading.Timer | None, object, str, object]] = []
         self.stopped = sc.accumulator(0)  # late tasks that stopped by themselves when told their step closed
         self.cancelled: set[str] = set()  # job groups of steps Spark was asked to cancel
         self.killed_by_spark = 0  # tasks of those that had not finished: killed by Spark (or failed)
@@ -164,15 +173,22 @@ class BackupStep:
         group = f"mnist-lenet-{self.run_id}-step-{step}"
         bc = sc.broadcast((flat, batches))
         task = partial(tasks.backup_task, self.ctx, self.source, bc, step, self.accumulator,
-                       self.signal.endpoint if self.signal else None, self.stopped)
+                       self.signal.endpoint if self.signal else None, self.stopped, keep=self.on_executors)
         need = min(self.n, sum(1 for b in batches if len(b.index)))
         self.results.open(step, need)
         failure = []
+        cached = None
+        if self.on_executors:  # each task's sums stay in its cached partition (on disk if memory is short)
+            from pyspark import StorageLevel
+            cached = self.shard_rdd.mapPartitions(task).persist(StorageLevel.MEMORY_AND_DISK)
 
         def run_job():
             sc.setJobGroup(group, f"{self.describe(batches[0].key)} (backup workers)", interruptOnCancel=True)
             try:
-                self.shard_rdd.mapPartitions(task).count()
+                if cached is not None:
+                    cached._jrdd.count()  # a JVM action: the cached sums go to no second Python worker
+                else:
+                    self.shard_rdd.mapPartitions(task).count()
             except Exception as e:  # a cancelled job raises here too
                 failure.append(e)
 
@@ -195,6 +211,8 @@ class BackupStep:
             self._cancel(group)
             thread.join()
             bc.destroy(blocking=False)
+            if cached is not None:
+                cached.unpersist(blocking=False)
             cause = failed[0].error if failed else training.task_error(failure[0]) if failure else "its job ended"
             raise training.StepFailure(f"step {step + 1}: only {len(kept)} of the {need} gradients needed arrived, "
                                        f"and no more can; a task failed: {cause}")
@@ -206,17 +224,45 @@ class BackupStep:
             timer = threading.Timer(self._grace(), lambda: thread.is_alive() and self._cancel(group))
             timer.daemon = True
             timer.start()
-        self.pending.append((thread, timer, bc, group))
+        self.pending.append((thread, timer, bc, group, cached))
         kept_shards = sorted(r.shard for r in kept)
+        if cached is not None and kept:
+            sums = self._sum_kept(cached, kept, f"{self.describe(batches[0].key)} (summing the kept gradients)")
         info = {"step_seconds": time.perf_counter() - t0, "kept": kept_shards,
                 "dropped": [k for k in range(len(batches)) if k not in kept_shards],
                 "failed": sorted(r.shard for r in failed), "close_seconds": time.perf_counter() - arrived}
         return sums, info
 
+    def _sum_kept(self, cached, kept: list[tasks.BackupResult], description: str) -> tasks.GradientSum:
+        """The kept tasks' sums, added on the executors: a ``treeReduce`` over their cached partitions only
+        (partition k = shard k), so the driver receives ~sqrt(N) partial sums instead of N gradients."""
+        from pyspark.rdd import RDD
+        jvm = self.sc._jvm
+        shards = jvm.java.util.HashSet()
+        for result in kept:
+            shards.add(result.shard)
+        # a Scala Set is an Int => Boolean: Spark's PartitionPruningRDD keeps the partitions it contains, and
+        # runs no task for the others (a late task may still be computing its partition)
+        pruned = jvm.org.apache.spark.rdd.PartitionPruningRDD.create(
+            cached._jrdd.rdd(), jvm.scala.jdk.javaapi.CollectionConverters.asScala(shards))
+        groups = math.ceil(math.sqrt(len(kept)))
+        self.sc.setJobDescription(description)
+        try:
+            # coalesce without a shuffle groups the kept partitions by where they are cached: each of ~sqrt(N)
+            # tasks adds its group's sums (read locally where it can), and the driver adds those few
+            total = RDD(pruned.toJavaRDD(), self.sc, cached._jrdd_deserializer).coalesce(groups).reduce(add)
+        except Exception as e:
+            raise training.StepFailure(f"{description}: {training.task_error(e)}") from None
+        expected = sum(r.examples for r in kept)
+        if total.count != expected:  # a cached partition was lost, and its recomputation stopped (step closed)
+            raise training.StepFailure(f"{description}: {total.count} examples summed, {expected} kept: a kept "
+                                       f"task's cached sums were lost (an executor lost?) before they were added")
+        return total
+
     def _reap(self, wait: bool = False) -> None:
         """Forget finished steps (destroying their parameter broadcasts); with ``wait``, finish all."""
         still = []
-        for thread, timer, bc, group in self.pending:
+        for thread, timer, bc, group, cached in self.pending:
             if wait:
                 if timer is not None:
                     timer.cancel()
@@ -226,9 +272,11 @@ class BackupStep:
                     self._cancel(group)
                 thread.join()
             if thread.is_alive():
-                still.append((thread, timer, bc, group))
+                still.append((thread, timer, bc, group, cached))
             else:
                 bc.destroy(blocking=False)  # only now: a late task may still be reading it
+                if cached is not None:  # and a late task may still be caching its sums
+                    cached.unpersist(blocking=False)
                 if group in self.cancelled:
                     self.cancelled.discard(group)
                     self.killed_by_spark += self._unfinished_tasks(group)

@@ -108,19 +108,24 @@ class BackupConfig:
     tasks and keeps the N that finished first (a comparison mode that saves no time).
     ``grace``: seconds after the N-th result before Spark cancels the rest of the step; None
     means twice the median task time so far. ``cancel``: False never cancels. ``signal``: tell a
-    closed step's late tasks to stop by themselves (``step_signal``).
+    closed step's late tasks to stop by themselves (``step_signal``). ``combine``: where the kept gradients
+    are added: "driver" (each arrives whole and joins a running sum) or "executors" (each task keeps its
+    sums in a cached partition and sends only a note; at the N-th note a tree-shaped job over the kept
+    partitions adds them on the executors, so the driver receives ~sqrt(N) partial sums: for large N).
     """
     workers: int = 0
     mode: str = "cancel"
     grace: float | None = None
     cancel: bool = True
     signal: bool = True
+    combine: str = "driver"
 
     def __post_init__(self):
         _check_types(self, prefix="backup_")
         checks = [
             ("workers", self.workers >= 0, "must be an integer >= 0"),
             ("mode", self.mode in ("cancel", "wait-all"), "must be 'cancel' or 'wait-all'"),
+            ("combine", self.combine in ("driver", "executors"), "must be 'driver' or 'executors'"),
             ("grace", self.grace is None or (math.isfinite(self.grace) and self.grace >= 0), "must be >= 0"),
         ]
         _raise_failed(self, checks, prefix="backup_")

@@ -167,9 +167,10 @@ def load_mnist(data_dir: str | os.PathLike | None = None, validation_size: int =
     return Mnist(Split(train.images[v:], train.labels[v:]), Split(train.images[:v], train.labels[:v]), test)
 
 
-def scale_batch(images: np.ndarray, dtype=np.float32) -> np.ndarray:
-    """uint8 (N, 28, 28) -> (N, 1, 28, 28) in [-1, 1], ``x / 255 * 2 - 1`` as SystemML."""
+def scale_batch(images: np.ndarray, dtype=np.float32, shape: tuple[int, int, int] = (1, 28, 28)) -> np.ndarray:
+    """uint8 images (N, ...) of C x H x W pixels each (MNIST's (N, 28, 28), or channel-major (N, C, H, W) or
+    (N, C*H*W)) -> (N, C, H, W) = (N, *shape) in [-1, 1], ``x / 255 * 2 - 1`` as SystemML."""
     x = images.astype(dtype)
     x *= dtype(2.0 / 255.0) if dtype is np.float32 else 2.0 / 255.0
     x -= 1
-    return x.reshape(len(images), 1, 28, 28)
+    return x.reshape(len(images), *shape)

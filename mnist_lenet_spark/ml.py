@@ -39,6 +39,9 @@ class _LeNetParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbability
     """The Params of LeNetClassifier and its model, each declared once; defaults from ``config``."""
     model = _param("model", "the network: 'lenet' (SystemML's LeNet) or 'resnet' (ResNet-8 with batch norm)",
                    TypeConverters.toString)
+    imageShape = _param("imageShape", "[channels, height, width] of the images: features hold that many pixels "
+                        "0..255, channel-major (lenet takes only [1, 28, 28])", TypeConverters.toListInt)
+    numClasses = _param("numClasses", "how many classes: labels are 0 .. numClasses - 1", TypeConverters.toInt)
     workers = _param("workers", "gradient tasks (shards) per step; effective batch = batchSize x workers",
                      TypeConverters.toInt)
     backupWorkers = _param("backupWorkers", "extra gradient tasks per step whose slowest results are dropped",
@@ -64,7 +67,8 @@ class _LeNetParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbability
     def __init__(self):
         super().__init__()
         sgd, backup = SGDConfig(), BackupConfig()
-        self._setDefault(model="lenet", workers=TrainingConf.workers, backupWorkers=backup.workers,
+        self._setDefault(model="lenet", imageShape=list(models.MNIST_SHAPE), numClasses=models.MNIST_CLASSES,
+                         workers=TrainingConf.workers, backupWorkers=backup.workers,
                          batchSize=sgd.batch_size,
                          epochs=sgd.epochs, maxSteps=0, lr=sgd.lr, momentum=sgd.momentum, lrDecay=sgd.lr_decay,
                          l2=sgd.l2, warmupSteps=sgd.warmup_steps, lrScaling="none", seed=sgd.seed,
@@ -72,9 +76,11 @@ class _LeNetParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbability
                          stragglerDelay=0.0, showProgress=False)
 
     def _network(self):
-        """The ``models.base.Model`` the ``model`` Param names (a ConfigError for an unknown name)."""
+        """The ``models.base.Model`` the ``model``, ``imageShape`` and ``numClasses`` Params name (a ConfigError
+        for an unknown name or a shape it cannot take)."""
         try:
-            return models.by_name(self.getOrDefault(self.model))
+            return models.by_name(self.getOrDefault(self.model), tuple(self.getOrDefault(self.imageShape)),
+                                  self.getOrDefault(self.numClasses))
         except ValueError as e:
             raise ConfigError(f"model: {e}") from None
 
@@ -209,11 +215,11 @@ class LeNetClassificationModel(Model, _LeNetParams, MLReadable, MLWritable):
         return self._summary
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """Classes (n,) of uint8 images (n, 28, 28), on the driver."""
+        """Classes (n,) of uint8 images (n, ...) of C x H x W pixels each (MNIST: (n, 28, 28)), on the driver."""
         return np.argmax(self.predictProbability(images), axis=1)
 
     def predictProbability(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities (n, 10) of uint8 images (n, 28, 28), on the driver, in batches of 500."""
+        """Class probabilities (n, classes) of uint8 images (n, ...), on the driver, in batches of 500."""
         return tasks.predict_images(self._network(), self.weights, images)
 
     def _transform(self, dataset):
@@ -223,12 +229,12 @@ class LeNetClassificationModel(Model, _LeNetParams, MLReadable, MLWritable):
         from pyspark.sql.functions import pandas_udf
 
         features = self.getFeaturesCol()
-        staging.check_columns(dataset, features, None)
+        weights, network = self.weights, self._network()
+        staging.check_columns(dataset, features, None, int(np.prod(network.input_shape)), network.classes)
         column = F.col(features)
         if isinstance(dataset.schema[features].dataType, VectorUDT):  # Arrow carries arrays, not Vectors
             column = vector_to_array(column)
         _columnar_udf_input_off(dataset)
-        weights, network = self.weights, self._network()
 
         @pandas_udf("prediction double, probability array<double>, raw array<double>")
         def predict(batch: pd.Series) -> pd.DataFrame:

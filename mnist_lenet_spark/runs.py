@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 class TrainRun:
     """One run: the training settings, and where the data comes from and the outputs go."""
     model: str = "lenet"  # models.NAMES
+    image_shape: tuple[int, int, int] = models.MNIST_SHAPE  # (C, H, W) of the train_path rows' images
+    classes: int = models.MNIST_CLASSES
     config: SGDConfig = SGDConfig()
     backup: BackupConfig = BackupConfig()
     workers: int = 2
@@ -129,9 +131,12 @@ def train(run: TrainRun) -> dict:
     diverging run raises training.DivergenceError. The summary (with ``status``) and the metrics
     are written also when the run stops on an error."""
     try:
-        network = models.by_name(run.model)
+        network = models.by_name(run.model, run.image_shape, run.classes)
     except ValueError as e:
         raise ConfigError(f"--model: {e}") from None
+    if not run.train_path and (network.input_shape, network.classes) != (models.MNIST_SHAPE, models.MNIST_CLASSES):
+        raise ConfigError("--image-shape/--classes: the bundled MNIST is 1,28,28 with 10 classes; give --train "
+                          "data of that shape")
     shards = run.workers + run.backup.workers
     run.straggler.check_partitions(shards)
     mnist = train_split = None
@@ -200,7 +205,7 @@ def train(run: TrainRun) -> dict:
         if save:  # the final state, whatever --checkpoint-every says
             save(result.state)
         model = LeNetClassificationModel(result.params)
-        model._set(model=run.model)
+        model._set(model=run.model, imageShape=list(network.input_shape), numClasses=network.classes)
         if mnist is not None:
             test_accuracy = sgd.accuracy(result.params, mnist.test.images, mnist.test.labels)
         else:

@@ -80,14 +80,16 @@ def shard_paths(directory: str, k: int) -> tuple[str, str]:
     return f"{folder}/shard-{k:05d}-images.npy", f"{folder}/shard-{k:05d}-labels.npy"
 
 
-def write_shard(directory: str, k: int, items: Iterator[tuple[int, tuple]]) -> Iterator[ShardWritten]:
-    """Write shard ``k``'s rows, in global index order, as images uint8 (n, 28, 28) and labels int64 (n,)."""
+def write_shard(directory: str, shape: tuple[int, int, int], k: int,
+                items: Iterator[tuple[int, tuple]]) -> Iterator[ShardWritten]:
+    """Write shard ``k``'s rows, in global index order, as images uint8 (n, C, H, W) = (n, *shape) and labels
+    int64 (n,)."""
     rows = sorted(item for _, item in items)  # by global index: the DataFrame's order
     bad = [(i, problem) for i, label, problem in rows if label is None]
     if bad:
         yield ShardWritten(k, len(rows), local_root(), bad[0][1], bad[0][0])
         return
-    images = np.frombuffer(b"".join(pixels for _, _, pixels in rows), np.uint8).reshape(-1, 28, 28)
+    images = np.frombuffer(b"".join(pixels for _, _, pixels in rows), np.uint8).reshape(-1, *shape)  # (n, C, H, W)
     labels = np.array([label for _, label, _ in rows], np.int64)
     for path, array in zip(shard_paths(directory, k), (images, labels)):
         buffer = io.BytesIO()

@@ -27,6 +27,14 @@ from .straggler import StragglerModel
 
 log = logging.getLogger(__name__)
 
+def check_images(model: base.Model, images, what: str) -> None:
+    """ConfigError unless ``images`` (N, ...) hold the model's C x H x W pixels each."""
+    shape, pixels = np.shape(images), int(np.prod(model.input_shape))
+    if len(shape) < 2 or int(np.prod(shape[1:])) != pixels:
+        raise ConfigError(f"{what}: shape {shape}, expected (N, ...) of {pixels} pixels each (the model takes "
+                          f"{'x'.join(map(str, model.input_shape))} images)")
+
+
 class SyncSGD:
     """Synchronous SGD over ``workers`` Spark tasks per step; effective batch = batch_size x workers.
 
@@ -41,8 +49,8 @@ class SyncSGD:
     emulation : an ``emulation.EmulatedCompute``: tasks sleep a drawn time instead of computing (benchmarks)
     lr_scaling : "linear" multiplies lr by (workers x batch_size / 64); pair it with warmup_steps
     **options : any ``SGDConfig`` field (``batch_size=64, seed=0, lr=0.01, ...``), or ``backup_workers``,
-        ``backup_mode``, ``backup_grace``, ``backup_cancel``, ``backup_signal`` (the ``BackupConfig``
-        fields); they override ``config`` and ``backup``.
+        ``backup_mode``, ``backup_grace``, ``backup_cancel``, ``backup_signal``, ``backup_combine`` (the
+        ``BackupConfig`` fields); they override ``config`` and ``backup``.
     """
 
     def __init__(self, spark, workers: int = 2, *, config: SGDConfig | None = None,
@@ -125,7 +133,7 @@ class SyncSGD:
 
     # -- one given batch ---------------------------------------------------------------------------
     def gradient(self, params: base.Params, X: np.ndarray, y: np.ndarray) -> tuple[float, base.Params]:
-        """Loss and gradients of one scaled batch X (n, 1, 28, 28), y (n,) split over the workers; equals
+        """Loss and gradients of one scaled batch X (n, C, H, W), y (n,) split over the workers; equals
         ``model.loss_and_grads(params, X, y, train=False, l2=self.config.l2)``. Keeps the dtype of params."""
         if len(y) == 0 or len(X) != len(y):
             raise ConfigError(f"gradient needs a non-empty batch with one label per example, "
@@ -146,13 +154,17 @@ class SyncSGD:
     def fit(self, X_train: np.ndarray, y_train: np.ndarray, epochs: int | None = None, validation_data=None, *,
             max_steps: int | None = None, on_step=None, state: training.TrainState | None = None,
             checkpoint=None, checkpoint_every: int = 0) -> training.FitResult:
-        """Train on uint8 images ``X_train`` (N, 28, 28) and labels ``y_train`` (N,).
+        """Train on uint8 images ``X_train`` (N, ...) of the model's C x H x W pixels each (MNIST: (N, 28, 28);
+        else (N, C, H, W) or (N, C*H*W), channel-major) and labels ``y_train`` (N,).
 
         ``epochs`` and ``max_steps`` override the config's. ``validation_data``: (images, labels)
         evaluated over the cluster every ``validate_every`` steps and at each epoch's end.
         ``state`` resumes from a checkpoint; ``checkpoint(state)`` is called every
         ``checkpoint_every`` steps.
         """
+        check_images(self.model, X_train, "X_train")
+        if validation_data is not None:
+            check_images(self.model, validation_data[0], "validation images")
         started = time.perf_counter()
         data_bc = self.sc.broadcast((np.ascontiguousarray(X_train), np.asarray(y_train, np.int64)))
         # reads it while the driver broadcasts the validation set; the setup includes the broadcast
@@ -239,7 +251,8 @@ class SyncSGD:
         return correct / sum(n for _, n in sizes)
 
     def accuracy(self, params: base.Params, images: np.ndarray, labels: np.ndarray) -> float:
-        """Accuracy of ``params`` on uint8 ``images`` (N, 28, 28), counted over the cluster."""
+        """Accuracy of ``params`` on uint8 ``images`` (N, ...) of C x H x W pixels each, counted over the cluster."""
+        check_images(self.model, images, "images")
         spec = base.param_spec(params)
         bc = self.sc.broadcast((np.asarray(images), np.asarray(labels)))
         try:

@@ -3,7 +3,7 @@
 Row ``i`` (in the DataFrame's order) goes to shard ``k`` when it falls in ``sharding.shard_bounds``'
 block ``k``: the same contiguous blocks ``SyncSGD.fit`` cuts from arrays, so both train on the
 same batches. One job counts each input partition; one more converts and checks every row where
-it lies, shuffles the rows (784 bytes each) to their shard, and writes each shard once as two
+it lies, shuffles the rows (C x H x W bytes each: 784 for MNIST) to their shard, and writes each shard once as two
 ``.npy`` files (``shards.write_shard``). Only per-shard reports (or the first bad row) come back to
 the driver.
 
@@ -46,7 +46,7 @@ class StagedData:
     places: tuple[int, ...] = ()  # shards per executor that holds any, most first (balance, for reports)
 
 
-def check_columns(df, features_col: str, label_col: str | None) -> None:
+def check_columns(df, features_col: str, label_col: str | None, pixels: int = 784, classes: int = 10) -> None:
     """Raise DataError naming the column when it is missing or of a type the trainer cannot read."""
     from pyspark.ml.linalg import VectorUDT
     from pyspark.sql.types import ArrayType, BinaryType, NumericType
@@ -61,8 +61,8 @@ def check_columns(df, features_col: str, label_col: str | None) -> None:
               isinstance(t, (VectorUDT, BinaryType)) or isinstance(t, ArrayType) and isinstance(t.elementType,
                                                                                                 NumericType))
         if not ok:
-            expected = ("an integer or double 0..9" if kind == "label" else
-                        "a Vector, an array of numbers or binary (784 pixels 0..255)")
+            expected = (f"an integer or double 0..{classes - 1}" if kind == "label" else
+                        f"a Vector, an array of numbers or binary ({pixels} pixels 0..255)")
             raise DataError(f"column '{name}' ({kind}) has type {t.simpleString()}; expected {expected}")
 
 
@@ -86,11 +86,14 @@ def staging_directory(base: str | None) -> str:
     return str(root / name)
 
 
-def stage(df, features_col: str, label_col: str, shard_count: int, directory: str) -> StagedData:
+def stage(df, features_col: str, label_col: str, shard_count: int, directory: str,
+          input_shape: tuple[int, int, int] = (1, 28, 28), classes: int = 10) -> StagedData:
     """Write ``df``'s rows as ``shard_count`` shard files named ``directory`` (see ``staging_directory``) and cache
-    the RDD of their reports; DataError on a bad column or row. ``unstage`` removes them."""
+    the RDD of their reports; each row holds one (C, H, W) = ``input_shape`` image, channel-major, and a label
+    0 .. classes - 1. DataError on a bad column or row. ``unstage`` removes them."""
     from pyspark import StorageLevel
-    check_columns(df, features_col, label_col)
+    pixels = int(np.prod(input_shape))
+    check_columns(df, features_col, label_col, pixels, classes)
     t0 = time.perf_counter()
     rows = df.select(features_col, label_col).rdd
     counts = rows.mapPartitions(lambda it: [sum(1 for _ in it)]).collect()  # rows of each input partition
@@ -100,9 +103,9 @@ def stage(df, features_col: str, label_col: str, shard_count: int, directory: st
     edges = np.array([a for a, _ in sharding.shard_bounds(n, shard_count)] + [n])
     first_index = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()
     tokens = (rows.mapPartitionsWithIndex(partial(row_conversion.convert_rows, features_col, label_col, edges,
-                                                  first_index))
+                                                  first_index, pixels, classes))
               .partitionBy(shard_count, lambda k: k)
-              .mapPartitionsWithIndex(partial(shards.write_shard, directory))
+              .mapPartitionsWithIndex(partial(shards.write_shard, directory, tuple(input_shape)))
               .persist(StorageLevel.MEMORY_ONLY))  # a few bytes a shard: where each shard's files are
     try:
         reports = sorted(tokens.collect(), key=lambda r: r.shard)
@@ -153,10 +156,12 @@ def fit_dataframes(sgd, train_df, validation_df, features_col: str, label_col: s
     directory = staging_directory(staging_dir)
     sgd.start_warm_up()  # readies the Python workers while the shards are written
     staged = []
+    image = {"input_shape": sgd.model.input_shape, "classes": sgd.model.classes}  # what the model takes
     try:
-        train = stage(train_df, features_col, label_col, sgd.workers + sgd.backup.workers, directory + "/train")
+        train = stage(train_df, features_col, label_col, sgd.workers + sgd.backup.workers, directory + "/train",
+                      **image)
         staged.append(train.source)
-        validation = (stage(validation_df, features_col, label_col, sgd.workers, directory + "/validation")
+        validation = (stage(validation_df, features_col, label_col, sgd.workers, directory + "/validation", **image)
                       if validation_df is not None else None)
         if validation:
             staged.append(validation.source)

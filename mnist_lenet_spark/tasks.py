@@ -52,19 +52,21 @@ class TaskReport:
 
 @dataclass(frozen=True)
 class BackupResult:
-    """What a backup-worker task adds to the step's accumulator: its sums, or the error of its last attempt."""
+    """What a backup-worker task adds to the step's accumulator: its sums, or the error of its last attempt.
+    Combining on the executors, a note instead: ``sums`` None, ``examples`` counted (the sums stay cached)."""
     step: int
     shard: int
     finished_at: float  # time.time() on the executor
     seconds: float  # the task's own duration
     sums: GradientSum | None
     error: str | None = None
+    examples: int = 0
 
 
 @dataclass(frozen=True)
 class BroadcastData:
     """Training data broadcast whole (``SyncSGD.fit`` on arrays): batch indices index it directly."""
-    bc: object  # a Broadcast of (images uint8 (N, 28, 28), labels int64 (N,))
+    bc: object  # a Broadcast of (images uint8 (N, ...) of C x H x W pixels each, labels int64 (N,))
 
     def shard(self, k: int) -> tuple[np.ndarray, np.ndarray, int]:
         """(images, labels, offset of shard k's first row): here the whole set, offset 0."""
@@ -164,7 +166,7 @@ def sum_batches(model: base.Model, spec: base.ParamSpec, flat_params: np.ndarray
             part = GradientSum(np.zeros_like(flat_params), 0.0, 0)
         else:
             index = batch.index - offset if offset else batch.index  # (n,) rows of the given arrays
-            X = data.scale_batch(images[index], flat_params.dtype.type)  # (n, 1, 28, 28)
+            X = data.scale_batch(images[index], flat_params.dtype.type, model.input_shape)  # (n, C, H, W)
             rng = batch.key.dropout_rng() if dropout else None
             part = gradient_sum(model, spec, flat_params, X, labels[index], rng)
         total = part if total is None else total + part
@@ -172,17 +174,17 @@ def sum_batches(model: base.Model, spec: base.ParamSpec, flat_params: np.ndarray
 
 
 def predict_images(model: base.Model, params: base.Params, images: np.ndarray, chunk: int = 500) -> np.ndarray:
-    """Class probabilities (N, classes) of uint8 images (N, 28, 28), scaled and predicted ``chunk`` at a time
-    (bounded memory), in the parameters' dtype."""
+    """Class probabilities (N, classes) of uint8 images (N, ...) of the model's C x H x W pixels each, scaled and
+    predicted ``chunk`` at a time (bounded memory), in the parameters' dtype."""
     dtype = next(iter(params.values())).dtype.type
-    parts = [model.predict(params, data.scale_batch(images[i:i + chunk], dtype))  # (n, classes)
+    parts = [model.predict(params, data.scale_batch(images[i:i + chunk], dtype, model.input_shape))  # (n, classes)
              for i in range(0, len(images), chunk)]
-    return np.concatenate(parts) if parts else np.empty((0, 10), dtype)
+    return np.concatenate(parts) if parts else np.empty((0, model.classes), dtype)
 
 
 def count_correct(model: base.Model, params: base.Params, images: np.ndarray, labels: np.ndarray,
                   chunk: int = 500) -> int:
-    """How many uint8 images (N, 28, 28) the model classifies as ``labels`` (N,)."""
+    """How many uint8 images (N, ...) the model classifies as ``labels`` (N,)."""
     return int(np.sum(np.argmax(predict_images(model, params, images, chunk), axis=1) == labels))
 
 
@@ -232,9 +234,11 @@ def step_task(ctx: TaskContext, source, step_bc, partition: Iterator[int]) -> It
 
 
 def backup_task(ctx: TaskContext, source, step_bc, step: int, accumulator, signal: step_signal.Endpoint | None,
-                stopped, partition: Iterator[int]) -> Iterator:
+                stopped, partition: Iterator[int], keep: bool = False) -> Iterator:
     """A backup-worker step: the sums go to the accumulator as soon as they are ready, unless the driver
-    closed the step meanwhile (then the task stops early, sends nothing and counts itself in ``stopped``)."""
+    closed the step meanwhile (then the task stops early, sends nothing and counts itself in ``stopped``).
+    With ``keep`` the sums are this partition's output instead (cached for the driver's tree sum over the
+    kept tasks) and the accumulator gets a note of their example count."""
     flat_params, batches = _step_work(step_bc, partition)
     started = time.time()
     should_stop = partial(step_signal.is_closed, signal, step) if signal else None
@@ -250,8 +254,10 @@ def backup_task(ctx: TaskContext, source, step_bc, step: int, accumulator, signa
         stopped.add(1)
     if total is not None or error is not None:
         finished = time.time()
-        accumulator.add([BackupResult(step, batches[0].key.shard, finished, finished - started, total, error)])
-    return iter(())
+        sent, examples = (None, total.count if total is not None else 0) if keep else (total, 0)
+        accumulator.add([BackupResult(step, batches[0].key.shard, finished, finished - started, sent, error,
+                                      examples)])
+    return iter([total]) if keep and total is not None else iter(())
 
 
 def warm_task(ctx: TaskContext, source, params_bc, batch_size: int, partition: Iterator[int]) -> Iterator[TaskReport]:
@@ -263,7 +269,8 @@ def warm_task(ctx: TaskContext, source, params_bc, batch_size: int, partition: I
     if source is not None:
         for k in shards:
             source.shard(k)  # the broadcast read, or the shard's files mapped
-    X = data.scale_batch(np.zeros((batch_size, 28, 28), np.uint8))  # (n, 1, 28, 28)
+    shape = ctx.model.input_shape
+    X = data.scale_batch(np.zeros((batch_size, *shape), np.uint8), shape=shape)  # (n, C, H, W)
     total = gradient_sum(ctx.model, ctx.spec, params_bc.value, X, np.zeros(batch_size, np.int64),
                          np.random.default_rng(0))
     yield TaskReport(total, (os.getpid(),))

@@ -26,16 +26,17 @@ def kept_batch_gradient(mnist_images, mnist_labels, record, batches, params_flat
                                 train=False)
 
 
+@pytest.mark.parametrize("combine", ["driver", "executors"])
 @pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-4), (np.float64, 1e-10)])
-def test_step_gradient_equals_large_batch_over_the_kept_batches(spark, mnist, dtype, tol):
+def test_step_gradient_equals_large_batch_over_the_kept_batches(spark, mnist, dtype, tol, combine):
     images, labels = mnist.train.images[:200], mnist.train.labels[:200]
     spec, state = training.new_state(lenet, 5)
     flat = state.params.astype(dtype)
     sc = spark.sparkContext
     data_bc = sc.broadcast((images, labels))
     ctx = tasks.TaskContext(lenet, spec, threads=1, dropout=False)
-    step = backup.BackupStep(sc, ctx, tasks.BroadcastData(data_bc), workers=3, backup=BackupConfig(workers=2),
-                             describe=str)
+    step = backup.BackupStep(sc, ctx, tasks.BroadcastData(data_bc), workers=3,
+                             backup=BackupConfig(workers=2, combine=combine), describe=str)
     try:
         batches = sharding.epoch_batches(200, 5, 8, 5, 0)[0]
         sums, info = step(flat, batches)
@@ -64,6 +65,28 @@ def test_an_always_slow_partition_is_never_kept_and_not_waited_for(spark, mnist)
     losses = [h["loss"] for h in result.history]
     assert np.mean(losses[-4:]) < 0.75 * np.mean(losses[:4])  # still trains
     assert elapsed < 16 * 2.5
+
+
+def test_summed_on_the_executors_the_fit_equals_summed_on_the_driver_and_leaves_nothing_cached(spark, mnist):
+    """combine="executors": the kept tasks' cached sums are tree-summed by a job over their partitions only
+    (the 10 s straggler's partition is not waited for), the same gradients as the driver's running sum."""
+    images, labels = mnist.train.images[:600], mnist.train.labels[:600]
+    slow = StragglerModel(prob=0.0, delay=10.0, slow_partitions=(1,))
+    persisted_before = spark.sparkContext._jsc.getPersistentRDDs().size()
+    fits = {}
+    for combine in ("driver", "executors"):
+        sgd = msp.SyncSGD(spark, workers=2, batch_size=16, backup_workers=1, straggler=slow, seed=3,
+                          backup_combine=combine)
+        t0 = time.perf_counter()
+        fits[combine] = sgd.fit(images, labels, max_steps=4)
+        assert time.perf_counter() - t0 < 4 * 2.5, combine  # far below four 10 s delays
+    ours, theirs = fits["executors"], fits["driver"]
+    assert [h["kept"] for h in ours.history] == [[0, 2]] * 4 == [h["kept"] for h in theirs.history]
+    assert [h["examples"] for h in ours.history] == [32] * 4
+    for name in theirs.params:  # float32 sums in another order: equal to rounding
+        assert rel_error(ours.params[name], theirs.params[name]) < 1e-5, name
+    assert spark.sparkContext._jsc.getPersistentRDDs().size() == persisted_before  # every step's cache released
+    assert not spark.sparkContext.statusTracker().getActiveJobsIds()
 
 
 def test_late_tasks_stop_by_themselves_when_their_step_closes(spark, mnist):
@@ -153,6 +176,8 @@ def test_invalid_backup_settings(spark, mnist):
         msp.SyncSGD(spark, workers=2, backup_workers=-1)
     with pytest.raises(ConfigError, match="backup_grace must be >= 0"):
         msp.SyncSGD(spark, workers=2, backup_workers=1, backup_grace=-1.0)
+    with pytest.raises(ConfigError, match="backup_combine must be 'driver' or 'executors', got 'jvm'"):
+        msp.SyncSGD(spark, workers=2, backup_workers=1, backup_combine="jvm")
     with pytest.raises(ConfigError, match="need at least 3 training examples"):
         msp.SyncSGD(spark, workers=2, backup_workers=1).fit(mnist.train.images[:2], mnist.train.labels[:2])
 

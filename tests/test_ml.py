@@ -197,3 +197,43 @@ def test_the_resnet_by_name_fits_transforms_saves_and_loads(spark, small, tmp_pa
     assert [r.prediction for r in rows] == fitted.predict(images).tolist()
     with pytest.raises(Exception, match="model: unknown model 'vgg'"):
         LeNetClassifier(model="vgg", maxSteps=1).fit(df)
+
+
+def colour_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic 3-channel 32 x 32 uint8 images (n, 3, 32, 32) of 3 classes: class c is a bright square in
+    channel c at a random place, over noise in every channel."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    images = rng.integers(0, 90, (n, 3, 32, 32)).astype(np.uint8)
+    for image, label, (r, c) in zip(images, labels, rng.integers(0, 20, (n, 2))):
+        image[label, r:r + 12, c:c + 12] = 230
+    return images, labels
+
+
+def test_a_resnet_on_3_channel_32x32_images_of_3_classes_fits_from_parquet_end_to_end(spark, tmp_path):
+    """The image shape and class count come from the estimator's Params, not MNIST: staging, the shard files,
+    validation, transform, an evaluator and predict all take 3 x 32 x 32 images (Vectors through Parquet)."""
+    images, labels = colour_images(360, seed=1)
+    rows = [(int(y), Vectors.dense(x.reshape(-1).astype(float)), i % 6 == 0) for i, (x, y) in
+            enumerate(zip(images, labels))]  # every 6th row validates
+    spark.createDataFrame(rows, ["label", "features", "is_val"]).write.parquet(str(tmp_path / "rows"))
+    df = spark.read.parquet(str(tmp_path / "rows"))
+    estimator = LeNetClassifier(model="resnet", imageShape=[3, 32, 32], numClasses=3, workers=2, batchSize=16,
+                                epochs=3, lr=0.05, validationIndicatorCol="is_val", seed=2)
+    model = estimator.fit(df)
+    assert model.weights["stem.W"].shape == (16, 3, 3, 3) and model.weights["fc.W"].shape == (64, 3)
+    assert model.summary.validation and model.summary.validation[-1]["accuracy"] >= 0.9
+    test_images, test_labels = colour_images(120, seed=7)
+    test_df = spark.createDataFrame([(int(y), Vectors.dense(x.reshape(-1).astype(float)))
+                                     for x, y in zip(test_images, test_labels)], ["label", "features"])
+    out = model.transform(test_df)
+    accuracy = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(out)
+    assert accuracy >= 0.9
+    assert len(out.first().probability) == 3
+    predicted = [r.prediction for r in out.select("prediction").collect()]
+    assert predicted == model.predict(test_images).tolist()  # (n, 3, 32, 32) arrays on the driver: the same
+    with pytest.raises(Exception, match="has 784 values, expected 3072"):  # MNIST rows for this model
+        model.transform(spark.createDataFrame([(1, Vectors.dense(np.zeros(784)))], ["label", "features"])
+                        ).collect()
+    with pytest.raises(Exception, match="model: lenet takes 1x28x28 images and 10 classes"):
+        LeNetClassifier(imageShape=[3, 32, 32], numClasses=3, maxSteps=1).fit(df)

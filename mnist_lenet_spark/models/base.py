@@ -17,6 +17,10 @@ ParamSpec = list[tuple[str, tuple[int, ...]]]
 class Model(Protocol):
     #: names of the parameters that carry the L2 penalty (weights, not biases)
     REGULARIZED: Sequence[str]
+    #: (C, H, W) of one scaled input image; the data's uint8 images hold C x H x W pixels each, channel-major
+    input_shape: tuple[int, int, int]
+    #: how many classes: labels are 0 .. classes - 1, ``predict`` gives (N, classes)
+    classes: int
 
     # Optional, for state that is not trained (batch norm's running statistics), kept in the parameter vector:
     # STATE names those entries; in training mode ``loss_and_grads`` puts the batch's statistics in their gradient

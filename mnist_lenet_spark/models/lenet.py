@@ -15,6 +15,7 @@ from ..nn import affine, conv2d, conv2d_pool, dropout, relu, softmax_cross_entro
 from . import base
 
 REGULARIZED = ("W1", "W2", "W3", "W4")
+input_shape, classes = (1, 28, 28), 10  # its affine 3136 -> 512 is sized for MNIST
 KEEP_PROB = 0.5
 
 
