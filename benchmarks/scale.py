@@ -240,7 +240,7 @@ def driver_cost(spark, ns: list[int], steps: int) -> dict:
 
 
 def combine_compare(spark, ns: list[int], steps: int, compute: float) -> dict:
-    """The kept gradients added on the driver (a running sum) or on the executors (a tree sum over the kept
+    """The kept gradients added on the driver (a running sum) or on the executors (a job over the kept
     tasks' cached results), side by side at each N: zero-time tasks with one backup (what each costs the
     driver, per step and split by process), and the heavy tail (shift + exponential of mean ``compute``) at b = 4;
     the plain treeReduce step beside both."""

@@ -53,8 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--backup-mode", choices=["cancel", "wait-all"],
                    help="cancel: go on at the N-th result; wait-all: wait for every task, keep the first N")
     p.add_argument("--backup-combine", choices=["driver", "executors"],
-                   help="where kept gradients are added: driver (a running sum) or executors (a tree sum "
-                        "over the kept tasks' cached results; for tens of workers and more)")
+                   help="where kept gradients are added: driver (a running sum) or executors (a job over "
+                        "the kept tasks' cached results; for tens of workers and more)")
     p.add_argument("--batch-size", type=positive_int, help="per worker")
     p.add_argument("--lr", type=finite_float)
     p.add_argument("--momentum", type=finite_float)

@@ -61,16 +61,19 @@ class StepResults:
                 return
             if len(self.kept) >= self.need:
                 return
-            if result.sums is None:  # a note: its sums stay cached on its executor (combine="executors")
-                pass
-            elif self.sums is None:  # just unpickled: ours to add into (copied if read-only)
-                grad = result.sums.grad_sum if result.sums.grad_sum.flags.writeable else result.sums.grad_sum.copy()
-                self.sums = dataclasses.replace(result.sums, grad_sum=grad)
-            else:
-                np.add(self.sums.grad_sum, result.sums.grad_sum, out=self.sums.grad_sum)  # (P,) in place
-                self.sums = tasks.GradientSum(self.sums.grad_sum, self.sums.loss_sum + result.sums.loss_sum,
-                                              self.sums.count + result.sums.count)
+            if result.sums is not None:  # else a note: its sums stay cached on its executor (combine="executors")
+                self._add(result.sums)
             self.kept.append(dataclasses.replace(result, sums=None))
+
+    def _add(self, sums: tasks.GradientSum) -> None:
+        """Add ``sums`` into the running sum (under the lock)."""
+        if self.sums is None:  # just unpickled: ours to add into (copied if read-only)
+            grad = sums.grad_sum if sums.grad_sum.flags.writeable else sums.grad_sum.copy()
+            self.sums = dataclasses.replace(sums, grad_sum=grad)
+        else:
+            np.add(self.sums.grad_sum, sums.grad_sum, out=self.sums.grad_sum)  # (P,) in place
+            self.sums = tasks.GradientSum(self.sums.grad_sum, self.sums.loss_sum + sums.loss_sum,
+                                          self.sums.count + sums.count)
 
     def counts(self) -> tuple[int, int]:
         """(gradients kept, failures) of the open step so far."""
@@ -234,8 +237,8 @@ class BackupStep:
         return sums, info
 
     def _sum_kept(self, cached, kept: list[tasks.BackupResult], description: str) -> tasks.GradientSum:
-        """The kept tasks' sums, added on the executors: a ``treeReduce`` over their cached partitions only
-        (partition k = shard k), so the driver receives ~sqrt(N) partial sums instead of N gradients."""
+        """The kept tasks' sums, added on the executors: a job over their cached partitions only (partition k =
+        shard k) in ~sqrt(N) groups, so the driver receives ~sqrt(N) partial sums instead of N gradients."""
         from pyspark.rdd import RDD
         jvm = self.sc._jvm
         shards = jvm.java.util.HashSet()

@@ -110,7 +110,7 @@ class BackupConfig:
     means twice the median task time so far. ``cancel``: False never cancels. ``signal``: tell a
     closed step's late tasks to stop by themselves (``step_signal``). ``combine``: where the kept gradients
     are added: "driver" (each arrives whole and joins a running sum) or "executors" (each task keeps its
-    sums in a cached partition and sends only a note; at the N-th note a tree-shaped job over the kept
+    sums in a cached partition and sends only a note; at the N-th note one more job over the kept
     partitions adds them on the executors, so the driver receives ~sqrt(N) partial sums: for large N).
     """
     workers: int = 0

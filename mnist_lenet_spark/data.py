@@ -17,6 +17,9 @@ import numpy as np
 
 from . import files
 
+#: MNIST's images as the models take them, (channels, height, width), and its class count: every default
+MNIST_SHAPE, MNIST_CLASSES = (1, 28, 28), 10
+
 log = logging.getLogger(__name__)
 
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
@@ -167,7 +170,7 @@ def load_mnist(data_dir: str | os.PathLike | None = None, validation_size: int =
     return Mnist(Split(train.images[v:], train.labels[v:]), Split(train.images[:v], train.labels[:v]), test)
 
 
-def scale_batch(images: np.ndarray, dtype=np.float32, shape: tuple[int, int, int] = (1, 28, 28)) -> np.ndarray:
+def scale_batch(images: np.ndarray, dtype=np.float32, shape: tuple[int, int, int] = MNIST_SHAPE) -> np.ndarray:
     """uint8 images (N, ...) of C x H x W pixels each (MNIST's (N, 28, 28), or channel-major (N, C, H, W) or
     (N, C*H*W)) -> (N, C, H, W) = (N, *shape) in [-1, 1], ``x / 255 * 2 - 1`` as SystemML."""
     x = images.astype(dtype)

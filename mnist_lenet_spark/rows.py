@@ -8,6 +8,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .data import MNIST_CLASSES, MNIST_SHAPE
 from .models import base
 from .tasks import predict_images
 
@@ -16,7 +17,7 @@ def _short(value, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def row_pixels(features, pixels: int = 784) -> np.ndarray | str:
+def row_pixels(features, pixels: int = int(np.prod(MNIST_SHAPE))) -> np.ndarray | str:
     """uint8 (pixels,) from a Vector, a sequence of ``pixels`` numbers in 0..255 (rounded) or that many bytes;
     else the problem."""
     if features is None:
@@ -36,7 +37,7 @@ def row_pixels(features, pixels: int = 784) -> np.ndarray | str:
     return np.rint(values).astype(np.uint8)
 
 
-def row_label(label, classes: int = 10) -> int | str:
+def row_label(label, classes: int = MNIST_CLASSES) -> int | str:
     """The class 0 .. classes - 1 of a label given as an integer or an integral double; else the problem."""
     if label is None:
         return "is null"

@@ -33,7 +33,7 @@ import numpy as np
 
 from . import rows as row_conversion
 from . import paths, sharding, shards
-from .data import DataError
+from .data import MNIST_CLASSES, MNIST_SHAPE, DataError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ class StagedData:
     places: tuple[int, ...] = ()  # shards per executor that holds any, most first (balance, for reports)
 
 
-def check_columns(df, features_col: str, label_col: str | None, pixels: int = 784, classes: int = 10) -> None:
+def check_columns(df, features_col: str, label_col: str | None, pixels: int = int(np.prod(MNIST_SHAPE)),
+                  classes: int = MNIST_CLASSES) -> None:
     """Raise DataError naming the column when it is missing or of a type the trainer cannot read."""
     from pyspark.ml.linalg import VectorUDT
     from pyspark.sql.types import ArrayType, BinaryType, NumericType
@@ -87,7 +88,7 @@ def staging_directory(base: str | None) -> str:
 
 
 def stage(df, features_col: str, label_col: str, shard_count: int, directory: str,
-          input_shape: tuple[int, int, int] = (1, 28, 28), classes: int = 10) -> StagedData:
+          input_shape: tuple[int, int, int] = MNIST_SHAPE, classes: int = MNIST_CLASSES) -> StagedData:
     """Write ``df``'s rows as ``shard_count`` shard files named ``directory`` (see ``staging_directory``) and cache
     the RDD of their reports; each row holds one (C, H, W) = ``input_shape`` image, channel-major, and a label
     0 .. classes - 1. DataError on a bad column or row. ``unstage`` removes them."""

@@ -53,7 +53,7 @@ class TaskReport:
 @dataclass(frozen=True)
 class BackupResult:
     """What a backup-worker task adds to the step's accumulator: its sums, or the error of its last attempt.
-    Combining on the executors, a note instead: ``sums`` None, ``examples`` counted (the sums stay cached)."""
+    Combining on the executors, a note instead: ``sums`` None (they stay cached); ``examples`` their count."""
     step: int
     shard: int
     finished_at: float  # time.time() on the executor
@@ -237,8 +237,8 @@ def backup_task(ctx: TaskContext, source, step_bc, step: int, accumulator, signa
                 stopped, partition: Iterator[int], keep: bool = False) -> Iterator:
     """A backup-worker step: the sums go to the accumulator as soon as they are ready, unless the driver
     closed the step meanwhile (then the task stops early, sends nothing and counts itself in ``stopped``).
-    With ``keep`` the sums are this partition's output instead (cached for the driver's tree sum over the
-    kept tasks) and the accumulator gets a note of their example count."""
+    With ``keep`` the sums are this partition's output instead (cached until the driver has the kept tasks'
+    sums added on the executors) and the accumulator gets only a note of their example count."""
     flat_params, batches = _step_work(step_bc, partition)
     started = time.time()
     should_stop = partial(step_signal.is_closed, signal, step) if signal else None
@@ -254,9 +254,9 @@ def backup_task(ctx: TaskContext, source, step_bc, step: int, accumulator, signa
         stopped.add(1)
     if total is not None or error is not None:
         finished = time.time()
-        sent, examples = (None, total.count if total is not None else 0) if keep else (total, 0)
-        accumulator.add([BackupResult(step, batches[0].key.shard, finished, finished - started, sent, error,
-                                      examples)])
+        examples = total.count if total is not None else 0
+        accumulator.add([BackupResult(step, batches[0].key.shard, finished, finished - started,
+                                      None if keep else total, error, examples)])
     return iter([total]) if keep and total is not None else iter(())
 
 

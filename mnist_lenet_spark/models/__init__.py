@@ -1,8 +1,9 @@
 """Models trainable by this package: see ``base.Model`` for the interface; ``by_name`` picks one."""
 from __future__ import annotations
 
+from ..data import MNIST_CLASSES, MNIST_SHAPE
+
 NAMES = ("lenet", "resnet")
-MNIST_SHAPE, MNIST_CLASSES = (1, 28, 28), 10
 
 
 def by_name(name: str, input_shape: tuple[int, int, int] = MNIST_SHAPE, classes: int = MNIST_CLASSES):

@@ -11,11 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import SGDConfig
+from ..data import MNIST_CLASSES, MNIST_SHAPE
 from ..nn import affine, conv2d, conv2d_pool, dropout, relu, softmax_cross_entropy
 from . import base
 
 REGULARIZED = ("W1", "W2", "W3", "W4")
-input_shape, classes = (1, 28, 28), 10  # its affine 3136 -> 512 is sized for MNIST
+input_shape, classes = MNIST_SHAPE, MNIST_CLASSES  # its affine 3136 -> 512 is sized for MNIST
 KEEP_PROB = 0.5
 
 
