@@ -38,6 +38,7 @@ bench: $(VENV)/.installed-bench check-java
 	$(PY) benchmarks/backup.py
 	$(PY) benchmarks/dataframe.py
 	$(PY) benchmarks/cluster.py
+	$(PY) benchmarks/runaway.py
 	$(PY) benchmarks/scale.py --short
 	$(PY) benchmarks/soak.py
 	$(PY) benchmarks/accuracy.py

@@ -68,19 +68,11 @@ def child(master: str, storage: Path, steps: int, rounds: int) -> None:
 
 def runaway_tasks(storage: Path, app_id: str) -> dict:
     """Step tasks that failed with ShardMissing (ran where their shard is not), and their task seconds."""
-    count, seconds, tasks = 0, 0.0, 0
-    for log in (storage / "events").glob(f"*{app_id}*/events_*"):  # Spark 4: a folder of event files
-        for line in log.read_text().splitlines():
-            event = json.loads(line)
-            if event.get("Event") != "SparkListenerTaskEnd":
-                continue
-            tasks += 1
-            reason = event["Task End Reason"]
-            if "ShardMissing" in json.dumps(reason):
-                count += 1
-                info = event["Task Info"]
-                seconds += (info["Finish Time"] - info["Launch Time"]) / 1e3
-    return {"tasks": tasks, "shard_missing": count, "shard_missing_task_seconds": seconds}
+    from tests.event_log import task_ends
+    ends = task_ends(storage / "events", app_id)
+    missed = [end for end in ends if end.shard_missing]
+    return {"tasks": len(ends), "shard_missing": len(missed),
+            "shard_missing_task_seconds": sum(end.seconds for end in missed)}
 
 
 def write_rows(storage: Path) -> None:

@@ -17,6 +17,19 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 #: the Spark settings the step needs to be cheap, each explained in the README ("Spark settings")
 SPARK_DEFAULTS = files.checkout_root() / "conf" / "spark-defaults.conf"
 LOG4J = files.checkout_root() / "conf" / "log4j2.properties"  # warnings and errors only
+#: Set on a cluster only (a user's own value wins). A staged step task that runs away from the executor holding
+#: its shard (that executor busy past spark.locality.wait) fails with ShardMissing; by default Spark may run the
+#: retry on the same wrong executor again, up to spark.task.maxFailures times (seen: 2 in a row). Task-level
+#: exclusion sends a retry to an executor it has not failed on; the stage and node limits are raised so that
+#: misses never exclude the executor that holds other shards. Not in local mode: its one executor would be
+#: excluded and a retry could run nowhere (Spark aborts after 120 s).
+CLUSTER_DEFAULTS = {
+    "spark.excludeOnFailure.taskAndStage.enabled": "true",
+    "spark.excludeOnFailure.task.maxTaskAttemptsPerExecutor": "1",
+    "spark.excludeOnFailure.task.maxTaskAttemptsPerNode": "1000",
+    "spark.excludeOnFailure.stage.maxFailedTasksPerExecutor": "1000",
+    "spark.excludeOnFailure.stage.maxFailedExecutorsPerNode": "1000",
+}
 
 
 def read_spark_conf(path: str | os.PathLike) -> dict[str, str]:
@@ -48,6 +61,9 @@ def session(master: str | None = None, app_name: str = "mnist_lenet_spark", conf
         log.warning("%s not found: the session runs with Spark's default settings", SPARK_DEFAULTS)
     settings = read_spark_conf(conf_file) if conf_file else {}
     settings.update(conf or {})
+    resolved = _master_of(master, settings)
+    if resolved != "local" and not resolved.startswith("local["):  # local-cluster has executors of its own
+        settings = {**CLUSTER_DEFAULTS, **settings}
     java_options = settings.get("spark.driver.extraJavaOptions", "")
     if LOG4J.is_file() and "log4j2.configurationFile" not in java_options:
         settings["spark.driver.extraJavaOptions"] = f"{java_options} -Dlog4j2.configurationFile={LOG4J}".strip()
@@ -62,6 +78,17 @@ def session(master: str | None = None, app_name: str = "mnist_lenet_spark", conf
     if not spark.sparkContext.master.startswith("local"):
         ship_package(spark.sparkContext)
     return spark
+
+
+def _master_of(master: str | None, settings: dict[str, str]) -> str:
+    """The master the session will have: the argument, the settings, or spark-submit's --master."""
+    if master or "spark.master" in settings:
+        return master or settings["spark.master"]
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:  # no spark-submit: pyspark launches a local JVM
+        return "local[*]"
+    from pyspark import SparkConf, SparkContext
+    SparkContext._ensure_initialized()  # connects to spark-submit's JVM, whose settings hold its --master
+    return SparkConf().get("spark.master", "local[*]")
 
 
 def ship_package(sc) -> str | None:

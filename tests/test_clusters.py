@@ -39,6 +39,36 @@ def test_local_cluster(mnist):
         session.stop()
 
 
+def test_staged_tasks_that_run_away_from_their_shard_are_run_again_elsewhere(mnist, tmp_path):
+    """Three shards on two executors, locality ignored (spark.locality.wait=0, as when tasks outlast the wait):
+    tasks run where their shard is not and fail with ShardMissing; a retry never runs on the executor it missed
+    on (session()'s cluster settings), and the fit equals the array fit of the same rows."""
+    from mnist_lenet_spark import staging
+    from tests.event_log import task_ends
+    session = msp.session("local-cluster[2,1,1024]", conf={
+        "spark.ui.enabled": "false", "spark.locality.wait": "0s", "spark.eventLog.enabled": "true",
+        "spark.eventLog.compress": "false", "spark.eventLog.dir": str(tmp_path)})
+    session.sparkContext.setLogLevel("ERROR")
+    try:
+        images, labels = mnist.train.images[:1200], mnist.train.labels[:1200]
+        rows = [(int(y), bytearray(x.tobytes())) for x, y in zip(images, labels)]
+        df = session.createDataFrame(session.sparkContext.parallelize(rows, 2), ["label", "features"])
+        sgd = msp.SyncSGD(session, 3, batch_size=32)
+        staged = staging.stage(df, "features", "label", 3, staging.staging_directory(None))
+        try:
+            on_shards = sgd.fit_data(staged.source, staged.num_examples, max_steps=25)
+        finally:
+            staging.unstage(session.sparkContext, staged.source)
+        on_arrays = sgd.fit(images, labels, max_steps=25)
+        app_id = session.sparkContext.applicationId
+    finally:
+        session.stop()
+    assert all(np.array_equal(on_shards.params[k], on_arrays.params[k]) for k in on_arrays.params)
+    missed = [end for end in task_ends(tmp_path, app_id) if end.shard_missing]
+    assert missed, "no task ran away from its shard: the test did not exercise the retry"
+    assert all(end.attempt == 0 for end in missed), f"a retry ran away again: {missed}"
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import s3_server
+from tests import event_log, s3_server
 from tests.conftest import ROOT
 from tests.netns_cluster import SPARK_HOME, Cluster, can_create_namespaces
 
@@ -100,17 +100,6 @@ def scenario(cluster, name, act=None):
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def task_ends(cluster, app_id):
-    """(stage, host, reason) of every task that ended in the application, from its event log."""
-    ends = []
-    for f in sorted((cluster.storage / "events").glob(f"*{app_id}*/events_*")):
-        for line in f.read_text().splitlines():
-            event = json.loads(line)
-            if event.get("Event") == "SparkListenerTaskEnd":
-                ends.append((event["Stage ID"], event["Task Info"]["Host"], event["Task End Reason"]["Reason"]))
-    return ends
-
-
 #: what a SIGKILLed executor JVM leaves of Spark's own in its host's /tmp (native libraries it unpacked, the
 #: archive it fetched): nothing of ours, and no shards
 SIGKILL_LEFTOVERS = ("/tmp/liblz4-java-", "/tmp/snappy-", "mnist_lenet_spark_env.tar.gz")
@@ -185,9 +174,9 @@ def test_a_host_that_joins_mid_fit_gets_step_tasks(cluster, tmp_before):
     out = scenario(cluster, "join", lambda: joined.append(cluster.add_worker()))
     assert out["steps"] == list(range(1, 11))
     assert out["cluster_vs_single"] < 1e-4
-    ends = task_ends(cluster, out["app_id"])
-    tasks_per_stage = Counter(stage for stage, _, _ in ends)
-    steps = [host for stage, host, reason in ends if reason == "Success" and tasks_per_stage[stage] == 4]
+    ends = event_log.task_ends(cluster.storage / "events", out["app_id"])
+    tasks_per_stage = Counter(end.stage for end in ends)
+    steps = [end.host for end in ends if end.reason == "Success" and tasks_per_stage[end.stage] == 4]
     assert steps.count(joined[0].address) >= 3, f"the new host ran {steps.count(joined[0].address)} step tasks"
     assert_nothing_left(cluster, tmp_before)
 
