@@ -7,7 +7,12 @@ peak memory of one NumPy step. Then the ceiling: the matrix-product FLOPs of one
 of this core at conv2's shape, and so the time of the products alone: the fastest a step could
 be if everything else were free, and the best ratio to PyTorch that would give.
 
-    python benchmarks/kernel.py [--rounds 7] [--steps 10]
+The ResNet row (issue 16): the same for ResNet-8 (models/resnet.py) against the same network built from
+PyTorch's reference layers (Conv2d without bias, BatchNorm2d, Linear); its ceiling is the products of one
+NumPy step timed one by one at their own shapes (its convolutions have 16 to 64 output channels, where SGEMM
+runs far below conv2's speed), including the stride-2 convolutions computed at stride 1 as this package does.
+
+    python benchmarks/kernel.py [--rounds 7] [--steps 10] [--model lenet,resnet]
 """
 from __future__ import annotations
 
@@ -18,8 +23,9 @@ import tracemalloc
 import numpy as np
 from common import median_seconds, save
 
-from mnist_lenet_spark import tasks
+from mnist_lenet_spark import tasks, training
 from mnist_lenet_spark.models import base, lenet
+from mnist_lenet_spark.models.resnet import ResNet
 from mnist_lenet_spark.nn.optim import sgd_nesterov
 
 BATCH = 64
@@ -79,12 +85,122 @@ def torch_step_fn(X, y):
     return step
 
 
+def resnet_products(model: ResNet, batch: int = BATCH) -> list[tuple[int, int, int, bool]]:
+    """The matrix products of one NumPy ResNet step, as (M, K, F, with_dx): each convolution is a (M, K) @ (K, F)
+    product forward, one (K, M) @ (M, F) for the filter gradient and, unless it reads the image, one
+    (M, F) @ (F, K) for dx. 3x3 convolutions run at stride 1 (a stride-2 one keeps every other output), so
+    M = batch x their input's pixels; 1x1 shortcuts multiply the sub-sampled pixels."""
+    _, h, w = model.input_shape
+    out = [(batch * h * w, 9 * model.input_shape[0], 16, False)]  # the stem
+    for _, cin, cout, stride in model.blocks:
+        out.append((batch * h * w, 9 * cin, cout, True))  # conv1, at the block's input size
+        if stride != 1 or cin != cout:
+            h2, w2 = -(-h // stride), -(-w // stride)
+            out.append((batch * h2 * w2, cin, cout, True))  # the 1x1 shortcut
+        h, w = -(-h // stride), -(-w // stride)
+        out.append((batch * h * w, 9 * cout, cout, True))  # conv2
+    return out
+
+
+def products_seconds(products, repeats: int = 15) -> float:
+    """The median time of every product of one step, timed one by one at its own shape (one thread)."""
+    rng = np.random.default_rng(0)
+    total = 0.0
+    for m, k, f, with_dx in products:
+        a = rng.standard_normal((m, k)).astype(np.float32)  # (M, K): columns
+        b = rng.standard_normal((k, f)).astype(np.float32)  # (K, F): filters
+        g = rng.standard_normal((m, f)).astype(np.float32)  # (M, F): the output's gradient
+        total += median_seconds(lambda: a @ b, repeats) + median_seconds(lambda: a.T @ g, repeats)  # fwd, dW
+        if with_dx:
+            total += median_seconds(lambda: g @ b.T, repeats)  # (M, F) @ (F, K)
+    return total
+
+
+def resnet_numpy_step_fn(X, y):
+    model = ResNet()
+    params = model.init_params(0)
+    spec = base.param_spec(params)
+    state = [base.flatten(params, spec), sgd_nesterov.init(base.flatten(params, spec))]
+
+    def step():  # what a one-process step does: gradient, running statistics, Nesterov update
+        _, grads = model.loss_and_grads(base.unflatten(state[0], spec), X, y, train=True)
+        grad = base.flatten(grads, spec)
+        moved = training.update_state(model, spec, state[0], grad, len(y))
+        state[0], state[1] = sgd_nesterov.update(state[0], grad, state[1], lr=0.01, momentum=0.9)
+        params = base.unflatten(state[0], spec)
+        for name, value in moved.items():
+            params[name][...] = value
+    return step
+
+
+def resnet_torch_step_fn(X, y):
+    import torch
+    from torch import nn
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+    def conv_bn(cin, cout, k, stride):
+        return [nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False), nn.BatchNorm2d(cout)]
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.body = nn.Sequential(*conv_bn(cin, cout, 3, stride), nn.ReLU(), *conv_bn(cout, cout, 3, 1))
+            self.shortcut = (nn.Sequential(*conv_bn(cin, cout, 1, stride)) if stride != 1 or cin != cout
+                             else nn.Identity())
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.shortcut(x))
+
+    model = nn.Sequential(*conv_bn(1, 16, 3, 1), nn.ReLU(), Block(16, 16, 1), Block(16, 32, 2), Block(32, 64, 2),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    loss_fn = nn.CrossEntropyLoss()
+    tx, ty = torch.from_numpy(X), torch.from_numpy(y)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(tx), ty).backward()
+        opt.step()
+    return step
+
+
+def resnet_row(X, y, rounds: int, steps: int) -> dict:
+    np_step, th_step = resnet_numpy_step_fn(X, y), resnet_torch_step_fn(X, y)
+    np_times, th_times, ratios = [], [], []
+    for _ in range(rounds):  # interleaved, as for LeNet
+        np_times.append(median_seconds(np_step, steps))
+        th_times.append(median_seconds(th_step, steps))
+        ratios.append(th_times[-1] / np_times[-1])
+    t_np, t_th = statistics.median(np_times), statistics.median(th_times)
+    products = resnet_products(ResNet())
+    floor = products_seconds(products)
+    flops = sum(2 * m * k * f * (3 if dx else 2) for m, k, f, dx in products)
+    result = {"numpy_step_ms": t_np * 1e3, "torch_step_ms": t_th * 1e3,
+              "ratio_numpy_over_torch": statistics.median(ratios), "gemm_gflop_per_step": flops / 1e9,
+              "gemm_only_step_ms": floor * 1e3, "best_possible_ratio": t_th / floor}
+    print(f"resnet numpy  : {t_np * 1e3:6.1f} ms/step  {BATCH / t_np:7.0f} images/s")
+    print(f"resnet pytorch: {t_th * 1e3:6.1f} ms/step  {BATCH / t_th:7.0f} images/s")
+    print(f"resnet numpy speed / pytorch speed (median of {rounds} rounds): {statistics.median(ratios):.2f}x "
+          f"(target >= 0.8)")
+    print(f"resnet matrix products of one step: {flops / 1e9:.2f} GFLOP, {floor * 1e3:.1f} ms timed at their shapes "
+          f"({floor / t_np:.0%} of the NumPy step); best ratio possible with these products: {t_th / floor:.2f}x")
+    return result
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=10, help="timed steps per round and framework")
+    ap.add_argument("--model", default="lenet,resnet", help="which rows: lenet, resnet or both")
     args = ap.parse_args()
     tasks.tune_process(1)
+    if "resnet" in args.model.split(","):
+        rng = np.random.default_rng(0)
+        X = rng.uniform(-1, 1, (BATCH, 1, 28, 28)).astype(np.float32)
+        save("kernel", {"resnet": resnet_row(X, rng.integers(0, 10, BATCH), args.rounds, args.steps)})
+    if "lenet" not in args.model.split(","):
+        return
     rng = np.random.default_rng(0)
     X = rng.uniform(-1, 1, (BATCH, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, BATCH)

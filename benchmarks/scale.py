@@ -22,6 +22,9 @@ and scale.png.
     python benchmarks/scale.py --n 8,96 --b 0,4 --compute 3 --name scale-long   # tasks 3x longer: the machine's
                                             # own per-task cost (130 Python workers on 2 cores) matters 3x less
     python benchmarks/scale.py --combine --n 4,16,64,128 --b 4 --steps 6   # backup_combine driver vs executors
+    python benchmarks/scale.py --fitted-only --fitted-scale 30 --n 8,32,96 --name fitted-x30   # (3) only, the
+                                            # fitted shape 30x longer (same shift : tail ratio), so the machine's
+                                            # share stays small as in --compute 3
 """
 from __future__ import annotations
 
@@ -394,6 +397,9 @@ def main():
     ap.add_argument("--driver-rss", action="store_true", help="only the driver's peak RSS at N = 8 and 128")
     ap.add_argument("--driver-split", action="store_true",
                     help="only (1), tasks that take no time at --n: whose CPU each gradient costs")
+    ap.add_argument("--fitted-scale", type=float, default=1.0,
+                    help="the fitted distribution's shift and tail mean times this (its shape kept)")
+    ap.add_argument("--fitted-only", action="store_true", help="only (1) and (3)")
     ap.add_argument("--combine", action="store_true",
                     help="only the kept gradients added on the driver vs on the executors, at --n")
     ap.add_argument("--driver-rss-child", nargs=2, type=int, help=argparse.SUPPRESS)
@@ -431,23 +437,27 @@ def main():
                                                          "cpu": cpu()}})
             return
         print_cost(cost)
-        heavy = EmulatedCompute(shift=args.compute, tail_mean=args.compute)
-        print(f"heavy tail (shift {args.compute} s + exponential of mean {args.compute} s):", flush=True)
-        heavy_rows = grid(spark, ns, bs, steps, heavy, cost)
-        fitted = EmulatedCompute()
-        print(f"fitted to LeNet (shift {FITTED_SHIFT} s + exponential of mean {FITTED_TAIL_MEAN} s):", flush=True)
+        heavy_rows = []
+        if not args.fitted_only:
+            heavy = EmulatedCompute(shift=args.compute, tail_mean=args.compute)
+            print(f"heavy tail (shift {args.compute} s + exponential of mean {args.compute} s):", flush=True)
+            heavy_rows = grid(spark, ns, bs, steps, heavy, cost)
+        fitted = EmulatedCompute(shift=FITTED_SHIFT * args.fitted_scale, tail_mean=FITTED_TAIL_MEAN * args.fitted_scale)
+        print(f"fitted to LeNet x {args.fitted_scale} (shift {fitted.shift:.3f} s + exponential of mean "
+              f"{fitted.tail_mean:.3f} s):", flush=True)
         fitted_rows = grid(spark, ns, [0, 4], steps, fitted, cost)
     finally:
         spark.stop()
     name = args.name or ("scale-short" if args.short else "scale")
-    result = {name: {"settings": {"n": ns, "b": bs, "steps": steps, "compute": args.compute, "slots": slots},
+    result = {name: {"settings": {"n": ns, "b": bs, "steps": steps, "compute": args.compute, "slots": slots,
+                                  "fitted_scale": args.fitted_scale},
                      "driver_cost": cost, "heavy": heavy_rows, "heavy_best_b": best_b(heavy_rows),
                      "fitted": fitted_rows, "fitted_best_b": best_b(fitted_rows),
                      "minutes": (time.perf_counter() - t0) / 60, "cpu": cpu()}}
-    for n, best in result[name]["heavy_best_b"].items():
+    for n, best in result[name]["heavy_best_b"].items() if heavy_rows else ():
         print(f"N={n}: best b = {best['b']} ({best['over_b0']:.2f}x b = 0)")
     save("scale", result)
-    if name == "scale":
+    if name == "scale" and heavy_rows:
         plot(heavy_rows, RESULTS / "scale.png")
     print(json.dumps({"minutes": result[name]["minutes"]}))
 

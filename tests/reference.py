@@ -2,18 +2,19 @@
 import numpy as np
 
 
-def conv2d_nchw(x, w, b, pad):
-    """x (N, C, H, W), w (F, C, HH, WW), b (F,) -> (N, F, Hout, Wout), stride 1."""
+def conv2d_nchw(x, w, b, pad, stride=1):
+    """x (N, C, H, W), w (F, C, HH, WW), b (F,) -> (N, F, Hout, Wout), Hout = (H + 2 pad - HH) // stride + 1."""
     n, c, h, wd = x.shape
     f, _, hh, ww = w.shape
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    h_out, w_out = h + 2 * pad - hh + 1, wd + 2 * pad - ww + 1
+    h_out, w_out = (h + 2 * pad - hh) // stride + 1, (wd + 2 * pad - ww) // stride + 1
     out = np.zeros((n, f, h_out, w_out), x.dtype)
     for i in range(n):
         for k in range(f):
             for a in range(h_out):
                 for bb in range(w_out):
-                    out[i, k, a, bb] = np.sum(xp[i, :, a:a + hh, bb:bb + ww] * w[k]) + b[k]
+                    patch = xp[i, :, a * stride:a * stride + hh, bb * stride:bb * stride + ww]
+                    out[i, k, a, bb] = np.sum(patch * w[k]) + b[k]
     return out
 
 

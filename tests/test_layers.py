@@ -55,6 +55,29 @@ def test_conv2d_gradients(channels, pad):
     check_layer(lambda: conv2d.forward(x, w, b, pad), [x, w, b], conv2d.backward, rng)
 
 
+@pytest.mark.parametrize("channels,kernel,pad,stride,size", [
+    (1, 3, 1, 2, (7, 6)), (16, 3, 1, 2, (8, 8)), (48, 3, 1, 2, (7, 7)), (3, 5, 2, 3, (9, 7)), (2, 1, 0, 2, (5, 6))])
+def test_strided_conv2d_matches_naive_loops(channels, kernel, pad, stride, size):
+    # odd and even sizes (the last place may leave input rows unread); 48 channels would take the per-row path
+    # at stride 1 and the full im2col here; kernel 5 at stride 3 leaves no gap between patches, kernel 1 a gap
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, channels, *size))
+    w = rng.standard_normal((4, channels, kernel, kernel))
+    b = rng.standard_normal(4)
+    out, _ = conv2d.forward(nchw_to_hnwc(x), w, b, pad, stride)
+    assert rel_error(hnwc_to_nchw(out), conv2d_nchw(x, w, b, pad, stride)) < 1e-12
+
+
+@pytest.mark.parametrize("channels,kernel,pad,stride,size", [
+    (1, 3, 1, 2, (5, 6)), (16, 3, 1, 2, (6, 5)), (48, 3, 1, 2, (5, 5)), (2, 5, 2, 3, (7, 6)), (3, 1, 0, 2, (4, 5))])
+def test_strided_conv2d_gradients(channels, kernel, pad, stride, size):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((size[0], 2, size[1], channels))  # (H, N, W, C)
+    w = rng.standard_normal((3, channels, kernel, kernel))
+    b = rng.standard_normal(3)
+    check_layer(lambda: conv2d.forward(x, w, b, pad, stride), [x, w, b], conv2d.backward, rng)
+
+
 def test_conv2d_need_dx_false_gives_same_weight_gradients():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((6, 2, 6, 2))

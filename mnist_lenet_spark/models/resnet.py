@@ -77,11 +77,8 @@ class ResNet:
             h = h.reshape(*xs.shape[:3], -1)
             conv_cache = ("1x1", (xs, w), x.shape, stride)
         else:
-            h, cols = conv2d.forward(x, w, zero, pad=1)  # (H, N, W, F) at stride 1
-            full_shape = h.shape
-            if stride != 1:  # stride 2 = the stride-1 output's even rows and columns (same taps as PyTorch's)
-                h = np.ascontiguousarray(h[::stride, :, ::stride, :])  # (ceil(H/2), N, ceil(W/2), F)
-            conv_cache = ("3x3", cols, full_shape, stride)
+            h, cols = conv2d.forward(x, w, zero, pad=1, stride=stride)  # (ceil(H/s), N, ceil(W/s), F)
+            conv_cache = ("3x3", cols, None, stride)
         gamma, beta = params[f"{name}.bn.gamma"], params[f"{name}.bn.beta"]
         if train:
             out, bn_cache, (mean, var) = batch_norm.forward(h, gamma, beta)
@@ -97,7 +94,7 @@ class ResNet:
     def _conv_bn_backward(self, dout, cache, name, grads, need_dx=True):
         conv_cache, bn_cache = cache
         dh, grads[f"{name}.bn.gamma"], grads[f"{name}.bn.beta"] = batch_norm.backward(dout, bn_cache)
-        kind, saved, shape, stride = conv_cache  # shape: 1x1, the input's; 3x3, the stride-1 output's
+        kind, saved, shape, stride = conv_cache  # shape: 1x1, the input's; 3x3, None
         if kind == "1x1":
             xs, w = saved  # (H', N, W', C), (F, C, 1, 1)
             dh_mat = dh.reshape(-1, dh.shape[-1])  # (H'N W', F)
@@ -107,10 +104,6 @@ class ResNet:
             dx = np.zeros(shape, dout.dtype)  # (H, N, W, C)
             dx[::stride, :, ::stride, :] = (dh_mat @ w[:, :, 0, 0]).reshape(xs.shape)  # (H'N W', F) @ (F, C)
             return dx
-        if stride != 1:  # back to the stride-1 output: zeros where the odd rows and columns were dropped
-            full = np.zeros(shape, dout.dtype)  # (H, N, W, F)
-            full[::stride, :, ::stride, :] = dh
-            dh = full
         dx, grads[f"{name}.W"], _ = conv2d.backward(dh, saved, need_dx=need_dx)
         return dx
 
