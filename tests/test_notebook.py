@@ -14,6 +14,7 @@ def test_notebook_runs_and_reports_accuracy(tmp_path, monkeypatch):
     text = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", []))
     assert "test accuracy after 6 steps:" in text
     assert "loaded model agrees: True" in text
+    assert "ResNet-8 test accuracy after 6 steps:" in text
     rel = float(text.split("largest relative gradient difference ")[1].split()[0])
     assert rel < 1e-4
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
