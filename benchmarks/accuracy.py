@@ -16,14 +16,14 @@ import time
 
 from common import ROOT, save
 
-from mnist_lenet_spark import data, local, tasks
+from mnist_lenet_spark import data, inference, local, tasks
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.models import lenet
 from mnist_lenet_spark.models.resnet import ResNet
 
 
 def test_accuracy(params, mnist, model=lenet):
-    return tasks.count_correct(model, params, mnist.test.images, mnist.test.labels) / len(mnist.test.labels)
+    return inference.count_correct(model, params, mnist.test.images, mnist.test.labels) / len(mnist.test.labels)
 
 
 def resnet(epochs: int, lr: float) -> dict:

@@ -20,7 +20,7 @@ import time
 
 from common import in_fresh_process, median_of, save
 
-from mnist_lenet_spark import data, readers, session, staging, tasks
+from mnist_lenet_spark import data, inference, readers, session, staging, tasks
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.models import lenet
 
@@ -99,7 +99,7 @@ def transform_throughput() -> dict:
     spark.stop()
     tasks.tune_process(1)
     t0 = time.perf_counter()
-    tasks.count_correct(lenet, model.weights, mnist.test.images, mnist.test.labels)
+    inference.count_correct(lenet, model.weights, mnist.test.images, mnist.test.labels)
     local = time.perf_counter() - t0
     n = len(mnist.test.labels)
     return {"transform_images_per_second": n / statistics.median(times), "predict_one_process_images_per_second":

@@ -10,7 +10,7 @@ be if everything else were free, and the best ratio to PyTorch that would give.
 The ResNet row (issue 16): the same for ResNet-8 (models/resnet.py) against the same network built from
 PyTorch's reference layers (Conv2d without bias, BatchNorm2d, Linear); its ceiling is the products of one
 NumPy step timed one by one at their own shapes (its convolutions have 16 to 64 output channels, where SGEMM
-runs far below conv2's speed), including the stride-2 convolutions computed at stride 1 as this package does.
+runs far below conv2's speed).
 
     python benchmarks/kernel.py [--rounds 7] [--steps 10] [--model lenet,resnet]
 """
@@ -85,34 +85,42 @@ def torch_step_fn(X, y):
     return step
 
 
-def resnet_products(model: ResNet, batch: int = BATCH) -> list[tuple[int, int, int, bool]]:
-    """The matrix products of one NumPy ResNet step, as (M, K, F, with_dx): each convolution is a (M, K) @ (K, F)
-    product forward, one (K, M) @ (M, F) for the filter gradient and, unless it reads the image, one
-    (M, F) @ (F, K) for dx. 3x3 convolutions run at stride 1 (a stride-2 one keeps every other output), so
-    M = batch x their input's pixels; 1x1 shortcuts multiply the sub-sampled pixels."""
-    _, h, w = model.input_shape
-    out = [(batch * h * w, 9 * model.input_shape[0], 16, False)]  # the stem
+def resnet_products(model: ResNet, batch: int = BATCH) -> list[tuple[int, int, int]]:
+    """The matrix products of one NumPy ResNet step, (M, K, F) for an (M, K) @ (K, F) product, as this package
+    multiplies them: a 3x3 convolution of an (H, W, C) input to (H', W', F) is (M = batch H' W', 9 C) @ (9 C, F)
+    forward and (9 C, M) @ (M, F) for the filter gradient; its dx at stride 1 is the convolution of dout with the
+    turned filters, (batch H W, 9 F) @ (9 F, C), at stride 2 (M, F) @ (F, 9 C) before col2im; the stem has no
+    dx. A 1x1 shortcut multiplies the sub-sampled pixels: (M, C) @ (C, F), (C, M) @ (M, F), (M, F) @ (F, C)."""
+    c, h, w = model.input_shape
+    products = []
+
+    def conv3x3(h, w, cin, cout, stride, with_dx=True):
+        h2, w2 = -(-h // stride), -(-w // stride)
+        m = batch * h2 * w2
+        products.extend([(m, 9 * cin, cout), (9 * cin, m, cout)])
+        if with_dx:
+            products.append((batch * h * w, 9 * cout, cin) if stride == 1 else (m, cout, 9 * cin))
+        return h2, w2
+
+    h, w = conv3x3(h, w, c, 16, 1, with_dx=False)  # the stem
     for _, cin, cout, stride in model.blocks:
-        out.append((batch * h * w, 9 * cin, cout, True))  # conv1, at the block's input size
-        if stride != 1 or cin != cout:
-            h2, w2 = -(-h // stride), -(-w // stride)
-            out.append((batch * h2 * w2, cin, cout, True))  # the 1x1 shortcut
-        h, w = -(-h // stride), -(-w // stride)
-        out.append((batch * h * w, 9 * cout, cout, True))  # conv2
-    return out
+        h2, w2 = conv3x3(h, w, cin, cout, stride)  # conv1
+        conv3x3(h2, w2, cout, cout, 1)  # conv2
+        if stride != 1 or cin != cout:  # the 1x1 shortcut
+            m = batch * h2 * w2
+            products.extend([(m, cin, cout), (cin, m, cout), (m, cout, cin)])
+        h, w = h2, w2
+    return products
 
 
 def products_seconds(products, repeats: int = 15) -> float:
-    """The median time of every product of one step, timed one by one at its own shape (one thread)."""
+    """The summed median time of the (M, K) @ (K, F) products, each timed at its own shape (one thread)."""
     rng = np.random.default_rng(0)
     total = 0.0
-    for m, k, f, with_dx in products:
-        a = rng.standard_normal((m, k)).astype(np.float32)  # (M, K): columns
-        b = rng.standard_normal((k, f)).astype(np.float32)  # (K, F): filters
-        g = rng.standard_normal((m, f)).astype(np.float32)  # (M, F): the output's gradient
-        total += median_seconds(lambda: a @ b, repeats) + median_seconds(lambda: a.T @ g, repeats)  # fwd, dW
-        if with_dx:
-            total += median_seconds(lambda: g @ b.T, repeats)  # (M, F) @ (F, K)
+    for m, k, f in products:
+        a = rng.standard_normal((m, k)).astype(np.float32)  # (M, K)
+        b = rng.standard_normal((k, f)).astype(np.float32)  # (K, F)
+        total += median_seconds(lambda: a @ b, repeats)  # (M, K) @ (K, F)
     return total
 
 
@@ -175,7 +183,7 @@ def resnet_row(X, y, rounds: int, steps: int) -> dict:
     t_np, t_th = statistics.median(np_times), statistics.median(th_times)
     products = resnet_products(ResNet())
     floor = products_seconds(products)
-    flops = sum(2 * m * k * f * (3 if dx else 2) for m, k, f, dx in products)
+    flops = sum(2 * m * k * f for m, k, f in products)
     result = {"numpy_step_ms": t_np * 1e3, "torch_step_ms": t_th * 1e3,
               "ratio_numpy_over_torch": statistics.median(ratios), "gemm_gflop_per_step": flops / 1e9,
               "gemm_only_step_ms": floor * 1e3, "best_possible_ratio": t_th / floor}

@@ -5,7 +5,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import tasks, training
+from . import inference, tasks, training
 from .config import SGDConfig
 from .models import base, lenet
 
@@ -32,7 +32,7 @@ def fit_local(train_images: np.ndarray, train_labels: np.ndarray, config: SGDCon
 
     def evaluate(flat):
         images, labels = validation
-        return tasks.count_correct(model, base.unflatten(flat, spec), images, labels) / len(labels)
+        return inference.count_correct(model, base.unflatten(flat, spec), images, labels) / len(labels)
 
     return training.fit_loop(model, spec, state, len(train_labels), shards, gradient, config,
                              evaluate if validation is not None else None, on_step)

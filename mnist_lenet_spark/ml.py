@@ -21,7 +21,7 @@ from pyspark.ml.param.shared import (HasCheckpointInterval, HasFeaturesCol, HasL
 from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, DefaultParamsWritable, DefaultParamsWriter,
                              MLReadable, MLReader, MLWritable, MLWriter)
 
-from . import data, models, paths, readers, rows, staging, tasks, training
+from . import data, inference, models, paths, readers, rows, staging, training
 from .config import BackupConfig, ConfigError, SGDConfig, TrainingConf
 from .models import base
 from .spark import SyncSGD
@@ -220,7 +220,7 @@ class LeNetClassificationModel(Model, _LeNetParams, MLReadable, MLWritable):
 
     def predictProbability(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (n, classes) of uint8 images (n, ...), on the driver, in batches of 500."""
-        return tasks.predict_images(self._network(), self.weights, images)
+        return inference.predict_images(self._network(), self.weights, images)
 
     def _transform(self, dataset):
         from pyspark.ml.functions import array_to_vector, vector_to_array

@@ -10,7 +10,7 @@ import numpy as np
 
 from .data import MNIST_CLASSES, MNIST_SHAPE
 from .models import base
-from .tasks import predict_images
+from .inference import predict_images
 
 def _short(value, limit: int = 60) -> str:
     text = repr(value)

@@ -16,7 +16,7 @@ from operator import add
 
 import numpy as np
 
-from . import sharding, tasks, training
+from . import inference, sharding, tasks, training
 from .backup import BackupStep
 from .config import BackupConfig, ConfigError, SGDConfig, split_options
 from .models import base, lenet
@@ -245,7 +245,7 @@ class SyncSGD:
         bc = self.sc.broadcast(flat)
         try:
             correct = source.ranges(self.sc, self.workers, chunk).mapPartitions(
-                partial(tasks.count_correct_task, self._context(spec), source, bc)).sum()
+                partial(inference.count_correct_task, self._context(spec), source, bc)).sum()
         finally:
             bc.destroy(blocking=False)
         return correct / sum(n for _, n in sizes)

@@ -1,5 +1,5 @@
-"""What runs inside Spark's Python workers: the gradient sum of a shard's mini-batch and the task bodies
-(staging's half is ``shards`` and ``rows``).
+"""What runs inside Spark's Python workers: the gradient sum of a shard's mini-batch and the training task
+bodies (staging's half is ``shards`` and ``rows``; predictions are ``inference``).
 
 The single-process trainer calls the same functions in its own process. No pyspark import here:
 broadcasts and accumulators arrive as arguments.
@@ -173,21 +173,6 @@ def sum_batches(model: base.Model, spec: base.ParamSpec, flat_params: np.ndarray
     return total
 
 
-def predict_images(model: base.Model, params: base.Params, images: np.ndarray, chunk: int = 500) -> np.ndarray:
-    """Class probabilities (N, classes) of uint8 images (N, ...) of the model's C x H x W pixels each, scaled and
-    predicted ``chunk`` at a time (bounded memory), in the parameters' dtype."""
-    dtype = next(iter(params.values())).dtype.type
-    parts = [model.predict(params, data.scale_batch(images[i:i + chunk], dtype, model.input_shape))  # (n, classes)
-             for i in range(0, len(images), chunk)]
-    return np.concatenate(parts) if parts else np.empty((0, model.classes), dtype)
-
-
-def count_correct(model: base.Model, params: base.Params, images: np.ndarray, labels: np.ndarray,
-                  chunk: int = 500) -> int:
-    """How many uint8 images (N, ...) the model classifies as ``labels`` (N,)."""
-    return int(np.sum(np.argmax(predict_images(model, params, images, chunk), axis=1) == labels))
-
-
 # -- task bodies (mapPartitions functions) ------------------------------------------------------------
 # Each drains its input iterator first: only then does PySpark reuse the Python worker.
 def shard_gradient(ctx: TaskContext, source: BroadcastData | StagedShards, flat_params: np.ndarray,
@@ -281,14 +266,3 @@ def given_batch_task(ctx: TaskContext, params_bc, partition: Iterator[tuple[np.n
     tune_process(ctx.threads)
     for X, y in partition:
         yield TaskReport(gradient_sum(ctx.model, ctx.spec, params_bc.value, X, y, rng=None), (os.getpid(),))
-
-
-def count_correct_task(ctx: TaskContext, source, params_bc, partition: Iterator[tuple[int, int, int]]):
-    """Correct predictions over (shard, start, stop) row ranges of the data (positions within the shard)."""
-    tune_process(ctx.threads)
-    params = base.unflatten(params_bc.value, ctx.spec)
-    correct = 0
-    for k, a, b in partition:
-        images, labels, _ = source.shard(k)
-        correct += count_correct(ctx.model, params, images[a:b], labels[a:b])
-    yield correct

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mnist_lenet_spark import data, tasks
+from mnist_lenet_spark import data, inference
 from mnist_lenet_spark.models import base, lenet
 from tests.reference import rel_error
 
@@ -83,8 +83,8 @@ def test_predict_is_a_distribution_and_count_correct_counts():
     probs = lenet.predict(params, data.scale_batch(images))
     assert probs.shape == (7, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
     predicted = np.argmax(probs, axis=1)
-    assert tasks.count_correct(lenet, params, images, predicted, chunk=3) == 7  # chunks of 3, 3 and 1
-    assert tasks.count_correct(lenet, params, images, (predicted + 1) % 10) == 0
+    assert inference.count_correct(lenet, params, images, predicted, chunk=3) == 7  # chunks of 3, 3 and 1
+    assert inference.count_correct(lenet, params, images, (predicted + 1) % 10) == 0
 
 
 def test_train_needs_a_generator_and_shape_is_checked():

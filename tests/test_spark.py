@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mnist_lenet_spark import local, tasks, training
+from mnist_lenet_spark import inference, local, tasks, training
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.config import BackupConfig, ConfigError, SGDConfig
 from mnist_lenet_spark.models import lenet
@@ -79,7 +79,7 @@ def test_training_reduces_loss_and_validation_runs_on_the_cluster(spark, mnist):
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
     assert [v["step"] for v in result.validation][:2] == [10, 20]
     assert result.validation[-1]["accuracy"] > 0.7
-    local_acc = tasks.count_correct(lenet, result.params, *val) / 300
+    local_acc = inference.count_correct(lenet, result.params, *val) / 300
     assert result.validation[-1]["accuracy"] == pytest.approx(local_acc)
 
 
