@@ -35,6 +35,7 @@ bench: $(VENV)/.installed-bench check-java
 	$(PY) benchmarks/warmup.py
 	$(PY) benchmarks/peers.py
 	$(PY) benchmarks/scaling.py
+	$(PY) benchmarks/scaling.py --model resnet --batches 64,256
 	$(PY) benchmarks/backup.py
 	$(PY) benchmarks/dataframe.py
 	$(PY) benchmarks/cluster.py
@@ -42,6 +43,7 @@ bench: $(VENV)/.installed-bench check-java
 	$(PY) benchmarks/scale.py --short
 	$(PY) benchmarks/soak.py
 	$(PY) benchmarks/accuracy.py
+	$(PY) benchmarks/accuracy.py --model resnet
 
 experiment: $(VENV)/.installed-dev check-java
 	$(PY) jobs/straggler_experiment.py --steps 20 --backup 0,1 --out-dir out/straggler $(ARGS)
