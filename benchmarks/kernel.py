@@ -65,15 +65,10 @@ def numpy_step_fn(X, y):
     return step
 
 
-def torch_step_fn(X, y):
+def torch_sgd_step(model, X, y):
+    """One PyTorch training step of ``model`` on (X, y): SGD with Nesterov momentum 0.9, lr 0.01, L2 5e-4."""
     import torch
     from torch import nn
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(3136, 512), nn.ReLU(), nn.Dropout(0.5), nn.Linear(512, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     loss_fn = nn.CrossEntropyLoss()
     tx, ty = torch.from_numpy(X), torch.from_numpy(y)
@@ -83,6 +78,18 @@ def torch_step_fn(X, y):
         loss_fn(model(tx), ty).backward()
         opt.step()
     return step
+
+
+def torch_step_fn(X, y):
+    import torch
+    from torch import nn
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(3136, 512), nn.ReLU(), nn.Dropout(0.5), nn.Linear(512, 10))
+    return torch_sgd_step(model, X, y)
 
 
 def resnet_products(model: ResNet, batch: int = BATCH) -> list[tuple[int, int, int]]:
@@ -162,15 +169,7 @@ def resnet_torch_step_fn(X, y):
 
     model = nn.Sequential(*conv_bn(1, 16, 3, 1), nn.ReLU(), Block(16, 16, 1), Block(16, 32, 2), Block(32, 64, 2),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    loss_fn = nn.CrossEntropyLoss()
-    tx, ty = torch.from_numpy(X), torch.from_numpy(y)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(tx), ty).backward()
-        opt.step()
-    return step
+    return torch_sgd_step(model, X, y)
 
 
 def resnet_row(X, y, rounds: int, steps: int) -> dict:
