@@ -135,16 +135,13 @@ def resnet_numpy_step_fn(X, y):
     model = ResNet()
     params = model.init_params(0)
     spec = base.param_spec(params)
-    state = [base.flatten(params, spec), sgd_nesterov.init(base.flatten(params, spec))]
+    flat = base.flatten(params, spec)
+    state = [flat, sgd_nesterov.init(flat)]
 
     def step():  # what a one-process step does: gradient, running statistics, Nesterov update
         _, grads = model.loss_and_grads(base.unflatten(state[0], spec), X, y, train=True)
-        grad = base.flatten(grads, spec)
-        moved = training.update_state(model, spec, state[0], grad, len(y))
-        state[0], state[1] = sgd_nesterov.update(state[0], grad, state[1], lr=0.01, momentum=0.9)
-        params = base.unflatten(state[0], spec)
-        for name, value in moved.items():
-            params[name][...] = value
+        state[0], state[1] = training.apply_update(model, spec, state[0], base.flatten(grads, spec), len(y), state[1],
+                                                   lr=0.01, momentum=0.9)
     return step
 
 

@@ -107,6 +107,20 @@ def update_state(model: base.Model, spec: base.ParamSpec, flat_params: np.ndarra
     return out
 
 
+def apply_update(model: base.Model, spec: base.ParamSpec, flat_params: np.ndarray, grad: np.ndarray, count: int,
+                 opt: sgd_nesterov.NesterovState, lr: float, momentum: float):
+    """One step from the step's gradient ``grad`` (sums / count): SGD with Nesterov momentum for the trained
+    parameters, and the model's untrained state moved towards the step's statistics (``update_state``).
+    Returns (next flat parameters, next optimiser state)."""
+    model_state = update_state(model, spec, flat_params, grad, count)
+    new_params, opt = sgd_nesterov.update(flat_params, grad, opt, lr=lr, momentum=momentum)
+    if model_state:
+        views = base.unflatten(new_params, spec)
+        for name, value in model_state.items():
+            views[name][...] = value
+    return new_params, opt
+
+
 def fit_loop(model: base.Model, spec: base.ParamSpec, state: TrainState, num_examples: int, shards: int,
              gradient: Gradient, config: SGDConfig, evaluate: Callable[[np.ndarray], float] | None = None,
              on_step: Callable[[dict], None] | None = None,
@@ -135,13 +149,8 @@ def fit_loop(model: base.Model, spec: base.ParamSpec, state: TrainState, num_exa
                 log.warning("step %d: every mini-batch was empty; only the L2 term updates", state.step)
             loss, grad = loss_and_gradient(sums, state.params, spec, model, config.l2)
             _check_finite(loss, grad, sums.count, state)
-            model_state = update_state(model, spec, state.params, grad, sums.count)
-            new_params, opt = sgd_nesterov.update(state.params, grad, opt, lr=lr, momentum=config.momentum)
-            if model_state:
-                views = base.unflatten(new_params, spec)
-                for name, value in model_state.items():
-                    views[name][...] = value
-            state.params, state.velocity = new_params, opt.velocity
+            state.params, opt = apply_update(model, spec, state.params, grad, sums.count, opt, lr, config.momentum)
+            state.velocity = opt.velocity
             state.step += 1
             state.step_in_epoch += 1
             record = {"step": state.step, "total_steps": total_steps, "epoch": state.epoch, "loss": loss, "lr": lr,

@@ -75,10 +75,10 @@ class ResNet:
             xs = x[::stride, :, ::stride, :]  # (H', N, W', C)
             h = xs.reshape(-1, xs.shape[-1]) @ w[:, :, 0, 0].T  # (H'N W', C) @ (C, F) -> (H'N W', F)
             h = h.reshape(*xs.shape[:3], -1)
-            conv_cache = ("1x1", (xs, w), x.shape, stride)
+            conv_cache = ("1x1", xs, w, x.shape, stride)
         else:
             h, cols = conv2d.forward(x, w, zero, pad=1, stride=stride)  # (ceil(H/s), N, ceil(W/s), F)
-            conv_cache = ("3x3", cols, None, stride)
+            conv_cache = ("3x3", cols)  # the columns know their stride
         gamma, beta = params[f"{name}.bn.gamma"], params[f"{name}.bn.beta"]
         if train:
             out, bn_cache, (mean, var) = batch_norm.forward(h, gamma, beta)
@@ -94,9 +94,8 @@ class ResNet:
     def _conv_bn_backward(self, dout, cache, name, grads, need_dx=True):
         conv_cache, bn_cache = cache
         dh, grads[f"{name}.bn.gamma"], grads[f"{name}.bn.beta"] = batch_norm.backward(dout, bn_cache)
-        kind, saved, shape, stride = conv_cache  # shape: 1x1, the input's; 3x3, None
-        if kind == "1x1":
-            xs, w = saved  # (H', N, W', C), (F, C, 1, 1)
+        if conv_cache[0] == "1x1":
+            _, xs, w, shape, stride = conv_cache  # (H', N, W', C), (F, C, 1, 1), the input's shape, stride
             dh_mat = dh.reshape(-1, dh.shape[-1])  # (H'N W', F)
             grads[f"{name}.W"] = (dh_mat.T @ xs.reshape(-1, xs.shape[-1]))[:, :, None, None]  # (F, C, 1, 1)
             if not need_dx:
@@ -104,7 +103,7 @@ class ResNet:
             dx = np.zeros(shape, dout.dtype)  # (H, N, W, C)
             dx[::stride, :, ::stride, :] = (dh_mat @ w[:, :, 0, 0]).reshape(xs.shape)  # (H'N W', F) @ (F, C)
             return dx
-        dx, grads[f"{name}.W"], _ = conv2d.backward(dh, saved, need_dx=need_dx)
+        dx, grads[f"{name}.W"], _ = conv2d.backward(dh, conv_cache[1], need_dx=need_dx)
         return dx
 
     def _forward(self, params, X, train):
