@@ -16,8 +16,10 @@ import time
 
 from common import ROOT, save
 
-from mnist_lenet_spark import data, inference, local, tasks
+from mnist_lenet_spark import data
 from mnist_lenet_spark import spark as msp
+from mnist_lenet_spark.executor import inference, tasks
+from mnist_lenet_spark.loop import local
 from mnist_lenet_spark.models import lenet
 from mnist_lenet_spark.models.resnet import ResNet
 

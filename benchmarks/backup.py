@@ -4,7 +4,7 @@ Beside each measured mean step of (1): the mean the straggler draws of that very
 the step held up by ``delay`` exactly when more than b of its N + b tasks drew a delay (each run's
 other steps give its base time), and the long-run fraction of held-up steps from the binomial law;
 so a reader can tell the mechanism from the luck of 100 draws.
-Four experiments of ``mnist_lenet_spark.experiment`` (what jobs/straggler_experiment.py runs):
+Four experiments of ``mnist_lenet_spark.jobs.experiment`` (what jobs/straggler_experiment.py runs):
 (1) local[2] with stragglers: b = 0, 1 and Spark speculation; (2) the same with the step signal
 off (late tasks stop only when Spark cancels them), to show what the signal buys; (3) local[2]
 without stragglers: b = 0, 1; (4) local[6] with stragglers, one task slot per task as on a cluster
@@ -16,15 +16,15 @@ benchmarks/results/backup.json and the plots under benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-
 import math
 
 import numpy as np
 from common import RESULTS, save
 
-from mnist_lenet_spark import data, sharding
-from mnist_lenet_spark.experiment import Experiment, run
-from mnist_lenet_spark.straggler import StragglerModel
+from mnist_lenet_spark import data
+from mnist_lenet_spark.executor.straggler import StragglerModel
+from mnist_lenet_spark.jobs.experiment import Experiment, run
+from mnist_lenet_spark.loop import sharding
 
 
 def held_up(straggler: StragglerModel, num_examples: int, workers: int, backup: int, steps: int, seed: int = 0,

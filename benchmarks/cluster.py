@@ -35,8 +35,9 @@ def median_step(result) -> float:
 
 def child(master: str, storage: Path, steps: int, rounds: int) -> None:
     """The driver program, on the cluster's driver host: prints one JSON line."""
-    from mnist_lenet_spark import data, staging
+    from mnist_lenet_spark import data
     from mnist_lenet_spark import spark as msp
+    from mnist_lenet_spark.cluster import staging
     spark = msp.session(master, conf={"spark.archives": f"{PACKED_ENV}#environment", "spark.executor.memory": "1g",
                                       "spark.eventLog.enabled": "true", "spark.eventLog.compress": "false",
                                       "spark.eventLog.dir": str(storage / "events"), "spark.ui.enabled": "false"})

@@ -20,8 +20,10 @@ import time
 
 from common import in_fresh_process, median_of, save
 
-from mnist_lenet_spark import data, inference, readers, session, staging, tasks
+from mnist_lenet_spark import data, readers, session
 from mnist_lenet_spark import spark as msp
+from mnist_lenet_spark.cluster import staging
+from mnist_lenet_spark.executor import inference, tasks
 from mnist_lenet_spark.models import lenet
 
 WARMUP = 5

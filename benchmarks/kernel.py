@@ -23,7 +23,8 @@ import tracemalloc
 import numpy as np
 from common import median_seconds, save
 
-from mnist_lenet_spark import tasks, training
+from mnist_lenet_spark.executor import tasks
+from mnist_lenet_spark.loop import training
 from mnist_lenet_spark.models import base, lenet
 from mnist_lenet_spark.models.resnet import ResNet
 from mnist_lenet_spark.nn.optim import sgd_nesterov

@@ -21,11 +21,12 @@ import time
 import numpy as np
 from common import cpu, save
 
-from mnist_lenet_spark import data, sharding
+from mnist_lenet_spark import data
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.config import SGDConfig
+from mnist_lenet_spark.executor.straggler import StragglerModel
+from mnist_lenet_spark.loop import sharding
 from mnist_lenet_spark.models import lenet
-from mnist_lenet_spark.straggler import StragglerModel
 
 SEED = 0
 

@@ -41,8 +41,9 @@ SETTINGS = {
 def child(setting: str, steps: int) -> None:
     import numpy as np
 
-    from mnist_lenet_spark import data, staging
+    from mnist_lenet_spark import data
     from mnist_lenet_spark import spark as msp
+    from mnist_lenet_spark.cluster import staging
     from tests.event_log import task_ends
     events = tempfile.mkdtemp(prefix="runaway-events-")
     spark = msp.session("local-cluster[2,1,1024]", conf={

@@ -1,7 +1,7 @@
 """Backup workers at the paper's scale (Chen et al. 2016 use up to ~100 workers) on one machine, with emulated
-compute (mnist_lenet_spark/emulation.py): each task sleeps a time drawn from its TaskKey and returns a LeNet-sized
-gradient (6.3 MiB); broadcasts, scheduler, task results, accumulator, step signal and update run for real, on
-local[max N + max b] (136 task slots on 2 cores, the Python workers mostly asleep).
+compute (mnist_lenet_spark/executor/emulation.py): each task sleeps a time drawn from its TaskKey and returns a
+LeNet-sized gradient (6.3 MiB); broadcasts, scheduler, task results, accumulator, step signal and update run for
+real, on local[max N + max b] (136 task slots on 2 cores, the Python workers mostly asleep).
 
 (1) Driver cost: tasks that take no time, N + b = N in --n, the plain (treeReduce) step and the backup step
     (b = 0: the same N results through the accumulator): median step = what the driver and the machine add;
@@ -40,8 +40,8 @@ from common import RESULTS, cpu, save
 
 from mnist_lenet_spark import data, session
 from mnist_lenet_spark import spark as msp
-from mnist_lenet_spark.emulation import FITTED_SHIFT, FITTED_TAIL_MEAN, EmulatedCompute
-from mnist_lenet_spark.sharding import epoch_batches
+from mnist_lenet_spark.executor.emulation import FITTED_SHIFT, FITTED_TAIL_MEAN, EmulatedCompute
+from mnist_lenet_spark.loop.sharding import epoch_batches
 
 BATCH = 16  # examples per task: only the count travels (the gradient is LeNet-sized whatever the batch)
 SEED = 1

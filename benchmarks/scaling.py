@@ -16,9 +16,12 @@ import statistics
 
 from common import RESULTS, ROOT, save
 
-from mnist_lenet_spark import data, local, plots, tasks
+from mnist_lenet_spark import data
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.config import SGDConfig
+from mnist_lenet_spark.executor import tasks
+from mnist_lenet_spark.jobs import plots
+from mnist_lenet_spark.loop import local
 from mnist_lenet_spark.models import lenet
 from mnist_lenet_spark.models.resnet import ResNet
 

@@ -21,8 +21,9 @@ import time
 
 from common import save
 
-from mnist_lenet_spark import data, session, step_signal
+from mnist_lenet_spark import data, session
 from mnist_lenet_spark import spark as msp
+from mnist_lenet_spark.cluster import step_signal
 
 
 def rss_mb() -> float:

@@ -21,8 +21,9 @@ import time
 
 from common import in_fresh_process, median_of, save
 
-from mnist_lenet_spark import data, session, staging
+from mnist_lenet_spark import data, session
 from mnist_lenet_spark import spark as msp
+from mnist_lenet_spark.cluster import staging
 
 
 def profile(batch: int, steps: int, workers: int = 2, backup: int = 0, java_options: str | None = None) -> dict:

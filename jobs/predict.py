@@ -11,7 +11,7 @@ import sys
 
 from mnist_lenet_spark import data, readers
 from mnist_lenet_spark import spark as msp
-from mnist_lenet_spark.cli import Parser
+from mnist_lenet_spark.jobs.cli import Parser
 
 
 def parse_args(argv=None):

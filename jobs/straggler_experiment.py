@@ -12,16 +12,10 @@ import logging
 import sys
 from pathlib import Path
 
-from mnist_lenet_spark import data, experiment
-from mnist_lenet_spark.cli import (
-    Parser,
-    int_list,
-    non_negative_float,
-    non_negative_int,
-    positive_int,
-    probability,
-)
-from mnist_lenet_spark.straggler import StragglerModel
+from mnist_lenet_spark import data
+from mnist_lenet_spark.executor.straggler import StragglerModel
+from mnist_lenet_spark.jobs import experiment
+from mnist_lenet_spark.jobs.cli import Parser, int_list, non_negative_float, non_negative_int, positive_int, probability
 
 
 def parse_args(argv=None):

@@ -12,8 +12,10 @@ import logging
 import sys
 from pathlib import Path
 
-from mnist_lenet_spark import config, data, models, runs, training
-from mnist_lenet_spark.cli import (
+from mnist_lenet_spark import config, data, models
+from mnist_lenet_spark.executor.straggler import StragglerModel
+from mnist_lenet_spark.jobs import runs
+from mnist_lenet_spark.jobs.cli import (
     Parser,
     finite_float,
     int_list,
@@ -22,7 +24,7 @@ from mnist_lenet_spark.cli import (
     positive_int,
     probability,
 )
-from mnist_lenet_spark.straggler import StragglerModel
+from mnist_lenet_spark.loop import training
 
 TRAINING_CONF = Path(__file__).resolve().parent.parent / "conf" / "training.json"
 

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import sharding
+from mnist_lenet_spark.loop import sharding
 
 REFERENCE_BATCH = 64  # the batch SystemML's learning rate was tuned for
 

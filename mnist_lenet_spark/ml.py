@@ -16,16 +16,35 @@ import pandas as pd
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
 from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.ml.param.shared import (HasCheckpointInterval, HasFeaturesCol, HasLabelCol, HasPredictionCol,
-                                     HasProbabilityCol, HasRawPredictionCol, HasSeed, HasValidationIndicatorCol)
-from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, DefaultParamsWritable, DefaultParamsWriter,
-                             MLReadable, MLReader, MLWritable, MLWriter)
+from pyspark.ml.param.shared import (
+    HasCheckpointInterval,
+    HasFeaturesCol,
+    HasLabelCol,
+    HasPredictionCol,
+    HasProbabilityCol,
+    HasRawPredictionCol,
+    HasSeed,
+    HasValidationIndicatorCol,
+)
+from pyspark.ml.util import (
+    DefaultParamsReadable,
+    DefaultParamsReader,
+    DefaultParamsWritable,
+    DefaultParamsWriter,
+    MLReadable,
+    MLReader,
+    MLWritable,
+    MLWriter,
+)
 
-from . import data, inference, models, paths, readers, rows, staging, training
-from .config import BackupConfig, ConfigError, SGDConfig, TrainingConf
-from .models import base
-from .spark import SyncSGD
-from .straggler import StragglerModel
+from mnist_lenet_spark import data, models, readers
+from mnist_lenet_spark.cluster import paths, staging
+from mnist_lenet_spark.config import BackupConfig, ConfigError, SGDConfig, TrainingConf
+from mnist_lenet_spark.executor import inference, rows
+from mnist_lenet_spark.executor.straggler import StragglerModel
+from mnist_lenet_spark.loop import training
+from mnist_lenet_spark.models import base
+from mnist_lenet_spark.spark import SyncSGD
 
 log = logging.getLogger(__name__)
 

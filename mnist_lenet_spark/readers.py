@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import data, paths
-from .data import DataError
+from mnist_lenet_spark import data
+from mnist_lenet_spark.cluster import paths
+from mnist_lenet_spark.data import DataError
 
 FORMATS = ("idx", "csv", "parquet")
 SCHEMA = "label long, features binary"

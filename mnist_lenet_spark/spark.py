@@ -16,14 +16,15 @@ from operator import add
 
 import numpy as np
 
-from . import inference, sharding, tasks, training
-from .backup import BackupStep
-from .config import BackupConfig, ConfigError, SGDConfig, split_options
-from .models import base, lenet
-from .shards import StagedShards
-from .session import session  # noqa: F401  (the README's ``msp.session``)
-from .emulation import EmulatedCompute
-from .straggler import StragglerModel
+from mnist_lenet_spark.cluster.backup import BackupStep
+from mnist_lenet_spark.config import BackupConfig, ConfigError, SGDConfig, split_options
+from mnist_lenet_spark.executor import inference, tasks
+from mnist_lenet_spark.executor.emulation import EmulatedCompute
+from mnist_lenet_spark.executor.shards import StagedShards
+from mnist_lenet_spark.executor.straggler import StragglerModel
+from mnist_lenet_spark.loop import sharding, training
+from mnist_lenet_spark.models import base, lenet
+from mnist_lenet_spark.session import session  # noqa: F401  (the README's ``msp.session``)
 
 log = logging.getLogger(__name__)
 

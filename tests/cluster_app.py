@@ -9,8 +9,8 @@ scenario also waits at step 6 for ``STORAGE/plugged`` (the link is back).
 import json
 import os
 import sys
-from functools import partial
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +18,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mnist_lenet_spark import data, local  # noqa: E402
+from mnist_lenet_spark import data  # noqa: E402
 from mnist_lenet_spark import spark as msp  # noqa: E402
 from mnist_lenet_spark.config import BackupConfig, SGDConfig  # noqa: E402
-from mnist_lenet_spark.straggler import StragglerModel  # noqa: E402
+from mnist_lenet_spark.executor.straggler import StragglerModel  # noqa: E402
+from mnist_lenet_spark.loop import local
 
 SCENARIO, MASTER, STORAGE = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 ENV = ROOT / "dist" / "mnist_lenet_spark_env.tar.gz"

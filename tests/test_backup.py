@@ -4,12 +4,15 @@ import time
 import numpy as np
 import pytest
 
-from mnist_lenet_spark import backup, data, sharding, tasks, training
+from mnist_lenet_spark import data
 from mnist_lenet_spark import spark as msp
+from mnist_lenet_spark.cluster import backup
 from mnist_lenet_spark.config import BackupConfig, ConfigError, SGDConfig
+from mnist_lenet_spark.executor import tasks
+from mnist_lenet_spark.executor.straggler import StragglerModel
+from mnist_lenet_spark.loop import sharding, training
+from mnist_lenet_spark.loop.sharding import TaskKey
 from mnist_lenet_spark.models import base, lenet
-from mnist_lenet_spark.sharding import TaskKey
-from mnist_lenet_spark.straggler import StragglerModel
 from tests.reference import rel_error
 
 # One task slot per task, as on a cluster where each worker is its own executor. On local[2] a
@@ -112,7 +115,7 @@ def test_late_tasks_killed_by_spark_are_counted_when_the_signal_is_off(spark, mn
 
 
 def test_a_bad_step_signal_port_is_a_config_error(spark, mnist):
-    from mnist_lenet_spark import step_signal
+    from mnist_lenet_spark.cluster import step_signal
     spark.sparkContext._conf.set(step_signal.PORT_CONF, "9-1")
     try:
         with pytest.raises(ConfigError, match=step_signal.PORT_CONF):

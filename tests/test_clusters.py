@@ -10,9 +10,9 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from mnist_lenet_spark import local
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.config import SGDConfig
+from mnist_lenet_spark.loop import local
 from mnist_lenet_spark.models import lenet
 from tests.conftest import tiny_problem
 from tests.reference import rel_error
@@ -43,7 +43,7 @@ def test_staged_tasks_that_run_away_from_their_shard_are_run_again_elsewhere(mni
     """Three shards on two executors, locality ignored (spark.locality.wait=0, as when tasks outlast the wait):
     tasks run where their shard is not and fail with ShardMissing; a retry never runs on the executor it missed
     on (session()'s cluster settings), and the fit equals the array fit of the same rows."""
-    from mnist_lenet_spark import staging
+    from mnist_lenet_spark.cluster import staging
     from tests.event_log import task_ends
     session = msp.session("local-cluster[2,1,1024]", conf={
         "spark.ui.enabled": "false", "spark.locality.wait": "0s", "spark.eventLog.enabled": "true",
@@ -156,8 +156,8 @@ def test_a_killed_executor_loses_no_shard_and_changes_no_result(standalone, mnis
     """SIGKILL one of the two executors mid-fit: its tasks run again elsewhere on the same staged rows."""
     import signal
 
-    from mnist_lenet_spark import staging
-    from mnist_lenet_spark.straggler import StragglerModel
+    from mnist_lenet_spark.cluster import staging
+    from mnist_lenet_spark.executor.straggler import StragglerModel
     session = msp.session(standalone.url, conf={"spark.ui.enabled": "false", "spark.executor.memory": "1g",
                                             "spark.driver.host": "127.0.0.1"})
     try:

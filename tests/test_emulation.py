@@ -5,9 +5,9 @@ import pytest
 
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.config import ConfigError
-from mnist_lenet_spark.emulation import EmulatedCompute
+from mnist_lenet_spark.executor.emulation import EmulatedCompute
+from mnist_lenet_spark.loop.sharding import TaskKey
 from mnist_lenet_spark.models import lenet
-from mnist_lenet_spark.sharding import TaskKey
 
 SPARK_MASTER = "local[8]"  # a slot per task: 6 + 2 emulated tasks sleep side by side on 2 cores
 

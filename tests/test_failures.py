@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from mnist_lenet_spark import spark as msp
-from mnist_lenet_spark import training
-from mnist_lenet_spark.straggler import StragglerModel
+from mnist_lenet_spark.executor.straggler import StragglerModel
+from mnist_lenet_spark.loop import training
 
 SPARK_MASTER = "local[3,4]"  # 3 slots, 4 attempts per task
 

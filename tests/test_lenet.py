@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from mnist_lenet_spark import data, inference
+from mnist_lenet_spark import data
+from mnist_lenet_spark.executor import inference
 from mnist_lenet_spark.models import base, lenet
 from tests.reference import rel_error
 

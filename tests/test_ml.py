@@ -173,7 +173,7 @@ def test_the_estimator_saves_and_loads_its_params(tmp_path):
 
 
 def test_checkpoint_dir_gets_the_final_state(small, tmp_path):
-    from mnist_lenet_spark import training
+    from mnist_lenet_spark.loop import training
     model = LeNetClassifier(batchSize=16, maxSteps=3, checkpointDir=str(tmp_path)).fit(small[2])
     state, meta = training.load_checkpoint(tmp_path / "checkpoint.npz")
     assert state.step == 3 and meta["config"]["batch_size"] == 16

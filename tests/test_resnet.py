@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from mnist_lenet_spark import local, training
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.config import SGDConfig
+from mnist_lenet_spark.loop import local, training
 from mnist_lenet_spark.models import base
 from mnist_lenet_spark.models.resnet import STATE_MOMENTUM, ResNet
 from tests.reference import rel_error
@@ -68,7 +68,8 @@ def test_one_step_by_hand_equals_the_trainer_with_ghost_batches(mnist):
     result = local.fit_local(images, labels, config, model=model, shards=2, dtype=np.float64)
     spec, state = training.new_state(model, 2)
     params = base.unflatten(state.params.astype(np.float64), spec)
-    from mnist_lenet_spark import data, sharding
+    from mnist_lenet_spark import data
+    from mnist_lenet_spark.loop import sharding
     batches = sharding.epoch_batches(16, 2, 8, 2, 0)[0]
     parts = [model.loss_and_grads(params, data.scale_batch(images[b.index], np.float64), labels[b.index],
                                   train=True, l2=0.0)[1] for b in batches]

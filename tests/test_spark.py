@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 
-from mnist_lenet_spark import inference, local, tasks, training
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.config import BackupConfig, ConfigError, SGDConfig
+from mnist_lenet_spark.executor import inference, tasks
+from mnist_lenet_spark.loop import local, training
 from mnist_lenet_spark.models import lenet
 from tests.conftest import tiny_problem
 from tests.reference import rel_error

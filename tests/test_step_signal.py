@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from mnist_lenet_spark import step_signal
-from mnist_lenet_spark.sharding import TaskKey
-from mnist_lenet_spark.straggler import StragglerModel
+from mnist_lenet_spark.cluster import step_signal
+from mnist_lenet_spark.executor.straggler import StragglerModel
+from mnist_lenet_spark.loop.sharding import TaskKey
 
 
 def test_tasks_see_a_step_closed_only_after_the_driver_closes_it():
@@ -30,7 +30,7 @@ def test_a_task_that_cannot_reach_the_driver_answers_not_closed_and_backs_off(ca
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         address = step_signal.Endpoint(*s.getsockname(), b"t" * step_signal.TOKEN_BYTES)
-    with caplog.at_level(logging.WARNING, logger="mnist_lenet_spark.step_signal"):
+    with caplog.at_level(logging.WARNING, logger="mnist_lenet_spark.cluster.step_signal"):
         assert not step_signal.is_closed(address, 0)
         assert not step_signal.is_closed(address, 0)  # within the back-off: not tried
         time.sleep(0.1)

@@ -2,8 +2,10 @@
 import numpy as np
 import pytest
 
-from mnist_lenet_spark import files, local, sharding, tasks, training
+from mnist_lenet_spark import files
 from mnist_lenet_spark.config import ConfigError, SGDConfig
+from mnist_lenet_spark.executor import tasks
+from mnist_lenet_spark.loop import local, sharding, training
 from mnist_lenet_spark.models import base, lenet
 from tests.conftest import tiny_problem
 from tests.reference import rel_error
@@ -79,7 +81,9 @@ def test_checkpoint_round_trip_and_a_bad_file(tmp_path, mnist):
 def test_the_math_and_the_executor_side_import_no_pyspark():
     import subprocess
     import sys
-    modules = ["tasks", "sharding", "straggler", "step_signal", "config", "training", "local", "models.lenet", "nn"]
+    modules = ["executor", "executor.tasks", "executor.inference", "executor.rows", "executor.shards",
+               "executor.emulation", "executor.straggler", "cluster.step_signal", "config", "loop", "loop.sharding",
+               "loop.training", "loop.local", "models.lenet", "models.resnet", "nn"]
     code = "; ".join(f"import mnist_lenet_spark.{m}" for m in modules) + "; import sys; print('pyspark' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -22,9 +22,11 @@ from operator import add
 
 import numpy as np
 
-from . import step_signal, tasks, training
-from .config import BackupConfig, ConfigError
-from .sharding import ShardBatch
+from mnist_lenet_spark.cluster import step_signal
+from mnist_lenet_spark.config import BackupConfig, ConfigError
+from mnist_lenet_spark.executor import tasks
+from mnist_lenet_spark.loop import training
+from mnist_lenet_spark.loop.sharding import ShardBatch
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.002

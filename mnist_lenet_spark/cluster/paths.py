@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .data import DataError
+from mnist_lenet_spark.data import DataError
 
 HINT = "on a cluster use a path every host reads (hdfs://, s3a://, gs://, or a folder every host mounts)"
 
@@ -103,7 +103,7 @@ def _try_store(url: str, token: str, partition) -> list[str]:
     """Task body: write and delete one small object under ``url``; [""] or ["TYPE: first line of the error"]."""
     for _ in partition:
         pass
-    from . import shards
+    from mnist_lenet_spark.executor import shards
     try:
         probe = f"{url.rstrip('/')}/.lenet-probe-{token}"
         shards.write_file(probe, b"probe")

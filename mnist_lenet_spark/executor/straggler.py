@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
-from .config import ConfigError
-from .sharding import TaskKey
+from mnist_lenet_spark.config import ConfigError
+from mnist_lenet_spark.loop.sharding import TaskKey
 
 #: how often an injected delay asks whether its step was closed (backup workers, see step_signal)
 POLL_SECONDS = 0.01

@@ -6,9 +6,9 @@ from typing import Iterator
 
 import numpy as np
 
-from . import data
-from .models import base
-from .tasks import TaskContext, tune_process
+from mnist_lenet_spark import data
+from mnist_lenet_spark.executor.tasks import TaskContext, tune_process
+from mnist_lenet_spark.models import base
 
 
 def predict_images(model: base.Model, params: base.Params, images: np.ndarray, chunk: int = 500) -> np.ndarray:

@@ -16,8 +16,8 @@ import math
 from statistics import NormalDist
 from typing import NamedTuple
 
-from .config import ConfigError
-from .sharding import TaskKey
+from mnist_lenet_spark.config import ConfigError
+from mnist_lenet_spark.loop.sharding import TaskKey
 
 DISTRIBUTIONS = ("exponential", "lognormal", "pareto")
 #: this project's LeNet task time (batch 64, one core, Intel Xeon) fitted as shift + exponential tail:

@@ -22,11 +22,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import files, sharding
-from .config import ConfigError, SGDConfig
-from .models import base
-from .nn.optim import sgd_nesterov
-from .tasks import GradientSum
+from mnist_lenet_spark import files
+from mnist_lenet_spark.config import ConfigError, SGDConfig
+from mnist_lenet_spark.executor.tasks import GradientSum
+from mnist_lenet_spark.loop import sharding
+from mnist_lenet_spark.models import base
+from mnist_lenet_spark.nn.optim import sgd_nesterov
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def task_error(e: BaseException) -> str:
     if not own:
         return lines[0] if lines else type(e).__name__
     name, message = own[-1].split(": ", 1)
-    return f"{name.rsplit('.', 1)[-1]}: {message}"  # InjectedFailure, not mnist_lenet_spark.straggler.Inj...
+    return f"{name.rsplit('.', 1)[-1]}: {message}"  # InjectedFailure, not mnist_lenet_spark.executor.straggler.Inj...
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from . import files
+from mnist_lenet_spark import files
 
 
 class ShardMissing(RuntimeError):

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, files, readers, staging, training
-from . import spark as msp
-from .config import BackupConfig, ConfigError, SGDConfig, split_options
-from . import models
-from .straggler import StragglerModel
+from mnist_lenet_spark import data, files, models, readers
+from mnist_lenet_spark import spark as msp
+from mnist_lenet_spark.cluster import staging
+from mnist_lenet_spark.config import BackupConfig, ConfigError, SGDConfig, split_options
+from mnist_lenet_spark.executor.straggler import StragglerModel
+from mnist_lenet_spark.loop import training
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def train(run: TrainRun) -> dict:
     under_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started the JVM and chose the master
     spark = msp.session(run.master or (None if under_spark_submit else "local[*]"), conf_file=run.spark_conf)
     try:
-        from .ml import LeNetClassificationModel  # pyspark.ml: only once Spark runs
+        from mnist_lenet_spark.ml import LeNetClassificationModel  # pyspark.ml: only once Spark runs
         sgd = msp.SyncSGD(spark, run.workers, config=run.config, backup=run.backup, straggler=run.straggler,
                           lr_scaling=run.lr_scaling, model=network)
         config = sgd.config

@@ -5,9 +5,10 @@ from typing import Callable
 
 import numpy as np
 
-from . import inference, tasks, training
-from .config import SGDConfig
-from .models import base, lenet
+from mnist_lenet_spark.config import SGDConfig
+from mnist_lenet_spark.executor import inference, tasks
+from mnist_lenet_spark.loop import training
+from mnist_lenet_spark.models import base, lenet
 
 
 def fit_local(train_images: np.ndarray, train_labels: np.ndarray, config: SGDConfig = SGDConfig(),

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, files, plots, runs
-from . import spark as msp
-from .config import BackupConfig, SGDConfig
-from .straggler import StragglerModel
+from mnist_lenet_spark import data, files
+from mnist_lenet_spark import spark as msp
+from mnist_lenet_spark.config import BackupConfig, SGDConfig
+from mnist_lenet_spark.executor.straggler import StragglerModel
+from mnist_lenet_spark.jobs import plots, runs
 
 log = logging.getLogger(__name__)
 #: Spark speculation tuned to react within a step (its defaults wait far longer than a step lasts)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import files
+from mnist_lenet_spark import files
 
 
 def _figure():

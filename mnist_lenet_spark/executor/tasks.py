@@ -16,12 +16,14 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import data, step_signal, straggler
-from .emulation import EmulatedCompute
-from .models import base
-from .sharding import ShardBatch
-from .shards import StagedShards
-from .straggler import StragglerModel
+from mnist_lenet_spark import data
+from mnist_lenet_spark.cluster import step_signal
+from mnist_lenet_spark.executor import straggler
+from mnist_lenet_spark.executor.emulation import EmulatedCompute
+from mnist_lenet_spark.executor.shards import StagedShards
+from mnist_lenet_spark.executor.straggler import StragglerModel
+from mnist_lenet_spark.loop.sharding import ShardBatch
+from mnist_lenet_spark.models import base
 
 log = logging.getLogger(__name__)
 EMULATION_POLL_SECONDS = 0.1

@@ -8,9 +8,10 @@ from typing import Iterator
 
 import numpy as np
 
-from .data import MNIST_CLASSES, MNIST_SHAPE
-from .models import base
-from .inference import predict_images
+from mnist_lenet_spark.data import MNIST_CLASSES, MNIST_SHAPE
+from mnist_lenet_spark.executor.inference import predict_images
+from mnist_lenet_spark.models import base
+
 
 def _short(value, limit: int = 60) -> str:
     text = repr(value)
