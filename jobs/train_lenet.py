@@ -63,6 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--lr-decay", type=finite_float)
     p.add_argument("--l2", type=finite_float)
     p.add_argument("--warmup-steps", type=non_negative_int)
+    p.add_argument("--lr-schedule", choices=["exponential", "cosine"],
+                   help="exponential: lr x lr-decay per epoch (default); cosine: per step, to 0 at the last step")
     p.add_argument("--lr-scaling", choices=["none", "linear"], default="none",
                    help="linear: lr x (workers x batch size / 64), Goyal et al. 2017")
     p.add_argument("--seed", type=int)
@@ -113,6 +115,7 @@ def train_run(args) -> runs.TrainRun:
         base, model=args.model, image_shape=tuple(args.image_shape), classes=args.classes, epochs=args.epochs,
         max_steps=args.max_steps, workers=args.workers, batch_size=args.batch_size,
         lr=args.lr, momentum=args.momentum, lr_decay=args.lr_decay, l2=args.l2, warmup_steps=args.warmup_steps,
+        lr_schedule=args.lr_schedule,
         seed=args.seed, validate_every=args.validate_every, backup_workers=args.backup_workers,
         backup_mode=args.backup_mode, backup_combine=args.backup_combine, lr_scaling=args.lr_scaling,
         straggler=StragglerModel(args.straggler_prob, args.straggler_delay, args.slow_partitions,

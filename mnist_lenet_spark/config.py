@@ -39,6 +39,9 @@ def _raise_failed(obj, checks, prefix: str = "") -> None:
             raise ConfigError(f"{prefix}{name} {rule}, got {getattr(obj, name)!r}")
 
 
+LR_SCHEDULES = ("exponential", "cosine")
+
+
 @dataclass(frozen=True)
 class SGDConfig:
     """SystemML's LeNet schedule."""
@@ -53,6 +56,7 @@ class SGDConfig:
     max_steps: int | None = None  # stop after this many steps in all
     dropout: bool = True
     warmup_steps: int = 0  # linear warm-up of the learning rate (Goyal et al. 2017)
+    lr_schedule: str = "exponential"  # lr x lr_decay per epoch; "cosine": per step, to 0 at the run's last step
 
     def __post_init__(self):
         _check_types(self)
@@ -67,12 +71,20 @@ class SGDConfig:
             ("validate_every", self.validate_every >= 0, "must be >= 0"),
             ("max_steps", self.max_steps is None or self.max_steps >= 1, "must be >= 1"),
             ("warmup_steps", self.warmup_steps >= 0, "must be >= 0"),
+            ("lr_schedule", self.lr_schedule in LR_SCHEDULES, f"must be one of {', '.join(LR_SCHEDULES)}"),
         ]
         _raise_failed(self, checks)
 
-    def learning_rate(self, epoch: int, step: int) -> float:
-        """lr * decay**epoch, ramped linearly over the first ``warmup_steps`` global steps."""
-        lr = self.lr * self.lr_decay ** epoch
+    def learning_rate(self, epoch: int, step: int, total_steps: int) -> float:
+        """The rate of global ``step`` (0-based) in ``epoch`` of a run of ``total_steps``, ramped linearly over
+        the first ``warmup_steps``. "exponential": lr * lr_decay**epoch (SystemML's schedule). "cosine": after
+        the warm-up, lr * (1 + cos(pi * t)) / 2 as t goes from 0 to 1 over the remaining steps (Loshchilov and
+        Hutter 2017, without restarts; lr_decay unused): every step sees a smaller rate, the last ones almost 0."""
+        if self.lr_schedule == "cosine":
+            t = (step - self.warmup_steps) / max(total_steps - self.warmup_steps, 1)
+            lr = self.lr * 0.5 * (1 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
+        else:
+            lr = self.lr * self.lr_decay ** epoch
         if step < self.warmup_steps:
             lr *= (step + 1) / self.warmup_steps
         return lr

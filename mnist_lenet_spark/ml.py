@@ -73,6 +73,8 @@ class _LeNetParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbability
     lrDecay = _param("lrDecay", "learning rate multiplied by this once per epoch", TypeConverters.toFloat)
     l2 = _param("l2", "L2 regularisation of the weights", TypeConverters.toFloat)
     warmupSteps = _param("warmupSteps", "linear learning-rate warm-up over this many steps", TypeConverters.toInt)
+    lrSchedule = _param("lrSchedule", "'exponential': lr x lrDecay per epoch; 'cosine': per step, to 0 at the "
+                        "last step (lrDecay unused)", TypeConverters.toString)
     lrScaling = _param("lrScaling", "'linear': lr x workers x batchSize / 64; 'none'", TypeConverters.toString)
     checkpointDir = _param("checkpointDir", "local folder for checkpoint.npz, written every checkpointInterval steps "
                            "and at the end (empty: none)", TypeConverters.toString)
@@ -90,7 +92,8 @@ class _LeNetParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbability
                          workers=TrainingConf.workers, backupWorkers=backup.workers,
                          batchSize=sgd.batch_size,
                          epochs=sgd.epochs, maxSteps=0, lr=sgd.lr, momentum=sgd.momentum, lrDecay=sgd.lr_decay,
-                         l2=sgd.l2, warmupSteps=sgd.warmup_steps, lrScaling="none", seed=sgd.seed,
+                         l2=sgd.l2, warmupSteps=sgd.warmup_steps, lrSchedule=sgd.lr_schedule, lrScaling="none",
+                         seed=sgd.seed,
                          checkpointInterval=0, checkpointDir="", stagingDir="", stragglerProb=0.0,
                          stragglerDelay=0.0, showProgress=False)
 
@@ -108,7 +111,8 @@ class _LeNetParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbability
                          momentum=self.getOrDefault(self.momentum), lr_decay=self.getOrDefault(self.lrDecay),
                          l2=self.getOrDefault(self.l2), epochs=self.getOrDefault(self.epochs),
                          seed=self.getOrDefault(self.seed), max_steps=self.getOrDefault(self.maxSteps) or None,
-                         warmup_steps=self.getOrDefault(self.warmupSteps))
+                         warmup_steps=self.getOrDefault(self.warmupSteps),
+                         lr_schedule=self.getOrDefault(self.lrSchedule))
 
 
 def _add_accessors(cls, names: list[str]) -> None:

@@ -128,6 +128,17 @@ def test_relu_gradients():
     check_layer(lambda: relu.forward(x), [x], lambda d, c: (relu.backward(d, c),), rng)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_on_integer_bits_equals_float_max(dtype):
+    x = np.random.default_rng(7).standard_normal((6, 9)).astype(dtype)
+    x[0, :4] = [-0.0, 0.0, np.inf, -np.inf]
+    out, cache = relu.forward(x[:, ::2])  # a strided view too
+    assert out.dtype == dtype and np.array_equal(out, np.maximum(x[:, ::2], 0))
+    dout = np.ones_like(out)
+    dx = relu.backward(dout, cache, overwrite_dout=True)
+    assert dx is dout and np.array_equal(dx, (x[:, ::2] > 0).astype(dtype))
+
+
 def test_affine_gradients():
     rng = np.random.default_rng(6)
     x, w, b = rng.standard_normal((3, 5)), rng.standard_normal((5, 4)), rng.standard_normal(4)

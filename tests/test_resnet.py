@@ -73,7 +73,7 @@ def test_one_step_by_hand_equals_the_trainer_with_ghost_batches(mnist):
     batches = sharding.epoch_batches(16, 2, 8, 2, 0)[0]
     parts = [model.loss_and_grads(params, data.scale_batch(images[b.index], np.float64), labels[b.index],
                                   train=True, l2=0.0)[1] for b in batches]
-    lr = config.learning_rate(0, 0)
+    lr = config.learning_rate(0, 0, 1)
     for name, value in params.items():
         mean = (parts[0][name] + parts[1][name]) / 2  # equal counts
         expected = (1 - STATE_MOMENTUM) * value + STATE_MOMENTUM * mean if name in model.STATE else value - lr * mean

@@ -107,7 +107,16 @@ def test_learning_rate_decays_per_epoch_and_warms_up(spark, mnist):
     assert lrs == pytest.approx([0.05, 0.1, 0.095, 0.095])
 
 
+def test_cosine_schedule_falls_per_step_to_zero_at_the_end(spark, mnist):
+    images, labels = small_split(mnist, 64)
+    result = msp.SyncSGD(spark, workers=2, batch_size=16, warmup_steps=1, lr=0.1, lr_schedule="cosine").fit(
+        images, labels, epochs=2)
+    lrs = [h["lr"] for h in result.history]  # 4 steps: the warm-up's, then t = 0, 1/3, 2/3 of the cosine
+    assert lrs == pytest.approx([0.1, 0.1, 0.075, 0.025])
+
+
 @pytest.mark.parametrize("kwargs,message", [
+    ({"lr_schedule": "step"}, "lr_schedule must be one of exponential, cosine"),
     ({"workers": 0}, "workers must be"), ({"batch_size": -1}, "batch_size must be"),
     ({"lr": float("nan")}, "lr must be"), ({"backup_workers": -1}, "backup_workers must be"),
 ])

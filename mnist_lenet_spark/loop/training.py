@@ -140,7 +140,7 @@ def fit_loop(model: base.Model, spec: base.ParamSpec, state: TrainState, num_exa
     while state.epoch < config.epochs and state.step < total_steps:
         batches = sharding.epoch_batches(num_examples, shards, config.batch_size, config.seed, state.epoch)
         while state.step_in_epoch < len(batches) and state.step < total_steps:
-            lr = config.learning_rate(state.epoch, state.step)
+            lr = config.learning_rate(state.epoch, state.step, total_steps)
             t0 = time.perf_counter()
             step_batches = batches[state.step_in_epoch]
             if step_batches[0].key.step != state.step:  # the keys seed dropout and stragglers: they must agree

@@ -75,7 +75,7 @@ class ResNet:
             xs = x[::stride, :, ::stride, :]  # (H', N, W', C)
             h = xs.reshape(-1, xs.shape[-1]) @ w[:, :, 0, 0].T  # (H'N W', C) @ (C, F) -> (H'N W', F)
             h = h.reshape(*xs.shape[:3], -1)
-            conv_cache = ("1x1", xs, w, x.shape, stride)
+            conv_cache = ("1x1", xs, w, stride)
         else:
             h, cols = conv2d.forward(x, w, zero, pad=1, stride=stride)  # (ceil(H/s), N, ceil(W/s), F)
             conv_cache = ("3x3", cols)  # the columns know their stride
@@ -91,18 +91,19 @@ class ResNet:
             bn_cache = None
         return out, (conv_cache, bn_cache)
 
-    def _conv_bn_backward(self, dout, cache, name, grads, need_dx=True):
+    def _conv_bn_backward(self, dout, cache, name, grads, need_dx=True, add_dx_to=None):
+        """dout (H', N, W', F) -> dx (H, N, W, C) of a 3x3 conv (None unless need_dx); a 1x1 shortcut adds its dx
+        into ``add_dx_to`` instead and returns that."""
         conv_cache, bn_cache = cache
         dh, grads[f"{name}.bn.gamma"], grads[f"{name}.bn.beta"] = batch_norm.backward(dout, bn_cache)
         if conv_cache[0] == "1x1":
-            _, xs, w, shape, stride = conv_cache  # (H', N, W', C), (F, C, 1, 1), the input's shape, stride
+            _, xs, w, stride = conv_cache  # (H', N, W', C), (F, C, 1, 1), stride
             dh_mat = dh.reshape(-1, dh.shape[-1])  # (H'N W', F)
             grads[f"{name}.W"] = (dh_mat.T @ xs.reshape(-1, xs.shape[-1]))[:, :, None, None]  # (F, C, 1, 1)
-            if not need_dx:
-                return None
-            dx = np.zeros(shape, dout.dtype)  # (H, N, W, C)
-            dx[::stride, :, ::stride, :] = (dh_mat @ w[:, :, 0, 0]).reshape(xs.shape)  # (H'N W', F) @ (F, C)
-            return dx
+            if add_dx_to is not None:  # only the sub-sampled pixels get a gradient: add it there, no zeros
+                # (H'N W', F) @ (F, C) -> (H', N, W', C)
+                add_dx_to[::stride, :, ::stride, :] += (dh_mat @ w[:, :, 0, 0]).reshape(xs.shape)
+            return add_dx_to
         dx, grads[f"{name}.W"], _ = conv2d.backward(dh, conv_cache[1], need_dx=need_dx)
         return dx
 
@@ -143,15 +144,16 @@ class ResNet:
         da = global_avg_pool.backward(dpooled, c_pool)  # (H, N, W, 64)
         c_stem, r_stem = caches[0]
         for (name, cin, cout, stride), (c1, r1, c2, cs, r2) in zip(reversed(self.blocks), reversed(caches[1:])):
-            dsum = relu.backward(da, r2)
-            da1 = relu.backward(self._conv_bn_backward(dsum, c2, f"{name}.conv2", grads), r1)
+            # every gradient here is this loop's own temporary: the ReLUs overwrite theirs
+            dsum = relu.backward(da, r2, overwrite_dout=True)
+            da1 = relu.backward(self._conv_bn_backward(dsum, c2, f"{name}.conv2", grads), r1, overwrite_dout=True)
             da_in = self._conv_bn_backward(da1, c1, f"{name}.conv1", grads)
             if cs is not None:
-                da_in += self._conv_bn_backward(dsum, cs, f"{name}.shortcut", grads)
+                self._conv_bn_backward(dsum, cs, f"{name}.shortcut", grads, add_dx_to=da_in)
             else:
                 da_in += dsum  # identity shortcut
             da = da_in
-        dh = relu.backward(da, r_stem)
+        dh = relu.backward(da, r_stem, overwrite_dout=True)
         self._conv_bn_backward(dh, c_stem, "stem", grads, need_dx=False)
         for name in self.STATE:  # the batch's statistics (train) ride in the gradient's slots of the state
             grads[name] = stats[name].astype(params[name].dtype) if train else np.zeros_like(params[name])

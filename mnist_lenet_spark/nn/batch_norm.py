@@ -5,6 +5,12 @@ Training normalises with the mini-batch's own mean and (biased) variance, as Sys
 ``batch_norm2d`` and PyTorch do; inference uses running estimates. The batch's statistics are
 returned beside the output, so that the caller (a model, and in data-parallel training the
 driver, which combines them across tasks weighted by example count) keeps the running ones.
+
+Speed. With few channels (a ResNet's 16), a per-channel vector broadcast over an ``(M, C)`` matrix
+runs ~3x slower than over the same memory viewed as ``(H * N, W * C)`` with the vector tiled W times
+(longer inner loops), so every pass here works on that "tiled" view; per-channel sums are products
+with ones (several times faster than ``sum(axis=0)``) folded over the W tiles. Every pass is written
+as ``x * a + b`` per channel with the constants worked out on (C,) vectors first.
 """
 from __future__ import annotations
 
@@ -18,40 +24,64 @@ def init(channels: int) -> tuple[np.ndarray, np.ndarray]:
     return np.ones(channels, np.float32), np.zeros(channels, np.float32)
 
 
+def _tiled(x: np.ndarray) -> np.ndarray:
+    """x (..., W, C) -> the same memory as (R, W * C); (N, C) stays (N, C)."""
+    return x.reshape(-1, x.shape[-1] * x.shape[-2]) if x.ndim >= 3 else x.reshape(-1, x.shape[-1])
+
+
+def _channel_sums(rows: np.ndarray, channels: int) -> np.ndarray:
+    """rows (R, T * C) -> (C,) float64: the sum over the rows and the T tiles of each channel."""
+    ones = np.ones(len(rows), rows.dtype)
+    return (ones @ rows).reshape(-1, channels).sum(axis=0, dtype=np.float64)  # (R,) @ (R, T*C) -> (T*C,) -> (C,)
+
+
+def _tile(v: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(C,) -> (T * C,) in rows' dtype: one value per column of ``rows``."""
+    return np.tile(v.astype(rows.dtype), rows.shape[1] // len(v))
+
+
 def forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = EPSILON):
     """Training mode. x (..., C), gamma and beta (C,) -> out (..., C), cache, (mean (C,), var (C,))."""
-    x2 = x.reshape(-1, x.shape[-1])  # (M, C), M values per channel
-    ones = np.ones(len(x2), x.dtype)
-    mean = ones @ x2 / len(x2)  # (C,)
-    centred = x2 - mean  # (M, C)
-    var = ones @ (centred * centred) / len(x2)  # (C,) biased: the batch's own
-    inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype)  # (C,)
-    xhat = np.multiply(centred, inv_std, out=centred)  # (M, C)
-    out = xhat * gamma + beta
-    return out.reshape(x.shape), (xhat, gamma, inv_std), (mean, var)
+    c = x.shape[-1]
+    rows = _tiled(x)  # (R, T*C): m = R*T values per channel
+    m = x.size // c
+    mean = _channel_sums(rows, c) / m  # (C,)
+    centred = rows - _tile(mean, rows)  # (R, T*C)
+    squares = np.multiply(centred, centred)
+    var = _channel_sums(squares, c) / m  # (C,) biased: the batch's own
+    inv_std = 1.0 / np.sqrt(var + eps)  # (C,) float64
+    out = np.multiply(centred, _tile(gamma * inv_std, rows), out=squares)  # (R, T*C): gamma * xhat ...
+    out += _tile(beta, rows)  # ... + beta
+    return out.reshape(x.shape), (centred, gamma, inv_std), (mean.astype(x.dtype), var.astype(x.dtype))
 
 
 def forward_inference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
                       running_var: np.ndarray, eps: float = EPSILON) -> np.ndarray:
     """Inference mode: x (..., C) normalised with the running (C,) statistics -> out (..., C)."""
-    scale = gamma / np.sqrt(running_var + eps)  # (C,)
-    return x * scale + (beta - running_mean * scale)
+    rows = _tiled(x)  # (R, T*C)
+    scale = gamma / np.sqrt(running_var.astype(np.float64) + eps)  # (C,)
+    out = rows * _tile(scale, rows)
+    out += _tile(beta - running_mean * scale, rows)
+    return out.reshape(x.shape)
 
 
 def backward(dout: np.ndarray, cache):
     """dout (..., C) -> dx (..., C), dgamma (C,), dbeta (C,).
 
-    With m values per channel and dxhat = dout * gamma:
-    dx = inv_std / m * (m * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat)), sums over all but the last axis.
+    With m values per channel, xhat = centred * inv_std and dxhat = dout * gamma:
+    dx = inv_std / m * (m * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat)), sums over all but the last axis;
+    sum(dxhat) = gamma * dbeta and sum(dxhat * xhat) = gamma * dgamma, so per channel
+    dx = k * (dout - dbeta / m) - (k * inv_std * dgamma / m) * centred with k = gamma * inv_std.
     """
-    xhat, gamma, inv_std = cache  # xhat (M, C)
-    dout2 = dout.reshape(xhat.shape)  # (M, C)
-    m = len(dout2)
-    ones = np.ones(m, dout.dtype)
-    dbeta = ones @ dout2  # (C,); a product with ones: several times faster than sum(axis=0) over (M, C) here
-    dgamma = ones @ (dout2 * xhat)  # (C,)
-    # sum(dxhat) = gamma * dbeta and sum(dxhat * xhat) = gamma * dgamma: no second pass over dxhat
-    dx = dout2 * (gamma * inv_std)  # (M, C)
-    dx -= (gamma * dbeta / m) * inv_std
-    dx -= xhat * ((gamma * dgamma / m) * inv_std)
-    return dx.reshape(dout.shape), dgamma, dbeta
+    centred, gamma, inv_std = cache  # centred (R, T*C), gamma (C,), inv_std (C,) float64
+    c = len(gamma)
+    rows = _tiled(dout)  # (R, T*C)
+    m = centred.size // c
+    dbeta = _channel_sums(rows, c)  # (C,)
+    product = np.multiply(rows, centred)  # (R, T*C)
+    dgamma = _channel_sums(product, c) * inv_std  # (C,): sum(dout * xhat)
+    k = gamma * inv_std  # (C,)
+    dx = np.multiply(centred, _tile(-k * inv_std * dgamma / m, rows), out=product)  # (R, T*C)
+    dx += rows * _tile(k, rows)
+    dx += _tile(-k * dbeta / m, rows)
+    return dx.reshape(dout.shape), dgamma.astype(dout.dtype), dbeta.astype(dout.dtype)
