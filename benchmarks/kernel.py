@@ -27,6 +27,7 @@ from mnist_lenet_spark.executor import tasks
 from mnist_lenet_spark.loop import training
 from mnist_lenet_spark.models import base, lenet
 from mnist_lenet_spark.models.resnet import ResNet
+from mnist_lenet_spark.nn import conv2d
 from mnist_lenet_spark.nn.optim import sgd_nesterov
 
 BATCH = 64
@@ -95,19 +96,30 @@ def torch_step_fn(X, y):
 
 def resnet_products(model: ResNet, batch: int = BATCH) -> list[tuple[int, int, int]]:
     """The matrix products of one NumPy ResNet step, (M, K, F) for an (M, K) @ (K, F) product, as this package
-    multiplies them: a 3x3 convolution of an (H, W, C) input to (H', W', F) is (M = batch H' W', 9 C) @ (9 C, F)
-    forward and (9 C, M) @ (M, F) for the filter gradient; its dx at stride 1 is the convolution of dout with the
-    turned filters, (batch H W, 9 F) @ (9 F, C), at stride 2 (M, F) @ (F, 9 C) before col2im; the stem has no
-    dx. A 1x1 shortcut multiplies the sub-sampled pixels: (M, C) @ (C, F), (C, M) @ (M, F), (M, F) @ (F, C)."""
+    multiplies them (``nn/conv2d.py``). A 3x3 convolution of an (H, W, C) input to (H', W', F) with the kernel
+    rows folded (stride 2, or 3 C < MIN_ROW_COLUMNS) is (M = batch H' W', 9 C) @ (9 C, F) forward and
+    (9 C, M) @ (M, F) for the filter gradient; in row mode it is three products (M_g, 3 C) @ (3 C, F), one per
+    kernel row, whose M_g skip the output rows that row reads from the padding. Its dx at stride 1 is the
+    convolution of dout with the turned filters (F channels in, C out), at stride 2 (M, F) @ (F, 9 C) before
+    col2im; the stem has no dx. A 1x1 shortcut multiplies the sub-sampled pixels: (M, C) @ (C, F),
+    (C, M) @ (M, F), (M, F) @ (F, C)."""
     c, h, w = model.input_shape
     products = []
 
-    def conv3x3(h, w, cin, cout, stride, with_dx=True):
+    def conv_products(h, w, cin, cout, stride, filter_grad=True):  # forward (+ filter gradient); -> (H', W')
         h2, w2 = -(-h // stride), -(-w // stride)
-        m = batch * h2 * w2
-        products.extend([(m, 9 * cin, cout), (9 * cin, m, cout)])
-        if with_dx:
-            products.append((batch * h * w, 9 * cout, cin) if stride == 1 else (m, cout, 9 * cin))
+        folded = stride > 1 or 3 * cin < conv2d.MIN_ROW_COLUMNS
+        for rows, k in ([(h2, 9 * cin)] if folded else [(h2 - 1, 3 * cin), (h2, 3 * cin), (h2 - 1, 3 * cin)]):
+            m = batch * rows * w2  # row mode: kernel rows 0 and 2 skip the output row they read from the padding
+            products.extend([(m, k, cout), (k, m, cout)] if filter_grad else [(m, k, cout)])
+        return h2, w2
+
+    def conv3x3(h, w, cin, cout, stride, with_dx=True):
+        h2, w2 = conv_products(h, w, cin, cout, stride)
+        if with_dx and stride == 1:  # the transposed convolution: a forward of dout, F channels in, C out
+            conv_products(h2, w2, cout, cin, 1, filter_grad=False)
+        elif with_dx:
+            products.append((batch * h2 * w2, cout, 9 * cin))
         return h2, w2
 
     h, w = conv3x3(h, w, c, 16, 1, with_dx=False)  # the stem
