@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from mnist_lenet_spark import config, data, models
+from mnist_lenet_spark.executor.rows import PIXEL_RANGES
 from mnist_lenet_spark.executor.straggler import StragglerModel
 from mnist_lenet_spark.jobs import runs
 from mnist_lenet_spark.jobs.cli import (
@@ -42,6 +43,9 @@ def parse_args(argv=None):
     p.add_argument("--format", choices=["idx", "csv", "parquet"], default="idx", help="of --train and --test")
     p.add_argument("--staging-dir", default=None, help="with --train: where the staged shards go, a folder every "
                         "executor mounts or a store's URL (s3://bucket/prefix); default: each executor's local disk")
+    p.add_argument("--pixel-range", choices=PIXEL_RANGES, default=None,
+                   help="with --train: numeric features hold whole numbers 0..255 (default) or values 0..1 "
+                        "(multiples of 1/255; never rounded)")
     p.add_argument("--save-model", default=None, help="write the Spark ML model directory here (any Hadoop path)")
     p.add_argument("--model", choices=models.NAMES, default="lenet",
                    help="lenet (SystemML's LeNet) or resnet (ResNet-8 with batch norm)")
@@ -92,6 +96,8 @@ def parse_args(argv=None):
         p.error("--train reads its own data: it goes without --data-dir and --limit-train")
     if args.staging_dir and not args.train:
         p.error("--staging-dir needs --train")
+    if args.pixel_range and not args.train:
+        p.error("--pixel-range needs --train (the MNIST IDX files hold bytes 0..255)")
     if args.test and not args.train:
         p.error("--test needs --train")
     if args.train and args.format != "idx" and not args.test:
@@ -122,7 +128,7 @@ def train_run(args) -> runs.TrainRun:
                                  args.task_failure_prob),
         master=args.master, spark_conf=args.conf, data_dir=args.data_dir, limit_train=args.limit_train,
         train_path=args.train, test_path=args.test, data_format=args.format, save_model=args.save_model,
-        staging_dir=args.staging_dir,
+        staging_dir=args.staging_dir, pixel_range=args.pixel_range,
         checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
         metrics=args.metrics, summary=args.summary, model_out=args.model_out, progress=not args.no_progress)
 

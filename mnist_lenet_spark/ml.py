@@ -59,7 +59,10 @@ class _LeNetParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbability
     model = _param("model", "the network: 'lenet' (SystemML's LeNet) or 'resnet' (ResNet-8 with batch norm)",
                    TypeConverters.toString)
     imageShape = _param("imageShape", "[channels, height, width] of the images: features hold that many pixels "
-                        "0..255, channel-major (lenet takes only [1, 28, 28])", TypeConverters.toListInt)
+                        "channel-major (lenet takes only [1, 28, 28])", TypeConverters.toListInt)
+    pixelRange = _param("pixelRange", "what numeric features hold: '0..255' whole numbers, or '0..1' multiples of "
+                        "1/255 (binary features: bytes 0 or 1); other values are refused, never rounded",
+                        TypeConverters.toString)
     numClasses = _param("numClasses", "how many classes: labels are 0 .. numClasses - 1", TypeConverters.toInt)
     workers = _param("workers", "gradient tasks (shards) per step; effective batch = batchSize x workers",
                      TypeConverters.toInt)
@@ -89,7 +92,7 @@ class _LeNetParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbability
         super().__init__()
         sgd, backup = SGDConfig(), BackupConfig()
         self._setDefault(model="lenet", imageShape=list(models.MNIST_SHAPE), numClasses=models.MNIST_CLASSES,
-                         workers=TrainingConf.workers, backupWorkers=backup.workers,
+                         pixelRange="0..255", workers=TrainingConf.workers, backupWorkers=backup.workers,
                          batchSize=sgd.batch_size,
                          epochs=sgd.epochs, maxSteps=0, lr=sgd.lr, momentum=sgd.momentum, lrDecay=sgd.lr_decay,
                          l2=sgd.l2, warmupSteps=sgd.warmup_steps, lrSchedule=sgd.lr_schedule, lrScaling="none",
@@ -105,6 +108,12 @@ class _LeNetParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbability
                                   self.getOrDefault(self.numClasses))
         except ValueError as e:
             raise ConfigError(f"model: {e}") from None
+
+    def _pixel_range(self) -> str:
+        try:
+            return rows.check_pixel_range(self.getOrDefault(self.pixelRange))
+        except ValueError as e:
+            raise ConfigError(f"pixelRange: {e}") from None
 
     def sgd_config(self) -> SGDConfig:
         return SGDConfig(batch_size=self.getOrDefault(self.batchSize), lr=self.getOrDefault(self.lr),
@@ -151,6 +160,7 @@ class LeNetClassifier(Estimator, _LeNetParams, DefaultParamsReadable, DefaultPar
     def _fit(self, dataset) -> LeNetClassificationModel:
         from pyspark.sql import functions as F
         spark = dataset.sparkSession
+        pixel_range = self._pixel_range()
         workers, backup = self.getOrDefault(self.workers), BackupConfig(workers=self.getOrDefault(self.backupWorkers))
         straggler = StragglerModel(self.getOrDefault(self.stragglerProb), self.getOrDefault(self.stragglerDelay))
         sgd = SyncSGD(spark, workers, config=self.sgd_config(), backup=backup, straggler=straggler,
@@ -165,7 +175,7 @@ class LeNetClassifier(Estimator, _LeNetParams, DefaultParamsReadable, DefaultPar
             train_df, val_df = dataset.filter(~is_val), dataset.filter(is_val)
         checkpointing = self._checkpointing(sgd)
         result, staging_seconds = staging.fit_dataframes(
-            sgd, train_df, val_df, features, label, self.getOrDefault(self.stagingDir), **checkpointing,
+            sgd, train_df, val_df, features, label, self.getOrDefault(self.stagingDir), pixel_range, **checkpointing,
             on_step=self._progress(sgd))
         if checkpointing:  # the final state too, whatever the interval
             checkpointing["checkpoint"](result.state)
@@ -252,7 +262,7 @@ class LeNetClassificationModel(Model, _LeNetParams, MLReadable, MLWritable):
         from pyspark.sql.functions import pandas_udf
 
         features = self.getFeaturesCol()
-        weights, network = self.weights, self._network()
+        weights, network, pixel_range = self.weights, self._network(), self._pixel_range()
         staging.check_columns(dataset, features, None, int(np.prod(network.input_shape)), network.classes)
         column = F.col(features)
         if isinstance(dataset.schema[features].dataType, VectorUDT):  # Arrow carries arrays, not Vectors
@@ -261,7 +271,8 @@ class LeNetClassificationModel(Model, _LeNetParams, MLReadable, MLWritable):
 
         @pandas_udf("prediction double, probability array<double>, raw array<double>")
         def predict(batch: pd.Series) -> pd.DataFrame:
-            prediction, probability, raw = rows.predict_pixels(network, weights, batch)
+            prediction, probability, raw = rows.predict_pixels(network, weights, batch,
+                                                                 pixel_range=pixel_range)
             return pd.DataFrame({"prediction": prediction, "probability": list(probability), "raw": list(raw)})
 
         out = "__lenet_output"

@@ -184,8 +184,29 @@ def test_train_from_a_dataframe_source_save_the_model_and_predict_with_it(tmp_pa
     (["--train", "x", "--limit-train", "5"], "--train reads its own data"),
     (["--test", "x"], "--test needs --train"),
     (["--train", "x", "--format", "csv"], "--format csv needs --test"),
+    (["--pixel-range", "0..1"], "--pixel-range needs --train"),
+    (["--train", "x", "--pixel-range", "1"], "--pixel-range: invalid choice: '1'"),
 ])
 def test_dataframe_source_flags(flags, message, capsys):
     with pytest.raises(SystemExit):
         train_lenet.parse_args(flags)
     assert message in capsys.readouterr().err
+
+
+def test_parquet_features_scaled_to_0_1_need_pixel_range_0_1(tmp_path, mnist):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    for name, split in (("train", mnist.train), ("test", mnist.test)):
+        n = 5100 if name == "train" else 100  # the job holds out the first 5,000 for validation
+        features = [(img.reshape(-1) / 255.0).tolist() for img in split.images[:n]]  # (784,) each, in 0..1
+        pq.write_table(pa.table({"label": split.labels[:n].astype(np.int64), "features": features}),
+                       tmp_path / f"{name}.parquet")
+    data = ["--train", str(tmp_path / "train.parquet"), "--test", str(tmp_path / "test.parquet"), "--format",
+            "parquet", "--max-steps", "2", "--batch-size", "8", "--validate-every", "0"]
+    refused = run(*data, check=False)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1].startswith(
+        "train_lenet: error: row 0: column 'features' has a value that is not a whole number")
+    summary = tmp_path / "s.json"
+    run(*data, "--pixel-range", "0..1", "--summary", str(summary))
+    assert json.loads(summary.read_text())["steps"] == 2

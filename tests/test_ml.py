@@ -237,3 +237,34 @@ def test_a_resnet_on_3_channel_32x32_images_of_3_classes_fits_from_parquet_end_t
                         ).collect()
     with pytest.raises(Exception, match="model: lenet takes 1x28x28 images and 10 classes"):
         LeNetClassifier(imageShape=[3, 32, 32], numClasses=3, maxSteps=1).fit(df)
+
+
+def test_features_scaled_to_0_1_train_like_bytes_with_pixel_range_0_1_and_are_refused_without(spark, small):
+    images, labels, binary = small
+    scaled = spark.createDataFrame([(int(y), Vectors.dense(img.reshape(-1) / 255.0))
+                                    for img, y in zip(images[:100], labels)], ["label", "features"])
+    with pytest.raises(DataError, match=r"row 0: column 'features' has a value that is not a whole number .*"
+                                        r"need pixelRange '0..1'"):
+        LeNetClassifier(batchSize=8, maxSteps=1).fit(scaled)
+    reference = LeNetClassifier(batchSize=8, maxSteps=2, seed=1).fit(binary.limit(100))
+    model = LeNetClassifier(batchSize=8, maxSteps=2, seed=1, pixelRange="0..1").fit(scaled)
+    assert all(np.array_equal(model.weights[k], reference.weights[k]) for k in reference.weights)
+    assert model.getPixelRange() == "0..1"  # and transform reads the same scale
+    assert [r.prediction for r in model.transform(scaled).collect()] == \
+        [float(p) for p in reference.predict(images[:100])]
+
+
+def test_a_data_set_of_only_0_and_1_pixels_declared_0_255_is_refused(spark, small):
+    images, labels, _ = small
+    binarized = [(int(y), (img.reshape(-1) > 127).astype(float).tolist()) for img, y in zip(images[:50], labels)]
+    df = spark.createDataFrame(binarized, "label long, features array<double>")
+    with pytest.raises(DataError, match=r"column 'features': every pixel of the 50 rows is 0 or 1 out of 0..255"):
+        LeNetClassifier(batchSize=8, maxSteps=1).fit(df)
+    model = LeNetClassifier(batchSize=8, maxSteps=1, pixelRange="0..1").fit(df)  # declared: they are 0 and 255
+    assert model.summary.history[0]["examples"] == 8 * 2
+
+
+def test_an_unknown_pixel_range_is_one_line(spark, small):
+    from mnist_lenet_spark.config import ConfigError
+    with pytest.raises(ConfigError, match="pixelRange: pixel range must be one of 0..255, 0..1, got '1'"):
+        LeNetClassifier(pixelRange="1").fit(small[2])

@@ -65,7 +65,7 @@ def check_columns(df, features_col: str, label_col: str | None, pixels: int = in
                                                                                                 NumericType))
         if not ok:
             expected = (f"an integer or double 0..{classes - 1}" if kind == "label" else
-                        f"a Vector, an array of numbers or binary ({pixels} pixels 0..255)")
+                        f"a Vector, an array of numbers or binary ({pixels} pixels)")
             raise DataError(f"column '{name}' ({kind}) has type {t.simpleString()}; expected {expected}")
 
 
@@ -90,12 +90,18 @@ def staging_directory(base: str | None) -> str:
 
 
 def stage(df, features_col: str, label_col: str, shard_count: int, directory: str,
-          input_shape: tuple[int, int, int] = MNIST_SHAPE, classes: int = MNIST_CLASSES) -> StagedData:
+          input_shape: tuple[int, int, int] = MNIST_SHAPE, classes: int = MNIST_CLASSES,
+          pixel_range: str = "0..255") -> StagedData:
     """Write ``df``'s rows as ``shard_count`` shard files named ``directory`` (see ``staging_directory``) and cache
-    the RDD of their reports; each row holds one (C, H, W) = ``input_shape`` image, channel-major, and a label
-    0 .. classes - 1. DataError on a bad column or row. ``unstage`` removes them."""
+    the RDD of their reports; each row holds one (C, H, W) = ``input_shape`` image, channel-major, with numeric
+    features in ``pixel_range`` (``rows.PIXEL_RANGES``), and a label 0 .. classes - 1. DataError on a bad column or
+    row. ``unstage`` removes them."""
     from pyspark import StorageLevel
     pixels = int(np.prod(input_shape))
+    try:
+        row_conversion.check_pixel_range(pixel_range)
+    except ValueError as e:
+        raise DataError(f"column '{features_col}': {e}") from None
     check_columns(df, features_col, label_col, pixels, classes)
     t0 = time.perf_counter()
     rows = df.select(features_col, label_col).rdd
@@ -106,7 +112,7 @@ def stage(df, features_col: str, label_col: str, shard_count: int, directory: st
     edges = np.array([a for a, _ in sharding.shard_bounds(n, shard_count)] + [n])
     first_index = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()
     tokens = (rows.mapPartitionsWithIndex(partial(row_conversion.convert_rows, features_col, label_col, edges,
-                                                  first_index, pixels, classes))
+                                                  first_index, pixels, classes, pixel_range))
               .partitionBy(shard_count, lambda k: k)
               .mapPartitionsWithIndex(partial(shards.write_shard, directory, tuple(input_shape)))
               .persist(StorageLevel.MEMORY_ONLY))  # a few bytes a shard: where each shard's files are
@@ -115,6 +121,9 @@ def stage(df, features_col: str, label_col: str, shard_count: int, directory: st
         bad = [r for r in reports if r.error]
         if bad:
             raise DataError(min(bad, key=lambda r: r.error_row).error)
+        if pixel_range == "0..255" and max(r.max_pixel for r in reports) <= 1:
+            raise DataError(f"column '{features_col}': every pixel of the {n} rows is 0 or 1 out of 0..255; "
+                            f"pixels scaled to 0..1 need pixelRange '0..1' (--pixel-range 0..1)")
     except BaseException:
         unstage(tokens.context, shards.StagedShards(directory, (), (), tokens))  # whatever was written
         raise
@@ -149,7 +158,7 @@ def unstage(sc, staged: shards.StagedShards) -> None:
 
 
 def fit_dataframes(sgd, train_df, validation_df, features_col: str, label_col: str, staging_dir: str | None = None,
-                   **fit_options):
+                   pixel_range: str = "0..255", **fit_options):
     """Stage ``train_df`` (and ``validation_df``, if any) as shards and train ``sgd`` on them; the staged files
     are removed afterwards, also when the fit fails. Returns (FitResult, seconds spent staging)."""
     if staging_dir and paths.local_path(staging_dir) is None:
@@ -159,7 +168,8 @@ def fit_dataframes(sgd, train_df, validation_df, features_col: str, label_col: s
     directory = staging_directory(staging_dir)
     sgd.start_warm_up()  # readies the Python workers while the shards are written
     staged = []
-    image = {"input_shape": sgd.model.input_shape, "classes": sgd.model.classes}  # what the model takes
+    image = {"input_shape": sgd.model.input_shape, "classes": sgd.model.classes,  # what the model takes
+             "pixel_range": pixel_range}
     try:
         train = stage(train_df, features_col, label_col, sgd.workers + sgd.backup.workers, directory + "/train",
                       **image)

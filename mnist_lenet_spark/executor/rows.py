@@ -1,6 +1,7 @@
 """A DataFrame row's features and label as the trainer reads them: the model's C x H x W uint8 pixels
-(channel-major; MNIST: 784) and a class 0 .. classes - 1, or the problem with them. Used on the executors by
-staging (``convert_rows``) and by the model's ``transform`` (``predict_pixels``); imports no pyspark."""
+(channel-major; MNIST: 784; given as bytes, or as numbers in a declared pixel range, never rounded) and a class
+0 .. classes - 1, or the problem with them. Used on the executors by staging (``convert_rows``) and by the model's
+``transform`` (``predict_pixels``); imports no pyspark."""
 from __future__ import annotations
 
 import math
@@ -18,24 +19,56 @@ def _short(value, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def row_pixels(features, pixels: int = int(np.prod(MNIST_SHAPE))) -> np.ndarray | str:
-    """uint8 (pixels,) from a Vector, a sequence of ``pixels`` numbers in 0..255 (rounded) or that many bytes;
-    else the problem."""
+#: How features give pixel values: whole numbers 0..255 as stored, or 0..1 (pixels / 255, a common preprocessing
+#: step; binary features then hold bytes 0 and 1).
+PIXEL_RANGES = ("0..255", "0..1")
+_GRID_TOLERANCE = 1e-3  # in units of 1/255: float32 rounding of k / 255 is ~1e-5 of one step
+
+
+def check_pixel_range(pixel_range: str) -> str:
+    """``pixel_range`` if it is one of PIXEL_RANGES; else ValueError naming the choices."""
+    if pixel_range not in PIXEL_RANGES:
+        raise ValueError(f"pixel range must be one of {', '.join(PIXEL_RANGES)}, got {pixel_range!r}")
+    return pixel_range
+
+
+def row_pixels(features, pixels: int = int(np.prod(MNIST_SHAPE)), pixel_range: str = "0..255") -> np.ndarray | str:
+    """uint8 (pixels,) from ``pixels`` bytes or from a Vector or sequence of ``pixels`` numbers, in ``pixel_range``
+    (whole numbers 0..255; or multiples of 1/255 in 0..1, bytes 0 or 1); else the problem. Values are never rounded into
+    range: a value the trainer's 8-bit pixels cannot hold exactly is a problem, named with a hint."""
     if features is None:
         return "is null"
     if isinstance(features, (bytes, bytearray)):
         if len(features) != pixels:
             return f"has {len(features)} bytes, expected {pixels}"
-        return np.frombuffer(features, np.uint8)
+        image = np.frombuffer(features, np.uint8)  # (pixels,)
+        if pixel_range == "0..1":  # bytes of 0 and 1 (binarized images)
+            if image.max() > 1:
+                return f"has bytes outside 0..1 (max {image.max()}); pixels 0..255 need pixelRange '0..255'"
+            return image * np.uint8(255)
+        return image
     try:
         values = features.toArray() if hasattr(features, "toArray") else np.asarray(features, np.float64)
     except (TypeError, ValueError):
         return "holds a null or a non-number"
     if values.shape != (pixels,):
         return f"has {values.size} values, expected {pixels}"
-    if not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > 255:
-        return f"has values outside 0..255 (min {values.min()}, max {values.max()})"
-    return np.rint(values).astype(np.uint8)
+    top = 1.0 if pixel_range == "0..1" else 255.0
+    if not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > top:
+        hint = " (pixels 0..255 need pixelRange '0..255')" if pixel_range == "0..1" and values.max() > 1 else ""
+        return f"has values outside {pixel_range} (min {values.min()}, max {values.max()}){hint}"
+    steps = values * (255.0 / top)  # (pixels,) in units of one 8-bit step
+    whole = np.rint(steps)
+    off = np.flatnonzero(np.abs(steps - whole) > (_GRID_TOLERANCE if pixel_range == "0..1" else 0.0))
+    if off.size:
+        i = int(off[0])
+        where = f"({float(values[i])!r} at position {i})"
+        if pixel_range == "0..255":
+            return (f"has a value that is not a whole number {where}; pixels scaled to 0..1 need pixelRange '0..1' "
+                    f"(--pixel-range 0..1)")
+        return (f"has a value that is not a multiple of 1/255 {where}: the trainer keeps 8-bit pixels and will not "
+                f"round it; give whole numbers 0..255 or k/255")
+    return whole.astype(np.uint8)
 
 
 def row_label(label, classes: int = MNIST_CLASSES) -> int | str:
@@ -52,7 +85,7 @@ def row_label(label, classes: int = MNIST_CLASSES) -> int | str:
 
 
 def convert_rows(features_col: str, label_col: str, edges: np.ndarray, first_index: list[int], pixels: int,
-                 classes: int, partition: int, rows: Iterator) -> Iterator[tuple[int, tuple]]:
+                 classes: int, pixel_range: str, partition: int, rows: Iterator) -> Iterator[tuple[int, tuple]]:
     """(shard, (global row index, label, ``pixels`` pixel bytes | error)) for each row of one input partition.
 
     Row ``i`` of the DataFrame belongs to shard ``k`` when ``edges[k] <= i < edges[k + 1]``; the
@@ -60,7 +93,7 @@ def convert_rows(features_col: str, label_col: str, edges: np.ndarray, first_ind
     """
     for i, row in enumerate(rows, first_index[partition]):
         shard = int(np.searchsorted(edges, i, side="right")) - 1
-        image, label = row_pixels(row[features_col], pixels), row_label(row[label_col], classes)
+        image, label = row_pixels(row[features_col], pixels, pixel_range), row_label(row[label_col], classes)
         problem = None
         if isinstance(image, str):
             problem = f"column '{features_col}' {image}"
@@ -73,11 +106,12 @@ def convert_rows(features_col: str, label_col: str, edges: np.ndarray, first_ind
             yield shard, (i, label, image.tobytes())
 
 
-def predict_pixels(model: base.Model, params: base.Params, features, chunk: int = 500):
+def predict_pixels(model: base.Model, params: base.Params, features, chunk: int = 500,
+                   pixel_range: str = "0..255"):
     """(prediction (n,), probability (n, classes), log-probability (n, classes)) for a pandas Series of
-    features (Vectors as arrays, number sequences or binaries of the model's C x H x W pixels)."""
+    features (Vectors as arrays, number sequences in ``pixel_range`` or binaries of the model's C x H x W pixels)."""
     shape = tuple(model.input_shape)  # (C, H, W)
-    images = [row_pixels(f, int(np.prod(shape))) for f in features]
+    images = [row_pixels(f, int(np.prod(shape)), pixel_range) for f in features]
     bad = next((p for p in images if isinstance(p, str)), None)
     if bad is not None:
         raise ValueError(f"features {bad}")

@@ -36,6 +36,7 @@ class ShardWritten:
     place: str = ""  # the local directory of the executor that wrote it: one per executor
     error: str | None = None  # "row I: column 'C' PROBLEM (example)" for the first bad row
     error_row: int = -1
+    max_pixel: int = 0  # the brightest pixel: a whole data set of 0s and 1s was almost surely scaled to 0..1
 
 
 def local_root() -> str:
@@ -95,7 +96,7 @@ def write_shard(directory: str, shape: tuple[int, int, int], k: int,
         buffer = io.BytesIO()
         np.save(buffer, array)
         write_file(path, buffer.getvalue())
-    yield ShardWritten(k, len(rows), local_root())
+    yield ShardWritten(k, len(rows), local_root(), max_pixel=int(images.max()) if images.size else 0)
 
 
 def remove_local(top: str, partition: Iterator) -> Iterator:

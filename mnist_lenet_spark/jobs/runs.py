@@ -42,6 +42,7 @@ class TrainRun:
     test_path: str | None = None  # with train_path; for idx, default: the train_path folder
     data_format: str = "idx"  # of train_path and test_path: idx, csv or parquet
     staging_dir: str | None = None  # with train_path: a folder every executor mounts; None: executors' own disks
+    pixel_range: str = "0..255"  # with train_path: of numeric features (executor.rows.PIXEL_RANGES)
     save_model: str | None = None  # the MLlib model directory (LeNetClassificationModel.save), any Hadoop path
     limit_train: int | None = None  # use the first N training images
     checkpoint_dir: str | os.PathLike | None = None
@@ -199,14 +200,15 @@ def train(run: TrainRun) -> dict:
             is_validation = F.col("is_validation")
             result, staging_seconds = staging.fit_dataframes(sgd, flagged.filter(~is_validation),
                                                              flagged.filter(is_validation), "features", "label",
-                                                             run.staging_dir, **fit_options)
+                                                             run.staging_dir, run.pixel_range, **fit_options)
         train_seconds = time.perf_counter() - t0 - staging_seconds
         if progress is not None:
             progress.close()
         if save:  # the final state, whatever --checkpoint-every says
             save(result.state)
         model = LeNetClassificationModel(result.params)
-        model._set(model=run.model, imageShape=list(network.input_shape), numClasses=network.classes)
+        model._set(model=run.model, imageShape=list(network.input_shape), numClasses=network.classes,
+                   pixelRange=run.pixel_range)
         if mnist is not None:
             test_accuracy = sgd.accuracy(result.params, mnist.test.images, mnist.test.labels)
         else:
