@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
+TESTS ?= tests
 PACK_PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v $(PYTHON))
 PACKED_ENV := dist/mnist_lenet_spark_env.tar.gz
 
@@ -27,7 +28,7 @@ run: $(VENV)/.installed-dev check-java
 	$(PY) jobs/train_lenet.py --conf conf/spark-defaults.conf $(ARGS)
 
 test: $(VENV)/.installed-dev check-java dist $(PACKED_ENV)
-	$(PY) -m pytest tests --durations=20 $(ARGS)
+	$(PY) -m pytest $(TESTS) --durations=20 $(ARGS)
 
 bench: $(VENV)/.installed-bench check-java
 	$(PY) benchmarks/kernel.py
