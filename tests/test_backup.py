@@ -103,6 +103,7 @@ def test_late_tasks_stop_by_themselves_when_their_step_closes(spark, mnist):
     assert all(h["dropped"] == [0] for h in result.history)
     assert not spark.sparkContext.statusTracker().getActiveJobsIds()
     assert result.late_tasks == {"stopped_by_signal": 3, "killed_by_spark": 0}
+    assert all(h["pushed"] == 2 for h in result.history)  # the kept gradients came over the step signal
 
 
 def test_late_tasks_killed_by_spark_are_counted_when_the_signal_is_off(spark, mnist):
@@ -112,6 +113,7 @@ def test_late_tasks_killed_by_spark_are_counted_when_the_signal_is_off(spark, mn
                       backup_grace=0.1)
     result = sgd.fit(mnist.train.images[:120], mnist.train.labels[:120], max_steps=2)
     assert result.late_tasks == {"stopped_by_signal": 0, "killed_by_spark": 2}
+    assert all(h["pushed"] == 0 for h in result.history)  # no signal: the gradients travel in the notes
 
 
 def test_a_bad_step_signal_port_is_a_config_error(spark, mnist):
@@ -206,3 +208,30 @@ def test_wait_all_mode_waits_for_the_straggler_but_keeps_the_first_n(spark, mnis
         assert h["seconds"] >= 4.0  # it waited for the slow task
     with pytest.raises(ConfigError, match="backup_mode must be"):
         msp.SyncSGD(spark, backup_mode="fastest")
+
+
+def jvm_live_heap_mb(sc) -> float:
+    """The driver JVM's heap in use after a full GC (G1 runs System.gc() as a full collection)."""
+    for _ in range(2):
+        sc._jvm.java.lang.System.gc()
+    return sc._jvm.java.lang.management.ManagementFactory.getMemoryMXBean().getHeapMemoryUsage().getUsed() / 2**20
+
+
+def test_the_backup_path_keeps_no_more_gradients_in_the_driver_jvm_than_the_plain_step(spark, mnist):
+    """Spark's Python-worker monitor thread holds each finished task's context for up to 2 s, and with it the
+    task's accumulator update; in local mode that is the driver's JVM. A gradient inside the update stays with
+    it: with fast steps (batch 2), tens of gradients. Pushed over the step signal, only notes are held."""
+    images, labels = mnist.train.images[:400], mnist.train.labels[:400]
+    gradient_mb = sum(v.nbytes for v in lenet.init_params(0).values()) / 2**20
+
+    def live_heap_after_step(steps=40, **options):
+        """The least of three readings after the last steps: what is held all along, not a passing peak."""
+        found = []
+        sgd = msp.SyncSGD(spark, 2, batch_size=2, **options)
+        result = sgd.fit(images, labels, max_steps=steps, on_step=lambda r: r["step"] > steps - 3 and found.append(
+            jvm_live_heap_mb(spark.sparkContext)))
+        return min(found), result
+    plain, _ = live_heap_after_step()
+    backup, result = live_heap_after_step(backup_workers=1)
+    assert all(h["pushed"] == 2 for h in result.history)
+    assert backup < plain + 2 * gradient_mb, (backup, plain, gradient_mb)

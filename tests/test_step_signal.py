@@ -184,3 +184,41 @@ def test_a_flood_of_connections_is_bounded_and_the_service_stays_up():
         for conn in held:
             conn.close()
         server.shutdown()
+
+
+def test_a_pushed_gradient_reaches_the_driver_whole_and_its_answer_says_whether_it_was_kept():
+    import numpy as np
+    received = []
+
+    def on_push(step, shard, grad, loss_sum, count):
+        received.append((step, shard, grad.copy(), loss_sum, count))
+        return step == 4
+    grad = np.random.default_rng(0).standard_normal(250_001).astype(np.float32)  # (P,), larger than a socket buffer
+    server = step_signal.StepServer(on_push=on_push, push_bytes=grad.nbytes)
+    try:
+        assert step_signal.push(server.endpoint, 4, 2, grad, 12.5, 16) is True
+        assert step_signal.push(server.endpoint, 3, 1, grad * 2, 1.0, 8) is False  # not wanted
+        assert not step_signal.is_closed(server.endpoint, 0)  # questions still work on the same connection
+        assert [(s, k, l, c) for s, k, _, l, c in received] == [(4, 2, 12.5, 16), (3, 1, 1.0, 8)]
+        assert np.array_equal(received[0][2], grad) and np.array_equal(received[1][2], grad * 2)
+        assert received[0][2].dtype == np.float32 and server.pushes == 2
+        # a push of another size drops the connection and is answered with nothing: the task sends it another way
+        assert step_signal.push(server.endpoint, 4, 0, grad[:-1], 1.0, 1) is None and len(received) == 2
+    finally:
+        server.shutdown()
+
+
+def test_a_push_without_the_token_is_never_taken():
+    import struct
+    received = []
+    server = step_signal.StepServer(on_push=lambda *a: received.append(a) or True, push_bytes=16)
+    try:
+        with socket.create_connection(server.endpoint[:2], timeout=2) as s:
+            s.sendall(b"x" * step_signal.TOKEN_BYTES + b"G" + struct.pack("!qiqdBQ", 0, 0, 1, 0.0, 4, 16) + b"\0" * 16)
+            assert s.recv(8) == b""  # dropped, no answer
+        deadline = time.monotonic() + 5
+        while server.dropped < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.dropped == 1 and not received and server.pushes == 0
+    finally:
+        server.shutdown()

@@ -53,6 +53,16 @@ class StepResults:
             self.sums: tasks.GradientSum | None = None
             self.kept: list[tasks.BackupResult] = []  # without their sums (those are in self.sums)
             self.failed: list[tasks.BackupResult] = []
+            self.pushed: dict[int, tasks.GradientSum] = {}  # shard: sums pushed to the driver, before their note
+
+    def push(self, step: int, shard: int, grad: np.ndarray, loss_sum: float, count: int) -> bool:
+        """Hold a task's pushed sums until its note arrives (``step_signal.PushHandler``); False when its step is
+        over or has its gradients (the note will be dropped too)."""
+        with self._lock:
+            if step != self.step or len(self.kept) >= self.need:
+                return False
+            self.pushed[shard] = tasks.GradientSum(grad, loss_sum, count)
+            return True
 
     def add(self, result: tasks.BackupResult) -> None:
         with self._lock:
@@ -61,10 +71,15 @@ class StepResults:
             if result.error is not None:
                 self.failed.append(result)
                 return
-            if len(self.kept) >= self.need:
+            sums = self.pushed.pop(result.shard, None) if result.delivery == "pushed" else result.sums
+            if len(self.kept) >= self.need or result.delivery == "unwanted":
                 return
-            if result.sums is not None:  # else a note: its sums stay cached on its executor (combine="executors")
-                self._add(result.sums)
+            if result.delivery == "pushed" and sums is None:  # cannot happen: a push is answered once held
+                log.error("step %d: shard %d's pushed gradient is missing; its result is dropped", self.step,
+                          result.shard)
+                return
+            if sums is not None:  # else a note: its sums stay cached on its executor (combine="executors")
+                self._add(sums)
             self.kept.append(dataclasses.replace(result, sums=None))
 
     def _add(self, sums: tasks.GradientSum) -> None:
@@ -86,7 +101,7 @@ class StepResults:
         """(sum, kept, failed) of the open step; nothing more is added to it."""
         with self._lock:
             out = self.sums, self.kept, self.failed
-            self.step, self.sums, self.kept, self.failed = -1, None, [], []
+            self.step, self.sums, self.kept, self.failed, self.pushed = -1, None, [], [], {}
             return out
 
 
@@ -162,7 +177,8 @@ class BackupStep:
             host = conf.get("spark.driver.host", "127.0.0.1")
             bind = conf.get("spark.driver.bindAddress", host)  # listen where Spark listens
             try:
-                self.signal = step_signal.StepServer(bind, host, ports=ports)
+                self.signal = step_signal.StepServer(bind, host, ports=ports, on_push=self.results.push,
+                                                     push_bytes=gradient_bytes)
             except OSError as e:
                 log.warning("no step signal on %s (%s): late tasks stop only when Spark cancels them", bind, e)
 
@@ -235,7 +251,8 @@ class BackupStep:
             sums = self._sum_kept(cached, kept, f"{self.describe(batches[0].key)} (summing the kept gradients)")
         info = {"step_seconds": time.perf_counter() - t0, "kept": kept_shards,
                 "dropped": [k for k in range(len(batches)) if k not in kept_shards],
-                "failed": sorted(r.shard for r in failed), "close_seconds": time.perf_counter() - arrived}
+                "failed": sorted(r.shard for r in failed), "close_seconds": time.perf_counter() - arrived,
+                "pushed": sum(r.delivery == "pushed" for r in kept)}  # kept sums that came over the step signal
         return sums, info
 
     def _sum_kept(self, cached, kept: list[tasks.BackupResult], description: str) -> tasks.GradientSum:

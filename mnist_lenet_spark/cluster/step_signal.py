@@ -1,10 +1,20 @@
-"""Cooperative cancellation of a backup step's late tasks: the driver serves the newest closed step.
+"""The driver's channel to a backup step's tasks: it serves the newest closed step, and takes their gradients.
 
 A task asks before each batch (and during an injected delay) and stops by itself when its step
 is closed, keeping its Python worker; Spark's cancel is the fallback (README, "Backup workers").
+A task that finished pushes its gradient here, so that only a note of it travels through Spark's
+accumulator: a gradient inside an accumulator update stays in the executor's JVM after the task
+ends, held by the task's context until Spark's Python-worker monitor thread next polls (every
+2 s), which in local mode is the driver's JVM (docs: "Driver memory").
+
 Protocol: a client first sends the fit's 32-byte token (it reaches the tasks inside their
-closure, through Spark's own task channel), then one byte per question; the server answers each
-read with the closed step as a signed 64-bit big-endian integer (-1 before any step closed).
+closure, through Spark's own task channel), then messages:
+- ``?``: a question; the server answers each read with the closed step as a signed 64-bit
+  big-endian integer (-1 before any step closed);
+- ``G`` + ``_PUSH`` header (step, shard, example count, loss sum, bytes per float, payload bytes) +
+  the gradient's floats (native byte order, never pickle): answered with 1 (the driver holds it)
+  or 0 (not wanted: its step is over or has its gradients). A payload of another size than the
+  server expects drops the connection.
 One thread and a selector serve every connection; their number is bounded, a client that does
 not authenticate in time, goes idle or does not read its answers is dropped. No pyspark import.
 """
@@ -20,12 +30,18 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Callable, NamedTuple
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 TIMEOUT_SECONDS = 1.0  # the client's connect and read timeout
 TOKEN_BYTES = 32
 _REPLY = struct.Struct("!q")
+_PUSH = struct.Struct("!qiqdBQ")  # step, shard, example count, loss sum, bytes per float (4 or 8), payload bytes
+PUSH_TIMEOUT_SECONDS = 30.0  # a task's whole push, before it sends its gradient through the accumulator instead
+#: the driver's side of a push: (step, shard, gradient sum (P,), loss sum, example count) -> kept?
+PushHandler = Callable[[int, int, np.ndarray, float, int], bool]
 #: Spark conf key of the driver port (or ``LOW-HIGH`` range) the service listens on; default: any free port
 PORT_CONF = "spark.mnistLenet.stepSignal.port"
 #: after a failed connection a task waits 0.5, 1, 2, 4, 8, 8 ... s before it tries again, at most this many times
@@ -67,10 +83,16 @@ class _Client:
     since: float  # time.monotonic() of the last byte received (or of the accept)
     authenticated: bool = False
     received: bytearray = field(default_factory=bytearray)  # token bytes so far
+    header: bytearray | None = None  # a push's header bytes so far, after its "G"
+    push: tuple | None = None  # (step, shard, count, loss sum) of the push whose payload is arriving
+    payload: np.ndarray | None = None  # where it arrives
+    got: int = 0  # payload bytes so far
 
 
 class StepServer:
-    """Driver side: serves the number of the newest closed step to the tasks that know the token.
+    """Driver side: serves the number of the newest closed step to the tasks that know the token, and hands
+    their pushed gradients to ``on_push`` (gradients of ``push_bytes`` bytes; without ``on_push``, a push
+    drops its connection).
 
     ``bind``: the address to listen on (Spark's ``spark.driver.bindAddress``); ``host``: the one
     the tasks connect to (``spark.driver.host``; default: ``bind``); ``ports``: where to listen
@@ -80,8 +102,11 @@ class StepServer:
     IDLE_SECONDS = 60.0  # an authenticated connection silent this long is closed (its task reconnects)
 
     def __init__(self, bind: str = "127.0.0.1", host: str | None = None, max_connections: int | None = None,
-                 ports: range = range(0, 1), token: bytes | None = None):
+                 ports: range = range(0, 1), token: bytes | None = None, on_push: PushHandler | None = None,
+                 push_bytes: int = 0):
         self.closed_step = -1
+        self.on_push, self.push_bytes = on_push, push_bytes
+        self.pushes = 0  # gradients received whole
         self.token = token or secrets.token_bytes(TOKEN_BYTES)
         soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         # a quarter of the descriptors at most: the driver needs the rest (Py4J, broadcasts, files)
@@ -137,14 +162,24 @@ class StepServer:
     def _answer(self, conn: socket.socket, now: float) -> None:
         client = self._clients[conn]
         try:
-            data = conn.recv(256)
+            if client.payload is not None:  # straight into the gradient's array
+                view = memoryview(client.payload).cast("B")
+                count, data = conn.recv_into(view[client.got:]), None
+            else:
+                data = conn.recv(256)
+                count = len(data)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data = b""
-        if not data:
+            count = 0
+        if not count:
             return self._drop(conn, counted=False)
         client.since = now
+        if data is None:
+            client.got += count
+            if client.got == client.payload.nbytes:
+                self._deliver(conn, client)
+            return
         if not client.authenticated:
             client.received += data
             if len(client.received) < TOKEN_BYTES:
@@ -154,10 +189,55 @@ class StepServer:
             client.authenticated = True
             data = bytes(client.received[TOKEN_BYTES:])
             client.received = bytearray()
-            if not data:
-                return
-        try:  # one answer per read, however many bytes came: a flood of questions costs one reply
-            conn.send(_REPLY.pack(self.closed_step))
+        self._messages(conn, client, data)
+
+    def _messages(self, conn: socket.socket, client: _Client, data: bytes) -> None:
+        """Questions and pushes in ``data``: one answer for all the questions of one read (a flood of them costs
+        one reply), one for each push."""
+        asked = False
+        while data and conn in self._clients:
+            if client.payload is not None:  # a push's first payload bytes came with its header
+                view = memoryview(client.payload).cast("B")
+                take = min(len(data), client.payload.nbytes - client.got)
+                view[client.got:client.got + take] = data[:take]
+                client.got, data = client.got + take, data[take:]
+                if client.got == client.payload.nbytes:
+                    self._deliver(conn, client)
+            elif client.header is not None:
+                take = _PUSH.size - len(client.header)
+                client.header += data[:take]
+                data = data[take:]
+                if len(client.header) == _PUSH.size:
+                    self._start_push(conn, client)
+            elif data[:1] == b"G":
+                client.header, data = bytearray(), data[1:]
+            else:
+                questions = len(data) - len(data.lstrip(b"?"))
+                if not questions:  # neither a question nor a push
+                    return self._drop(conn)
+                asked, data = True, data[questions:]
+        if asked and conn in self._clients:
+            self._reply(conn, self.closed_step)
+
+    def _start_push(self, conn: socket.socket, client: _Client) -> None:
+        step, shard, count, loss_sum, width, size = _PUSH.unpack(bytes(client.header))
+        client.header = None
+        if self.on_push is None or width not in (4, 8) or size != self.push_bytes or size % width:
+            log.warning("step signal: a push of %d bytes of %d-byte floats refused (expected %d bytes)", size, width,
+                        self.push_bytes)
+            return self._drop(conn)
+        client.push = (step, shard, count, loss_sum)
+        client.payload, client.got = np.empty(size // width, np.float32 if width == 4 else np.float64), 0
+
+    def _deliver(self, conn: socket.socket, client: _Client) -> None:
+        (step, shard, count, loss_sum), grad = client.push, client.payload
+        client.push, client.payload, client.got = None, None, 0
+        self.pushes += 1
+        self._reply(conn, 1 if self.on_push(step, shard, grad, loss_sum, count) else 0)
+
+    def _reply(self, conn: socket.socket, value: int) -> None:
+        try:
+            conn.send(_REPLY.pack(value))
         except OSError:  # its buffer is full (it does not read) or it went away
             self._drop(conn)
 
@@ -193,46 +273,78 @@ _connections: dict[Endpoint, socket.socket] = {}
 _failures: dict[Endpoint, tuple[int, float]] = {}  # consecutive failed connections, when to try again
 
 
-def is_closed(endpoint: Endpoint | None, step: int) -> bool:
-    """True when the driver has closed ``step``. Any failure answers False (Spark's cancel still applies); after
-    a failed connection the next one is tried only after a back-off, RETRIES times in a row at most."""
-    if endpoint is None:
-        return False
+def _connection(endpoint: Endpoint) -> socket.socket | None:
+    """This worker's authenticated connection to ``endpoint`` (made if needed), or None while backing off after
+    failures; a failure to connect is logged and counted here."""
+    conn = _connections.get(endpoint)
+    if conn is not None:
+        return conn
     failures, retry_at = _failures.get(endpoint, (0, 0.0))
     if failures >= RETRIES or time.monotonic() < retry_at:
-        return False
-    for _ in range(2):  # a cached connection may be stale (its server is gone): retry once on a fresh one
-        conn = _connections.get(endpoint)
-        fresh = conn is None
+        return None
+    for other in list(_connections):  # one run at a time: drop connections to older servers
+        _connections.pop(other).close()
+    try:
+        conn = socket.create_connection((endpoint.host, endpoint.port), timeout=TIMEOUT_SECONDS)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.sendall(endpoint.token)
+    except OSError as e:
+        failures += 1
+        backoff = min(FIRST_BACKOFF_SECONDS * 2 ** (failures - 1), MAX_BACKOFF_SECONDS)
+        _failures[endpoint] = (failures, time.monotonic() + backoff)
+        then = f"next in {backoff:g} s" if failures < RETRIES else "late tasks now wait for Spark's cancel"
+        log.warning("step signal at %s:%s unreachable (%s), attempt %d of %d; %s", endpoint.host,
+                    endpoint.port, e, failures, RETRIES, then)
+        return None
+    if failures:
+        log.warning("step signal at %s:%s reachable again", endpoint.host, endpoint.port)
+    _failures.pop(endpoint, None)
+    _connections[endpoint] = conn
+    return conn
+
+
+def _ask(endpoint: Endpoint, *message, timeout: float = TIMEOUT_SECONDS) -> int | None:
+    """Send the parts of ``message`` (bytes-like) and read the server's answer; None on any failure (a cached connection that turns out
+    stale, its server gone, is replaced once by a fresh one)."""
+    for _ in range(2):
+        fresh = endpoint not in _connections
+        conn = _connection(endpoint)
+        if conn is None:
+            return None
         try:
-            if fresh:
-                for other in list(_connections):  # one run at a time: drop connections to older servers
-                    _connections.pop(other).close()
-                conn = socket.create_connection((endpoint.host, endpoint.port), timeout=TIMEOUT_SECONDS)
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                conn.sendall(endpoint.token)
-                _connections[endpoint] = conn
-            conn.sendall(b"?")
+            conn.settimeout(timeout)
+            for part in message:
+                conn.sendall(part)
             reply = b""
             while len(reply) < _REPLY.size:
                 chunk = conn.recv(_REPLY.size - len(reply))
                 if not chunk:
                     raise ConnectionError("the step signal server closed the connection")
                 reply += chunk
-            if failures:
-                log.warning("step signal at %s:%s reachable again", endpoint.host, endpoint.port)
-            _failures.pop(endpoint, None)
-            return _REPLY.unpack(reply)[0] >= step
+            conn.settimeout(TIMEOUT_SECONDS)
+            return _REPLY.unpack(reply)[0]
         except OSError as e:
             _connections.pop(endpoint, None)
-            if conn is not None:
-                conn.close()
+            conn.close()
             if fresh:
-                failures += 1
-                backoff = min(FIRST_BACKOFF_SECONDS * 2 ** (failures - 1), MAX_BACKOFF_SECONDS)
-                _failures[endpoint] = (failures, time.monotonic() + backoff)
-                then = f"next in {backoff:g} s" if failures < RETRIES else "late tasks now wait for Spark's cancel"
-                log.warning("step signal at %s:%s unreachable (%s), attempt %d of %d; %s", endpoint.host,
-                            endpoint.port, e, failures, RETRIES, then)
-                return False
-    return False
+                log.warning("step signal at %s:%s failed (%s)", endpoint.host, endpoint.port, e)
+                return None
+    return None
+
+
+def is_closed(endpoint: Endpoint | None, step: int) -> bool:
+    """True when the driver has closed ``step``. Any failure answers False (Spark's cancel still applies); after
+    a failed connection the next one is tried only after a back-off, RETRIES times in a row at most."""
+    if endpoint is None:
+        return False
+    closed = _ask(endpoint, b"?")
+    return closed is not None and closed >= step
+
+
+def push(endpoint: Endpoint, step: int, shard: int, grad: np.ndarray, loss_sum: float, count: int) -> bool | None:
+    """Send a task's gradient sum (P,) to the driver: True when the driver holds it, False when it is not wanted
+    (its step is over or has its gradients), None when it could not be sent (send it another way)."""
+    grad = np.ascontiguousarray(grad)
+    header = b"G" + _PUSH.pack(step, shard, count, loss_sum, grad.itemsize, grad.nbytes)
+    answer = _ask(endpoint, header, memoryview(grad).cast("B"), timeout=PUSH_TIMEOUT_SECONDS)
+    return None if answer is None else answer == 1

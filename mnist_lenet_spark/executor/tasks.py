@@ -54,8 +54,8 @@ class TaskReport:
 
 @dataclass(frozen=True)
 class BackupResult:
-    """What a backup-worker task adds to the step's accumulator: its sums, or the error of its last attempt.
-    Combining on the executors, a note instead: ``sums`` None (they stay cached); ``examples`` their count."""
+    """What a backup-worker task adds to the step's accumulator: a note of its sums (``examples`` their count)
+    and where they are (``delivery``), or the error of its last attempt."""
     step: int
     shard: int
     finished_at: float  # time.time() on the executor
@@ -63,6 +63,9 @@ class BackupResult:
     sums: GradientSum | None
     error: str | None = None
     examples: int = 0
+    #: "inline": ``sums`` here; "pushed": the driver holds them (step_signal.push); "cached": they stay in the
+    #: task's cached partition (combining on the executors); "unwanted": the driver did not want them
+    delivery: str = "inline"
 
 
 @dataclass(frozen=True)
@@ -222,10 +225,11 @@ def step_task(ctx: TaskContext, source, step_bc, partition: Iterator[int]) -> It
 
 def backup_task(ctx: TaskContext, source, step_bc, step: int, accumulator, signal: step_signal.Endpoint | None,
                 stopped, partition: Iterator[int], keep: bool = False) -> Iterator:
-    """A backup-worker step: the sums go to the accumulator as soon as they are ready, unless the driver
-    closed the step meanwhile (then the task stops early, sends nothing and counts itself in ``stopped``).
-    With ``keep`` the sums are this partition's output instead (cached until the driver has the kept tasks'
-    sums added on the executors) and the accumulator gets only a note of their example count."""
+    """A backup-worker step: a note of the sums goes to the accumulator as soon as they are ready, unless the
+    driver closed the step meanwhile (then the task stops early, sends nothing and counts itself in ``stopped``).
+    The sums themselves are pushed to the driver over the step signal's connection; without one, or when the
+    push fails, they travel in the note. With ``keep`` they are this partition's output instead (cached until
+    the driver has the kept tasks' sums added on the executors)."""
     flat_params, batches = _step_work(step_bc, partition)
     started = time.time()
     should_stop = partial(step_signal.is_closed, signal, step) if signal else None
@@ -242,8 +246,15 @@ def backup_task(ctx: TaskContext, source, step_bc, step: int, accumulator, signa
     if total is not None or error is not None:
         finished = time.time()
         examples = total.count if total is not None else 0
-        accumulator.add([BackupResult(step, batches[0].key.shard, finished, finished - started,
-                                      None if keep else total, error, examples)])
+        sums, delivery = total, "inline"
+        if keep:
+            sums, delivery = None, "cached"
+        elif total is not None and signal is not None:  # a gradient in an accumulator update outlives the task
+            held = step_signal.push(signal, step, batches[0].key.shard, total.grad_sum, total.loss_sum, total.count)
+            if held is not None:  # else it could not be sent: it goes inline
+                sums, delivery = None, "pushed" if held else "unwanted"
+        accumulator.add([BackupResult(step, batches[0].key.shard, finished, finished - started, sums, error,
+                                      examples, delivery)])
     return iter([total]) if keep and total is not None else iter(())
 
 
