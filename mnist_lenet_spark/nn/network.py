@@ -54,6 +54,10 @@ class Layer:
     def init(self, rng) -> dict[str, np.ndarray]:
         return {}
 
+    def names(self) -> tuple[str, ...]:
+        """Local names of this layer's parameters (after ``build``)."""
+        return ()
+
     def param_count(self) -> int:
         return sum(int(np.prod(s)) for s in self.param_shapes().values())
 
@@ -87,6 +91,9 @@ class Conv2D(Layer):
         w, b = conv2d.init(self.filters, self.channels, self.kernel, self.kernel, rng)
         return {"W": w, "b": b} if self.bias else {"W": w}
 
+    def names(self):
+        return ("W", "b") if self.bias else ("W",)
+
     def forward(self, p, x, train, rng):
         b = p["b"] if self.bias else np.zeros(self.filters, x.dtype)
         out, cache = conv2d.forward(x, p["W"], b, self.pad, self.stride)  # (H', N, W', F)
@@ -114,6 +121,9 @@ class Dense(Layer):
         w, b = affine.init(self.fan_in, self.units, rng)
         return {"W": w, "b": b} if self.bias else {"W": w}
 
+    def names(self):
+        return ("W", "b") if self.bias else ("W",)
+
     def forward(self, p, x, train, rng):
         b = p["b"] if self.bias else np.zeros(self.units, x.dtype)
         out, cache = affine.forward(x, p["W"], b)  # (N, D) @ (D, M) -> (N, M)
@@ -137,6 +147,9 @@ class BatchNorm(Layer):
         gamma, beta = batch_norm.init(self.channels)
         return {"gamma": gamma, "beta": beta, "running_mean": np.zeros(self.channels, np.float32),
                 "running_var": np.ones(self.channels, np.float32)}
+
+    def names(self):
+        return ("gamma", "beta", "running_mean", "running_var")
 
     def forward(self, p, x, train, rng):
         if train:
@@ -369,8 +382,7 @@ class Network:
         return {f"{layer.name}.{k}": v for layer in _walk(self.layers) for k, v in layer.init(rng).items()}
 
     def _local(self, params, layer) -> dict[str, np.ndarray]:
-        prefix = layer.name + "."
-        return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+        return {k: params[f"{layer.name}.{k}"] for k in layer.names()}
 
     def _forward(self, params, layers, x, train, rng, caches, stats):
         for layer in layers:

@@ -1,0 +1,37 @@
+"""The two preset networks as definitions for ``nn.network.Network``: SystemML's LeNet and ResNet-8. Their
+parameter names are the hand-written models' (``models.lenet``, ``models.resnet``) where those have the
+same layers, so the two can be compared parameter by parameter."""
+from __future__ import annotations
+
+from ..data import MNIST_CLASSES, MNIST_SHAPE
+
+#: LeNet's parameters in the composed network, by their names in ``models.lenet``
+LENET_NAMES = {"W1": "conv1.W", "b1": "conv1.b", "W2": "conv2.W", "b2": "conv2.b", "W3": "fc1.W", "b3": "fc1.b",
+               "W4": "fc2.W", "b4": "fc2.b"}
+
+
+def lenet() -> dict:
+    """conv 5x5x32 (pad 2) -> ReLU -> max-pool 2x2 -> conv 5x5x64 (pad 2) -> ReLU -> max-pool 2x2 -> dense 512
+    -> ReLU -> dropout 0.5 -> dense 10, on 1 x 28 x 28 images."""
+    return {"input_shape": list(MNIST_SHAPE), "layers": [
+        {"type": "conv2d", "name": "conv1", "filters": 32, "kernel": 5, "padding": 2}, {"type": "relu"},
+        {"type": "max_pool", "size": 2},
+        {"type": "conv2d", "name": "conv2", "filters": 64, "kernel": 5, "padding": 2}, {"type": "relu"},
+        {"type": "max_pool", "size": 2},
+        {"type": "flatten"}, {"type": "dense", "name": "fc1", "units": 512}, {"type": "relu"},
+        {"type": "dropout", "rate": 0.5}, {"type": "dense", "name": "fc2", "units": MNIST_CLASSES}]}
+
+
+def resnet8(channels: int = 1, height: int = 28, width: int = 28, classes: int = MNIST_CLASSES) -> dict:
+    """ResNet-8 (``models.resnet``): a 3x3x16 stem, basic blocks of 16, 32 (stride 2) and 64 (stride 2)
+    channels with projection shortcuts where the shape changes, global average pooling, dense."""
+    def conv_bn(name, filters, kernel, stride):
+        return [{"type": "conv2d", "name": name, "filters": filters, "kernel": kernel, "stride": stride,
+                 "padding": kernel // 2, "bias": False}, {"type": "batch_norm", "name": f"{name}.bn"}]
+    layers = conv_bn("stem", 16, 3, 1) + [{"type": "relu"}]
+    for name, cin, cout, stride in (("block1", 16, 16, 1), ("block2", 16, 32, 2), ("block3", 32, 64, 2)):
+        branch = conv_bn(f"{name}.conv1", cout, 3, stride) + [{"type": "relu"}] + conv_bn(f"{name}.conv2", cout, 3, 1)
+        shortcut = conv_bn(f"{name}.shortcut", cout, 1, stride) if (cin, stride) != (cout, 1) else []
+        layers += [{"type": "residual", "name": name, "branch": branch, "shortcut": shortcut}, {"type": "relu"}]
+    layers += [{"type": "global_avg_pool"}, {"type": "dense", "name": "fc", "units": classes}]
+    return {"input_shape": [channels, height, width], "layers": layers}
