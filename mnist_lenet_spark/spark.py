@@ -134,8 +134,11 @@ class SyncSGD:
 
     # -- one given batch ---------------------------------------------------------------------------
     def gradient(self, params: base.Params, X: np.ndarray, y: np.ndarray) -> tuple[float, base.Params]:
-        """Loss and gradients of one scaled batch X (n, C, H, W), y (n,) split over the workers; equals
-        ``model.loss_and_grads(params, X, y, train=False, l2=self.config.l2)``. Keeps the dtype of params."""
+        """Loss and gradients of one scaled batch X (n, C, H, W), y (n,) split over the workers, without dropout.
+        For a model without state it equals ``model.loss_and_grads(params, X, y, train=False,
+        l2=self.config.l2)``. A model with state (batch norm) computes in training mode on each worker's part:
+        each part is normalised with its own batch statistics, whose example-weighted mean is in the STATE slots;
+        so it equals ``train=True`` on the whole batch only with one worker. Keeps the dtype of params."""
         if len(y) == 0 or len(X) != len(y):
             raise ConfigError(f"gradient needs a non-empty batch with one label per example, "
                               f"got {len(X)} examples and {len(y)} labels")

@@ -161,9 +161,10 @@ def test_the_composed_resnet8_equals_the_hand_written_one_for_the_same_parameter
         if "running" in k:
             params[k] = rng.uniform(0.5, 1.5, params[k].shape).astype(np.float32)
     X, y = rng.uniform(-1, 1, (8, 3, 16, 16)).astype(np.float32), rng.integers(0, 5, 8)
-    loss, grads = hand.loss_and_grads(params, X, y, train=True, l2=5e-4)
-    loss_c, grads_c = net.loss_and_grads(params, X, y, train=True, l2=5e-4)
-    assert loss_c == pytest.approx(loss, rel=1e-5)
-    for k, v in grads.items():  # the batch statistics in the STATE slots too
-        np.testing.assert_allclose(grads_c[k], v, rtol=1e-4, atol=1e-5, err_msg=k)
+    for train in (True, False):  # inference mode: batch norm on the running statistics, zeros in the STATE slots
+        loss, grads = hand.loss_and_grads(params, X, y, train=train, l2=5e-4)
+        loss_c, grads_c = net.loss_and_grads(params, X, y, train=train, l2=5e-4)
+        assert loss_c == pytest.approx(loss, rel=1e-5)
+        for k, v in grads.items():  # the batch statistics in the STATE slots too
+            np.testing.assert_allclose(grads_c[k], v, rtol=1e-4, atol=1e-5, err_msg=f"{k} train={train}")
     np.testing.assert_allclose(net.predict(params, X), hand.predict(params, X), rtol=1e-4, atol=1e-6)

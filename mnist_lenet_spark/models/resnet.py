@@ -86,16 +86,19 @@ class ResNet:
             stats[f"{name}.bn.running_mean"] = mean
             stats[f"{name}.bn.running_var"] = var * (m / max(m - 1, 1))  # unbiased, as PyTorch keeps it
         else:
-            out = batch_norm.forward_inference(h, gamma, beta, params[f"{name}.bn.running_mean"],
-                                               params[f"{name}.bn.running_var"])
-            bn_cache = None
+            running = params[f"{name}.bn.running_mean"], params[f"{name}.bn.running_var"]
+            out = batch_norm.forward_inference(h, gamma, beta, *running)
+            bn_cache = ("inference", h, gamma, *running)  # backward: the per-channel affine map's
         return out, (conv_cache, bn_cache)
 
     def _conv_bn_backward(self, dout, cache, name, grads, need_dx=True, add_dx_to=None):
         """dout (H', N, W', F) -> dx (H, N, W, C) of a 3x3 conv (None unless need_dx); a 1x1 shortcut adds its dx
         into ``add_dx_to`` instead and returns that."""
         conv_cache, bn_cache = cache
-        dh, grads[f"{name}.bn.gamma"], grads[f"{name}.bn.beta"] = batch_norm.backward(dout, bn_cache)
+        if isinstance(bn_cache[0], str):  # ("inference", x, gamma, running_mean, running_var)
+            dh, grads[f"{name}.bn.gamma"], grads[f"{name}.bn.beta"] = batch_norm.backward_inference(dout, *bn_cache[1:])
+        else:
+            dh, grads[f"{name}.bn.gamma"], grads[f"{name}.bn.beta"] = batch_norm.backward(dout, bn_cache)
         if conv_cache[0] == "1x1":
             _, xs, w, stride = conv_cache  # (H', N, W', C), (F, C, 1, 1), stride
             dh_mat = dh.reshape(-1, dh.shape[-1])  # (H'N W', F)

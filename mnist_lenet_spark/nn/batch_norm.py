@@ -65,6 +65,16 @@ def forward_inference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runnin
     return out.reshape(x.shape)
 
 
+def backward_inference(dout: np.ndarray, x: np.ndarray, gamma: np.ndarray, running_mean: np.ndarray,
+                       running_var: np.ndarray, eps: float = EPSILON):
+    """Of ``forward_inference``, a per-channel affine map: dout, x (..., C) -> dx (..., C), dgamma (C,), dbeta (C,)."""
+    inv_std = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)  # (C,)
+    xhat = (x - running_mean) * inv_std.astype(x.dtype)  # (..., C)
+    axes = tuple(range(dout.ndim - 1))
+    dx = dout * (gamma * inv_std).astype(dout.dtype)
+    return dx, (dout * xhat).sum(axis=axes).astype(dout.dtype), dout.sum(axis=axes).astype(dout.dtype)
+
+
 def backward(dout: np.ndarray, cache):
     """dout (..., C) -> dx (..., C), dgamma (C,), dbeta (C,).
 

@@ -164,12 +164,9 @@ class BatchNorm(Layer):
         mode, inner = cache
         if mode == "train":
             dx, dgamma, dbeta = batch_norm.backward(dout, inner)
-        else:  # normalised with constants: a per-channel affine map
-            inv_std = 1.0 / np.sqrt(p["running_var"].astype(np.float64) + batch_norm.EPSILON)  # (C,)
-            xhat = (inner - p["running_mean"]) * inv_std.astype(inner.dtype)  # (..., C)
-            axes = tuple(range(dout.ndim - 1))
-            dgamma, dbeta = (dout * xhat).sum(axis=axes), dout.sum(axis=axes)
-            dx = dout * (p["gamma"] * inv_std).astype(dout.dtype)
+        else:  # normalised with the running statistics: a per-channel affine map
+            dx, dgamma, dbeta = batch_norm.backward_inference(dout, inner, p["gamma"], p["running_mean"],
+                                                             p["running_var"])
         return dx, {"gamma": dgamma.astype(dout.dtype), "beta": dbeta.astype(dout.dtype)}
 
 
