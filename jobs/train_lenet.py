@@ -47,11 +47,14 @@ def parse_args(argv=None):
                    help="with --train: numeric features hold whole numbers 0..255 (default) or values 0..1 "
                         "(multiples of 1/255; never rounded)")
     p.add_argument("--save-model", default=None, help="write the Spark ML model directory here (any Hadoop path)")
-    p.add_argument("--model", choices=models.NAMES, default="lenet",
-                   help="lenet (SystemML's LeNet) or resnet (ResNet-8 with batch norm)")
-    p.add_argument("--image-shape", type=int_list, default=models.MNIST_SHAPE, metavar="C,H,W",
-                   help="channels,height,width of the --train rows' images (pixels channel-major); default 1,28,28")
-    p.add_argument("--classes", type=positive_int, default=models.MNIST_CLASSES, help="labels are 0 .. classes - 1")
+    p.add_argument("--model", default="lenet", metavar="NAME|PATH.json",
+                   help="lenet (SystemML's LeNet), resnet (ResNet-8 with batch norm), or a network definition "
+                        "composed from the layers (docs/models.md)")
+    p.add_argument("--image-shape", type=int_list, default=None, metavar="C,H,W",
+                   help="channels,height,width of the --train rows' images (pixels channel-major); default: the "
+                        "model's (1,28,28 for the presets)")
+    p.add_argument("--classes", type=positive_int, default=None,
+                   help="labels are 0 .. classes - 1; default: the model's (10 for the presets)")
     p.add_argument("--epochs", type=positive_int)
     p.add_argument("--max-steps", type=positive_int)
     p.add_argument("--workers", type=positive_int)
@@ -118,7 +121,8 @@ def train_run(args) -> runs.TrainRun:
     conf = config.read_training_conf(args.training_conf)
     base = runs.TrainRun(config=conf.sgd, backup=conf.backup, workers=conf.workers)
     return runs.with_flags(
-        base, model=args.model, image_shape=tuple(args.image_shape), classes=args.classes, epochs=args.epochs,
+        base, model=args.model, image_shape=tuple(args.image_shape) if args.image_shape else None,
+        classes=args.classes, epochs=args.epochs,
         max_steps=args.max_steps, workers=args.workers, batch_size=args.batch_size,
         lr=args.lr, momentum=args.momentum, lr_decay=args.lr_decay, l2=args.l2, warmup_steps=args.warmup_steps,
         lr_schedule=args.lr_schedule,

@@ -56,7 +56,8 @@ def _param(name: str, doc: str, convert) -> Param:
 class _LeNetParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityCol, HasRawPredictionCol, HasSeed,
                    HasValidationIndicatorCol, HasCheckpointInterval):
     """The Params of LeNetClassifier and its model, each declared once; defaults from ``config``."""
-    model = _param("model", "the network: 'lenet' (SystemML's LeNet) or 'resnet' (ResNet-8 with batch norm)",
+    model = _param("model", "the network: 'lenet' (SystemML's LeNet), 'resnet' (ResNet-8 with batch norm), or a "
+                   "network composed from the layers: its JSON definition (docs/models.md), saved with the model",
                    TypeConverters.toString)
     imageShape = _param("imageShape", "[channels, height, width] of the images: features hold that many pixels "
                         "channel-major (lenet takes only [1, 28, 28])", TypeConverters.toListInt)
@@ -103,9 +104,13 @@ class _LeNetParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbability
     def _network(self):
         """The ``models.base.Model`` the ``model``, ``imageShape`` and ``numClasses`` Params name (a ConfigError
         for an unknown name or a shape it cannot take)."""
+        name = self.getOrDefault(self.model)
+        shape, classes = tuple(self.getOrDefault(self.imageShape)), self.getOrDefault(self.numClasses)
+        if models.is_definition(name):  # its shapes are its own; set ones must agree
+            shape = shape if self.isSet(self.imageShape) else None
+            classes = classes if self.isSet(self.numClasses) else None
         try:
-            return models.by_name(self.getOrDefault(self.model), tuple(self.getOrDefault(self.imageShape)),
-                                  self.getOrDefault(self.numClasses))
+            return models.by_name(name, shape, classes)
         except ValueError as e:
             raise ConfigError(f"model: {e}") from None
 
@@ -181,6 +186,7 @@ class LeNetClassifier(Estimator, _LeNetParams, DefaultParamsReadable, DefaultPar
             checkpointing["checkpoint"](result.state)
         model = LeNetClassificationModel(result.params)
         self._copyValues(model)
+        model._set(imageShape=list(sgd.model.input_shape), numClasses=sgd.model.classes)  # the network's own
         model._summary = LeNetTrainingSummary(result.history, result.validation, staging_seconds)
         return model
 
@@ -246,6 +252,12 @@ class LeNetClassificationModel(Model, _LeNetParams, MLReadable, MLWritable):
         if self._summary is None:
             raise RuntimeError("no training summary: this model was loaded, not fitted")
         return self._summary
+
+    def networkSummary(self) -> str:
+        """Each layer of a composed network with its output shape and parameter count, and the total; a preset's
+        name."""
+        network = self._network()
+        return network.summary() if hasattr(network, "summary") else f"the preset '{self.getOrDefault(self.model)}'"
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Classes (n,) of uint8 images (n, ...) of C x H x W pixels each (MNIST: (n, 28, 28)), on the driver."""

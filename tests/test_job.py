@@ -210,3 +210,24 @@ def test_parquet_features_scaled_to_0_1_need_pixel_range_0_1(tmp_path, mnist):
     summary = tmp_path / "s.json"
     run(*data, "--pixel-range", "0..1", "--summary", str(summary))
     assert json.loads(summary.read_text())["steps"] == 2
+
+
+def test_a_network_definition_file_trains_and_a_resume_with_another_network_is_refused(tmp_path):
+    layers = [{"type": "conv2d", "filters": 4, "kernel": 3, "stride": 2, "padding": 1}, {"type": "relu"},
+              {"type": "flatten"}, {"type": "dense", "units": 10}]
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"input_shape": [1, 28, 28], "layers": layers}))
+    second.write_text(json.dumps({"input_shape": [1, 28, 28], "layers": layers[:1] + [{"type": "tanh"}] + layers[2:]}))
+    ck, summary = tmp_path / "ck", tmp_path / "s.json"
+    small = ["--limit-train", "256", "--batch-size", "16", "--validate-every", "0", "--checkpoint-dir", str(ck)]
+    proc = run("--model", str(first), "--max-steps", "2", "--summary", str(summary), *small)
+    assert json.loads(summary.read_text())["steps"] == 2
+    assert "dense_1 (dense)" in proc.stderr and "total parameters: 7,890" in proc.stderr  # the summary, logged
+    refused = run("--model", str(second), "--max-steps", "4", "--resume", *small, check=False)
+    assert refused.returncode == 2
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"train_lenet: error: {ck / 'checkpoint.npz'}: written with model network sha256 ")
+    assert ", resumed with network sha256 " in last
+    bad = run("--model", str(tmp_path / "missing.json"), check=False)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
+        f"train_lenet: error: --model: {tmp_path / 'missing.json'}: cannot read it (No such file or directory)")

@@ -268,3 +268,47 @@ def test_an_unknown_pixel_range_is_one_line(spark, small):
     from mnist_lenet_spark.config import ConfigError
     with pytest.raises(ConfigError, match="pixelRange: pixel range must be one of 0..255, 0..1, got '1'"):
         LeNetClassifier(pixelRange="1").fit(small[2])
+
+
+COMPOSED = {"input_shape": [1, 28, 28], "layers": [
+    {"type": "conv2d", "name": "conv", "filters": 8, "kernel": 3, "stride": 2, "padding": 1, "bias": False},
+    {"type": "batch_norm", "name": "bn"}, {"type": "relu"},
+    {"type": "residual", "name": "block", "branch": [
+        {"type": "conv2d", "filters": 8, "kernel": 3, "padding": 1}, {"type": "batch_norm"}, {"type": "relu"}]},
+    {"type": "max_pool", "size": 2}, {"type": "flatten"}, {"type": "dense", "units": 32}, {"type": "relu"},
+    {"type": "dropout", "rate": 0.25}, {"type": "dense", "name": "out", "units": 10}]}
+
+
+def test_a_composed_network_fits_from_a_dataframe_as_one_process_and_loads_in_a_fresh_process(spark, small,
+                                                                                             tmp_path):
+    """A network given as a JSON definition: the DataFrame fit (2 workers) equals the single-process trainer on
+    the same arrays and 2 shards (batch norm's running statistics and dropout included); the saved model carries
+    the definition, and a fresh Python process without this test's code loads it and predicts the same."""
+    import json
+    import subprocess
+    import sys
+    from mnist_lenet_spark.loop.local import fit_local
+    from mnist_lenet_spark.nn.network import Network
+    images, labels, df = small
+    text = json.dumps(COMPOSED)
+    fitted = LeNetClassifier(model=text, workers=2, batchSize=8, maxSteps=3, seed=3).fit(df)
+    local = fit_local(images, labels, SGDConfig(batch_size=8, seed=3, max_steps=3), model=Network(COMPOSED), shards=2)
+    assert "bn.running_var" in fitted.weights and fitted.getNumClasses() == 10
+    for k, v in local.params.items():
+        np.testing.assert_allclose(fitted.weights[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+    assert "total parameters:" in fitted.networkSummary()
+    path = tmp_path / "composed"
+    fitted.write().overwrite().save(str(path))
+    np.save(tmp_path / "images.npy", images[:50])
+    code = f"""
+import numpy as np
+from mnist_lenet_spark import session
+from mnist_lenet_spark.ml import LeNetClassificationModel
+spark = session.session("local[1]", conf={{"spark.ui.enabled": "false"}})
+model = LeNetClassificationModel.load({str(path)!r})
+print(model.predict(np.load({str(tmp_path / 'images.npy')!r})).tolist())
+spark.stop()
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == fitted.predict(images[:50]).tolist()

@@ -1,6 +1,7 @@
 """Networks composed from the layers (nn/network.py): gradients against finite differences (float64) for many
 small networks drawn at random, shapes worked out at build time, and the JSON definition."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -168,3 +169,28 @@ def test_the_composed_resnet8_equals_the_hand_written_one_for_the_same_parameter
         for k, v in grads.items():  # the batch statistics in the STATE slots too
             np.testing.assert_allclose(grads_c[k], v, rtol=1e-4, atol=1e-5, err_msg=f"{k} train={train}")
     np.testing.assert_allclose(net.predict(params, X), hand.predict(params, X), rtol=1e-4, atol=1e-6)
+
+
+SMALL_NET = {"input_shape": [1, 28, 28], "layers": [
+    {"type": "conv2d", "filters": 4, "kernel": 3, "stride": 2, "padding": 1, "bias": False},
+    {"type": "batch_norm"}, {"type": "relu"}, {"type": "avg_pool", "size": 2}, {"type": "flatten"},
+    {"type": "dense", "units": 10}]}
+
+
+def test_a_model_spec_is_a_preset_name_json_text_or_a_json_file(tmp_path):
+    from mnist_lenet_spark import models
+    path = tmp_path / "net.json"
+    path.write_text(json.dumps(SMALL_NET))
+    for spec in (str(path), json.dumps(SMALL_NET), SMALL_NET):
+        assert models.by_name(spec).to_json() == Network(SMALL_NET).to_json()
+    assert models.identity(str(path), models.by_name(str(path))).startswith("network sha256 ")
+    assert models.identity("lenet", models.by_name("lenet")) == "lenet"
+    (tmp_path / "bad.json").write_text("{nope")
+    for spec, message in [(str(tmp_path / "bad.json"), "bad.json: not JSON"),
+                          (str(tmp_path / "none.json"), "none.json: cannot read it"),
+                          (json.dumps({**SMALL_NET, "layers": SMALL_NET["layers"][:-2] + [{"type": "dense", "units": 3}]}),
+                           "layer 'dense_1' (dense): input 4x7x7: needs flat input")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            models.by_name(spec)
+    with pytest.raises(ValueError, match="takes 1x28x28 images, not 3x32x32"):
+        models.by_name(str(path), (3, 32, 32))

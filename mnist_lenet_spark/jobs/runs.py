@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TrainRun:
     """One run: the training settings, and where the data comes from and the outputs go."""
-    model: str = "lenet"  # models.NAMES
-    image_shape: tuple[int, int, int] = models.MNIST_SHAPE  # (C, H, W) of the train_path rows' images
-    classes: int = models.MNIST_CLASSES
+    model: str = "lenet"  # models.NAMES, or the path of a network definition (.json)
+    image_shape: tuple[int, int, int] | None = None  # (C, H, W) of the train_path rows' images; None: the model's
+    classes: int | None = None  # None: the model's (MNIST's 10 for a preset)
     config: SGDConfig = SGDConfig()
     backup: BackupConfig = BackupConfig()
     workers: int = 2
@@ -136,6 +136,8 @@ def train(run: TrainRun) -> dict:
         network = models.by_name(run.model, run.image_shape, run.classes)
     except ValueError as e:
         raise ConfigError(f"--model: {e}") from None
+    if hasattr(network, "summary"):
+        log.info("the network:\n%s", network.summary())
     if not run.train_path and (network.input_shape, network.classes) != (models.MNIST_SHAPE, models.MNIST_CLASSES):
         raise ConfigError("--image-shape/--classes: the bundled MNIST is 1,28,28 with 10 classes; give --train "
                           "data of that shape")
@@ -150,7 +152,7 @@ def train(run: TrainRun) -> dict:
         run.config.check_data(len(train_split.labels), shards)
     # what a resumed run must share with its checkpoint, or it would not continue the same schedule
     shape = {"seed": run.config.seed, "batch_size": run.config.batch_size, "workers": run.workers,
-             "backup_workers": run.backup.workers, "model": run.model,
+             "backup_workers": run.backup.workers, "model": models.identity(run.model, network),
              "data": _data_fingerprint(train_split.labels) if train_split is not None else run.train_path}
     checkpoint = Path(run.checkpoint_dir) / "checkpoint.npz" if run.checkpoint_dir else None
     if checkpoint:
@@ -207,7 +209,8 @@ def train(run: TrainRun) -> dict:
         if save:  # the final state, whatever --checkpoint-every says
             save(result.state)
         model = LeNetClassificationModel(result.params)
-        model._set(model=run.model, imageShape=list(network.input_shape), numClasses=network.classes,
+        model._set(model=json.dumps(network.to_json()) if hasattr(network, "to_json") else run.model,
+                   imageShape=list(network.input_shape), numClasses=network.classes,
                    pixelRange=run.pixel_range)
         if mnist is not None:
             test_accuracy = sgd.accuracy(result.params, mnist.test.images, mnist.test.labels)

@@ -1,15 +1,63 @@
-"""Models trainable by this package: see ``base.Model`` for the interface; ``by_name`` picks one."""
+"""Models trainable by this package: see ``base.Model`` for the interface; ``by_name`` picks one: a preset by name,
+or a network composed from the layers (``nn.network``) from its JSON definition."""
 from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
 
 from ..data import MNIST_CLASSES, MNIST_SHAPE
 
 NAMES = ("lenet", "resnet")
 
 
-def by_name(name: str, input_shape: tuple[int, int, int] = MNIST_SHAPE, classes: int = MNIST_CLASSES):
-    """The model called ``name`` (one of NAMES) for (C, H, W) images and ``classes`` classes (MNIST's by
-    default); ValueError for an unknown name or a shape the model cannot take."""
-    input_shape = tuple(int(n) for n in input_shape)
+def is_definition(spec) -> bool:
+    """Whether ``spec`` gives a network's definition (a dict, JSON text, a .json file) rather than a preset's name."""
+    return isinstance(spec, dict) or spec.lstrip().startswith("{") or spec.endswith(".json")
+
+
+def load_definition(spec) -> dict:
+    """The definition ``spec`` gives: a dict, JSON text, or the path of a .json file; ValueError naming the file
+    and the problem."""
+    if isinstance(spec, dict):
+        return spec
+    if spec.lstrip().startswith("{"):
+        where, text = "the network definition", spec
+    else:
+        where = spec
+        try:
+            text = Path(spec).read_text()
+        except OSError as e:
+            raise ValueError(f"{spec}: cannot read it ({e.strerror})") from None
+    try:
+        definition = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(definition, dict):
+        raise ValueError(f"{where}: a network definition is a JSON object, got {type(definition).__name__}")
+    return definition
+
+
+def by_name(name, input_shape: tuple[int, int, int] | None = None, classes: int | None = None):
+    """The model ``name`` gives: a preset (one of NAMES) for (C, H, W) images and ``classes`` classes (MNIST's by
+    default), or a composed network from a definition (``is_definition``), whose shapes are its own (given ones
+    must agree). ValueError for an unknown name, a bad definition or a shape the model cannot take."""
+    if is_definition(name):
+        from ..nn.network import Network
+        definition = load_definition(name)
+        where = name if isinstance(name, str) and name.endswith(".json") else "the network definition"
+        try:
+            network = Network(definition)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        if input_shape is not None and tuple(int(n) for n in input_shape) != network.input_shape:
+            raise ValueError(f"{where} takes {'x'.join(map(str, network.input_shape))} images, not "
+                             f"{'x'.join(map(str, input_shape))}")
+        if classes is not None and classes != network.classes:
+            raise ValueError(f"{where} gives {network.classes} classes, not {classes}")
+        return network
+    input_shape = tuple(int(n) for n in (input_shape or MNIST_SHAPE))
+    classes = MNIST_CLASSES if classes is None else classes
     if len(input_shape) != 3 or min(input_shape) < 1 or classes < 2:
         raise ValueError(f"image shape must be (channels, height, width) >= 1 and classes >= 2, "
                          f"got {input_shape} and {classes}")
@@ -23,4 +71,13 @@ def by_name(name: str, input_shape: tuple[int, int, int] = MNIST_SHAPE, classes:
     if name == "resnet":
         from .resnet import ResNet
         return ResNet(*input_shape, classes=classes)
-    raise ValueError(f"unknown model {name!r}: one of {', '.join(NAMES)}")
+    raise ValueError(f"unknown model {name!r}: one of {', '.join(NAMES)}, or a network definition (PATH.json)")
+
+
+def identity(name, model) -> str:
+    """What a checkpoint records of the model: a preset's name, or a hash of a composed network's definition
+    (so that resuming with another network is refused, wherever its file lies)."""
+    if not hasattr(model, "to_json"):
+        return name
+    text = json.dumps(model.to_json(), sort_keys=True)
+    return f"network sha256 {hashlib.sha256(text.encode()).hexdigest()[:16]}"
