@@ -15,9 +15,10 @@ setup(
     install_requires=EXECUTOR_REQUIRES + ["pyspark>=3.5", "findspark", "tqdm", "matplotlib"],
     extras_require={
         # moto's S3 server stands for a cluster's object store in the staging-URL tests; PyTorch (its CPU build) is
-        # the reference the ResNet is tested against, and the peer the benchmarks measure against
+        # the reference the ResNet is tested against, and the peer the benchmarks measure against; Keras (on the
+        # PyTorch backend) writes the model JSON the Keras import is tested with
         "dev": ["pytest>=7", "pytest-timeout", "nbformat", "nbclient", "ipykernel", "venv-pack", "moto[server]",
-                "torch==2.13.0"],
+                "torch==2.13.0", "keras>=3,<4"],
         "bench": [],
     },
 )

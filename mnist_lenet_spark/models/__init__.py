@@ -17,8 +17,8 @@ def is_definition(spec) -> bool:
 
 
 def load_definition(spec) -> dict:
-    """The definition ``spec`` gives: a dict, JSON text, or the path of a .json file; ValueError naming the file
-    and the problem."""
+    """The definition ``spec`` gives: a dict, JSON text, or the path of a .json file, holding our definition or a
+    Keras model's ``to_json()`` (``nn.keras``); ValueError naming the file and the problem."""
     if isinstance(spec, dict):
         return spec
     if spec.lstrip().startswith("{"):
@@ -35,6 +35,12 @@ def load_definition(spec) -> dict:
         raise ValueError(f"{where}: not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     if not isinstance(definition, dict):
         raise ValueError(f"{where}: a network definition is a JSON object, got {type(definition).__name__}")
+    if "class_name" in definition:  # a Keras model's to_json()
+        from ..nn.keras import definition_from_keras
+        try:
+            return definition_from_keras(definition)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
     return definition
 
 
