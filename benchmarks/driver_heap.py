@@ -102,11 +102,11 @@ def run_one(args) -> dict:
     return out
 
 
-CONFIGS = {  # name: flags of one child run
-    "plain b=0": ["--backup", "0"],
-    "backup b=1": ["--backup", "1"],
-    "backup b=1, no step signal": ["--backup", "1", "--no-signal"],
-    "backup b=1, combine on executors": ["--backup", "1", "--combine", "executors"],
+CONFIGS = {  # name: flags of one child run (with --scale, b = 4 instead of 1)
+    "plain": ["--backup", "0"],
+    "backup": ["--backup", "1"],
+    "backup-no-signal": ["--backup", "1", "--no-signal"],
+    "backup-executors-combine": ["--backup", "1", "--combine", "executors"],
 }
 
 
@@ -114,7 +114,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--scale", action="store_true", help="96 + 4 tasks a step, emulated compute, 1,000 steps")
-    ap.add_argument("--configs", default=None, help="comma-separated names of CONFIGS (default: all)")
+    ap.add_argument("--configs", default="plain,backup,backup-executors-combine",
+                    help=f"comma-separated, of {', '.join(CONFIGS)}")
     ap.add_argument("--histogram", default=None, help="folder for jcmd class histograms at each point")
     # one child run
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -145,7 +146,7 @@ def main():
         if args.scale:
             flags = ["--backup", "4" if "--backup" in flags and flags[flags.index("--backup") + 1] != "0" else "0",
                      *[f for f in flags[2:]]]
-        cmd = [sys.executable, __file__, "--child", "--label", name.replace(" ", "_").replace(",", "").replace("=", ""),
+        cmd = [sys.executable, __file__, "--child", "--label", name,
                "--steps", str(steps), "--points", ",".join(map(str, points)), *size, *flags]
         if args.histogram:
             cmd += ["--histogram", args.histogram]

@@ -34,8 +34,8 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING)
     spark = msp.session(args.master or (None if "PYSPARK_GATEWAY_PORT" in os.environ else "local[*]"))
     try:
-        from mnist_lenet_spark.ml import LeNetClassificationModel
-        model = LeNetClassificationModel.load(args.model)  # DataError naming the folder if it holds no model
+        from mnist_lenet_spark.ml import NetworkClassificationModel
+        model = NetworkClassificationModel.load(args.model)  # DataError naming the folder if it holds no model
         predictions = model.transform(readers.read_mnist(spark, args.input, args.format, args.split))
         if args.output:
             predictions.drop("features", "rawPrediction").write.mode("overwrite").parquet(args.output)

@@ -1,6 +1,8 @@
-"""LeNet as a ``pyspark.ml`` Estimator and Model: ``fit(DataFrame)``, ``transform``, ``Pipeline``, ``save``/``load``.
+"""Any network as a ``pyspark.ml`` Estimator and Model: ``fit(DataFrame)``, ``transform``, ``Pipeline``,
+``save``/``load``. ``NetworkClassifier`` takes the network in its ``model`` Param (a preset's name, or a composed
+network's JSON definition, ``docs/models.md``); ``LeNetClassifier`` is its LeNet preset.
 
-``LeNetClassifier.fit`` stages the DataFrame's rows as shard files (``staging``) and trains them
+``NetworkClassifier.fit`` stages the DataFrame's rows as shard files (``staging``) and trains them
 with ``SyncSGD``: the training set never passes through the driver. ``transform`` adds
 ``prediction``, ``probability`` and ``rawPrediction`` (log-probabilities) columns, computed on the
 executors in Arrow batches. Defaults come from ``config``.
@@ -53,9 +55,9 @@ def _param(name: str, doc: str, convert) -> Param:
     return Param(Params._dummy(), name, doc, typeConverter=convert)
 
 
-class _LeNetParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityCol, HasRawPredictionCol, HasSeed,
+class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityCol, HasRawPredictionCol, HasSeed,
                    HasValidationIndicatorCol, HasCheckpointInterval):
-    """The Params of LeNetClassifier and its model, each declared once; defaults from ``config``."""
+    """The Params of NetworkClassifier and its model, each declared once; defaults from ``config``."""
     model = _param("model", "the network: 'lenet' (SystemML's LeNet), 'resnet' (ResNet-8 with batch norm), or a "
                    "network composed from the layers: its JSON definition (docs/models.md), saved with the model",
                    TypeConverters.toString)
@@ -138,20 +140,21 @@ def _add_accessors(cls, names: list[str]) -> None:
         setattr(cls, "set" + title, lambda self, value, _n=name: self._set(**{_n: value}))
 
 
-_OWN_PARAMS = [n for n, v in vars(_LeNetParams).items() if isinstance(v, Param)]
+_OWN_PARAMS = [n for n, v in vars(_NetworkParams).items() if isinstance(v, Param)]
 _SHARED_PARAMS = ["featuresCol", "labelCol", "predictionCol", "probabilityCol", "rawPredictionCol", "seed",
                   "validationIndicatorCol", "checkpointInterval"]
 
 
 @dataclass
-class LeNetTrainingSummary:
+class TrainingSummary:
     history: list[dict]  # one record per step: loss, lr, examples, seconds, ...
     validation: list[dict] = field(default_factory=list)  # {step, epoch, accuracy}
     staging_seconds: float = 0.0  # the one pass that staged the shards
 
 
-class LeNetClassifier(Estimator, _LeNetParams, DefaultParamsReadable, DefaultParamsWritable):
-    """Trains LeNet with synchronous SGD (and backup workers) over Spark; see the module docstring."""
+class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, DefaultParamsWritable):
+    """Trains a network with synchronous SGD (and backup workers) over Spark; see the module docstring."""
+    _model_class = None  # what ``fit`` returns: NetworkClassificationModel (set below)
 
     @keyword_only
     def __init__(self, **kwargs):
@@ -159,10 +162,10 @@ class LeNetClassifier(Estimator, _LeNetParams, DefaultParamsReadable, DefaultPar
         self._set(**self._input_kwargs)
 
     @keyword_only
-    def setParams(self, **kwargs) -> LeNetClassifier:
+    def setParams(self, **kwargs) -> NetworkClassifier:
         return self._set(**self._input_kwargs)
 
-    def _fit(self, dataset) -> LeNetClassificationModel:
+    def _fit(self, dataset) -> NetworkClassificationModel:
         from pyspark.sql import functions as F
         spark = dataset.sparkSession
         pixel_range = self._pixel_range()
@@ -184,10 +187,10 @@ class LeNetClassifier(Estimator, _LeNetParams, DefaultParamsReadable, DefaultPar
             on_step=self._progress(sgd))
         if checkpointing:  # the final state too, whatever the interval
             checkpointing["checkpoint"](result.state)
-        model = LeNetClassificationModel(result.params)
+        model = self._model_class(result.params)
         self._copyValues(model)
         model._set(imageShape=list(sgd.model.input_shape), numClasses=sgd.model.classes)  # the network's own
-        model._summary = LeNetTrainingSummary(result.history, result.validation, staging_seconds)
+        model._summary = TrainingSummary(result.history, result.validation, staging_seconds)
         return model
 
     def _checkpointing(self, sgd: SyncSGD) -> dict:
@@ -231,8 +234,8 @@ def _columnar_udf_input_off(dataset) -> None:
         conf.set(COLUMNAR_UDF_INPUT, "false")
 
 
-class LeNetClassificationModel(Model, _LeNetParams, MLReadable, MLWritable):
-    """A trained LeNet: ``transform`` adds prediction, probability and rawPrediction columns.
+class NetworkClassificationModel(Model, _NetworkParams, MLReadable, MLWritable):
+    """A trained network: ``transform`` adds prediction, probability and rawPrediction columns.
 
     ``weights``: the NumPy parameters (``params`` is pyspark's list of Param objects, so it is
     not reused for them). ``summary``: the training history, when this model came from ``fit``.
@@ -241,14 +244,14 @@ class LeNetClassificationModel(Model, _LeNetParams, MLReadable, MLWritable):
     def __init__(self, weights: base.Params | None = None):
         super().__init__()
         self.weights = weights
-        self._summary: LeNetTrainingSummary | None = None
+        self._summary: TrainingSummary | None = None
 
     @property
     def hasSummary(self) -> bool:
         return self._summary is not None
 
     @property
-    def summary(self) -> LeNetTrainingSummary:
+    def summary(self) -> TrainingSummary:
         if self._summary is None:
             raise RuntimeError("no training summary: this model was loaded, not fitted")
         return self._summary
@@ -300,11 +303,11 @@ class LeNetClassificationModel(Model, _LeNetParams, MLReadable, MLWritable):
 
     @classmethod
     def read(cls) -> MLReader:
-        return _ModelReader()
+        return _ModelReader(cls)
 
 
 class _ModelWriter(MLWriter):
-    def __init__(self, instance: LeNetClassificationModel):
+    def __init__(self, instance: NetworkClassificationModel):
         super().__init__()
         self.instance = instance
 
@@ -318,23 +321,48 @@ class _ModelWriter(MLWriter):
 
 
 class _ModelReader(MLReader):
-    def load(self, path: str) -> LeNetClassificationModel:
+    def __init__(self, cls):
+        super().__init__()
+        self.cls = cls
+
+    def load(self, path: str) -> NetworkClassificationModel:
         from pyspark.errors import AnalysisException
         if not readers.hadoop_files(self.sparkSession, f"{path.rstrip('/')}/metadata/part-*"):
-            raise data.DataError(f"{path}: not a saved LeNet model (no metadata/ in it)")
+            raise data.DataError(f"{path}: not a saved model (no metadata/ in it)")
         try:
             metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
         except AnalysisException as e:
-            raise data.DataError(f"{path}: not a saved LeNet model ({e.getMessage().splitlines()[0]})") from None
+            raise data.DataError(f"{path}: not a saved model ({e.getMessage().splitlines()[0]})") from None
         records = sorted(self.sparkSession.read.parquet(f"{path}/data").collect(), key=lambda r: r["index"])
         weights = {r["name"]: np.frombuffer(r["value"], np.dtype(r["dtype"])).reshape(r["shape"]).copy()
                    for r in records}
-        model = LeNetClassificationModel(weights)
+        model = self.cls(weights)
         model._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(model, metadata)
         return model
 
 
-for _cls in (LeNetClassifier, LeNetClassificationModel):
+class LeNetClassificationModel(NetworkClassificationModel):
+    """A trained LeNet (``LeNetClassifier``); models saved by earlier versions load as this class too."""
+
+
+class LeNetClassifier(NetworkClassifier):
+    """The LeNet preset of ``NetworkClassifier``: ``model`` is 'lenet'; other networks train with
+    ``NetworkClassifier(model=...)``."""
+
+    def _fit(self, dataset) -> LeNetClassificationModel:
+        if self.getOrDefault(self.model) != "lenet":
+            raise ConfigError(f"model: LeNetClassifier trains LeNet, not {_short(self.getOrDefault(self.model))}: "
+                              f"use NetworkClassifier(model=...)")
+        return super()._fit(dataset)
+
+
+NetworkClassifier._model_class, LeNetClassifier._model_class = NetworkClassificationModel, LeNetClassificationModel
+LeNetTrainingSummary = TrainingSummary  # its earlier name
+for _cls in (NetworkClassifier, NetworkClassificationModel):
     _add_accessors(_cls, _OWN_PARAMS + _SHARED_PARAMS)
 del _cls
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit] + "...")

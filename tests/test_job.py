@@ -176,7 +176,7 @@ def test_train_from_a_dataframe_source_save_the_model_and_predict_with_it(tmp_pa
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines()[-1] == (
-        f"predict: error: {tmp_path / 'nowhere'}: not a saved LeNet model (no metadata/ in it)")
+        f"predict: error: {tmp_path / 'nowhere'}: not a saved model (no metadata/ in it)")
     assert "Exception" not in missing.stderr
 
 

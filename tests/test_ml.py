@@ -9,7 +9,7 @@ from mnist_lenet_spark import data, readers
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.config import SGDConfig
 from mnist_lenet_spark.data import DataError
-from mnist_lenet_spark.ml import LeNetClassificationModel, LeNetClassifier
+from mnist_lenet_spark.ml import LeNetClassificationModel, LeNetClassifier, NetworkClassificationModel, NetworkClassifier
 from tests.conftest import ROOT
 
 
@@ -185,18 +185,20 @@ def test_the_resnet_by_name_fits_transforms_saves_and_loads(spark, small, tmp_pa
     saved model keeps its name, and transform and predict use the running statistics."""
     from mnist_lenet_spark.models.resnet import ResNet
     images, labels, df = small
-    fitted = LeNetClassifier(model="resnet", workers=2, batchSize=8, maxSteps=3, seed=3).fit(df)
+    fitted = NetworkClassifier(model="resnet", workers=2, batchSize=8, maxSteps=3, seed=3).fit(df)
     arrays = msp.SyncSGD(spark, 2, batch_size=8, seed=3, model=ResNet()).fit(images, labels, max_steps=3)
     assert "block3.conv2.bn.running_var" in fitted.weights
     for k, v in arrays.params.items():
         np.testing.assert_allclose(fitted.weights[k], v, rtol=1e-6, atol=1e-7, err_msg=k)
     fitted.write().overwrite().save(str(tmp_path / "resnet"))
-    loaded = LeNetClassificationModel.load(str(tmp_path / "resnet"))
+    loaded = NetworkClassificationModel.load(str(tmp_path / "resnet"))
     assert loaded.getModel() == "resnet"
     rows = loaded.transform(df).select("prediction").collect()  # in the rows' order
     assert [r.prediction for r in rows] == fitted.predict(images).tolist()
     with pytest.raises(Exception, match="model: unknown model 'vgg'"):
-        LeNetClassifier(model="vgg", maxSteps=1).fit(df)
+        NetworkClassifier(model="vgg", maxSteps=1).fit(df)
+    with pytest.raises(Exception, match="model: LeNetClassifier trains LeNet, not 'resnet': use NetworkClassifier"):
+        LeNetClassifier(model="resnet", maxSteps=1).fit(df)
 
 
 def colour_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -218,7 +220,7 @@ def test_a_resnet_on_3_channel_32x32_images_of_3_classes_fits_from_parquet_end_t
             enumerate(zip(images, labels))]  # every 6th row validates
     spark.createDataFrame(rows, ["label", "features", "is_val"]).write.parquet(str(tmp_path / "rows"))
     df = spark.read.parquet(str(tmp_path / "rows"))
-    estimator = LeNetClassifier(model="resnet", imageShape=[3, 32, 32], numClasses=3, workers=2, batchSize=16,
+    estimator = NetworkClassifier(model="resnet", imageShape=[3, 32, 32], numClasses=3, workers=2, batchSize=16,
                                 epochs=3, lr=0.05, validationIndicatorCol="is_val", seed=2)
     model = estimator.fit(df)
     assert model.weights["stem.W"].shape == (16, 3, 3, 3) and model.weights["fc.W"].shape == (64, 3)
@@ -291,7 +293,7 @@ def test_a_composed_network_fits_from_a_dataframe_as_one_process_and_loads_in_a_
     from mnist_lenet_spark.nn.network import Network
     images, labels, df = small
     text = json.dumps(COMPOSED)
-    fitted = LeNetClassifier(model=text, workers=2, batchSize=8, maxSteps=3, seed=3).fit(df)
+    fitted = NetworkClassifier(model=text, workers=2, batchSize=8, maxSteps=3, seed=3).fit(df)
     local = fit_local(images, labels, SGDConfig(batch_size=8, seed=3, max_steps=3), model=Network(COMPOSED), shards=2)
     assert "bn.running_var" in fitted.weights and fitted.getNumClasses() == 10
     for k, v in local.params.items():
@@ -303,9 +305,9 @@ def test_a_composed_network_fits_from_a_dataframe_as_one_process_and_loads_in_a_
     code = f"""
 import numpy as np
 from mnist_lenet_spark import session
-from mnist_lenet_spark.ml import LeNetClassificationModel
+from mnist_lenet_spark.ml import NetworkClassificationModel
 spark = session.session("local[1]", conf={{"spark.ui.enabled": "false"}})
-model = LeNetClassificationModel.load({str(path)!r})
+model = NetworkClassificationModel.load({str(path)!r})
 print(model.predict(np.load({str(tmp_path / 'images.npy')!r})).tolist())
 spark.stop()
 """

@@ -15,6 +15,7 @@ def test_notebook_runs_and_reports_accuracy(tmp_path, monkeypatch):
     assert "test accuracy after 6 steps:" in text
     assert "loaded model agrees: True" in text
     assert "ResNet-8 test accuracy after 6 steps:" in text
+    assert "total parameters: 2,698 (untrained state included)" in text and "own network: 6 steps" in text
     rel = float(text.split("largest relative gradient difference ")[1].split()[0])
     assert rel < 1e-4
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])

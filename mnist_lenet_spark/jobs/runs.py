@@ -43,7 +43,7 @@ class TrainRun:
     data_format: str = "idx"  # of train_path and test_path: idx, csv or parquet
     staging_dir: str | None = None  # with train_path: a folder every executor mounts; None: executors' own disks
     pixel_range: str = "0..255"  # with train_path: of numeric features (executor.rows.PIXEL_RANGES)
-    save_model: str | None = None  # the MLlib model directory (LeNetClassificationModel.save), any Hadoop path
+    save_model: str | None = None  # the MLlib model directory (NetworkClassificationModel.save), any Hadoop path
     limit_train: int | None = None  # use the first N training images
     checkpoint_dir: str | os.PathLike | None = None
     checkpoint_every: int = 0
@@ -165,7 +165,7 @@ def train(run: TrainRun) -> dict:
     under_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started the JVM and chose the master
     spark = msp.session(run.master or (None if under_spark_submit else "local[*]"), conf_file=run.spark_conf)
     try:
-        from mnist_lenet_spark.ml import LeNetClassificationModel  # pyspark.ml: only once Spark runs
+        from mnist_lenet_spark.ml import NetworkClassificationModel  # pyspark.ml: only once Spark runs
         sgd = msp.SyncSGD(spark, run.workers, config=run.config, backup=run.backup, straggler=run.straggler,
                           lr_scaling=run.lr_scaling, model=network)
         config = sgd.config
@@ -208,7 +208,7 @@ def train(run: TrainRun) -> dict:
             progress.close()
         if save:  # the final state, whatever --checkpoint-every says
             save(result.state)
-        model = LeNetClassificationModel(result.params)
+        model = NetworkClassificationModel(result.params)
         model._set(model=json.dumps(network.to_json()) if hasattr(network, "to_json") else run.model,
                    imageShape=list(network.input_shape), numClasses=network.classes,
                    pixelRange=run.pixel_range)
