@@ -1,4 +1,4 @@
-"""Label MNIST rows with a saved LeNet model and write them as Parquet; --evaluate reports accuracy and the
+"""Label rows with a saved model and write them as Parquet; --evaluate reports accuracy and the
 confusion matrix.
 
     python jobs/predict.py --model out/lenet-model --input data/mnist --output out/predictions.parquet --evaluate
@@ -42,11 +42,12 @@ def main(argv=None):
             print(f"wrote {args.output}")
         if args.evaluate:
             print(f"accuracy: {readers.accuracy(predictions):.4f}")
-            matrix = readers.confusion_matrix(predictions)
+            matrix = readers.confusion_matrix(predictions, classes=model.getNumClasses())  # (K, K)
+            width = max(6, len(str(matrix.max())) + 2)
             print("confusion matrix (rows: true label, columns: predicted class)")
-            print("     " + "".join(f"{c:6d}" for c in range(10)))
+            print("     " + "".join(f"{c:{width}d}" for c in range(len(matrix))))
             for label, counts in enumerate(matrix):
-                print(f"{label:4d} " + "".join(f"{n:6d}" for n in counts))
+                print(f"{label:4d} " + "".join(f"{n:{width}d}" for n in counts))
     except data.DataError as e:
         print(f"predict: error: {e}", file=sys.stderr)
         return 2

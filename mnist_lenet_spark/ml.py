@@ -202,20 +202,11 @@ class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, Defaul
                 "checkpoint_every": max(self.getOrDefault(self.checkpointInterval), 0)}
 
     def _progress(self, sgd: SyncSGD):
-        """A progress bar (a widget in a notebook) fed by each step; its length is known once staging counted."""
+        """Each step's progress: a bar in a notebook or on a terminal, else a log line now and then."""
         if not self.getOrDefault(self.showProgress):
             return None
-        from tqdm.auto import tqdm
-        bar = tqdm(unit="step")
-
-        def on_step(record):
-            if bar.total is None:
-                bar.total = record["total_steps"]
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", epoch=record["epoch"] + 1)
-            if bar.n >= bar.total:
-                bar.close()
-        return on_step
+        from mnist_lenet_spark.progress import StepProgress
+        return StepProgress().update
 
 
 #: Spark 4 hands an Arrow UDF over a columnar source (Parquet) every column of its input in Arrow, which has no

@@ -107,8 +107,12 @@ def accuracy(predictions, label_col: str = "label", prediction_col: str = "predi
 
 def confusion_matrix(predictions, label_col: str = "label", prediction_col: str = "prediction",
                      classes: int = 10) -> np.ndarray:
-    """counts[true label, predicted class] (classes, classes), counted by Spark."""
-    counts = np.zeros((classes, classes), np.int64)
-    for row in predictions.groupBy(label_col, prediction_col).count().collect():
-        counts[int(row[0]), int(row[1])] = row["count"]
+    """counts[true label, predicted class] (K, K), counted by Spark; K is ``classes``, or more when a label in
+    the data is larger (it gets its row)."""
+    cells = [(int(row[0]), int(row[1]), row["count"])
+             for row in predictions.groupBy(label_col, prediction_col).count().collect()]
+    size = max([classes] + [max(label, predicted) + 1 for label, predicted, _ in cells])
+    counts = np.zeros((size, size), np.int64)
+    for label, predicted, n in cells:
+        counts[label, predicted] = n
     return counts

@@ -314,3 +314,10 @@ spark.stop()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == fitted.predict(images[:50]).tolist()
+
+
+def test_the_confusion_matrix_has_a_row_and_column_for_every_class(spark):
+    df = spark.createDataFrame([(11, 11.0), (11, 2.0), (0, 0.0), (3, 11.0)], "label long, prediction double")
+    matrix = readers.confusion_matrix(df, classes=12)
+    assert matrix.shape == (12, 12) and matrix.sum() == 4 and matrix[11, 11] == matrix[11, 2] == matrix[3, 11] == 1
+    assert readers.confusion_matrix(df, classes=10).shape == (12, 12)  # a label past the classes gets its row

@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from mnist_lenet_spark.cluster import staging
 from mnist_lenet_spark.config import BackupConfig, ConfigError, SGDConfig, split_options
 from mnist_lenet_spark.executor.straggler import StragglerModel
 from mnist_lenet_spark.loop import training
+from mnist_lenet_spark.progress import StepProgress
 
 log = logging.getLogger(__name__)
 
@@ -169,23 +169,14 @@ def train(run: TrainRun) -> dict:
         sgd = msp.SyncSGD(spark, run.workers, config=run.config, backup=run.backup, straggler=run.straggler,
                           lr_scaling=run.lr_scaling, model=network)
         config = sgd.config
-        progress = None
-
-        def start_progress(steps: int):
-            nonlocal progress
-            if run.progress and progress is None:
-                from tqdm import tqdm
-                progress = tqdm(total=steps, unit="step", dynamic_ncols=True, file=sys.stderr)
+        progress = StepProgress() if run.progress else None  # a bar on a terminal, else a log line now and then
 
         def on_step(record):
             history.append(record)
             if metrics:
                 metrics.write(record)
-            start_progress(record["total_steps"] - record["step"] + 1)  # DataFrames: known once staged
             if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{record['loss']:.3f}", epoch=record["epoch"] + 1,
-                                     ex_s=f"{record['examples'] / record['seconds']:.0f}")
+                progress.update(record)
 
         save = (lambda st: training.save_checkpoint(checkpoint, st, config, shape)) if checkpoint else None
         fit_options = {"on_step": on_step, "state": state, "checkpoint": save,
@@ -193,7 +184,6 @@ def train(run: TrainRun) -> dict:
         t0 = time.perf_counter()
         staging_seconds = 0.0
         if mnist is not None:
-            start_progress(config.total_steps(len(train_split.labels), shards) - (state.step if state else 0))
             result = sgd.fit(train_split.images, train_split.labels, validation_data=mnist.validation, **fit_options)
         else:
             from pyspark.sql import functions as F
