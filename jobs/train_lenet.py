@@ -46,6 +46,15 @@ def parse_args(argv=None):
     p.add_argument("--pixel-range", choices=PIXEL_RANGES, default=None,
                    help="with --train: numeric features hold whole numbers 0..255 (default) or values 0..1 "
                         "(multiples of 1/255; never rounded)")
+    p.add_argument("--features-col", default=None, help="with --train --format parquet: the images' column "
+                   "(default features)")
+    p.add_argument("--label-col", default=None,
+                   help="with --train --format parquet: the labels' column (default label)")
+    p.add_argument("--validation-fraction", type=float, default=None,
+                   help="with --train: validate on this fraction of the rows (spread evenly, the same for a seed) "
+                        "instead of the first 5,000")
+    p.add_argument("--validation-col", default=None,
+                   help="with --train --format parquet: validate on the rows this boolean column marks")
     p.add_argument("--save-model", default=None, help="write the Spark ML model directory here (any Hadoop path)")
     p.add_argument("--model", default="lenet", metavar="NAME|PATH.json",
                    help="lenet (SystemML's LeNet), resnet (ResNet-8 with batch norm), or a network definition "
@@ -99,6 +108,15 @@ def parse_args(argv=None):
         p.error("--train reads its own data: it goes without --data-dir and --limit-train")
     if args.staging_dir and not args.train:
         p.error("--staging-dir needs --train")
+    for flag in ("features_col", "label_col", "validation_col"):
+        if getattr(args, flag) and args.format != "parquet":
+            p.error(f"--{flag.replace('_', '-')} needs --train with --format parquet (IDX and CSV have fixed columns)")
+    if args.validation_fraction is not None and not args.train:
+        p.error("--validation-fraction needs --train (the bundled MNIST validates on its first 5,000 images)")
+    if args.validation_fraction is not None and not 0 < args.validation_fraction < 1:
+        p.error(f"argument --validation-fraction: must be in (0, 1), got {args.validation_fraction}")
+    if args.validation_fraction is not None and args.validation_col:
+        p.error("--validation-fraction and --validation-col: give one")
     if args.pixel_range and not args.train:
         p.error("--pixel-range needs --train (the MNIST IDX files hold bytes 0..255)")
     if args.test and not args.train:
@@ -132,7 +150,8 @@ def train_run(args) -> runs.TrainRun:
                                  args.task_failure_prob),
         master=args.master, spark_conf=args.conf, data_dir=args.data_dir, limit_train=args.limit_train,
         train_path=args.train, test_path=args.test, data_format=args.format, save_model=args.save_model,
-        staging_dir=args.staging_dir, pixel_range=args.pixel_range,
+        staging_dir=args.staging_dir, pixel_range=args.pixel_range, features_col=args.features_col,
+        label_col=args.label_col, validation_fraction=args.validation_fraction, validation_col=args.validation_col,
         checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
         metrics=args.metrics, summary=args.summary, model_out=args.model_out, progress=not args.no_progress)
 

@@ -98,6 +98,20 @@ def with_validation_flag(spark, df, first: int, column: str = "is_validation"):
     return spark.createDataFrame(df.rdd.zipWithIndex().map(lambda pair: (*pair[0], pair[1] < first)), schema)
 
 
+def with_validation_fraction(spark, df, fraction: float, seed: int = 0, column: str = "is_validation"):
+    """``df`` with a boolean ``column`` that marks about ``fraction`` of its rows, spread evenly over them: row i
+    is marked when ``(i * golden ratio + a seed's offset) mod 1 < fraction`` (a low-discrepancy sequence), so the
+    same rows for the same seed whatever the partitioning."""
+    from pyspark.sql.types import BooleanType, StructField, StructType
+    if not 0 < fraction < 1:
+        raise DataError(f"validation fraction must be in (0, 1), got {fraction}")
+    offset = (seed * 0.7548776662466927) % 1.0  # the plastic number's inverse: unrelated to the golden ratio
+    golden = 0.6180339887498949
+    schema = StructType(df.schema.fields + [StructField(column, BooleanType(), False)])
+    return spark.createDataFrame(
+        df.rdd.zipWithIndex().map(lambda pair: (*pair[0], (pair[1] * golden + offset) % 1.0 < fraction)), schema)
+
+
 def accuracy(predictions, label_col: str = "label", prediction_col: str = "prediction") -> float:
     """Fraction of rows whose prediction equals the label, counted by Spark."""
     from pyspark.sql import functions as F

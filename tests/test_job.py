@@ -185,6 +185,12 @@ def test_train_from_a_dataframe_source_save_the_model_and_predict_with_it(tmp_pa
     (["--test", "x"], "--test needs --train"),
     (["--train", "x", "--format", "csv"], "--format csv needs --test"),
     (["--pixel-range", "0..1"], "--pixel-range needs --train"),
+    (["--train", "x", "--features-col", "px"], "--features-col needs --train with --format parquet"),
+    (["--validation-col", "v"], "--validation-col needs --train with --format parquet"),
+    (["--validation-fraction", "0.1"], "--validation-fraction needs --train"),
+    (["--train", "x", "--validation-fraction", "1.5"], "--validation-fraction: must be in (0, 1), got 1.5"),
+    (["--train", "x", "--format", "parquet", "--test", "y", "--validation-fraction", "0.1", "--validation-col", "v"],
+     "--validation-fraction and --validation-col: give one"),
     (["--train", "x", "--pixel-range", "1"], "--pixel-range: invalid choice: '1'"),
 ])
 def test_dataframe_source_flags(flags, message, capsys):
@@ -231,3 +237,19 @@ def test_a_network_definition_file_trains_and_a_resume_with_another_network_is_r
     bad = run("--model", str(tmp_path / "missing.json"), check=False)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
         f"train_lenet: error: --model: {tmp_path / 'missing.json'}: cannot read it (No such file or directory)")
+
+
+def test_parquet_with_its_own_column_names_and_validation_column(tmp_path, mnist):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    for name, split, n in (("train", mnist.train, 300), ("test", mnist.test, 100)):
+        pq.write_table(pa.table({"digit": split.labels[:n].astype(np.int64),
+                                 "pixels": [img.tobytes() for img in split.images[:n]],
+                                 "held_out": np.arange(n) % 3 == 0}), tmp_path / f"{name}.parquet")
+    summary = tmp_path / "s.json"
+    run("--train", str(tmp_path / "train.parquet"), "--test", str(tmp_path / "test.parquet"), "--format", "parquet",
+        "--features-col", "pixels", "--label-col", "digit", "--validation-col", "held_out", "--epochs", "1",
+        "--batch-size", "50", "--validate-every", "0", "--summary", str(summary))
+    s = json.loads(summary.read_text())
+    assert s["examples"] == 200 and 0 <= s["test_accuracy"] <= 1  # the 100 rows held out were not trained on
+    assert s["validation_accuracy"] is not None

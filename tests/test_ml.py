@@ -321,3 +321,14 @@ def test_the_confusion_matrix_has_a_row_and_column_for_every_class(spark):
     matrix = readers.confusion_matrix(df, classes=12)
     assert matrix.shape == (12, 12) and matrix.sum() == 4 and matrix[11, 11] == matrix[11, 2] == matrix[3, 11] == 1
     assert readers.confusion_matrix(df, classes=10).shape == (12, 12)  # a label past the classes gets its row
+
+
+def test_a_validation_fraction_marks_rows_evenly_and_the_same_for_a_seed(spark):
+    df = spark.createDataFrame(spark.sparkContext.parallelize([(i,) for i in range(1000)], 4), "i long")
+    flags = [r.is_validation for r in readers.with_validation_fraction(spark, df, 0.1, seed=3).orderBy("i").collect()]
+    assert sum(flags) in range(98, 103) and all(sum(flags[a:a + 100]) in range(8, 13) for a in range(0, 1000, 100))
+    again = spark.createDataFrame(spark.sparkContext.parallelize([(i,) for i in range(1000)], 7), "i long")
+    assert [r.is_validation for r in readers.with_validation_fraction(spark, again, 0.1, seed=3).orderBy("i")
+            .collect()] == flags
+    assert [r.is_validation for r in readers.with_validation_fraction(spark, df, 0.1, seed=4).orderBy("i")
+            .collect()] != flags

@@ -43,6 +43,10 @@ class TrainRun:
     data_format: str = "idx"  # of train_path and test_path: idx, csv or parquet
     staging_dir: str | None = None  # with train_path: a folder every executor mounts; None: executors' own disks
     pixel_range: str = "0..255"  # with train_path: of numeric features (executor.rows.PIXEL_RANGES)
+    features_col: str = "features"  # with train_path (Parquet): the columns of the images and the labels
+    label_col: str = "label"
+    validation_fraction: float | None = None  # with train_path: validate on this fraction of the rows, or
+    validation_col: str | None = None  # on the rows this boolean column marks; neither: the first 5,000 rows
     save_model: str | None = None  # the MLlib model directory (NetworkClassificationModel.save), any Hadoop path
     limit_train: int | None = None  # use the first N training images
     checkpoint_dir: str | os.PathLike | None = None
@@ -188,11 +192,20 @@ def train(run: TrainRun) -> dict:
         else:
             from pyspark.sql import functions as F
             rows = readers.read_mnist(spark, run.train_path, run.data_format, "train")
-            flagged = readers.with_validation_flag(spark, rows, data.VALIDATION_SIZE)
-            is_validation = F.col("is_validation")
-            result, staging_seconds = staging.fit_dataframes(sgd, flagged.filter(~is_validation),
-                                                             flagged.filter(is_validation), "features", "label",
-                                                             run.staging_dir, run.pixel_range, **fit_options)
+            if run.validation_col:
+                if run.validation_col not in rows.columns:
+                    raise data.DataError(f"--validation-col: column '{run.validation_col}' not found; the data has "
+                                         f"{', '.join(rows.columns)}")
+                is_validation = F.coalesce(F.col(run.validation_col).cast("boolean"), F.lit(False))
+            else:
+                flagged = (readers.with_validation_fraction(spark, rows, run.validation_fraction, run.config.seed)
+                           if run.validation_fraction else
+                           readers.with_validation_flag(spark, rows, data.VALIDATION_SIZE))
+                rows, is_validation = flagged, F.col("is_validation")
+            result, staging_seconds = staging.fit_dataframes(sgd, rows.filter(~is_validation),
+                                                             rows.filter(is_validation), run.features_col,
+                                                             run.label_col, run.staging_dir, run.pixel_range,
+                                                             **fit_options)
         train_seconds = time.perf_counter() - t0 - staging_seconds
         if progress is not None:
             progress.close()
@@ -201,12 +214,13 @@ def train(run: TrainRun) -> dict:
         model = NetworkClassificationModel(result.params)
         model._set(model=json.dumps(network.to_json()) if hasattr(network, "to_json") else run.model,
                    imageShape=list(network.input_shape), numClasses=network.classes,
+                   featuresCol=run.features_col, labelCol=run.label_col,
                    pixelRange=run.pixel_range)
         if mnist is not None:
             test_accuracy = sgd.accuracy(result.params, mnist.test.images, mnist.test.labels)
         else:
             test_rows = readers.read_mnist(spark, run.test_path or run.train_path, run.data_format, "test")
-            test_accuracy = readers.accuracy(model.transform(test_rows))
+            test_accuracy = readers.accuracy(model.transform(test_rows), label_col=run.label_col)
         if run.save_model:
             model.write().overwrite().save(str(run.save_model))
         stats = step_statistics(result.history)
