@@ -168,6 +168,27 @@ def test_the_accumulator_sums_the_first_n_gradients_of_the_open_step_and_drops_t
     assert results.counts() == (0, 0)
 
 
+def test_pushed_gradients_are_added_on_arrival_first_n_only_and_kept_when_their_notes_come():
+    results = backup.StepResults()
+    results.open(1, 2)
+
+    def note(shard, delivery="pushed", sums=None):
+        return tasks.BackupResult(1, shard, 0.0, 0.0, sums, None, 10, delivery)
+    grad = lambda shard: np.full(3, float(shard), np.float32)  # noqa: E731
+    assert results.push(1, 4, grad(4), 4.0, 10) and results.push(1, 2, grad(2), 2.0, 10)
+    assert results.push(1, 4, grad(4), 4.0, 10)  # a retried task's second push: taken already, not added again
+    assert not results.push(1, 3, grad(3), 3.0, 10) and not results.push(0, 5, grad(5), 5.0, 10)  # full; old step
+    assert results.counts() == (0, 0)  # kept only once the notes come
+    results.add(note(3, "unwanted"))
+    results.add(note(2))
+    results.add(note(2))  # a retried task's second note
+    results.add(note(4))
+    sums, kept, _ = results.close()
+    assert [r.shard for r in kept] == [2, 4]
+    np.testing.assert_array_equal(sums.grad_sum, [6.0, 6.0, 6.0])
+    assert (sums.loss_sum, sums.count) == (6.0, 20)
+
+
 def test_more_task_results_than_spark_driver_max_result_size_is_one_clear_error(spark):
     lenet_bytes = 1_663_370 * 4  # LeNet's float32 gradient
     with pytest.raises(ConfigError, match=r"170 tasks a step x 6\.4 MB of gradient = 1089 MB of task results per "

@@ -37,9 +37,11 @@ class StepResults:
     """The driver's value of the backup accumulator: the running sum of the first ``need`` gradients of the open
     step, what they came from, and its failures (tasks whose last attempt failed; they carry no gradient).
 
-    Results of any other step (a task that finished after its step closed) and gradients past the first
-    ``need`` are dropped on arrival: one gradient is held, whatever N is. Added to by PySpark's accumulator
-    thread, read by the step's loop: under a lock.
+    A gradient arrives pushed over the step signal (``push``, ahead of its task's note) or inside its note
+    (``add``); either way it is added at once if fewer than ``need`` were taken, and its shard counts as kept
+    when its note arrives. Results of any other step (a task that finished after its step closed) and
+    gradients past the first ``need`` are dropped on arrival: one gradient is held, whatever N is. Added to
+    by the step signal's thread and PySpark's accumulator thread, read by the step's loop: under a lock.
     """
 
     def __init__(self):
@@ -51,17 +53,22 @@ class StepResults:
         with self._lock:
             self.step, self.need = step, need
             self.sums: tasks.GradientSum | None = None
-            self.kept: list[tasks.BackupResult] = []  # without their sums (those are in self.sums)
+            self.taken: set[int] = set()  # shards whose gradients are in self.sums
+            self.kept: list[tasks.BackupResult] = []  # notes of the taken shards (their sums are in self.sums)
             self.failed: list[tasks.BackupResult] = []
-            self.pushed: dict[int, tasks.GradientSum] = {}  # shard: sums pushed to the driver, before their note
 
     def push(self, step: int, shard: int, grad: np.ndarray, loss_sum: float, count: int) -> bool:
-        """Hold a task's pushed sums until its note arrives (``step_signal.PushHandler``); False when its step is
-        over or has its gradients (the note will be dropped too)."""
+        """A task's gradient sum pushed ahead of its note (``step_signal.PushHandler``): added if it is one of the
+        step's first ``need``. False when its step is over or has its gradients (its note is dropped too)."""
         with self._lock:
-            if step != self.step or len(self.kept) >= self.need:
+            if step != self.step:
                 return False
-            self.pushed[shard] = tasks.GradientSum(grad, loss_sum, count)
+            if shard in self.taken:  # a retried task's second push: it is in already
+                return True
+            if len(self.taken) >= self.need:
+                return False
+            self._add(tasks.GradientSum(grad, loss_sum, count))
+            self.taken.add(shard)
             return True
 
     def add(self, result: tasks.BackupResult) -> None:
@@ -71,20 +78,25 @@ class StepResults:
             if result.error is not None:
                 self.failed.append(result)
                 return
-            sums = self.pushed.pop(result.shard, None) if result.delivery == "pushed" else result.sums
             if len(self.kept) >= self.need or result.delivery == "unwanted":
                 return
-            if result.delivery == "pushed" and sums is None:  # cannot happen: a push is answered once held
+            if result.delivery == "inline" and result.shard not in self.taken:
+                if len(self.taken) >= self.need:
+                    return
+                self._add(result.sums)
+                self.taken.add(result.shard)
+            elif result.delivery == "pushed" and result.shard not in self.taken:  # a push is answered once added
                 log.error("step %d: shard %d's pushed gradient is missing; its result is dropped", self.step,
                           result.shard)
                 return
-            if sums is not None:  # else a note: its sums stay cached on its executor (combine="executors")
-                self._add(sums)
+            if any(r.shard == result.shard for r in self.kept):  # a second note of a retried task
+                return
+            # "cached": a note only, the sums stay on its executor (combine="executors")
             self.kept.append(dataclasses.replace(result, sums=None))
 
     def _add(self, sums: tasks.GradientSum) -> None:
         """Add ``sums`` into the running sum (under the lock)."""
-        if self.sums is None:  # just unpickled: ours to add into (copied if read-only)
+        if self.sums is None:  # just unpickled or received: ours to add into (copied if read-only)
             grad = sums.grad_sum if sums.grad_sum.flags.writeable else sums.grad_sum.copy()
             self.sums = dataclasses.replace(sums, grad_sum=grad)
         else:
@@ -101,7 +113,7 @@ class StepResults:
         """(sum, kept, failed) of the open step; nothing more is added to it."""
         with self._lock:
             out = self.sums, self.kept, self.failed
-            self.step, self.sums, self.kept, self.failed, self.pushed = -1, None, [], [], {}
+            self.step, self.sums, self.taken, self.kept, self.failed = -1, None, set(), [], []
             return out
 
 
