@@ -194,3 +194,17 @@ def test_a_model_spec_is_a_preset_name_json_text_or_a_json_file(tmp_path):
             models.by_name(spec)
     with pytest.raises(ValueError, match="takes 1x28x28 images, not 3x32x32"):
         models.by_name(str(path), (3, 32, 32))
+
+
+def test_conv_relu_pool_runs_fused_and_a_pickled_network_computes_the_same():
+    import pickle
+    from mnist_lenet_spark.models import definitions
+    from mnist_lenet_spark.nn.network import _ConvPool
+    net = Network(definitions.lenet())
+    plan = net._plans[id(net.layers)]
+    assert [type(op).__name__ for op in plan[:2]] == ["_ConvPool", "_ConvPool"] and isinstance(plan[0], _ConvPool)
+    copy = pickle.loads(pickle.dumps(net))  # as a Spark task receives it
+    params = net.init_params(0)
+    X, y = np.random.default_rng(0).uniform(-1, 1, (4, 1, 28, 28)).astype(np.float32), np.arange(4)
+    a, b = net.loss_and_grads(params, X, y, train=False), copy.loss_and_grads(params, X, y, train=False)
+    assert a[0] == b[0] and all(np.array_equal(a[1][k], b[1][k]) for k in params)
