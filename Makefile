@@ -43,6 +43,8 @@ bench: $(VENV)/.installed-bench check-java
 	$(PY) benchmarks/runaway.py
 	$(PY) benchmarks/scale.py --short
 	$(PY) benchmarks/soak.py
+	$(PY) benchmarks/driver_heap.py
+	$(PY) benchmarks/driver_heap.py --scale --configs backup
 	$(PY) benchmarks/accuracy.py
 	$(PY) benchmarks/accuracy.py --model resnet
 

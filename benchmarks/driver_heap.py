@@ -143,9 +143,8 @@ def main():
     results = {}
     for name in names:
         flags = CONFIGS[name]
-        if args.scale:
-            flags = ["--backup", "4" if "--backup" in flags and flags[flags.index("--backup") + 1] != "0" else "0",
-                     *[f for f in flags[2:]]]
+        if args.scale and flags[1] != "0":  # 96 + 4 instead of 2 + 1
+            flags = ["--backup", "4", *flags[2:]]
         cmd = [sys.executable, __file__, "--child", "--label", name,
                "--steps", str(steps), "--points", ",".join(map(str, points)), *size, *flags]
         if args.histogram:
@@ -155,10 +154,12 @@ def main():
             sys.exit(f"{name}: {proc.stderr[-3000:]}")
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
         first, last = results[name]["points"][0], results[name]["points"][-1]
-        print(f"{name}: live heap {first['jvm_live_heap_mb']:.0f} MB at step {first['step']} -> "
-              f"{last['jvm_live_heap_mb']:.0f} MB at {last['step']} ({last['jvm_live_heap_mb'] - first['jvm_live_heap_mb']:+.1f}); "
-              f"blocks {first['block_manager_mb']:.1f} -> {last['block_manager_mb']:.1f} MB; Python RSS {first['python_rss_mb']:.0f} -> "
-              f"{last['python_rss_mb']:.0f} MB; step {results[name]['step_seconds_median'] * 1000:.0f} ms", flush=True)
+        heap = [p["jvm_live_heap_mb"] for p in results[name]["points"]]
+        print(f"{name}: live heap " + " -> ".join(f"{h:.0f}" for h in heap) + f" MB at steps {points} "
+              f"({heap[-1] - heap[0]:+.1f}); blocks {first['block_manager_mb']:.1f} -> "
+              f"{last['block_manager_mb']:.1f} MB; "
+              f"Python RSS {first['python_rss_mb']:.0f} -> {last['python_rss_mb']:.0f} MB; "
+              f"step {results[name]['step_seconds_median'] * 1000:.0f} ms", flush=True)
     save("driver_heap_scale" if args.scale else "driver_heap",
          {"cpu": cpu(), "steps": steps, "scale": args.scale, "results": results})
 
