@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from mnist_lenet_spark import config, data, models
+from mnist_lenet_spark import config, data
 from mnist_lenet_spark.executor.rows import PIXEL_RANGES
 from mnist_lenet_spark.executor.straggler import StragglerModel
 from mnist_lenet_spark.jobs import runs
