@@ -12,7 +12,7 @@ PyTorch's reference layers (Conv2d without bias, BatchNorm2d, Linear); its ceili
 NumPy step timed one by one at their own shapes (its convolutions have 16 to 64 output channels, where SGEMM
 runs far below conv2's speed).
 
-    python benchmarks/kernel.py [--rounds 7] [--steps 10] [--model lenet,resnet]
+    python benchmarks/kernel.py [--rounds 7] [--steps 10] [--model lenet,resnet,composed]
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import statistics
 import tracemalloc
 
 import numpy as np
-from common import median_seconds, save
+from common import cpu, median_seconds, save
 
 from mnist_lenet_spark.executor import tasks
 from mnist_lenet_spark.loop import training
@@ -205,13 +205,58 @@ def resnet_row(X, y, rounds: int, steps: int) -> dict:
     return result
 
 
+def model_step_fn(model, X, y):
+    """One single-process step of any ``base.Model``: gradient (dropout's rng too), running statistics if any,
+    Nesterov update."""
+    params = model.init_params(0)
+    spec = base.param_spec(params)
+    flat = base.flatten(params, spec)
+    state = [flat, sgd_nesterov.init(flat)]
+    rng = np.random.default_rng(0)
+
+    def step():
+        _, grads = model.loss_and_grads(base.unflatten(state[0], spec), X, y, train=True, rng=rng, l2=5e-4)
+        state[0], state[1] = training.apply_update(model, spec, state[0], base.flatten(grads, spec), len(y), state[1],
+                                                   lr=0.01, momentum=0.9)
+    return step
+
+
+def composed_rows(rounds: int, steps: int) -> dict:
+    """The composed networks (``nn.network`` from ``models.definitions``) against the hand-written LeNet and
+    ResNet-8, interleaved in one process: composed step time / hand-written step time, median of the rounds."""
+    from mnist_lenet_spark.models import definitions
+    from mnist_lenet_spark.nn.network import Network
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, (BATCH, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, BATCH)
+    out = {}
+    for name, hand, composed in (("lenet", lenet, Network(definitions.lenet())),
+                                 ("resnet", ResNet(), Network(definitions.resnet8()))):
+        hand_step, composed_step = model_step_fn(hand, X, y), model_step_fn(composed, X, y)
+        hand_times, composed_times, ratios = [], [], []
+        for _ in range(rounds):
+            hand_times.append(median_seconds(hand_step, steps))
+            composed_times.append(median_seconds(composed_step, steps))
+            ratios.append(composed_times[-1] / hand_times[-1])
+        out[name] = {"hand_written_step_ms": statistics.median(hand_times) * 1e3,
+                     "composed_step_ms": statistics.median(composed_times) * 1e3,
+                     "ratio_composed_over_hand_written": statistics.median(ratios)}
+        print(f"{name}: hand-written {out[name]['hand_written_step_ms']:.1f} ms/step, composed "
+              f"{out[name]['composed_step_ms']:.1f} ms/step: composed / hand-written {statistics.median(ratios):.3f} "
+              f"(median of {rounds} rounds; target <= 1.10, retire the hand-written within 1.05)")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=10, help="timed steps per round and framework")
-    ap.add_argument("--model", default="lenet,resnet", help="which rows: lenet, resnet or both")
+    ap.add_argument("--model", default="lenet,resnet", help="which rows: lenet, resnet, composed (the composed "
+                                                          "networks against the hand-written ones)")
     args = ap.parse_args()
     tasks.tune_process(1)
+    if "composed" in args.model.split(","):
+        save("kernel_composed", {"cpu": cpu(), "rounds": args.rounds, **composed_rows(args.rounds, args.steps)})
     if "resnet" in args.model.split(","):
         rng = np.random.default_rng(0)
         X = rng.uniform(-1, 1, (BATCH, 1, 28, 28)).astype(np.float32)

@@ -14,7 +14,7 @@ that does not fit is a ``ShapeError`` naming the layer and both shapes.
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -35,6 +35,7 @@ class Layer:
     """One layer: ``build`` checks the input shape and gives the output's; ``init`` its parameters (local names);
     ``forward(p, x, train, rng)`` -> (out, cache, statistics); ``backward(p, dout, cache)`` -> (dx, grads)."""
     regularized: tuple[str, ...] = ()  # local names of the weights that carry L2
+    overwrites = False  # backward takes ``overwrite=True``: it may write dx into dout (the caller's temporary)
     state: tuple[str, ...] = ()  # local names of untrained state (batch norm's running statistics)
 
     def __init__(self, name: str, options: dict):
@@ -63,6 +64,11 @@ class Layer:
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: v.shape for k, v in self.init(np.random.default_rng(0)).items()}
+
+
+class _Cache1x1(NamedTuple):
+    xs_mat: np.ndarray  # (H'N W', C): the sub-sampled input pixels
+    x_shape: tuple  # (H, N, W, C)
 
 
 class Conv2D(Layer):
@@ -95,11 +101,32 @@ class Conv2D(Layer):
         return ("W", "b") if self.bias else ("W",)
 
     def forward(self, p, x, train, rng):
+        if self.kernel == 1 and self.pad == 0:  # a 1x1 conv (a projection shortcut): one product, no columns
+            xs = x[::self.stride, :, ::self.stride, :]  # (H', N, W', C), sub-sampled
+            xs_mat = np.ascontiguousarray(xs).reshape(-1, xs.shape[-1])  # (H'N W', C)
+            out = xs_mat @ p["W"][:, :, 0, 0].T  # (H'N W', C) @ (C, F) -> (H'N W', F)
+            if self.bias:
+                out += p["b"]
+            return out.reshape(*xs.shape[:3], self.filters), _Cache1x1(xs_mat, x.shape), {}  # (H', N, W', F)
         b = p["b"] if self.bias else np.zeros(self.filters, x.dtype)
         out, cache = conv2d.forward(x, p["W"], b, self.pad, self.stride)  # (H', N, W', F)
         return out, cache, {}
 
     def backward(self, p, dout, cache, need_dx=True):
+        if isinstance(cache, _Cache1x1):
+            xs_mat, x_shape = cache
+            dout_mat = dout.reshape(-1, self.filters)  # (H'N W', F)
+            dw = (dout_mat.T @ xs_mat)[:, :, None, None]  # (F, H'N W') @ (H'N W', C) -> (F, C, 1, 1)
+            dx = None
+            if need_dx:  # only the sub-sampled pixels get a gradient
+                dxs = (dout_mat @ p["W"][:, :, 0, 0]).reshape(*dout.shape[:3], -1)  # (F) @ (F, C) -> (H', N, W', C)
+                if self.stride == 1:
+                    dx = dxs
+                else:
+                    dx = np.zeros(x_shape, dout.dtype)  # (H, N, W, C)
+                    dx[::self.stride, :, ::self.stride, :] = dxs
+            grads = {"W": dw, "b": dout_mat.sum(axis=0)} if self.bias else {"W": dw}
+            return dx, grads
         dx, dw, db = conv2d.backward(dout, cache, need_dx=need_dx)
         return dx, ({"W": dw, "b": db} if self.bias else {"W": dw})
 
@@ -175,6 +202,7 @@ class Activation(Layer):
     kinds = ("relu", "sigmoid", "tanh")
 
     def build(self, in_shape):
+        self.overwrites = self.kind == "relu"
         return in_shape
 
     def forward(self, p, x, train, rng):
@@ -184,9 +212,9 @@ class Activation(Layer):
         out = 1.0 / (1.0 + np.exp(-x)) if self.kind == "sigmoid" else np.tanh(x)
         return out.astype(x.dtype, copy=False), out, {}
 
-    def backward(self, p, dout, cache, need_dx=True):
+    def backward(self, p, dout, cache, need_dx=True, overwrite=False):
         if self.kind == "relu":
-            return relu.backward(dout, cache), {}
+            return relu.backward(dout, cache, overwrite_dout=overwrite), {}
         slope = cache * (1 - cache) if self.kind == "sigmoid" else 1 - cache * cache
         return dout * slope, {}
 
@@ -297,6 +325,8 @@ class _ConvPool:
     bands) with the ReLU after the pool (max and ReLU commute exactly, values and gradients: a quarter of the
     work). The composer applies it wherever the pattern occurs; the layers it stands for keep their names."""
 
+    kind, overwrites = "conv2d_pool", True
+
     def __init__(self, conv: Conv2D, relu_layer: Layer | None, pool: Pool):
         self.conv, self.relu, self.pool = conv, relu_layer, pool
         self.name = conv.name
@@ -312,10 +342,10 @@ class _ConvPool:
             out, relu_cache = relu.forward(out)
         return out, (cache, relu_cache), {}
 
-    def backward(self, p, dout, cache, need_dx=True):
+    def backward(self, p, dout, cache, need_dx=True, overwrite=False):
         cache, relu_cache = cache
         if relu_cache is not None:
-            dout = relu.backward(dout, relu_cache)
+            dout = relu.backward(dout, relu_cache, overwrite_dout=overwrite)
         dx, dw, db = conv2d_pool.backward(dout, cache, need_dx=need_dx)
         return dx, ({"W": dw, "b": db} if self.conv.bias else {"W": dw})
 
@@ -457,17 +487,29 @@ class Network:
                 stats.update({f"{layer.name}.{k}": v for k, v in layer_stats.items()})
         return x
 
-    def _backward(self, params, layers, dout, caches, grads, need_dx=True):
+    def _backward(self, params, layers, dout, caches, grads, need_dx=True, owned=True):
+        """dout -> dx through ``layers``. ``owned``: dout is this chain's own temporary, which a ReLU may
+        overwrite (not so for a residual's branch while its shortcut still needs the same dout)."""
         plan = self._plans[id(layers)]
         for k, layer, cache in zip(range(len(plan) - 1, -1, -1), reversed(plan), reversed(caches)):
             if isinstance(layer, Residual):
                 branch_caches, short_caches = cache
-                d_branch = self._backward(params, layer.branch, dout, branch_caches, grads)
-                d_short = self._backward(params, layer.shortcut, dout, short_caches, grads)
-                dout = d_branch + d_short
+                d_short = self._backward(params, layer.shortcut, dout, short_caches, grads, owned=False)
+                # the branch may overwrite dout once the shortcut is done with it and did not pass it through
+                branch_owns = owned and not np.may_share_memory(d_short, dout)
+                d_branch = self._backward(params, layer.branch, dout, branch_caches, grads, owned=branch_owns)
+                if np.may_share_memory(d_branch, dout) and not branch_owns:
+                    dout = d_branch + d_short
+                else:  # d_branch is a temporary of its own: add in place
+                    dout = np.add(d_branch, d_short, out=d_branch)
+                owned = True
             else:
                 # the network's first layer: no one needs the input's gradient
-                dout, layer_grads = layer.backward(self._local(params, layer), dout, cache, need_dx=need_dx or k > 0)
+                extra = {"overwrite": True} if owned and layer.overwrites else {}
+                dx, layer_grads = layer.backward(self._local(params, layer), dout, cache, need_dx=need_dx or k > 0,
+                                                 **extra)
+                owned = owned or (dx is not None and not np.may_share_memory(dx, dout))  # a new temporary
+                dout = dx
                 grads.update({f"{layer.name}.{k}": v for k, v in layer_grads.items()})
         return dout
 
