@@ -5,7 +5,7 @@ training rows given as arrays (broadcast) and given as a DataFrame (staged); tar
 arrays <= 1.05. (2) In fresh driver processes (alternating, twice each), fit from a DataFrame of MNIST and of 5 x MNIST
 (275,000 rows): peak RSS of the Python driver and the median step; targets: RSS grows by less
 than 64 MB, the step by less than 10 %. The staging pass is reported beside. (3) ``transform``
-throughput in images/s against ``lenet.predict`` in one process. Writes
+throughput in images/s against LeNet's ``predict`` in one process. Writes
 benchmarks/results/dataframe.json.
 
     python benchmarks/dataframe.py [--steps 40] [--rounds 3]
@@ -20,11 +20,12 @@ import time
 
 from common import in_fresh_process, median_of, save
 
-from mnist_lenet_spark import data, readers, session
+from mnist_lenet_spark import data, models, readers, session
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.cluster import staging
 from mnist_lenet_spark.executor import inference, tasks
-from mnist_lenet_spark.models import lenet
+
+LENET = models.by_name("lenet")
 
 WARMUP = 5
 
@@ -90,7 +91,7 @@ def transform_throughput() -> dict:
     spark = session.session("local[2]")
     mnist = data.load_mnist()
     from mnist_lenet_spark.ml import LeNetClassificationModel
-    model = LeNetClassificationModel(lenet.init_params(0))
+    model = LeNetClassificationModel(LENET.init_params(0))
     test = readers.read_mnist(spark, str(data.BUNDLED_DIR), split="test").repartition(2).cache()
     test.count()
     times = []
@@ -101,7 +102,7 @@ def transform_throughput() -> dict:
     spark.stop()
     tasks.tune_process(1)
     t0 = time.perf_counter()
-    inference.count_correct(lenet, model.weights, mnist.test.images, mnist.test.labels)
+    inference.count_correct(LENET, model.weights, mnist.test.images, mnist.test.labels)
     local = time.perf_counter() - t0
     n = len(mnist.test.labels)
     return {"transform_images_per_second": n / statistics.median(times), "predict_one_process_images_per_second":
@@ -125,7 +126,7 @@ def main():
           f"MB (+{s['rss_growth_mb']:.0f} MB, target < 64), step {s['1x']['step_ms']:.1f} -> {s['5x']['step_ms']:.1f} "
           f"ms ({s['step_5x_over_1x']:.3f}x, target < 1.10), staging {s['1x']['staging_seconds']:.1f} -> "
           f"{s['5x']['staging_seconds']:.1f} s")
-    print(f"transform: {t['transform_images_per_second']:.0f} images/s on local[2]; lenet.predict in one process: "
+    print(f"transform: {t['transform_images_per_second']:.0f} images/s on local[2]; LeNet's predict in one process: "
           f"{t['predict_one_process_images_per_second']:.0f} images/s")
     save("dataframe", result)
 

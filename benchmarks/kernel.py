@@ -7,12 +7,12 @@ peak memory of one NumPy step. Then the ceiling: the matrix-product FLOPs of one
 of this core at conv2's shape, and so the time of the products alone: the fastest a step could
 be if everything else were free, and the best ratio to PyTorch that would give.
 
-The ResNet row (issue 16): the same for ResNet-8 (models/resnet.py) against the same network built from
+The ResNet row: the same for the ResNet-8 preset (models/definitions.py) against the same network built from
 PyTorch's reference layers (Conv2d without bias, BatchNorm2d, Linear); its ceiling is the products of one
 NumPy step timed one by one at their own shapes (its convolutions have 16 to 64 output channels, where SGEMM
 runs far below conv2's speed).
 
-    python benchmarks/kernel.py [--rounds 7] [--steps 10] [--model lenet,resnet,composed]
+    python benchmarks/kernel.py [--rounds 7] [--steps 10] [--model lenet,resnet]
 """
 from __future__ import annotations
 
@@ -23,14 +23,15 @@ import tracemalloc
 import numpy as np
 from common import cpu, median_seconds, save
 
+from mnist_lenet_spark import models
 from mnist_lenet_spark.executor import tasks
 from mnist_lenet_spark.loop import training
-from mnist_lenet_spark.models import base, lenet
-from mnist_lenet_spark.models.resnet import ResNet
+from mnist_lenet_spark.models import base
 from mnist_lenet_spark.nn import conv2d
 from mnist_lenet_spark.nn.optim import sgd_nesterov
 
 BATCH = 64
+RESNET8_BLOCKS = ((16, 16, 1), (16, 32, 2), (32, 64, 2))  # (in channels, out channels, stride): models/definitions.py
 
 
 def gemm_flops(batch: int = BATCH) -> float:
@@ -51,20 +52,6 @@ def sgemm_gflops(repeats: int = 30) -> float:
     out = np.empty((a.shape[0], 64), np.float32)  # (M, F)
     seconds = median_seconds(lambda: np.matmul(a, b, out=out), repeats, warmup=3)
     return 2 * a.shape[0] * 160 * 64 / seconds / 1e9
-
-
-def numpy_step_fn(X, y):
-    params = lenet.init_params(0)
-    spec = base.param_spec(params)
-    flat = base.flatten(params, spec)
-    state = [flat, sgd_nesterov.init(flat)]
-    rng = np.random.default_rng(0)
-
-    def step():
-        _, grads = lenet.loss_and_grads(base.unflatten(state[0], spec), X, y, train=True, rng=rng)
-        state[0], state[1] = sgd_nesterov.update(state[0], base.flatten(grads, spec), state[1], lr=0.01,
-                                                 momentum=0.9)
-    return step
 
 
 def torch_sgd_step(model, X, y):
@@ -94,7 +81,7 @@ def torch_step_fn(X, y):
     return torch_sgd_step(model, X, y)
 
 
-def resnet_products(model: ResNet, batch: int = BATCH) -> list[tuple[int, int, int]]:
+def resnet_products(input_shape=(1, 28, 28), batch: int = BATCH) -> list[tuple[int, int, int]]:
     """The matrix products of one NumPy ResNet step, (M, K, F) for an (M, K) @ (K, F) product, as this package
     multiplies them (``nn/conv2d.py``). A 3x3 convolution of an (H, W, C) input to (H', W', F) with the kernel
     rows folded (stride 2, or 3 C < MIN_ROW_COLUMNS) is (M = batch H' W', 9 C) @ (9 C, F) forward and
@@ -103,7 +90,7 @@ def resnet_products(model: ResNet, batch: int = BATCH) -> list[tuple[int, int, i
     convolution of dout with the turned filters (F channels in, C out), at stride 2 (M, F) @ (F, 9 C) before
     col2im; the stem has no dx. A 1x1 shortcut multiplies the sub-sampled pixels: (M, C) @ (C, F),
     (C, M) @ (M, F), (M, F) @ (F, C)."""
-    c, h, w = model.input_shape
+    c, h, w = input_shape
     products = []
 
     def conv_products(h, w, cin, cout, stride, filter_grad=True):  # forward (+ filter gradient); -> (H', W')
@@ -123,7 +110,7 @@ def resnet_products(model: ResNet, batch: int = BATCH) -> list[tuple[int, int, i
         return h2, w2
 
     h, w = conv3x3(h, w, c, 16, 1, with_dx=False)  # the stem
-    for _, cin, cout, stride in model.blocks:
+    for cin, cout, stride in RESNET8_BLOCKS:
         h2, w2 = conv3x3(h, w, cin, cout, stride)  # conv1
         conv3x3(h2, w2, cout, cout, 1)  # conv2
         if stride != 1 or cin != cout:  # the 1x1 shortcut
@@ -142,20 +129,6 @@ def products_seconds(products, repeats: int = 15) -> float:
         b = rng.standard_normal((k, f)).astype(np.float32)  # (K, F)
         total += median_seconds(lambda: a @ b, repeats)  # (M, K) @ (K, F)
     return total
-
-
-def resnet_numpy_step_fn(X, y):
-    model = ResNet()
-    params = model.init_params(0)
-    spec = base.param_spec(params)
-    flat = base.flatten(params, spec)
-    state = [flat, sgd_nesterov.init(flat)]
-
-    def step():  # what a one-process step does: gradient, running statistics, Nesterov update
-        _, grads = model.loss_and_grads(base.unflatten(state[0], spec), X, y, train=True)
-        state[0], state[1] = training.apply_update(model, spec, state[0], base.flatten(grads, spec), len(y), state[1],
-                                                   lr=0.01, momentum=0.9)
-    return step
 
 
 def resnet_torch_step_fn(X, y):
@@ -183,14 +156,14 @@ def resnet_torch_step_fn(X, y):
 
 
 def resnet_row(X, y, rounds: int, steps: int) -> dict:
-    np_step, th_step = resnet_numpy_step_fn(X, y), resnet_torch_step_fn(X, y)
+    np_step, th_step = model_step_fn(models.by_name("resnet"), X, y), resnet_torch_step_fn(X, y)
     np_times, th_times, ratios = [], [], []
     for _ in range(rounds):  # interleaved, as for LeNet
         np_times.append(median_seconds(np_step, steps))
         th_times.append(median_seconds(th_step, steps))
         ratios.append(th_times[-1] / np_times[-1])
     t_np, t_th = statistics.median(np_times), statistics.median(th_times)
-    products = resnet_products(ResNet())
+    products = resnet_products()
     floor = products_seconds(products)
     flops = sum(2 * m * k * f for m, k, f in products)
     result = {"numpy_step_ms": t_np * 1e3, "torch_step_ms": t_th * 1e3,
@@ -221,42 +194,13 @@ def model_step_fn(model, X, y):
     return step
 
 
-def composed_rows(rounds: int, steps: int) -> dict:
-    """The composed networks (``nn.network`` from ``models.definitions``) against the hand-written LeNet and
-    ResNet-8, interleaved in one process: composed step time / hand-written step time, median of the rounds."""
-    from mnist_lenet_spark.models import definitions
-    from mnist_lenet_spark.nn.network import Network
-    rng = np.random.default_rng(0)
-    X = rng.uniform(-1, 1, (BATCH, 1, 28, 28)).astype(np.float32)
-    y = rng.integers(0, 10, BATCH)
-    out = {}
-    for name, hand, composed in (("lenet", lenet, Network(definitions.lenet())),
-                                 ("resnet", ResNet(), Network(definitions.resnet8()))):
-        hand_step, composed_step = model_step_fn(hand, X, y), model_step_fn(composed, X, y)
-        hand_times, composed_times, ratios = [], [], []
-        for _ in range(rounds):
-            hand_times.append(median_seconds(hand_step, steps))
-            composed_times.append(median_seconds(composed_step, steps))
-            ratios.append(composed_times[-1] / hand_times[-1])
-        out[name] = {"hand_written_step_ms": statistics.median(hand_times) * 1e3,
-                     "composed_step_ms": statistics.median(composed_times) * 1e3,
-                     "ratio_composed_over_hand_written": statistics.median(ratios)}
-        print(f"{name}: hand-written {out[name]['hand_written_step_ms']:.1f} ms/step, composed "
-              f"{out[name]['composed_step_ms']:.1f} ms/step: composed / hand-written {statistics.median(ratios):.3f} "
-              f"(median of {rounds} rounds; target <= 1.10, retire the hand-written within 1.05)")
-    return out
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=10, help="timed steps per round and framework")
-    ap.add_argument("--model", default="lenet,resnet", help="which rows: lenet, resnet, composed (the composed "
-                                                          "networks against the hand-written ones)")
+    ap.add_argument("--model", default="lenet,resnet", help="which rows: lenet, resnet")
     args = ap.parse_args()
     tasks.tune_process(1)
-    if "composed" in args.model.split(","):
-        save("kernel_composed", {"cpu": cpu(), "rounds": args.rounds, **composed_rows(args.rounds, args.steps)})
     if "resnet" in args.model.split(","):
         rng = np.random.default_rng(0)
         X = rng.uniform(-1, 1, (BATCH, 1, 28, 28)).astype(np.float32)
@@ -266,7 +210,7 @@ def main():
     rng = np.random.default_rng(0)
     X = rng.uniform(-1, 1, (BATCH, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, BATCH)
-    np_step = numpy_step_fn(X, y)
+    np_step = model_step_fn(models.by_name("lenet"), X, y)
     try:
         th_step = torch_step_fn(X, y)
     except ImportError:

@@ -26,9 +26,11 @@ from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.config import SGDConfig
 from mnist_lenet_spark.executor.straggler import StragglerModel
 from mnist_lenet_spark.loop import sharding
-from mnist_lenet_spark.models import lenet
+from mnist_lenet_spark import models
 
 SEED = 0
+LENET = models.by_name("lenet")
+KEEP_PROB = 0.5  # LeNet's dropout keeps half (models/definitions.py: rate 0.5)
 
 
 def torch_train(params0: dict, images: np.ndarray, labels: np.ndarray, batch: int, steps: int,
@@ -59,8 +61,8 @@ def torch_train(params0: dict, images: np.ndarray, labels: np.ndarray, batch: in
 
     model = LeNet()
     # (layer, our weight, our bias, transposed?): our affine weights are (in, out); nn.Linear's are (out, in)
-    layers = ((model.conv1, "W1", "b1", False), (model.conv2, "W2", "b2", False),
-              (model.fc3, "W3", "b3", True), (model.fc4, "W4", "b4", True))
+    layers = ((model.conv1, "conv1.W", "conv1.b", False), (model.conv2, "conv2.W", "conv2.b", False),
+              (model.fc3, "fc1.W", "fc1.b", True), (model.fc4, "fc2.W", "fc2.b", True))
     with torch.no_grad():
         for layer, w, b, transpose in layers:
             layer.weight.copy_(torch.from_numpy(params0[w].T.copy() if transpose else params0[w]))
@@ -79,8 +81,8 @@ def torch_train(params0: dict, images: np.ndarray, labels: np.ndarray, batch: in
         if straggler is not None:
             straggler.sleep(work.key)
         x = torch.from_numpy(data.scale_batch(images[work.index]))
-        keep = work.key.dropout_rng().random((len(work.index), 512), dtype=np.float32) < lenet.KEEP_PROB
-        keep = torch.from_numpy(keep.astype(np.float32) / np.float32(lenet.KEEP_PROB))
+        keep = work.key.dropout_rng().random((len(work.index), 512), dtype=np.float32) < KEEP_PROB
+        keep = torch.from_numpy(keep.astype(np.float32) / np.float32(KEEP_PROB))
         opt.zero_grad(set_to_none=True)
         loss_fn(ddp(x, keep), torch.from_numpy(labels[work.index])).backward()  # DDP averages the ranks' means
         opt.step()
@@ -97,7 +99,7 @@ def run_torch(workers: int, images, labels, batch: int, steps: int, straggler=No
     from pyspark.ml.torch.distributor import TorchDistributor
     called = time.time()
     out = TorchDistributor(num_processes=workers, local_mode=True, use_gpu=False).run(
-        torch_train, lenet.init_params(SEED), images, labels, batch, steps, straggler)
+        torch_train, LENET.init_params(SEED), images, labels, batch, steps, straggler)
     clock = out["clock"]
     return {"startup": clock[1] - called, "steps": list(np.diff(clock)), "params": out["params"]}
 

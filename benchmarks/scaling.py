@@ -16,25 +16,23 @@ import statistics
 
 from common import RESULTS, ROOT, save
 
-from mnist_lenet_spark import data
+from mnist_lenet_spark import data, models
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.config import SGDConfig
 from mnist_lenet_spark.executor import tasks
 from mnist_lenet_spark.jobs import plots
 from mnist_lenet_spark.loop import local
-from mnist_lenet_spark.models import lenet
-from mnist_lenet_spark.models.resnet import ResNet
 
 BATCHES = [32, 64, 128, 256, 512, 1024]
 
 
-def local_rate(mnist, batch, steps, model=lenet):
+def local_rate(mnist, batch, steps, model):
     config = SGDConfig(batch_size=batch, max_steps=steps + 2)
     result = local.fit_local(mnist.train.images, mnist.train.labels, config, model=model)
     return statistics.median(h["examples"] / h["seconds"] for h in result.history[2:])
 
 
-def spark_rate(spark, mnist, workers, batch, steps, model=lenet):
+def spark_rate(spark, mnist, workers, batch, steps, model):
     result = msp.SyncSGD(spark, workers=workers, batch_size=batch, model=model).fit(
         mnist.train.images, mnist.train.labels, max_steps=steps + 2)
     return statistics.median(h["examples"] / h["seconds"] for h in result.history[2:])
@@ -48,7 +46,7 @@ def main():
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)), help="per-worker batch sizes")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
-    model = ResNet() if args.model == "resnet" else lenet
+    model = models.by_name(args.model)
     tasks.tune_process(1)
     mnist = data.load_mnist()
     spark = msp.session("local[2]", conf_file=ROOT / "conf" / "spark-defaults.conf")

@@ -30,11 +30,11 @@ from operator import add
 import numpy as np
 from common import in_fresh_process, median_seconds, save
 
-from mnist_lenet_spark import data
+from mnist_lenet_spark import data, models
 from mnist_lenet_spark import spark as msp
-from mnist_lenet_spark.models import base, lenet
+from mnist_lenet_spark.models import base
 
-PARAMS = sum(int(np.prod(shape)) for _, shape in base.param_spec(lenet.init_params(0)))
+PARAMS = sum(int(np.prod(shape)) for _, shape in base.param_spec(models.by_name("lenet").init_params(0)))
 
 
 def empty_job_floor(jobs: int) -> float:

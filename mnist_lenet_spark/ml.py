@@ -45,7 +45,7 @@ from mnist_lenet_spark.config import BackupConfig, ConfigError, SGDConfig, Train
 from mnist_lenet_spark.executor import inference, rows
 from mnist_lenet_spark.executor.straggler import StragglerModel
 from mnist_lenet_spark.loop import training
-from mnist_lenet_spark.models import base
+from mnist_lenet_spark.models import base, definitions
 from mnist_lenet_spark.spark import SyncSGD
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
                    "network composed from the layers: its JSON definition (docs/models.md), saved with the model",
                    TypeConverters.toString)
     imageShape = _param("imageShape", "[channels, height, width] of the images: features hold that many pixels "
-                        "channel-major (lenet takes only [1, 28, 28])", TypeConverters.toListInt)
+                        "channel-major (lenet: height and width multiples of 4)", TypeConverters.toListInt)
     pixelRange = _param("pixelRange", "what numeric features hold: '0..255' whole numbers, or '0..1' multiples of "
                         "1/255 (binary features: bytes 0 or 1); other values are refused, never rounded",
                         TypeConverters.toString)
@@ -234,7 +234,8 @@ class NetworkClassificationModel(Model, _NetworkParams, MLReadable, MLWritable):
 
     def __init__(self, weights: base.Params | None = None):
         super().__init__()
-        self.weights = weights
+        # a LeNet from an earlier version names its weights W1 .. b4
+        self.weights = None if weights is None else definitions.legacy_lenet_weights(weights)
         self._summary: TrainingSummary | None = None
 
     @property

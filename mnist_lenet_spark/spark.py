@@ -23,7 +23,8 @@ from mnist_lenet_spark.executor.emulation import EmulatedCompute
 from mnist_lenet_spark.executor.shards import StagedShards
 from mnist_lenet_spark.executor.straggler import StragglerModel
 from mnist_lenet_spark.loop import sharding, training
-from mnist_lenet_spark.models import base, lenet
+from mnist_lenet_spark import models
+from mnist_lenet_spark.models import base
 from mnist_lenet_spark.session import session  # noqa: F401  (the README's ``msp.session``)
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class SyncSGD:
     """
 
     def __init__(self, spark, workers: int = 2, *, config: SGDConfig | None = None,
-                 backup: BackupConfig | None = None, model: base.Model = lenet,
+                 backup: BackupConfig | None = None, model: base.Model | None = None,
                  straggler: StragglerModel | None = None, lr_scaling: str = "none",
                  emulation: EmulatedCompute | None = None, **options):
         if type(workers) is not int or workers < 1:
@@ -68,7 +69,7 @@ class SyncSGD:
         self.backup = dataclasses.replace(backup or BackupConfig(), **backup_options)
         self.sc = getattr(spark, "sparkContext", spark)
         self.workers = workers
-        self.model = model
+        self.model = model if model is not None else models.by_name("lenet")
         self.straggler = straggler if straggler is not None and straggler.active else None
         if self.straggler:
             self.straggler.check_partitions(workers + self.backup.workers)

@@ -12,8 +12,11 @@ from mnist_lenet_spark.executor import tasks
 from mnist_lenet_spark.executor.straggler import StragglerModel
 from mnist_lenet_spark.loop import sharding, training
 from mnist_lenet_spark.loop.sharding import TaskKey
-from mnist_lenet_spark.models import base, lenet
+from mnist_lenet_spark import models
+from mnist_lenet_spark.models import base
 from tests.reference import rel_error
+
+lenet = models.by_name("lenet")  # the preset, as a model object
 
 # One task slot per task, as on a cluster where each worker is its own executor. On local[2] a
 # cancelled straggler keeps one of the two slots until PySpark's executor kills its Python worker
@@ -26,7 +29,7 @@ def kept_batch_gradient(mnist_images, mnist_labels, record, batches, params_flat
     index = np.concatenate([batches[k].index for k in record["kept"]])
     params = base.unflatten(params_flat, spec)
     return lenet.loss_and_grads(params, data.scale_batch(mnist_images[index], dtype), mnist_labels[index],
-                                train=False)
+                                train=False, l2=SGDConfig.l2)
 
 
 @pytest.mark.parametrize("combine", ["driver", "executors"])

@@ -55,7 +55,7 @@ def test_run_writes_summary_metrics_and_model(tmp_path):
     lines = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4] and all(r["examples"] == 64 for r in lines)
     with np.load(model) as z:
-        assert z["W3"].shape == (3136, 512)
+        assert z["fc1.W"].shape == (3136, 512)
     assert not list(tmp_path.glob("*.tmp"))
 
 

@@ -1,23 +1,27 @@
+"""The LeNet preset (``models.definitions.lenet``): SystemML's shapes and initialisation, gradients against finite
+differences, L2, dtypes, prediction, and the legacy weight names."""
 import numpy as np
 import pytest
 
-from mnist_lenet_spark import data
+from mnist_lenet_spark import data, models
 from mnist_lenet_spark.executor import inference
-from mnist_lenet_spark.models import base, lenet
+from mnist_lenet_spark.models import base, definitions
 from tests.reference import rel_error
 
-SHAPES = {"W1": (32, 1, 5, 5), "b1": (32,), "W2": (64, 32, 5, 5), "b2": (64,), "W3": (3136, 512),
-          "b3": (512,), "W4": (512, 10), "b4": (10,)}
+lenet = models.by_name("lenet")
+SHAPES = {"conv1.W": (32, 1, 5, 5), "conv1.b": (32,), "conv2.W": (64, 32, 5, 5), "conv2.b": (64,),
+          "fc1.W": (3136, 512), "fc1.b": (512,), "fc2.W": (512, 10), "fc2.b": (10,)}
+BIASES = ("conv1.b", "conv2.b", "fc1.b", "fc2.b")
 
 
 def test_init_params_shapes_dtype_and_scales():
     p = lenet.init_params(0)
     assert {k: v.shape for k, v in p.items()} == SHAPES
     assert all(v.dtype == np.float32 for v in p.values())
-    assert all(not p[b].any() for b in ("b1", "b2", "b3", "b4"))
-    assert p["W2"].std() == pytest.approx(np.sqrt(2 / 800), rel=0.02)
-    assert p["W3"].std() == pytest.approx(np.sqrt(2 / 3136), rel=0.02)
-    assert p["W4"].std() == pytest.approx(np.sqrt(2 / 512) / np.sqrt(2), rel=0.1)
+    assert all(not p[b].any() for b in BIASES)
+    assert p["conv2.W"].std() == pytest.approx(np.sqrt(2 / 800), rel=0.02)
+    assert p["fc1.W"].std() == pytest.approx(np.sqrt(2 / 3136), rel=0.02)
+    assert p["fc2.W"].std() == pytest.approx(np.sqrt(2 / 512) / np.sqrt(2), rel=0.1)
     q = lenet.init_params(0)
     assert all(np.array_equal(p[k], q[k]) for k in p)
 
@@ -25,7 +29,7 @@ def test_init_params_shapes_dtype_and_scales():
 def small_problem(dtype=np.float64):
     rng = np.random.default_rng(0)
     params = {k: v.astype(dtype) for k, v in lenet.init_params(1).items()}
-    for b in ("b1", "b2", "b3", "b4"):
+    for b in BIASES:
         params[b] = rng.standard_normal(params[b].shape).astype(dtype) * 0.1
     X = rng.uniform(-1, 1, (2, 1, 28, 28)).astype(dtype)
     return params, X, np.array([3, 7])
@@ -62,10 +66,10 @@ def test_l2_term_in_loss_and_gradient():
     params, X, y = small_problem()
     l0, g0 = lenet.loss_and_grads(params, X, y, train=False, l2=0.0)
     l1, g1 = lenet.loss_and_grads(params, X, y, train=False, l2=0.1)
-    expected = 0.05 * sum(np.sum(params[k] ** 2) for k in ("W1", "W2", "W3", "W4"))
+    expected = 0.05 * sum(np.sum(params[k] ** 2) for k in ("conv1.W", "conv2.W", "fc1.W", "fc2.W"))
     assert l1 - l0 == pytest.approx(expected, rel=1e-10)
-    assert np.allclose(g1["W3"] - g0["W3"], 0.1 * params["W3"])
-    assert np.array_equal(g1["b3"], g0["b3"])
+    assert np.allclose(g1["fc1.W"] - g0["fc1.W"], 0.1 * params["fc1.W"])
+    assert np.array_equal(g1["fc1.b"], g0["fc1.b"])
 
 
 def test_float32_in_float32_out_and_close_to_float64():
@@ -103,12 +107,28 @@ def test_flatten_unflatten_round_trip_is_a_view():
     assert flat.shape == (sum(v.size for v in params.values()),)
     back = base.unflatten(flat, spec)
     assert all(np.array_equal(back[k], params[k]) for k in params)
-    back["b4"][0] = 7.0
+    back["fc2.b"][0] = 7.0
     assert flat[-10] == 7.0
     with pytest.raises(ValueError, match="expects"):
         base.unflatten(flat[:-1], spec)
 
 
 def test_lenet_satisfies_the_model_protocol():
-    for name in ("init_params", "loss_and_grads", "predict", "REGULARIZED"):
+    for name in ("init_params", "loss_and_grads", "predict", "REGULARIZED", "input_shape", "classes"):
         assert hasattr(lenet, name)
+    assert lenet.input_shape == (1, 28, 28) and lenet.classes == 10
+
+
+def test_the_preset_takes_other_shapes_and_refuses_ones_its_pools_cannot():
+    net = models.by_name("lenet", (3, 32, 32), 7)
+    assert net.init_params(0)["fc1.W"].shape == (64 * 8 * 8, 512) and net.classes == 7
+    with pytest.raises(ValueError, match="lenet cannot take 1x30x30 images: layer 'max_pool_2'"):
+        models.by_name("lenet", (1, 30, 30))
+
+
+def test_weights_saved_under_the_legacy_names_are_renamed_and_others_are_not():
+    params = lenet.init_params(0)
+    legacy = {old: params[new] for old, new in definitions.LENET_LEGACY_NAMES.items()}
+    assert definitions.legacy_lenet_weights(legacy).keys() == params.keys()
+    other = {"W1": params["conv1.W"]}
+    assert definitions.legacy_lenet_weights(other) is other

@@ -113,6 +113,18 @@ def test_saved_model_and_pipeline_load_and_predict_exactly_as_before(spark, smal
     assert again.transform(df).select("prediction").collect() == pipeline.transform(df).select("prediction").collect()
 
 
+def test_a_lenet_saved_with_the_earlier_weight_names_loads_and_predicts_the_same(spark, small, fitted, tmp_path):
+    _, _, df = small
+    legacy = dict(zip(["W1", "b1", "W2", "b2", "W3", "b3", "W4", "b4"], fitted.weights.values()))
+    old = fitted.copy()
+    old.weights = legacy  # what an earlier version wrote: the same arrays under W1 .. b4
+    old.write().overwrite().save(str(tmp_path / "old"))
+    loaded = LeNetClassificationModel.load(str(tmp_path / "old"))
+    assert list(loaded.weights) == list(fitted.weights)
+    assert [r.probability for r in loaded.transform(df).select("probability").collect()] == \
+        [r.probability for r in fitted.transform(df).select("probability").collect()]
+
+
 def test_validation_indicator_rows_are_held_out(spark, small):
     images, labels, df = small
     flagged = readers.with_validation_flag(spark, df, 100)
@@ -177,16 +189,16 @@ def test_checkpoint_dir_gets_the_final_state(small, tmp_path):
     model = LeNetClassifier(batchSize=16, maxSteps=3, checkpointDir=str(tmp_path)).fit(small[2])
     state, meta = training.load_checkpoint(tmp_path / "checkpoint.npz")
     assert state.step == 3 and meta["config"]["batch_size"] == 16
-    assert np.array_equal(state.params[:10], model.weights["W1"].reshape(-1)[:10])
+    assert np.array_equal(state.params[:10], model.weights["conv1.W"].reshape(-1)[:10])
 
 
 def test_the_resnet_by_name_fits_transforms_saves_and_loads(spark, small, tmp_path):
     """model="resnet": the DataFrame fit equals SyncSGD's on the same arrays (running statistics included), the
     saved model keeps its name, and transform and predict use the running statistics."""
-    from mnist_lenet_spark.models.resnet import ResNet
+    from mnist_lenet_spark import models
     images, labels, df = small
     fitted = NetworkClassifier(model="resnet", workers=2, batchSize=8, maxSteps=3, seed=3).fit(df)
-    arrays = msp.SyncSGD(spark, 2, batch_size=8, seed=3, model=ResNet()).fit(images, labels, max_steps=3)
+    arrays = msp.SyncSGD(spark, 2, batch_size=8, seed=3, model=models.by_name("resnet")).fit(images, labels, max_steps=3)
     assert "block3.conv2.bn.running_var" in fitted.weights
     for k, v in arrays.params.items():
         np.testing.assert_allclose(fitted.weights[k], v, rtol=1e-6, atol=1e-7, err_msg=k)
@@ -237,8 +249,8 @@ def test_a_resnet_on_3_channel_32x32_images_of_3_classes_fits_from_parquet_end_t
     with pytest.raises(Exception, match="has 784 values, expected 3072"):  # MNIST rows for this model
         model.transform(spark.createDataFrame([(1, Vectors.dense(np.zeros(784)))], ["label", "features"])
                         ).collect()
-    with pytest.raises(Exception, match="model: lenet takes 1x28x28 images and 10 classes"):
-        LeNetClassifier(imageShape=[3, 32, 32], numClasses=3, maxSteps=1).fit(df)
+    with pytest.raises(Exception, match="model: lenet cannot take 3x30x30 images: "):  # its pools halve twice
+        LeNetClassifier(imageShape=[3, 30, 30], numClasses=3, maxSteps=1).fit(df)
 
 
 def test_features_scaled_to_0_1_train_like_bytes_with_pixel_range_0_1_and_are_refused_without(spark, small):

@@ -133,44 +133,6 @@ def test_the_json_definition_rebuilds_the_same_network_and_the_summary_counts_it
     assert net.summary().splitlines()[-1] == f"total parameters: {total:,} (untrained state included)"
 
 
-def test_the_composed_lenet_equals_the_hand_written_one_for_the_same_parameters():
-    from mnist_lenet_spark.models import definitions, lenet
-    net = Network(definitions.lenet())
-    params = lenet.init_params(0)
-    composed = {definitions.LENET_NAMES[k]: v for k, v in params.items()}
-    assert set(composed) == set(net.init_params(0)) and set(net.REGULARIZED) == {"conv1.W", "conv2.W", "fc1.W", "fc2.W"}
-    rng = np.random.default_rng(1)
-    X, y = rng.uniform(-1, 1, (16, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 16)
-    for train in (True, False):
-        loss, grads = lenet.loss_and_grads(params, X, y, train=train, rng=np.random.default_rng(2), l2=5e-4)
-        loss_c, grads_c = net.loss_and_grads(composed, X, y, train=train, rng=np.random.default_rng(2), l2=5e-4)
-        assert loss_c == pytest.approx(loss, rel=1e-5)
-        for k, v in grads.items():
-            np.testing.assert_allclose(grads_c[definitions.LENET_NAMES[k]], v, rtol=1e-4, atol=1e-6, err_msg=k)
-    np.testing.assert_allclose(net.predict(composed, X), lenet.predict(params, X), rtol=1e-5, atol=1e-6)
-
-
-def test_the_composed_resnet8_equals_the_hand_written_one_for_the_same_parameters():
-    from mnist_lenet_spark.models import definitions
-    from mnist_lenet_spark.models.resnet import ResNet
-    hand, net = ResNet(3, 16, 16, 5), Network(definitions.resnet8(3, 16, 16, 5))
-    params = hand.init_params(0)
-    assert set(net.init_params(0)) == set(params)
-    assert set(net.REGULARIZED) == set(hand.REGULARIZED) and set(net.STATE) == set(hand.STATE)
-    rng = np.random.default_rng(1)
-    for k in params:  # running statistics away from (0, 1), so inference mode is tested with them
-        if "running" in k:
-            params[k] = rng.uniform(0.5, 1.5, params[k].shape).astype(np.float32)
-    X, y = rng.uniform(-1, 1, (8, 3, 16, 16)).astype(np.float32), rng.integers(0, 5, 8)
-    for train in (True, False):  # inference mode: batch norm on the running statistics, zeros in the STATE slots
-        loss, grads = hand.loss_and_grads(params, X, y, train=train, l2=5e-4)
-        loss_c, grads_c = net.loss_and_grads(params, X, y, train=train, l2=5e-4)
-        assert loss_c == pytest.approx(loss, rel=1e-5)
-        for k, v in grads.items():  # the batch statistics in the STATE slots too
-            np.testing.assert_allclose(grads_c[k], v, rtol=1e-4, atol=1e-5, err_msg=f"{k} train={train}")
-    np.testing.assert_allclose(net.predict(params, X), hand.predict(params, X), rtol=1e-4, atol=1e-6)
-
-
 SMALL_NET = {"input_shape": [1, 28, 28], "layers": [
     {"type": "conv2d", "filters": 4, "kernel": 3, "stride": 2, "padding": 1, "bias": False},
     {"type": "batch_norm"}, {"type": "relu"}, {"type": "avg_pool", "size": 2}, {"type": "flatten"},

@@ -1,12 +1,13 @@
-"""One composed network that uses every layer kind, against PyTorch autograd in float64: the loss, every
-gradient, the batch statistics that ride in the state's gradient slots, and inference with running statistics.
-PyTorch's network is interpreted here from the same definition and parameters (its functional layers), so any
-difference is ours. The conv -> relu -> max_pool at the start runs fused (``nn.conv2d_pool``) on our side."""
+"""One composed network that uses every layer kind, and the ResNet-8 preset, against PyTorch autograd in float64:
+the loss, every gradient, the batch statistics that ride in the state's gradient slots, and inference with running
+statistics. PyTorch's network is interpreted here from the same definition and parameters (its functional layers),
+so any difference is ours. The conv -> relu -> max_pool at the start runs fused (``nn.conv2d_pool``) on our side."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from mnist_lenet_spark.models import definitions
 from mnist_lenet_spark.nn import batch_norm
 from mnist_lenet_spark.nn.network import Network, Residual
 from tests.reference import rel_error
@@ -34,6 +35,9 @@ EVERY_LAYER = {"input_shape": [3, 16, 16], "layers": [
                                                                           "bias": False}]},
     {"type": "batch_norm", "name": "flatbn"}, {"type": "relu"}, {"type": "dropout", "rate": DROPOUT},
     {"type": "dense", "name": "out", "units": 5}]}
+
+
+NETWORKS = {"every-layer": EVERY_LAYER, "resnet8": definitions.resnet8(3, 12, 10, 4)}  # odd sizes at stride 2
 
 
 def torch_forward(layers, t: dict, h: torch.Tensor, train: bool, stats: dict, mask: torch.Tensor) -> torch.Tensor:
@@ -95,13 +99,14 @@ def test_the_network_uses_every_layer_kind():
     assert set(every_kind(Network(EVERY_LAYER).layers)) == set(LAYER_TYPES)
 
 
+@pytest.mark.parametrize("name", NETWORKS)
 @pytest.mark.parametrize("train", [True, False])
-def test_loss_every_gradient_and_the_batch_statistics_equal_pytorch_autograd_in_float64(train):
+def test_loss_every_gradient_and_the_batch_statistics_equal_pytorch_autograd_in_float64(name, train):
     rng = np.random.default_rng(0)
-    net = Network(EVERY_LAYER)
+    net = Network(NETWORKS[name])
     params = with_running_statistics(net, {k: v.astype(np.float64) for k, v in net.init_params(1).items()}, rng)
-    X, y = rng.uniform(-1, 1, (6, 3, 16, 16)), rng.integers(0, 5, 6)
-    # the network's one dropout layer draws the only random numbers: the same mask for PyTorch, (N, 12)
+    X, y = rng.uniform(-1, 1, (6, *net.input_shape)), rng.integers(0, net.classes, 6)
+    # EVERY_LAYER's one dropout layer draws the only random numbers: the same mask for PyTorch, (N, 12)
     mask = (np.random.default_rng(7).random((6, 12)) < 1 - DROPOUT) / (1 - DROPOUT)
 
     loss, grads = net.loss_and_grads(params, X, y, train=train, rng=np.random.default_rng(7), l2=L2)
@@ -112,23 +117,28 @@ def test_loss_every_gradient_and_the_batch_statistics_equal_pytorch_autograd_in_
     torch_loss.backward()
 
     assert loss == pytest.approx(torch_loss.item(), rel=1e-12)
-    assert set(net.REGULARIZED) == {f"{n}.W" for n in ("c1", "b1c1", "b1c2", "b1s", "b2c", "hg", "hf", "out")}
-    for name, value in params.items():
-        if name in net.STATE:  # training: the batch's mean and unbiased variance; inference: zeros
-            expected = stats[name].numpy() if train else np.zeros_like(value)
+    for key, value in params.items():
+        if key in net.STATE:  # training: the batch's mean and unbiased variance; inference: zeros
+            expected = stats[key].numpy() if train else np.zeros_like(value)
         else:
-            expected = t[name].grad.numpy()
-        assert grads[name].shape == value.shape, name
+            expected = t[key].grad.numpy()
+        assert grads[key].shape == value.shape, key
         # atol: a bias just before batch norm has a gradient of exactly zero, so both sides are rounding noise
-        np.testing.assert_allclose(grads[name], expected, rtol=1e-9, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(grads[key], expected, rtol=1e-9, atol=1e-12, err_msg=key)
 
 
-def test_inference_with_running_statistics_equals_pytorch_in_float64():
+def test_only_weights_carry_l2():
+    assert set(Network(EVERY_LAYER).REGULARIZED) == {f"{n}.W" for n in ("c1", "b1c1", "b1c2", "b1s", "b2c", "hg",
+                                                                          "hf", "out")}
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_inference_with_running_statistics_equals_pytorch_in_float64(name):
     rng = np.random.default_rng(3)
-    net = Network(EVERY_LAYER)
+    net = Network(NETWORKS[name])
     params = with_running_statistics(net, {k: v.astype(np.float64) for k, v in net.init_params(2).items()}, rng)
-    X = rng.uniform(-1, 1, (7, 3, 16, 16))
-    ours = net.predict(params, X)  # (7, 5)
+    X = rng.uniform(-1, 1, (7, *net.input_shape))
+    ours = net.predict(params, X)  # (7, classes)
     with torch.no_grad():
         scores = torch_forward(net.layers, tensors(net, params), torch.tensor(X), False, {}, None)
         theirs = torch.softmax(scores, dim=1).numpy()

@@ -6,9 +6,12 @@ from mnist_lenet_spark import files
 from mnist_lenet_spark.config import ConfigError, SGDConfig
 from mnist_lenet_spark.executor import tasks
 from mnist_lenet_spark.loop import local, sharding, training
-from mnist_lenet_spark.models import base, lenet
+from mnist_lenet_spark import models
+from mnist_lenet_spark.models import base
 from tests.conftest import tiny_problem
 from tests.reference import rel_error
+
+lenet = models.by_name("lenet")  # the preset, as a model object
 
 
 def test_gradient_sums_add_field_by_field():
@@ -26,7 +29,7 @@ def test_sums_of_uneven_parts_give_the_large_batch_loss_and_gradient():
     flat = base.flatten(params, spec)
     parts = [tasks.gradient_sum(lenet, spec, flat, X[a:b], y[a:b], rng=None) for a, b in [(0, 2), (2, 7)]]
     loss, grad = training.loss_and_gradient(parts[0] + parts[1], flat, spec, lenet, SGDConfig.l2)
-    loss0, grads0 = lenet.loss_and_grads(params, X, y, train=False)
+    loss0, grads0 = lenet.loss_and_grads(params, X, y, train=False, l2=SGDConfig.l2)
     assert loss == pytest.approx(loss0, rel=1e-12)
     assert rel_error(grad, base.flatten(grads0, spec)) < 1e-12
 
@@ -38,7 +41,7 @@ def test_no_examples_gives_nan_loss_and_the_l2_gradient_only():
     loss, grad = training.loss_and_gradient(tasks.GradientSum(np.zeros_like(flat), 0.0, 0), flat, spec, lenet, 0.1)
     assert np.isnan(loss)
     g = base.unflatten(grad, spec)
-    assert np.allclose(g["W3"], 0.1 * params["W3"]) and not g["b3"].any()
+    assert np.allclose(g["fc1.W"], 0.1 * params["fc1.W"]) and not g["fc1.b"].any()
 
 
 def test_batch_keys_carry_the_global_step_and_the_shuffle_is_per_epoch():
@@ -83,7 +86,7 @@ def test_the_math_and_the_executor_side_import_no_pyspark():
     import sys
     modules = ["executor", "executor.tasks", "executor.inference", "executor.rows", "executor.shards",
                "executor.emulation", "executor.straggler", "cluster.step_signal", "config", "loop", "loop.sharding",
-               "loop.training", "loop.local", "models.lenet", "models.resnet", "nn"]
+               "loop.training", "loop.local", "models", "models.definitions", "nn", "nn.network"]
     code = "; ".join(f"import mnist_lenet_spark.{m}" for m in modules) + "; import sys; print('pyspark' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -8,11 +8,12 @@ import numpy as np
 from mnist_lenet_spark.config import SGDConfig
 from mnist_lenet_spark.executor import inference, tasks
 from mnist_lenet_spark.loop import training
-from mnist_lenet_spark.models import base, lenet
+from mnist_lenet_spark import models
+from mnist_lenet_spark.models import base
 
 
 def fit_local(train_images: np.ndarray, train_labels: np.ndarray, config: SGDConfig = SGDConfig(),
-              model: base.Model = lenet, validation: tuple[np.ndarray, np.ndarray] | None = None,
+              model: base.Model | None = None, validation: tuple[np.ndarray, np.ndarray] | None = None,
               on_step: Callable[[dict], None] | None = None, state: training.TrainState | None = None,
               shards: int = 1, dtype=np.float32, kept: list[list[int]] | None = None) -> training.FitResult:
     """Train on uint8 ``train_images`` (N, 28, 28) and int ``train_labels`` (N,); ``validation`` likewise.
@@ -21,6 +22,7 @@ def fit_local(train_images: np.ndarray, train_labels: np.ndarray, config: SGDCon
     ``SyncSGD(workers=W)`` spreads over Spark tasks: the same examples, the same update. ``kept[s]``: only
     these of step ``s``'s mini-batches (a backup-worker run's ``history[s]["kept"]``, replayed).
     """
+    model = model if model is not None else models.by_name("lenet")
     spec, fresh = training.new_state(model, config.seed)
     state = state or fresh
     state.params = state.params.astype(dtype, copy=False)

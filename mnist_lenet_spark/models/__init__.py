@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..data import MNIST_CLASSES, MNIST_SHAPE
 
-NAMES = ("lenet", "resnet")
+PRESETS = {"lenet": "lenet", "resnet": "resnet8"}  # preset name: its function in ``definitions``
+NAMES = tuple(PRESETS)
 
 
 def is_definition(spec) -> bool:
@@ -45,11 +46,11 @@ def load_definition(spec) -> dict:
 
 
 def by_name(name, input_shape: tuple[int, int, int] | None = None, classes: int | None = None):
-    """The model ``name`` gives: a preset (one of NAMES) for (C, H, W) images and ``classes`` classes (MNIST's by
-    default), or a composed network from a definition (``is_definition``), whose shapes are its own (given ones
-    must agree). ValueError for an unknown name, a bad definition or a shape the model cannot take."""
+    """The network ``name`` gives: a preset (one of NAMES, ``definitions``) for (C, H, W) images and ``classes``
+    classes (MNIST's by default), or a network from a definition (``is_definition``), whose shapes are its own
+    (given ones must agree). ValueError for an unknown name, a bad definition or a shape the network cannot take."""
+    from ..nn.network import Network
     if is_definition(name):
-        from ..nn.network import Network
         definition = load_definition(name)
         where = name if isinstance(name, str) and name.endswith(".json") else "the network definition"
         try:
@@ -62,28 +63,24 @@ def by_name(name, input_shape: tuple[int, int, int] | None = None, classes: int 
         if classes is not None and classes != network.classes:
             raise ValueError(f"{where} gives {network.classes} classes, not {classes}")
         return network
+    if name not in NAMES:
+        raise ValueError(f"unknown model {name!r}: one of {', '.join(NAMES)}, or a network definition (PATH.json)")
     input_shape = tuple(int(n) for n in (input_shape or MNIST_SHAPE))
     classes = MNIST_CLASSES if classes is None else classes
     if len(input_shape) != 3 or min(input_shape) < 1 or classes < 2:
         raise ValueError(f"image shape must be (channels, height, width) >= 1 and classes >= 2, "
                          f"got {input_shape} and {classes}")
-    if name == "lenet":
-        from . import lenet
-        if (input_shape, classes) != (lenet.input_shape, lenet.classes):
-            raise ValueError(f"lenet takes {'x'.join(map(str, lenet.input_shape))} images and {lenet.classes} "
-                             f"classes (its layer sizes are MNIST's), got {'x'.join(map(str, input_shape))} and "
-                             f"{classes}: use resnet")
-        return lenet
-    if name == "resnet":
-        from .resnet import ResNet
-        return ResNet(*input_shape, classes=classes)
-    raise ValueError(f"unknown model {name!r}: one of {', '.join(NAMES)}, or a network definition (PATH.json)")
+    from . import definitions
+    try:
+        return Network(getattr(definitions, PRESETS[name])(*input_shape, classes))
+    except ValueError as e:  # a shape the preset cannot take: its pools need other sizes
+        raise ValueError(f"{name} cannot take {'x'.join(map(str, input_shape))} images: {e}") from None
 
 
 def identity(name, model) -> str:
-    """What a checkpoint records of the model: a preset's name, or a hash of a composed network's definition
-    (so that resuming with another network is refused, wherever its file lies)."""
-    if not hasattr(model, "to_json"):
+    """What a checkpoint records of the model: a preset's name, or a hash of a network's definition (so that
+    resuming with another network is refused, wherever its file lies)."""
+    if isinstance(name, str) and name in NAMES:
         return name
     text = json.dumps(model.to_json(), sort_keys=True)
     return f"network sha256 {hashlib.sha256(text.encode()).hexdigest()[:16]}"

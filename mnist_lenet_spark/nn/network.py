@@ -55,6 +55,10 @@ class Layer:
     def init(self, rng) -> dict[str, np.ndarray]:
         return {}
 
+    def check_init(self, in_shape) -> None:
+        if self.options.get("init", "he") not in INITS:
+            self.fail(in_shape, f"init must be one of {', '.join(INITS)}, got {self.options['init']!r}")
+
     def names(self) -> tuple[str, ...]:
         """Local names of this layer's parameters (after ``build``)."""
         return ()
@@ -64,6 +68,17 @@ class Layer:
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: v.shape for k, v in self.init(np.random.default_rng(0)).items()}
+
+
+INITS = ("he", "lecun")  # the weights' initialisation: normal, std sqrt(2 / fan_in) or sqrt(1 / fan_in)
+
+
+def _scaled(params: dict, options: dict) -> dict:
+    """He-initialised ``params`` rescaled to the layer's ``init`` option (SystemML's LeNet: lecun for its last
+    dense layer, written there as He / sqrt(2))."""
+    if options.get("init", "he") == "lecun":
+        params["W"] /= np.float32(np.sqrt(2.0))
+    return params
 
 
 class _Cache1x1(NamedTuple):
@@ -91,11 +106,12 @@ class Conv2D(Layer):
         if h_out < 1 or w_out < 1:
             self.fail(in_shape, f"a {self.kernel}x{self.kernel} kernel with padding {self.pad} does not fit")
         self.channels = c
+        self.check_init(in_shape)
         return self.filters, h_out, w_out
 
     def init(self, rng):
         w, b = conv2d.init(self.filters, self.channels, self.kernel, self.kernel, rng)
-        return {"W": w, "b": b} if self.bias else {"W": w}
+        return _scaled({"W": w, "b": b} if self.bias else {"W": w}, self.options)
 
     def names(self):
         return ("W", "b") if self.bias else ("W",)
@@ -142,11 +158,12 @@ class Dense(Layer):
                                                                                                          True))
         if self.units < 1:
             self.fail(in_shape, f"units must be >= 1, got {self.units}")
+        self.check_init(in_shape)
         return (self.units,)
 
     def init(self, rng):
         w, b = affine.init(self.fan_in, self.units, rng)
-        return {"W": w, "b": b} if self.bias else {"W": w}
+        return _scaled({"W": w, "b": b} if self.bias else {"W": w}, self.options)
 
     def names(self):
         return ("W", "b") if self.bias else ("W",)
