@@ -8,12 +8,18 @@ TESTS ?= tests
 PACK_PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v $(PYTHON))
 PACKED_ENV := dist/mnist_lenet_spark_env.tar.gz
 
-.PHONY: run test bench experiment dist pack check-java clean
+.PHONY: run test bench experiment dist wheel pack check-java clean
 
-$(VENV)/.installed-dev: setup.py requirements-executor.txt
+# Two stamps: `make run` needs the runtime dependencies only (pip install -e .); `make test` adds the dev extra
+# (PyTorch, Keras, moto, nbclient, mlflow ...). Each is redone when pyproject.toml changes.
+$(VENV)/.installed-run: pyproject.toml requirements-executor.txt
 	@$(PYTHON) scripts/check_python.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	@touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-run
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $@
 
@@ -24,7 +30,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed-dev
 check-java:
 	@$(PYTHON) scripts/check_java.py
 
-run: $(VENV)/.installed-dev check-java
+run: $(VENV)/.installed-run check-java
 	$(PY) jobs/train_lenet.py --conf conf/spark-defaults.conf $(ARGS)
 
 test: $(VENV)/.installed-dev check-java dist $(PACKED_ENV)
@@ -48,11 +54,16 @@ bench: $(VENV)/.installed-bench check-java
 	$(PY) benchmarks/accuracy.py
 	$(PY) benchmarks/accuracy.py --model resnet
 
-experiment: $(VENV)/.installed-dev check-java
+experiment: $(VENV)/.installed-run check-java
 	$(PY) jobs/straggler_experiment.py --steps 20 --backup 0,1 --out-dir out/straggler $(ARGS)
 
-dist: $(VENV)/.installed-dev
+dist: $(VENV)/.installed-run
 	$(PY) -c 'from mnist_lenet_spark.session import build_zip; print(build_zip("dist/mnist_lenet_spark.zip"))'
+
+# The wheel (package, conf/ and data/mnist/ as package data, the mnist-lenet-* commands) in dist/: what a
+# cluster or a Databricks "Python wheel task" installs (pip install dist/mnist_lenet_spark-*.whl).
+wheel: $(VENV)/.installed-run
+	$(PY) -m pip wheel -q --no-deps -w dist .
 
 # The executors' Python environment for a cluster whose hosts have only a python3 (README, "Running on a
 # cluster"): a venv of PACK_PYTHON (the interpreter the executors have, at the same path) holding the package

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
 VALIDATION_SIZE = 5000  # SystemML: the first 5,000 training images are the validation set
-BUNDLED_DIR = files.checkout_root() / "data" / "mnist"
+BUNDLED_DIR = files.resource("data", "mnist")  # a checkout's data/mnist, or an installed wheel's copy
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),

@@ -37,6 +37,21 @@ def imported_from_zip() -> bool:
     return Path(__file__).resolve().parent.parent.suffix == ".zip"
 
 
+#: where an installed wheel holds the checkout's conf/ and data/mnist/ (pyproject.toml maps them there)
+BUNDLED_DIR = Path(__file__).resolve().parent / "_bundled"
+
+
+def resource_root() -> Path:
+    """The folder holding ``conf/`` and ``data/mnist/``: the installed package's own copy (a wheel), else the
+    checkout's root (a checkout, an editable install, or the package zip in a checkout's ``dist/``)."""
+    return BUNDLED_DIR if (BUNDLED_DIR / "conf").is_dir() else checkout_root()
+
+
+def resource(*parts: str) -> Path:
+    """``resource("conf", "spark-defaults.conf")``: a file of the package's conf/ or data/ (``resource_root``)."""
+    return resource_root().joinpath(*parts)
+
+
 def checkout_root() -> Path:
     """The folder this package's checkout lives in (for its conf/ and data/): the package's parent, or, when the
     package is imported from ``dist/NAME.zip``, the folder that holds ``dist/``."""

@@ -15,8 +15,8 @@ from .config import ConfigError
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: the Spark settings the step needs to be cheap, each explained in the README ("Spark settings")
-SPARK_DEFAULTS = files.checkout_root() / "conf" / "spark-defaults.conf"
-LOG4J = files.checkout_root() / "conf" / "log4j2.properties"  # warnings and errors only
+SPARK_DEFAULTS = files.resource("conf", "spark-defaults.conf")
+LOG4J = files.resource("conf", "log4j2.properties")  # warnings and errors only
 #: Set on a cluster only (a user's own value wins). A staged step task that runs away from the executor holding
 #: its shard (that executor busy past spark.locality.wait) fails with ShardMissing; by default Spark may run the
 #: retry on the same wrong executor again, up to spark.task.maxFailures times (seen: 2 in a row). Task-level
@@ -52,13 +52,15 @@ def read_spark_conf(path: str | os.PathLike) -> dict[str, str]:
 
 def session(master: str | None = None, app_name: str = "mnist_lenet_spark", conf: dict | None = None,
             conf_file: str | os.PathLike | None = None):
-    """A SparkSession with the settings of ``conf_file`` (default: the checkout's conf/spark-defaults.conf),
-    then ``conf`` on top; Spark logs through conf/log4j2.properties (warnings and errors)."""
+    """A SparkSession with the settings of ``conf_file`` (default: conf/spark-defaults.conf, the checkout's or
+    the installed wheel's copy), then ``conf`` on top; Spark logs through conf/log4j2.properties (warnings and
+    errors)."""
     from pyspark.sql import SparkSession
     if conf_file is None and SPARK_DEFAULTS.is_file():
         conf_file = SPARK_DEFAULTS
-    elif conf_file is None:  # an installed package without its checkout: Spark's own defaults
-        log.warning("%s not found: the session runs with Spark's default settings", SPARK_DEFAULTS)
+    elif conf_file is None:  # neither a wheel's copy nor a checkout (a package zip away from its checkout)
+        log.warning("%s not found: the session starts with Spark's default settings (training applies or names "
+                    "the ones it needs: spark_conf.check)", SPARK_DEFAULTS)
     settings = read_spark_conf(conf_file) if conf_file else {}
     settings.update(conf or {})
     resolved = _master_of(master, settings)

@@ -1,0 +1,196 @@
+"""Train LeNet on MNIST with synchronous SGD on Spark; prints the test accuracy.
+
+    spark-submit --properties-file conf/spark-defaults.conf jobs/train_lenet.py --epochs 1
+    python jobs/train_lenet.py --master 'local[*]' --epochs 1
+    mnist-lenet-train --master 'local[*]' --epochs 1        (the installed package's command)
+
+Settings not given as flags come from conf/training.json (or --training-conf), then from
+``mnist_lenet_spark.config``.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from mnist_lenet_spark import config, data, files
+from mnist_lenet_spark.executor.rows import PIXEL_RANGES
+from mnist_lenet_spark.executor.straggler import StragglerModel
+from mnist_lenet_spark.jobs import runs
+from mnist_lenet_spark.jobs.cli import (
+    Parser,
+    finite_float,
+    int_list,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    probability,
+)
+from mnist_lenet_spark.loop import training
+
+TRAINING_CONF = files.resource("conf", "training.json")  # the checkout's, or an installed wheel's copy
+
+
+def parse_args(argv=None):
+    p = Parser(prog="train_lenet", description=__doc__.splitlines()[0])
+    p.add_argument("--master", default=None, help="Spark master when run with plain python (default local[*]); "
+                                                   "under spark-submit the master comes from spark-submit")
+    p.add_argument("--conf", default=None, help="a spark-defaults.conf to apply (plain python runs)")
+    p.add_argument("--training-conf", default=str(TRAINING_CONF), help="JSON file of training settings")
+    p.add_argument("--data-dir", default=None, help="folder with the four MNIST IDX files (default: bundled)")
+    p.add_argument("--train", default=None, help="training data on any Hadoop path, read as a DataFrame and staged "
+                                                 "on the executors (idx: a folder; csv, parquet: files)")
+    p.add_argument("--test", default=None, help="test data, with --train (idx default: the --train folder)")
+    p.add_argument("--format", choices=["idx", "csv", "parquet"], default="idx", help="of --train and --test")
+    p.add_argument("--staging-dir", default=None, help="with --train: where the staged shards go, a folder every "
+                        "executor mounts or a store's URL (s3://bucket/prefix); default: each executor's local disk")
+    p.add_argument("--pixel-range", choices=PIXEL_RANGES, default=None,
+                   help="with --train: numeric features hold whole numbers 0..255 (default) or values 0..1 "
+                        "(multiples of 1/255; never rounded)")
+    p.add_argument("--features-col", default=None, help="with --train --format parquet: the images' column "
+                   "(default features)")
+    p.add_argument("--label-col", default=None,
+                   help="with --train --format parquet: the labels' column (default label)")
+    p.add_argument("--validation-fraction", type=float, default=None,
+                   help="with --train: validate on this fraction of the rows (spread evenly, the same for a seed) "
+                        "instead of the first 5,000")
+    p.add_argument("--validation-col", default=None,
+                   help="with --train --format parquet: validate on the rows this boolean column marks")
+    p.add_argument("--save-model", default=None, help="write the Spark ML model directory here (any Hadoop path)")
+    p.add_argument("--model", default="lenet", metavar="NAME|PATH.json",
+                   help="lenet (SystemML's LeNet), resnet (ResNet-8 with batch norm), or a network definition "
+                        "composed from the layers (docs/models.md)")
+    p.add_argument("--image-shape", type=int_list, default=None, metavar="C,H,W",
+                   help="channels,height,width of the --train rows' images (pixels channel-major); default: the "
+                        "model's (1,28,28 for the presets)")
+    p.add_argument("--classes", type=positive_int, default=None,
+                   help="labels are 0 .. classes - 1; default: the model's (10 for the presets)")
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--max-steps", type=positive_int)
+    p.add_argument("--workers", type=positive_int)
+    p.add_argument("--backup-workers", type=non_negative_int)
+    p.add_argument("--backup-mode", choices=["cancel", "wait-all"],
+                   help="cancel: go on at the N-th result; wait-all: wait for every task, keep the first N")
+    p.add_argument("--backup-combine", choices=["driver", "executors"],
+                   help="where kept gradients are added: driver (a running sum) or executors (a job over "
+                        "the kept tasks' cached results; for tens of workers and more)")
+    p.add_argument("--batch-size", type=positive_int, help="per worker")
+    p.add_argument("--lr", type=finite_float)
+    p.add_argument("--momentum", type=finite_float)
+    p.add_argument("--lr-decay", type=finite_float)
+    p.add_argument("--l2", type=finite_float)
+    p.add_argument("--warmup-steps", type=non_negative_int)
+    p.add_argument("--lr-schedule", choices=["exponential", "cosine"],
+                   help="exponential: lr x lr-decay per epoch (default); cosine: per step, to 0 at the last step")
+    p.add_argument("--lr-scaling", choices=["none", "linear"], default="none",
+                   help="linear: lr x (workers x batch size / 64), Goyal et al. 2017")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--limit-train", type=positive_int, default=None, help="use the first N training images")
+    p.add_argument("--validate-every", type=non_negative_int)
+    p.add_argument("--early-stopping-patience", type=non_negative_int, metavar="N",
+                   help="stop once the validation metric has not improved for N validations in a row (every "
+                        "--validate-every steps and at each epoch's end) and keep the best parameters; 0: off")
+    p.add_argument("--early-stopping-min-delta", type=non_negative_float, metavar="X",
+                   help="early stopping: an improvement is a change of more than X (default 0)")
+    p.add_argument("--early-stopping-metric", choices=["accuracy", "loss"],
+                   help="early stopping watches the validation accuracy (default) or loss")
+    p.add_argument("--metrics", default=None, help="write one JSON object per step to this file")
+    p.add_argument("--summary", default=None, help="write one JSON object with the run's results")
+    p.add_argument("--checkpoint-dir", default=None)
+    p.add_argument("--checkpoint-every", type=non_negative_int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    p.add_argument("--model-out", default=None, help="save the trained parameters to this .npz")
+    p.add_argument("--straggler-prob", type=probability, default=0.0)
+    p.add_argument("--straggler-delay", type=non_negative_float, default=0.0, help="seconds")
+    p.add_argument("--slow-partitions", type=int_list, default=(),
+                   help="comma-separated partitions that always straggle")
+    p.add_argument("--task-failure-prob", type=probability, default=0.0,
+                   help="experiments: each gradient task attempt fails with this probability (Spark retries it)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.resume and not args.checkpoint_dir:
+        p.error("--resume needs --checkpoint-dir")
+    if args.checkpoint_every and not args.checkpoint_dir:
+        p.error("--checkpoint-every needs --checkpoint-dir")
+    if args.train and (args.data_dir or args.limit_train):
+        p.error("--train reads its own data: it goes without --data-dir and --limit-train")
+    if args.staging_dir and not args.train:
+        p.error("--staging-dir needs --train")
+    for flag in ("features_col", "label_col", "validation_col"):
+        if getattr(args, flag) and args.format != "parquet":
+            p.error(f"--{flag.replace('_', '-')} needs --train with --format parquet (IDX and CSV have fixed columns)")
+    if args.validation_fraction is not None and not args.train:
+        p.error("--validation-fraction needs --train (the bundled MNIST validates on its first 5,000 images)")
+    if args.validation_fraction is not None and not 0 < args.validation_fraction < 1:
+        p.error(f"argument --validation-fraction: must be in (0, 1), got {args.validation_fraction}")
+    if args.validation_fraction is not None and args.validation_col:
+        p.error("--validation-fraction and --validation-col: give one")
+    if args.pixel_range and not args.train:
+        p.error("--pixel-range needs --train (the MNIST IDX files hold bytes 0..255)")
+    if args.test and not args.train:
+        p.error("--test needs --train")
+    if args.train and args.format != "idx" and not args.test:
+        p.error(f"--format {args.format} needs --test as well as --train")
+    if args.data_dir:
+        try:
+            if not Path(args.data_dir).is_dir():
+                p.error(f"argument --data-dir: {args.data_dir}: no such directory")
+        except OSError as e:  # e.g. a folder above it may not be entered
+            p.error(f"argument --data-dir: {args.data_dir}: {e.strerror}")
+    if args.conf and not Path(args.conf).is_file():
+        p.error(f"argument --conf: {args.conf}: no such file")
+    return args
+
+
+def train_run(args) -> runs.TrainRun:
+    """conf/training.json, then the flags given on the command line."""
+    conf = config.read_training_conf(args.training_conf)
+    base = runs.TrainRun(config=conf.sgd, backup=conf.backup, workers=conf.workers)
+    return runs.with_flags(
+        base, model=args.model, image_shape=tuple(args.image_shape) if args.image_shape else None,
+        classes=args.classes, epochs=args.epochs,
+        max_steps=args.max_steps, workers=args.workers, batch_size=args.batch_size,
+        lr=args.lr, momentum=args.momentum, lr_decay=args.lr_decay, l2=args.l2, warmup_steps=args.warmup_steps,
+        lr_schedule=args.lr_schedule,
+        seed=args.seed, validate_every=args.validate_every, backup_workers=args.backup_workers,
+        early_stopping_patience=args.early_stopping_patience,
+        early_stopping_min_delta=args.early_stopping_min_delta, early_stopping_metric=args.early_stopping_metric,
+        backup_mode=args.backup_mode, backup_combine=args.backup_combine, lr_scaling=args.lr_scaling,
+        straggler=StragglerModel(args.straggler_prob, args.straggler_delay, args.slow_partitions,
+                                 args.task_failure_prob),
+        master=args.master, spark_conf=args.conf, data_dir=args.data_dir, limit_train=args.limit_train,
+        train_path=args.train, test_path=args.test, data_format=args.format, save_model=args.save_model,
+        staging_dir=args.staging_dir, pixel_range=args.pixel_range, features_col=args.features_col,
+        label_col=args.label_col, validation_fraction=args.validation_fraction, validation_col=args.validation_col,
+        checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
+        metrics=args.metrics, summary=args.summary, model_out=args.model_out, progress=not args.no_progress)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # its connection chatter is not for users
+    try:
+        summary = runs.train(train_run(args))
+    except (data.DataError, config.ConfigError) as e:
+        print(f"train_lenet: error: {e}", file=sys.stderr)
+        return 2
+    except training.DivergenceError as e:
+        print(f"train_lenet: error: {e}", file=sys.stderr)
+        return 3
+    except training.StepFailure as e:
+        print(f"train_lenet: error: {e}", file=sys.stderr)
+        return 4
+    print(f"steps {summary['steps']}, {summary['train_seconds']:.1f} s, {summary['examples_per_second']:.0f} "
+          f"examples/s, median step {summary['step_seconds_median'] * 1000:.0f} ms")
+    if summary.get("stopped_early"):
+        print(f"stopped early after step {summary['stopped_step']}; the best validation "
+              f"{summary['early_stopping_metric']} was {summary['best_metric']:.4f} at step {summary['best_step']}")
+    if summary["validation_accuracy"] is not None:
+        print(f"validation accuracy: {summary['validation_accuracy']:.4f}")
+    print(f"test accuracy: {summary['test_accuracy']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
