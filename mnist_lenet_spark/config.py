@@ -40,6 +40,7 @@ def _raise_failed(obj, checks, prefix: str = "") -> None:
 
 
 LR_SCHEDULES = ("exponential", "cosine")
+EARLY_STOPPING_METRICS = ("accuracy", "loss")  # of the validation data
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,12 @@ class SGDConfig:
     dropout: bool = True
     warmup_steps: int = 0  # linear warm-up of the learning rate (Goyal et al. 2017)
     lr_schedule: str = "exponential"  # lr x lr_decay per epoch; "cosine": per step, to 0 at the run's last step
+    # early stopping: stop once the validation metric has not improved by more than min_delta for this many
+    # validations in a row (validations: every validate_every steps and at each epoch's end); 0 = off. The fit
+    # then ends with the parameters of the best validation.
+    early_stopping_patience: int = 0
+    early_stopping_min_delta: float = 0.0
+    early_stopping_metric: str = "accuracy"  # "accuracy" (higher is better) or "loss" (validation loss, lower)
 
     def __post_init__(self):
         _check_types(self)
@@ -72,6 +79,11 @@ class SGDConfig:
             ("max_steps", self.max_steps is None or self.max_steps >= 1, "must be >= 1"),
             ("warmup_steps", self.warmup_steps >= 0, "must be >= 0"),
             ("lr_schedule", self.lr_schedule in LR_SCHEDULES, f"must be one of {', '.join(LR_SCHEDULES)}"),
+            ("early_stopping_patience", self.early_stopping_patience >= 0, "must be >= 0 (0: off)"),
+            ("early_stopping_min_delta", math.isfinite(self.early_stopping_min_delta)
+             and self.early_stopping_min_delta >= 0, "must be a finite number >= 0"),
+            ("early_stopping_metric", self.early_stopping_metric in EARLY_STOPPING_METRICS,
+             f"must be one of {', '.join(EARLY_STOPPING_METRICS)}"),
         ]
         _raise_failed(self, checks)
 

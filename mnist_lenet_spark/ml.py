@@ -90,6 +90,13 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
     stragglerProb = _param("stragglerProb", "experiments: probability that a task is delayed", TypeConverters.toFloat)
     stragglerDelay = _param("stragglerDelay", "experiments: seconds of an injected delay", TypeConverters.toFloat)
     showProgress = _param("showProgress", "show a progress bar while fitting", TypeConverters.toBoolean)
+    earlyStoppingPatience = _param("earlyStoppingPatience", "stop once the validation metric has not improved for "
+                                   "this many validations in a row (each epoch's end; needs validationIndicatorCol) "
+                                   "and keep the best parameters; 0: off", TypeConverters.toInt)
+    earlyStoppingMinDelta = _param("earlyStoppingMinDelta", "early stopping: an improvement is a change of more than "
+                                   "this", TypeConverters.toFloat)
+    earlyStoppingMetric = _param("earlyStoppingMetric", "early stopping watches the validation 'accuracy' or 'loss'",
+                                 TypeConverters.toString)
 
     def __init__(self):
         super().__init__()
@@ -101,7 +108,9 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
                          l2=sgd.l2, warmupSteps=sgd.warmup_steps, lrSchedule=sgd.lr_schedule, lrScaling="none",
                          seed=sgd.seed,
                          checkpointInterval=0, checkpointDir="", stagingDir="", stragglerProb=0.0,
-                         stragglerDelay=0.0, showProgress=False)
+                         stragglerDelay=0.0, showProgress=False, earlyStoppingPatience=sgd.early_stopping_patience,
+                         earlyStoppingMinDelta=sgd.early_stopping_min_delta,
+                         earlyStoppingMetric=sgd.early_stopping_metric)
 
     def _network(self):
         """The ``models.base.Model`` the ``model``, ``imageShape`` and ``numClasses`` Params name (a ConfigError
@@ -123,12 +132,24 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
             raise ConfigError(f"pixelRange: {e}") from None
 
     def sgd_config(self) -> SGDConfig:
-        return SGDConfig(batch_size=self.getOrDefault(self.batchSize), lr=self.getOrDefault(self.lr),
-                         momentum=self.getOrDefault(self.momentum), lr_decay=self.getOrDefault(self.lrDecay),
-                         l2=self.getOrDefault(self.l2), epochs=self.getOrDefault(self.epochs),
-                         seed=self.getOrDefault(self.seed), max_steps=self.getOrDefault(self.maxSteps) or None,
-                         warmup_steps=self.getOrDefault(self.warmupSteps),
-                         lr_schedule=self.getOrDefault(self.lrSchedule))
+        """The SGDConfig the Params give; a bad value is a ConfigError naming the Param (``earlyStoppingMetric:
+        early_stopping_metric must be ...``)."""
+        values = {field: self.getOrDefault(getattr(self, name)) for name, field in _SGD_FIELDS.items()}
+        values["max_steps"] = values["max_steps"] or None
+        try:
+            return SGDConfig(**values)
+        except ConfigError as e:
+            name = next((n for n, f in _SGD_FIELDS.items() if str(e).startswith(f + " ")), None)
+            if name is None:
+                raise
+            raise ConfigError(f"{name}: {e}") from None
+
+
+#: Param name: the SGDConfig field it sets
+_SGD_FIELDS = {"batchSize": "batch_size", "lr": "lr", "momentum": "momentum", "lrDecay": "lr_decay", "l2": "l2",
+               "epochs": "epochs", "seed": "seed", "maxSteps": "max_steps", "warmupSteps": "warmup_steps",
+               "lrSchedule": "lr_schedule", "earlyStoppingPatience": "early_stopping_patience",
+               "earlyStoppingMinDelta": "early_stopping_min_delta", "earlyStoppingMetric": "early_stopping_metric"}
 
 
 def _add_accessors(cls, names: list[str]) -> None:
@@ -148,8 +169,13 @@ _SHARED_PARAMS = ["featuresCol", "labelCol", "predictionCol", "probabilityCol", 
 @dataclass
 class TrainingSummary:
     history: list[dict]  # one record per step: loss, lr, examples, seconds, ...
-    validation: list[dict] = field(default_factory=list)  # {step, epoch, accuracy}
+    validation: list[dict] = field(default_factory=list)  # {step, epoch, accuracy, loss}
     staging_seconds: float = 0.0  # the one pass that staged the shards
+    # early stopping (earlyStoppingPatience > 0): the model's weights are the best validation's
+    stopped_early: bool = False  # the fit stopped because the validation metric stopped improving
+    stopped_step: int | None = None  # the step it stopped after
+    best_step: int | None = None  # the step of the best validation: the step of the model's weights
+    best_metric: float | None = None  # the validation metric (earlyStoppingMetric) there
 
 
 class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, DefaultParamsWritable):
@@ -175,7 +201,11 @@ class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, Defaul
                       lr_scaling=self.getOrDefault(self.lrScaling), model=self._network())
         features, label = self.getFeaturesCol(), self.getLabelCol()
         train_df, val_df = dataset, None
-        if self.isDefined(self.validationIndicatorCol) and self.getValidationIndicatorCol():
+        has_indicator = self.isDefined(self.validationIndicatorCol) and bool(self.getValidationIndicatorCol())
+        if sgd.config.early_stopping_patience and not has_indicator:
+            raise ConfigError(f"earlyStoppingPatience {sgd.config.early_stopping_patience} needs validation rows: "
+                              f"set validationIndicatorCol")
+        if has_indicator:
             indicator = self.getValidationIndicatorCol()
             if indicator not in dataset.columns:
                 raise data.DataError(f"column '{indicator}' (validationIndicatorCol) not found")
@@ -190,7 +220,8 @@ class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, Defaul
         model = self._model_class(result.params)
         self._copyValues(model)
         model._set(imageShape=list(sgd.model.input_shape), numClasses=sgd.model.classes)  # the network's own
-        model._summary = TrainingSummary(result.history, result.validation, staging_seconds)
+        model._summary = TrainingSummary(result.history, result.validation, staging_seconds, result.stopped_early,
+                                         result.stopped_step, result.best_step, result.best_metric)
         return model
 
     def _checkpointing(self, sgd: SyncSGD) -> dict:

@@ -243,17 +243,19 @@ class SyncSGD:
         return report.sums, {"step_seconds": time.perf_counter() - t0, "pids": sorted(report.pids),
                              "task_seconds": max(report.seconds), "each_task_seconds": list(report.seconds)}
 
-    def _evaluate(self, spec, source, flat, chunk: int = 1000) -> float:
-        """Accuracy on the validation data (broadcast or staged), counted over the cluster."""
+    def _evaluate(self, spec, source, flat, chunk: int = 1000) -> dict[str, float]:
+        """{accuracy, loss} on the validation data (broadcast or staged), counted over the cluster; the loss is the
+        mean cross-entropy in inference mode, without the L2 term."""
         sizes = source.sizes()
         self.sc.setJobDescription("validation")
         bc = self.sc.broadcast(flat)
         try:
-            correct = source.ranges(self.sc, self.workers, chunk).mapPartitions(
-                partial(inference.count_correct_task, self._context(spec), source, bc)).sum()
+            correct, loss_sum = source.ranges(self.sc, self.workers, chunk).mapPartitions(
+                partial(inference.correct_and_loss_task, self._context(spec), source, bc)).sum()
         finally:
             bc.destroy(blocking=False)
-        return correct / sum(n for _, n in sizes)
+        count = sum(n for _, n in sizes)
+        return {"accuracy": float(correct) / count, "loss": float(loss_sum) / count}
 
     def accuracy(self, params: base.Params, images: np.ndarray, labels: np.ndarray) -> float:
         """Accuracy of ``params`` on uint8 ``images`` (N, ...) of C x H x W pixels each, counted over the cluster."""
@@ -261,6 +263,6 @@ class SyncSGD:
         spec = base.param_spec(params)
         bc = self.sc.broadcast((np.asarray(images), np.asarray(labels)))
         try:
-            return self._evaluate(spec, tasks.BroadcastData(bc), base.flatten(params, spec))
+            return self._evaluate(spec, tasks.BroadcastData(bc), base.flatten(params, spec))["accuracy"]
         finally:
             bc.destroy(blocking=False)

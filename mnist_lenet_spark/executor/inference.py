@@ -26,6 +26,32 @@ def count_correct(model: base.Model, params: base.Params, images: np.ndarray, la
     return int(np.sum(np.argmax(predict_images(model, params, images, chunk), axis=1) == labels))
 
 
+def correct_and_loss(model: base.Model, params: base.Params, images: np.ndarray, labels: np.ndarray,
+                     chunk: int = 500) -> tuple[int, float]:
+    """(how many of uint8 ``images`` (N, ...) the model classifies as ``labels`` (N,), the sum of their
+    cross-entropy losses -log p(label), inference mode, no L2 term): one pass for validation accuracy and loss."""
+    correct, loss_sum = 0, 0.0
+    labels = np.asarray(labels)
+    for i in range(0, len(labels), chunk):
+        probs = predict_images(model, params, images[i:i + chunk], chunk)  # (n, classes)
+        y = labels[i:i + chunk]
+        correct += int(np.sum(np.argmax(probs, axis=1) == y))
+        picked = probs[np.arange(len(y)), y].astype(np.float64)
+        loss_sum -= float(np.sum(np.log(np.maximum(picked, np.finfo(probs.dtype).tiny))))
+    return correct, loss_sum
+
+
+def correct_and_loss_task(ctx: TaskContext, source, params_bc, partition: Iterator[tuple[int, int, int]]):
+    """[correct predictions, summed loss] (float64 (2,)) over (shard, start, stop) row ranges of the data."""
+    tune_process(ctx.threads)
+    params = base.unflatten(params_bc.value, ctx.spec)
+    total = np.zeros(2)
+    for k, a, b in partition:
+        images, labels, _ = source.shard(k)
+        total += correct_and_loss(ctx.model, params, images[a:b], labels[a:b])
+    yield total
+
+
 def count_correct_task(ctx: TaskContext, source, params_bc, partition: Iterator[tuple[int, int, int]]):
     """Correct predictions over (shard, start, stop) row ranges of the data (positions within the shard)."""
     tune_process(ctx.threads)

@@ -119,11 +119,27 @@ def _resume_state(run: TrainRun, checkpoint: Path, shape: dict, network) -> trai
         if found.shape != expected.shape or found.dtype != expected.dtype:
             raise ConfigError(f"{checkpoint}: {name} of shape {found.shape} {found.dtype}, the model has "
                               f"{expected.shape} {expected.dtype}")
+    watched = state.early_stopping.metric if state.early_stopping is not None else None
+    if run.config.early_stopping_patience and watched not in (None, run.config.early_stopping_metric):
+        raise ConfigError(f"{checkpoint}: written with --early-stopping-metric {watched}, resumed with "
+                          f"{run.config.early_stopping_metric}")
     lr = run.config.scaled_for(run.workers, run.lr_scaling).lr
     if saved.get("lr") is not None and saved["lr"] != lr:
         log.info("resuming with lr %g (the checkpoint's run had %g)", lr, saved["lr"])
     log.info("resuming from %s at step %d", checkpoint, state.step)
     return state
+
+
+def _validation_of_params(result: training.FitResult, config: SGDConfig) -> float | None:
+    """The validation accuracy of the parameters the fit ended with: the last validation's, or under early
+    stopping the best one's."""
+    if not result.validation:
+        return None
+    if config.early_stopping_patience and result.best_step is not None:
+        at_best = [v for v in result.validation if v["step"] == result.best_step]
+        if at_best:
+            return at_best[-1]["accuracy"]
+    return result.validation[-1]["accuracy"]
 
 
 def _data_fingerprint(labels: np.ndarray) -> str:
@@ -226,7 +242,7 @@ def train(run: TrainRun) -> dict:
         stats = step_statistics(result.history)
         summary = {
             "status": "ok", "model": run.model, "test_accuracy": test_accuracy,
-            "validation_accuracy": result.validation[-1]["accuracy"] if result.validation else None,
+            "validation_accuracy": _validation_of_params(result, config),
             "epochs": config.epochs, "workers": run.workers, "batch_size": config.batch_size,
             "backup_workers": run.backup.workers, "shards": shards, "train_seconds": train_seconds,
             "staging_seconds": staging_seconds, "setup_seconds": result.setup_seconds,
@@ -236,6 +252,10 @@ def train(run: TrainRun) -> dict:
             "late_tasks_killed_by_spark": result.late_tasks.get("killed_by_spark", 0),
             "spark_master": spark.sparkContext.master, **stats,
         }
+        if config.early_stopping_patience:  # test_accuracy and the model are the best validation's
+            summary.update({"early_stopping_metric": config.early_stopping_metric,
+                            "stopped_early": result.stopped_early, "stopped_step": result.stopped_step,
+                            "best_step": result.best_step, "best_metric": result.best_metric})
     except BaseException as e:  # the summary tells how the run ended, then the error goes on to the caller
         status = "diverged" if isinstance(e, training.DivergenceError) else "failed"
         summary = {"status": status, "error": str(e).splitlines()[0] if str(e) else type(e).__name__,

@@ -15,12 +15,15 @@ from mnist_lenet_spark.models import base
 def fit_local(train_images: np.ndarray, train_labels: np.ndarray, config: SGDConfig = SGDConfig(),
               model: base.Model | None = None, validation: tuple[np.ndarray, np.ndarray] | None = None,
               on_step: Callable[[dict], None] | None = None, state: training.TrainState | None = None,
-              shards: int = 1, dtype=np.float32, kept: list[list[int]] | None = None) -> training.FitResult:
+              shards: int = 1, dtype=np.float32, kept: list[list[int]] | None = None,
+              checkpoint: Callable[[training.TrainState], None] | None = None,
+              checkpoint_every: int = 0) -> training.FitResult:
     """Train on uint8 ``train_images`` (N, 28, 28) and int ``train_labels`` (N,); ``validation`` likewise.
 
     With ``shards=W`` it computes, one after the other, the same W mini-batches per step that
     ``SyncSGD(workers=W)`` spreads over Spark tasks: the same examples, the same update. ``kept[s]``: only
     these of step ``s``'s mini-batches (a backup-worker run's ``history[s]["kept"]``, replayed).
+    ``state`` resumes from a checkpoint; ``checkpoint(state)`` is called every ``checkpoint_every`` steps.
     """
     model = model if model is not None else models.by_name("lenet")
     spec, fresh = training.new_state(model, config.seed)
@@ -35,7 +38,8 @@ def fit_local(train_images: np.ndarray, train_labels: np.ndarray, config: SGDCon
 
     def evaluate(flat):
         images, labels = validation
-        return inference.count_correct(model, base.unflatten(flat, spec), images, labels) / len(labels)
+        correct, loss_sum = inference.correct_and_loss(model, base.unflatten(flat, spec), images, labels)
+        return {"accuracy": correct / len(labels), "loss": loss_sum / len(labels)}
 
     return training.fit_loop(model, spec, state, len(train_labels), shards, gradient, config,
-                             evaluate if validation is not None else None, on_step)
+                             evaluate if validation is not None else None, on_step, checkpoint, checkpoint_every)

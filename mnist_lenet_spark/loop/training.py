@@ -59,6 +59,33 @@ class TrainState:
     step: int = 0  # global steps done
     epoch: int = 0
     step_in_epoch: int = 0
+    early_stopping: EarlyStopping | None = None  # with early stopping on: the best validation so far
+
+
+@dataclass
+class EarlyStopping:
+    """Early stopping's memory, saved in checkpoints: the best validation metric so far, the step and the
+    parameters (P,) it was reached with (batch norm's running statistics included: they are in the vector), how
+    many validations in a row have not improved on it, and the step a run stopped at (None: not stopped)."""
+    metric: str  # "accuracy" or "loss"
+    best: float | None = None
+    best_step: int = 0
+    best_params: np.ndarray | None = None
+    bad_validations: int = 0
+    stopped_step: int | None = None
+
+    def improves(self, value: float, min_delta: float) -> bool:
+        """Whether ``value`` beats the best by more than ``min_delta`` (the first value always does)."""
+        if self.best is None:
+            return True
+        if self.metric == "accuracy":
+            return value > self.best + min_delta
+        return value < self.best - min_delta
+
+    def meta(self) -> dict:
+        """The JSON part of a checkpoint (``best_params`` goes into the .npz beside it)."""
+        return {"metric": self.metric, "best": self.best, "best_step": self.best_step,
+                "bad_validations": self.bad_validations, "stopped_step": self.stopped_step}
 
 
 @dataclass
@@ -69,6 +96,11 @@ class FitResult:
     state: TrainState | None = None
     setup_seconds: float = 0.0  # before the first step: data to the executors, workers warmed (Spark)
     late_tasks: dict = field(default_factory=dict)  # backup workers: {stopped_by_signal, killed_by_spark}
+    # early stopping (config.early_stopping_patience > 0): ``params`` are those of the best validation
+    stopped_early: bool = False  # the run stopped because the validation metric stopped improving
+    stopped_step: int | None = None  # the step it stopped after
+    best_step: int | None = None  # the step of the best validation: the step of ``params``
+    best_metric: float | None = None  # the validation metric (config.early_stopping_metric) there
 
 
 Gradient = Callable[[np.ndarray, list[sharding.ShardBatch]], tuple[GradientSum, dict]]
@@ -126,20 +158,33 @@ def fit_loop(model: base.Model, spec: base.ParamSpec, state: TrainState, num_exa
              gradient: Gradient, config: SGDConfig, evaluate: Callable[[np.ndarray], float] | None = None,
              on_step: Callable[[dict], None] | None = None,
              checkpoint: Callable[[TrainState], None] | None = None, checkpoint_every: int = 0) -> FitResult:
-    """Run synchronous SGD from ``state`` until ``config.epochs`` (or ``max_steps``) are done."""
+    """Run synchronous SGD from ``state`` until ``config.epochs`` (or ``max_steps``) are done, or until early
+    stopping (``config.early_stopping_patience`` validations in a row without improvement) stops it.
+
+    ``evaluate(flat_params)`` -> {"accuracy": ..., "loss": ...} on the validation data, run every
+    ``config.validate_every`` steps and at each epoch's end.
+    """
     result = FitResult(params={}, state=state)
     opt = sgd_nesterov.NesterovState(state.velocity)
     total_steps = config.total_steps(num_examples, shards)
+    stopping = _early_stopping(config, state, evaluate is not None)
+    validated_step = None
 
     def validate():
-        if evaluate is not None:
-            acc = evaluate(state.params)
-            result.validation.append({"step": state.step, "epoch": state.epoch, "accuracy": acc})
-            log.info("step %d epoch %d: validation accuracy %.4f", state.step, state.epoch, acc)
+        nonlocal validated_step
+        if evaluate is None:
+            return
+        scores = evaluate(state.params)
+        validated_step = state.step
+        result.validation.append({"step": state.step, "epoch": state.epoch, **scores})
+        log.info("step %d epoch %d: validation accuracy %.4f, loss %.4f", state.step, state.epoch,
+                 scores["accuracy"], scores["loss"])
+        if stopping is not None:
+            _track(stopping, scores[stopping.metric], state, config)
 
-    while state.epoch < config.epochs and state.step < total_steps:
+    while stopping_allows(stopping) and state.epoch < config.epochs and state.step < total_steps:
         batches = sharding.epoch_batches(num_examples, shards, config.batch_size, config.seed, state.epoch)
-        while state.step_in_epoch < len(batches) and state.step < total_steps:
+        while stopping_allows(stopping) and state.step_in_epoch < len(batches) and state.step < total_steps:
             lr = config.learning_rate(state.epoch, state.step, total_steps)
             t0 = time.perf_counter()
             step_batches = batches[state.step_in_epoch]
@@ -168,8 +213,68 @@ def fit_loop(model: base.Model, spec: base.ParamSpec, state: TrainState, num_exa
             state.step_in_epoch = 0
             if not (config.validate_every and state.step % config.validate_every == 0):
                 validate()
-    result.params = {k: v.copy() for k, v in base.unflatten(state.params, spec).items()}
+    final = state.params
+    if stopping is not None:
+        final = _best_params(stopping, state, evaluate, validated_step, config, result)
+    result.params = {k: v.copy() for k, v in base.unflatten(final, spec).items()}
     return result
+
+
+def stopping_allows(stopping: EarlyStopping | None) -> bool:
+    """Whether the loop may take another step: not once early stopping has stopped the run."""
+    return stopping is None or stopping.stopped_step is None
+
+
+def _early_stopping(config: SGDConfig, state: TrainState, has_validation: bool) -> EarlyStopping | None:
+    """The state's early-stopping memory (a resumed run's, else a new one), or None with early stopping off."""
+    if not config.early_stopping_patience:
+        return None
+    if not has_validation:
+        raise ConfigError(f"early_stopping_patience {config.early_stopping_patience} needs validation data: "
+                          f"early stopping watches the validation {config.early_stopping_metric}")
+    if state.early_stopping is None:
+        state.early_stopping = EarlyStopping(config.early_stopping_metric)
+    elif state.early_stopping.metric != config.early_stopping_metric:
+        raise ConfigError(f"early_stopping_metric {config.early_stopping_metric!r}: the resumed run watched "
+                          f"{state.early_stopping.metric!r}")
+    if state.early_stopping.stopped_step is not None:
+        log.info("early stopping had stopped this run at step %d: no more steps", state.early_stopping.stopped_step)
+    return state.early_stopping
+
+
+def _track(stopping: EarlyStopping, value: float, state: TrainState, config: SGDConfig) -> None:
+    """One validation's ``value`` into the early-stopping memory; stops the run after ``patience`` without
+    improvement."""
+    if stopping.improves(value, config.early_stopping_min_delta):
+        stopping.best, stopping.best_step, stopping.bad_validations = value, state.step, 0
+        stopping.best_params = state.params.copy()
+        return
+    stopping.bad_validations += 1
+    if stopping.bad_validations >= config.early_stopping_patience:
+        stopping.stopped_step = state.step
+        log.info("early stopping at step %d: validation %s has not improved by more than %g in %d validations; "
+                 "the best, %.4f, was at step %d", state.step, stopping.metric, config.early_stopping_min_delta,
+                 stopping.bad_validations, stopping.best, stopping.best_step)
+
+
+def _best_params(stopping: EarlyStopping, state: TrainState, evaluate, validated_step: int | None,
+                 config: SGDConfig, result: FitResult) -> np.ndarray:
+    """The parameters (P,) the fit ends with under early stopping: the best validation's, and the result's record
+    of it. A run that ends (epochs, max_steps) after steps no validation saw validates its last parameters once
+    more, and ends with them if they are the best; that validation does not enter the early-stopping memory
+    (``state``), so a run resumed from the final checkpoint goes on as an uninterrupted one would."""
+    best, best_step, params = stopping.best, stopping.best_step, stopping.best_params
+    if stopping.stopped_step is None and validated_step != state.step and state.step > best_step:
+        scores = evaluate(state.params)
+        result.validation.append({"step": state.step, "epoch": state.epoch, **scores, "final": True})
+        log.info("step %d (last): validation accuracy %.4f, loss %.4f", state.step, scores["accuracy"],
+                 scores["loss"])
+        if params is None or stopping.improves(scores[stopping.metric], config.early_stopping_min_delta):
+            best, best_step, params = scores[stopping.metric], state.step, state.params
+    result.stopped_early = stopping.stopped_step is not None
+    result.stopped_step = stopping.stopped_step
+    result.best_step, result.best_metric = best_step, best
+    return params if params is not None else state.params
 
 
 def _check_finite(loss: float, grad: np.ndarray, count: int, state: TrainState) -> None:
@@ -192,11 +297,17 @@ def new_state(model: base.Model, seed: int) -> tuple[base.ParamSpec, TrainState]
 
 
 def save_checkpoint(path: str | os.PathLike, state: TrainState, config: SGDConfig, extra: dict | None = None) -> None:
-    """Write parameters, momentum, step, epoch and config atomically (temp file + rename)."""
+    """Write parameters, momentum, step, epoch, config and early stopping's memory atomically (temp file +
+    rename)."""
     meta = {"step": state.step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
             "config": dataclasses.asdict(config), **(extra or {})}
+    arrays = {"params": state.params, "velocity": state.velocity}
+    if state.early_stopping is not None:
+        meta["early_stopping"] = state.early_stopping.meta()
+        if state.early_stopping.best_params is not None:
+            arrays["best_params"] = state.early_stopping.best_params
     buffer = io.BytesIO()
-    np.savez(buffer, params=state.params, velocity=state.velocity, meta=np.array(json.dumps(meta)))
+    np.savez(buffer, **arrays, meta=np.array(json.dumps(meta)))
     files.write_atomically(path, buffer.getvalue())
     log.info("checkpoint at step %d written to %s", state.step, path)
 
@@ -209,6 +320,13 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[TrainState, dict[str, Any]
             meta = json.loads(str(z["meta"]))
             state = TrainState(z["params"], z["velocity"], int(meta["step"]), int(meta["epoch"]),
                                int(meta["step_in_epoch"]))
+            if meta.get("early_stopping") is not None:
+                found = meta["early_stopping"]
+                state.early_stopping = EarlyStopping(
+                    str(found["metric"]), None if found["best"] is None else float(found["best"]),
+                    int(found["best_step"]), z["best_params"] if "best_params" in z.files else None,
+                    int(found["bad_validations"]),
+                    None if found["stopped_step"] is None else int(found["stopped_step"]))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such checkpoint") from None
     except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
