@@ -155,12 +155,18 @@ def backward(dout: np.ndarray, cache: Columns, need_dx: bool = True):
     dw_rows = np.zeros(cache.w_rows.shape, dout.dtype)  # (HH/fold, K, F)
     add_weight_grads(cache, dout, 0, dout.shape[0], dw_rows)
     dw, db = filters(dw_rows, cache.w_shape), bias_grad(dout)
-    if not need_dx:
-        return None, dw, db
+    return (input_gradient(dout, cache) if need_dx else None), dw, db
+
+
+def input_gradient(dout: np.ndarray, cache: Columns) -> np.ndarray:
+    """dout (Hout, N, Wout, F) -> dx (H, N, W, C), the faster way for the shape. Measured here (one thread, batch
+    64, whole training steps): the transposed convolution is ~2 % faster for a VGG's 3x3 layers of 32 and 64
+    channels and up to ~2x for a ResNet's of 16 and 32 (stride 1), but ~10 % slower for LeNet's 5x5 conv2 (32 -> 64
+    channels), where col2im's 5 passes over a 160-column matrix beat building dout's 320-column one."""
     hh, ww = cache.w_shape[2:]
-    if cache.stride == 1 and cache.pad < min(hh, ww):
-        return transposed_input_grad(dout, cache), dw, db
-    return input_grad(dout, cache), dw, db
+    if cache.stride == 1 and cache.pad < min(hh, ww) and max(hh, ww) <= 3:
+        return transposed_input_grad(dout, cache)
+    return input_grad(dout, cache)
 
 
 def transposed_input_grad(dout: np.ndarray, cache: Columns) -> np.ndarray:

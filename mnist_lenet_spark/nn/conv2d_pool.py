@@ -58,5 +58,5 @@ def backward(dout: np.ndarray, cache: Cache, need_dx: bool = True):
                                     out=None if dconv is None else dconv[lo:hi])  # (hi-lo, N, Wout, F)
         conv2d.add_weight_grads(conv, dband, lo, hi, dw_rows)
         db += conv2d.bias_grad(dband)
-    dx = conv2d.input_grad(dconv, conv) if need_dx else None
+    dx = conv2d.input_gradient(dconv, conv) if need_dx else None
     return dx, conv2d.filters(dw_rows, conv.w_shape), db
