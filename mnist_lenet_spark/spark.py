@@ -23,7 +23,7 @@ from mnist_lenet_spark.executor.emulation import EmulatedCompute
 from mnist_lenet_spark.executor.shards import StagedShards
 from mnist_lenet_spark.executor.straggler import StragglerModel
 from mnist_lenet_spark.loop import sharding, training
-from mnist_lenet_spark import models
+from mnist_lenet_spark import models, spark_conf
 from mnist_lenet_spark.models import base
 from mnist_lenet_spark.session import session  # noqa: F401  (the README's ``msp.session``)
 
@@ -68,6 +68,7 @@ class SyncSGD:
         self.config = config.scaled_for(workers, lr_scaling)
         self.backup = dataclasses.replace(backup or BackupConfig(), **backup_options)
         self.sc = getattr(spark, "sparkContext", spark)
+        spark_conf.check(self.sc, self.backup.workers)  # a session not made by session(): one warning
         self.workers = workers
         self.model = model if model is not None else models.by_name("lenet")
         self.straggler = straggler if straggler is not None and straggler.active else None
