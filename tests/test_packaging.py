@@ -19,9 +19,9 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("setuptools") is None,
 CONF = ["spark-defaults.conf", "log4j2.properties", "training.json"]
 MNIST = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
          "t10k-labels-idx1-ubyte.gz"]
-COMMANDS = {"mnist-lenet-train": "mnist_lenet_spark.jobs.train_lenet:main",
-            "mnist-lenet-predict": "mnist_lenet_spark.jobs.predict:main",
-            "mnist-lenet-experiment": "mnist_lenet_spark.jobs.straggler_experiment:main"}
+COMMANDS = {"mnist-lenet-train": "mnist_lenet_spark.jobs.commands:train",
+            "mnist-lenet-predict": "mnist_lenet_spark.jobs.commands:predict",
+            "mnist-lenet-experiment": "mnist_lenet_spark.jobs.commands:experiment"}
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +108,20 @@ def test_installed_package_finds_conf_and_mnist_without_the_checkout(wheel, tmp_
     assert found["settings"]["spark.shuffle.reduceLocality.enabled"] == "false"
     assert found["validate_every"] == json.loads((ROOT / "conf" / "training.json").read_text())["validate_every"]
     assert found["test_labels"] == 10000
+
+
+def test_a_command_raises_its_failing_status_and_returns_none_on_success(monkeypatch):
+    """A Databricks wheel task ignores a returned status: a failing job must raise (SystemExit with it)."""
+    from mnist_lenet_spark.jobs import commands, predict
+    with pytest.raises(SystemExit) as e:  # a bad flag: argparse's own exit
+        commands.train(["--workers", "0"])
+    assert e.value.code == 2
+    calls = []
+    monkeypatch.setattr(predict, "main", lambda argv: calls.append(argv) or (2 if argv == ["bad"] else 0))
+    with pytest.raises(SystemExit) as e:  # a job's returned status
+        commands.predict(["bad"])
+    assert e.value.code == 2
+    assert commands.predict(["good"]) is None and calls == [["bad"], ["good"]]
+    with pytest.raises(SystemExit) as e:
+        commands.experiment(["--help"])
+    assert e.value.code == 0
