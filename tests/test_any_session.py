@@ -33,6 +33,8 @@ def test_what_matters_depends_on_the_master_and_backup_workers():
     assert {"spark.shuffle.reduceLocality.enabled", "spark.python.task.killTimeout",
             "spark.excludeOnFailure.taskAndStage.enabled"} <= cluster
     assert "spark.driver.memory" not in cluster  # a cluster's driver memory is the platform's business
+    assert spark_conf.lacking({"spark.task.maxDirectResultSize": "lots"}, "local[2]") == spark_conf.lacking(
+        {"spark.task.maxDirectResultSize": "64m"}, "local[2]")  # a value we cannot parse is not named
     assert ("spark.python.task.killTimeout", "5000", "0s") in spark_conf.lacking(
         {"spark.python.task.killTimeout": "5000"}, "local[2]", backup_workers=1)
 
