@@ -68,7 +68,7 @@ class SyncSGD:
         self.config = config.scaled_for(workers, lr_scaling)
         self.backup = dataclasses.replace(backup or BackupConfig(), **backup_options)
         self.sc = getattr(spark, "sparkContext", spark)
-        spark_conf.check(self.sc, self.backup.workers)  # a session not made by session(): one warning
+        spark_conf.check(self.sc)  # a session not made by session(): one warning per SparkContext
         self.workers = workers
         self.model = model if model is not None else models.by_name("lenet")
         self.straggler = straggler if straggler is not None and straggler.active else None

@@ -38,7 +38,6 @@ class Need:
     default: str | Callable[[dict], str]  # Spark's, when the setting is unset
     cost: str
     where: str = _ANY
-    backup_only: bool = False  # matters only with backup workers
 
 
 _EXCLUDE_COST = ("a staged step task that ran away from the executor holding its shard may be retried on that "
@@ -56,8 +55,8 @@ NEEDS: dict[str, Need] = {
         "equal", "true", "each task starts a new Python worker: imports, BLAS set-up and the broadcast training "
         "set are redone every step"),
     "spark.python.task.killTimeout": Need(
-        "at most", "2s", "a cancelled backup task's Python worker keeps its core for up to that long after its "
-        "step has moved on", backup_only=True),
+        "at most", "2s", "with backup workers, a cancelled backup task's Python worker keeps its core for up to "
+        "that long after its step has moved on"),
     "spark.python.unix.domain.socket.enabled": Need(
         "equal", "false", "the JVM talks to its Python workers over TCP: ~40 ms more per step"),
     "spark.ui.showConsoleProgress": Need(
@@ -88,7 +87,7 @@ NEEDS: dict[str, Need] = {
 }
 
 _lock = threading.Lock()
-_warned: dict[str, set[str]] = {}  # SparkContext (application id) -> settings already named in a warning
+_checked: set[str] = set()  # the SparkContexts (application id @ start time) already checked
 
 
 def wanted() -> dict[str, str]:
@@ -100,7 +99,7 @@ def wanted() -> dict[str, str]:
     return conf
 
 
-def lacking(conf: dict[str, str], master: str, backup_workers: int = 0) -> list[tuple[str, str, str]]:
+def lacking(conf: dict[str, str], master: str) -> list[tuple[str, str, str]]:
     """(setting, its value here, the wanted value) for each wanted setting that ``conf`` (a SparkContext's
     settings, as ``getConf().getAll()`` gives them) lacks and that matters on ``master``."""
     local = master == "local" or master.startswith("local[")
@@ -108,8 +107,6 @@ def lacking(conf: dict[str, str], master: str, backup_workers: int = 0) -> list[
     for key, want in wanted().items():
         need = NEEDS.get(key)
         if need is None or (need.where == _LOCAL and not local) or (need.where == _CLUSTER and local):
-            continue
-        if need.backup_only and not backup_workers:
             continue
         default = need.default(conf) if callable(need.default) else need.default
         value = conf.get(key, default)
@@ -145,18 +142,18 @@ def _number(key: str, text: str) -> float:
     return float(number) * _UNITS[unit]
 
 
-def check(spark, backup_workers: int = 0) -> list[str]:
+def check(spark) -> list[str]:
     """Log one warning naming each setting the live session (a SparkSession or SparkContext) lacks and what that
-    costs; at most once per SparkContext for each setting. Returns the settings it named (now). Never raises: a
-    check that cannot read the session only logs why at debug level."""
+    costs, once per SparkContext (a later call on it checks nothing). Returns the settings it named. Never raises:
+    a check that cannot read the session only logs why at debug level."""
     sc = getattr(spark, "sparkContext", spark)
     try:
-        conf = dict(sc.getConf().getAll())
-        found = lacking(conf, sc.master, backup_workers)
         with _lock:
-            named = _warned.setdefault(f"{sc.applicationId}@{sc.startTime}", set())
-            new = [f for f in found if f[0] not in named]
-            named.update(key for key, _, _ in new)
+            context = f"{sc.applicationId}@{sc.startTime}"
+            if context in _checked:
+                return []
+            new = lacking(dict(sc.getConf().getAll()), sc.master)
+            _checked.add(context)
     except Exception as e:  # the check must never stop a fit
         log.debug("could not check the session's Spark settings: %s", e)
         return []

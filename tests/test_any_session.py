@@ -17,26 +17,27 @@ def test_every_setting_of_the_conf_file_says_what_lacking_it_costs():
 
 def test_what_session_sets_lacks_nothing_on_any_master():
     local = session.read_spark_conf(session.SPARK_DEFAULTS)
-    assert spark_conf.lacking(local, "local[2]", backup_workers=1) == []
-    assert spark_conf.lacking({**session.CLUSTER_DEFAULTS, **local}, "spark://host:7077", backup_workers=1) == []
+    assert spark_conf.lacking(local, "local[2]") == []
+    assert spark_conf.lacking({**session.CLUSTER_DEFAULTS, **local}, "spark://host:7077") == []
     # better values than the file's are fine: more result size and memory, fewer retained jobs
     assert spark_conf.lacking({**local, "spark.task.maxDirectResultSize": "128m", "spark.driver.memory": "4096",
                                "spark.ui.retainedJobs": "50", "spark.driver.extraJavaOptions":
-                               "-Dx=1 -XX:TieredStopAtLevel=1"}, "local[*]", backup_workers=1) == []
+                               "-Dx=1 -XX:TieredStopAtLevel=1"}, "local[*]") == []
 
 
-def test_what_matters_depends_on_the_master_and_backup_workers():
+def test_what_matters_depends_on_the_master():
     assert {key for key, _, _ in spark_conf.lacking({}, "local[2]")} == {
         "spark.python.unix.domain.socket.enabled", "spark.task.maxDirectResultSize", "spark.driver.memory",
-        "spark.driver.extraJavaOptions", "spark.ui.retainedJobs", "spark.ui.retainedStages"}
-    cluster = {key for key, _, _ in spark_conf.lacking({}, "yarn", backup_workers=1)}
+        "spark.driver.extraJavaOptions", "spark.ui.retainedJobs", "spark.ui.retainedStages",
+        "spark.python.task.killTimeout"}
+    cluster = {key for key, _, _ in spark_conf.lacking({}, "yarn")}
     assert {"spark.shuffle.reduceLocality.enabled", "spark.python.task.killTimeout",
             "spark.excludeOnFailure.taskAndStage.enabled"} <= cluster
     assert "spark.driver.memory" not in cluster  # a cluster's driver memory is the platform's business
     assert spark_conf.lacking({"spark.task.maxDirectResultSize": "lots"}, "local[2]") == spark_conf.lacking(
         {"spark.task.maxDirectResultSize": "64m"}, "local[2]")  # a value we cannot parse is not named
     assert ("spark.python.task.killTimeout", "5000", "0s") in spark_conf.lacking(
-        {"spark.python.task.killTimeout": "5000"}, "local[2]", backup_workers=1)
+        {"spark.python.task.killTimeout": "5000"}, "local[2]")
 
 
 class FakeContext:
@@ -54,14 +55,14 @@ class FakeContext:
         return Conf()
 
 
-def test_one_warning_per_context_naming_each_setting_once(caplog):
+def test_one_warning_per_context(caplog):
     sc = FakeContext("app-fake-1", {"spark.ui.retainedJobs": "1000"})
     with caplog.at_level(logging.WARNING, logger="mnist_lenet_spark.spark_conf"):
         first = spark_conf.check(sc)
         again = spark_conf.check(sc)
-        with_backup = spark_conf.check(sc, backup_workers=1)  # one more setting matters now: named alone
-    assert "spark.shuffle.reduceLocality.enabled" in first and again == []
-    assert with_backup == ["spark.python.task.killTimeout"]
+        other = spark_conf.check(FakeContext("app-fake-2", {}))  # another SparkContext: checked too
+    assert {"spark.shuffle.reduceLocality.enabled", "spark.python.task.killTimeout"} <= set(first)
+    assert again == [] and "spark.ui.retainedJobs" in other
     records = [r for r in caplog.records if r.name == "mnist_lenet_spark.spark_conf"]
     assert len(records) == 2 and all(r.levelno == logging.WARNING for r in records)
     text = records[0].getMessage()
