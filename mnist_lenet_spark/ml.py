@@ -39,7 +39,7 @@ from pyspark.ml.util import (
     MLWriter,
 )
 
-from mnist_lenet_spark import data, models, readers
+from mnist_lenet_spark import data, models, readers, tracking
 from mnist_lenet_spark.cluster import paths, staging
 from mnist_lenet_spark.config import BackupConfig, ConfigError, SGDConfig, TrainingConf
 from mnist_lenet_spark.executor import inference, rows
@@ -97,6 +97,9 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
                                    "this", TypeConverters.toFloat)
     earlyStoppingMetric = _param("earlyStoppingMetric", "early stopping watches the validation 'accuracy' or 'loss'",
                                  TypeConverters.toString)
+    mlflowTracking = _param("mlflowTracking", "log the fit to MLflow (needs mlflow): params, step and validation "
+                            "metrics, the summary, plots and the model; an active MLflow run is logged into "
+                            "without it", TypeConverters.toBoolean)
 
     def __init__(self):
         super().__init__()
@@ -110,7 +113,7 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
                          checkpointInterval=0, checkpointDir="", stagingDir="", stragglerProb=0.0,
                          stragglerDelay=0.0, showProgress=False, earlyStoppingPatience=sgd.early_stopping_patience,
                          earlyStoppingMinDelta=sgd.early_stopping_min_delta,
-                         earlyStoppingMetric=sgd.early_stopping_metric)
+                         earlyStoppingMetric=sgd.early_stopping_metric, mlflowTracking=False)
 
     def _network(self):
         """The ``models.base.Model`` the ``model``, ``imageShape`` and ``numClasses`` Params name (a ConfigError
@@ -176,6 +179,8 @@ class TrainingSummary:
     stopped_step: int | None = None  # the step it stopped after
     best_step: int | None = None  # the step of the best validation: the step of the model's weights
     best_metric: float | None = None  # the validation metric (earlyStoppingMetric) there
+    mlflow_run_id: str | None = None  # the MLflow run the fit was logged to (mlflowTracking, or an active run)
+    mlflow_model_uri: str | None = None  # the model logged there: mlflow.pyfunc.load_model(uri)
 
 
 class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, DefaultParamsWritable):
@@ -212,16 +217,33 @@ class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, Defaul
             is_val = F.coalesce(F.col(indicator).cast("boolean"), F.lit(False))
             train_df, val_df = dataset.filter(~is_val), dataset.filter(is_val)
         checkpointing = self._checkpointing(sgd)
-        result, staging_seconds = staging.fit_dataframes(
-            sgd, train_df, val_df, features, label, self.getOrDefault(self.stagingDir), pixel_range, **checkpointing,
-            on_step=self._progress(sgd))
-        if checkpointing:  # the final state too, whatever the interval
-            checkpointing["checkpoint"](result.state)
-        model = self._model_class(result.params)
-        self._copyValues(model)
-        model._set(imageShape=list(sgd.model.input_shape), numClasses=sgd.model.classes)  # the network's own
-        model._summary = TrainingSummary(result.history, result.validation, staging_seconds, result.stopped_early,
-                                         result.stopped_step, result.best_step, result.best_metric)
+        tracker = tracking.tracker(self.getOrDefault(self.mlflowTracking), "mlflowTracking")
+        on_step = self._progress(sgd)
+        if tracker:
+            tracker.start()
+            progress = on_step
+            on_step = (lambda record: (progress(record), tracker.on_step(record))) if progress else tracker.on_step
+        try:
+            if tracker:
+                tracker.log_training_params(sgd.config, sgd.backup, workers, sgd.model, self.getOrDefault(self.model),
+                                            lr_scaling=self.getOrDefault(self.lrScaling), estimator=type(self).__name__,
+                                            pixel_range=pixel_range, features_col=features, label_col=label)
+            result, staging_seconds = staging.fit_dataframes(
+                sgd, train_df, val_df, features, label, self.getOrDefault(self.stagingDir), pixel_range,
+                **checkpointing, on_step=on_step)
+            if checkpointing:  # the final state too, whatever the interval
+                checkpointing["checkpoint"](result.state)
+            model = self._model_class(result.params)
+            self._copyValues(model)
+            model._set(imageShape=list(sgd.model.input_shape), numClasses=sgd.model.classes)  # the network's own
+            model._summary = TrainingSummary(result.history, result.validation, staging_seconds, result.stopped_early,
+                                             result.stopped_step, result.best_step, result.best_metric)
+            if tracker:
+                _track_fit(tracker, model, sgd, result)
+        except BaseException as e:
+            if tracker:
+                tracker.fail(e)
+            raise
         return model
 
     def _checkpointing(self, sgd: SyncSGD) -> dict:
@@ -238,6 +260,32 @@ class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, Defaul
             return None
         from mnist_lenet_spark.progress import StepProgress
         return StepProgress().update
+
+
+def _track_fit(tracker: tracking.Tracker, model: NetworkClassificationModel, sgd: SyncSGD,
+               result: training.FitResult) -> None:
+    """A fit's validations, final numbers, summary, plots and model into its MLflow run, which then ends (unless
+    it is the caller's)."""
+    from mnist_lenet_spark.jobs.runs import _validation_of_params, step_statistics
+    s = model.summary
+    last = result.history[-1]["step"] if result.history else 0
+    final = {"final_loss": result.history[-1]["loss"] if result.history else None,
+             "staging_seconds": s.staging_seconds, "setup_seconds": result.setup_seconds,
+             **step_statistics(result.history), "stopped_early": s.stopped_early, "stopped_step": s.stopped_step,
+             "best_step": s.best_step, "best_metric": s.best_metric,
+             "validation_accuracy": _validation_of_params(result, sgd.config),  # the model's
+             "late_tasks_stopped_by_signal": result.late_tasks.get("stopped_by_signal", 0),
+             "late_tasks_killed_by_spark": result.late_tasks.get("killed_by_spark", 0)}
+    tracker.log_validation(result.validation)
+    tracker.log_final(final, step=last)
+    tracker.log_plots(result.history, result.validation,
+                      f"{sgd.workers} + {sgd.backup.workers} workers, {sgd.sc.master}")
+    tracker.log_model(sgd.model, model.weights)
+    s.mlflow_run_id, s.mlflow_model_uri = tracker.run_id, tracker.model_info.model_uri
+    tracker.log_summary({**final, "early_stopping_metric": sgd.config.early_stopping_metric,
+                         "mlflow_run_id": s.mlflow_run_id, "mlflow_model_uri": s.mlflow_model_uri,
+                         "validation": result.validation, "history": result.history})
+    tracker.finish()
 
 
 #: Spark 4 hands an Arrow UDF over a columnar source (Parquet) every column of its input in Arrow, which has no

@@ -77,3 +77,20 @@ def scaling(batches: list[int], series: dict[str, list[float]], efficiency: dict
     path = _save(fig, path)
     plt.close(fig)
     return path
+
+
+def training_curves(history: list[dict], validation: list[dict], path, title: str) -> Path:
+    """One run's training loss (left) and validation accuracy (right) against the step."""
+    plt = _figure()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1, label="training loss")
+    right.plot([v["step"] for v in validation], [v["accuracy"] for v in validation], marker="o", markersize=3,
+               label="validation accuracy")
+    for ax, ylabel in ((left, "training loss"), (right, "validation accuracy")):
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    path = _save(fig, path)
+    plt.close(fig)
+    return path

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_lenet_spark import data, files, models, readers
+from mnist_lenet_spark import data, files, models, readers, tracking
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.cluster import staging
 from mnist_lenet_spark.config import BackupConfig, ConfigError, SGDConfig, split_options
@@ -56,6 +56,8 @@ class TrainRun:
     summary: str | os.PathLike | None = None  # one JSON object with the run's results
     model_out: str | os.PathLike | None = None  # the trained parameters, .npz
     progress: bool = True
+    mlflow: bool = False  # log the run to MLflow (also when the caller has an MLflow run active)
+    mlflow_experiment: str | None = None  # the MLflow experiment of the run (implies mlflow)
 
 
 def step_statistics(history: list[dict]) -> dict:
@@ -163,6 +165,7 @@ def train(run: TrainRun) -> dict:
                           "data of that shape")
     shards = run.workers + run.backup.workers
     run.straggler.check_partitions(shards)
+    tracker = tracking.tracker(run.mlflow, "--mlflow" if run.mlflow else "--mlflow-experiment", run.mlflow_experiment)
     mnist = train_split = None
     if not run.train_path:
         mnist = data.load_mnist(run.data_dir)
@@ -182,14 +185,32 @@ def train(run: TrainRun) -> dict:
     metrics = MetricsLog(run.metrics, state.step if state else None) if run.metrics else None
     history: list[dict] = []
     summary = {"status": "failed", "steps": 0}
+    failure = None
+    if tracker:
+        try:
+            tracker.start()
+        except BaseException:
+            if metrics:
+                metrics.close()
+            raise
     under_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started the JVM and chose the master
-    spark = msp.session(run.master or (None if under_spark_submit else "local[*]"), conf_file=run.spark_conf)
+    try:
+        spark = msp.session(run.master or (None if under_spark_submit else "local[*]"), conf_file=run.spark_conf)
+    except BaseException as e:
+        if tracker:
+            tracker.fail(e)
+        raise
     try:
         from mnist_lenet_spark.ml import NetworkClassificationModel  # pyspark.ml: only once Spark runs
         sgd = msp.SyncSGD(spark, run.workers, config=run.config, backup=run.backup, straggler=run.straggler,
                           lr_scaling=run.lr_scaling, model=network)
         config = sgd.config
         progress = StepProgress() if run.progress else None  # a bar on a terminal, else a log line now and then
+        if tracker:
+            tracker.log_training_params(config, run.backup, run.workers, network, run.model,
+                                        lr_scaling=run.lr_scaling, data=shape["data"],
+                                        resumed_from_step=state.step if state else 0,
+                                        straggler_prob=run.straggler.prob, straggler_delay=run.straggler.delay)
 
         def on_step(record):
             history.append(record)
@@ -197,6 +218,8 @@ def train(run: TrainRun) -> dict:
                 metrics.write(record)
             if progress is not None:
                 progress.update(record)
+            if tracker:
+                tracker.on_step(record)
 
         save = (lambda st: training.save_checkpoint(checkpoint, st, config, shape)) if checkpoint else None
         fit_options = {"on_step": on_step, "state": state, "checkpoint": save,
@@ -256,10 +279,16 @@ def train(run: TrainRun) -> dict:
             summary.update({"early_stopping_metric": config.early_stopping_metric,
                             "stopped_early": result.stopped_early, "stopped_step": result.stopped_step,
                             "best_step": result.best_step, "best_metric": result.best_metric})
+        if tracker:
+            _track_result(tracker, result, summary, network, f"{run.model}, {run.workers} + {run.backup.workers} "
+                          f"workers, {spark.sparkContext.master}")
     except BaseException as e:  # the summary tells how the run ended, then the error goes on to the caller
         status = "diverged" if isinstance(e, training.DivergenceError) else "failed"
         summary = {"status": status, "error": str(e).splitlines()[0] if str(e) else type(e).__name__,
                    **step_statistics(history)}
+        if tracker:
+            summary["mlflow_run_id"] = tracker.run_id
+        failure = e
         raise
     finally:
         spark.stop()
@@ -267,11 +296,40 @@ def train(run: TrainRun) -> dict:
             metrics.close()
         if run.summary:
             files.write_atomically(run.summary, strict_json(summary, indent=2) + "\n")
+        if tracker:
+            _close_tracker(tracker, summary, failure)
     if run.model_out:
         buffer = io.BytesIO()
         np.savez(buffer, **result.params)
         files.write_atomically(run.model_out, buffer.getvalue())
     return summary
+
+
+def _track_result(tracker: tracking.Tracker, result: training.FitResult, summary: dict, network,
+                  title: str) -> None:
+    """The fit's validations, final numbers (at the last step), plots and model into the MLflow run."""
+    tracker.log_validation(result.validation)
+    last = result.history[-1]["step"] if result.history else 0
+    tracker.log_final(summary, step=last)
+    tracker.log_plots(result.history, result.validation, title)
+    tracker.log_model(network, result.params)
+    summary.update({"mlflow_run_id": tracker.run_id, "mlflow_model_uri": tracker.model_info.model_uri})
+
+
+def _close_tracker(tracker: tracking.Tracker, summary: dict, failure: BaseException | None) -> None:
+    """The summary as JSON into the MLflow run, which ends (FAILED after ``failure``); an MLflow error after a
+    failed fit is logged, not raised over the fit's own."""
+    try:
+        tracker.log_summary(summary)
+    except Exception as e:
+        if failure is None:
+            tracker.fail(e)
+            raise
+        log.warning("MLflow: could not log the summary: %s", e)
+    if failure is None:
+        tracker.finish()
+    else:
+        tracker.fail(failure)
 
 
 def with_flags(run: TrainRun, **flags) -> TrainRun:

@@ -107,6 +107,12 @@ def parse_args(argv=None):
     p.add_argument("--task-failure-prob", type=probability, default=0.0,
                    help="experiments: each gradient task attempt fails with this probability (Spark retries it)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--mlflow", action="store_true",
+                   help="log the run to MLflow (needs mlflow; MLFLOW_TRACKING_URI says where): params, step and "
+                        "validation metrics, the summary, plots and the model; a run already active (MLFLOW_RUN_ID) "
+                        "is logged into without the flag")
+    p.add_argument("--mlflow-experiment", default=None, metavar="NAME",
+                   help="the MLflow experiment of the run (implies --mlflow)")
     args = p.parse_args(argv)
     if args.resume and not args.checkpoint_dir:
         p.error("--resume needs --checkpoint-dir")
@@ -137,6 +143,8 @@ def parse_args(argv=None):
                 p.error(f"argument --data-dir: {args.data_dir}: no such directory")
         except OSError as e:  # e.g. a folder above it may not be entered
             p.error(f"argument --data-dir: {args.data_dir}: {e.strerror}")
+    if args.mlflow_experiment is not None and not args.mlflow_experiment.strip():
+        p.error("argument --mlflow-experiment: must name an experiment, got ''")
     if args.conf and not Path(args.conf).is_file():
         p.error(f"argument --conf: {args.conf}: no such file")
     return args
@@ -163,7 +171,8 @@ def train_run(args) -> runs.TrainRun:
         staging_dir=args.staging_dir, pixel_range=args.pixel_range, features_col=args.features_col,
         label_col=args.label_col, validation_fraction=args.validation_fraction, validation_col=args.validation_col,
         checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
-        metrics=args.metrics, summary=args.summary, model_out=args.model_out, progress=not args.no_progress)
+        metrics=args.metrics, summary=args.summary, model_out=args.model_out, progress=not args.no_progress,
+        mlflow=args.mlflow, mlflow_experiment=args.mlflow_experiment)
 
 
 def main(argv=None):
