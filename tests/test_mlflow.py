@@ -126,6 +126,13 @@ def test_mlflow_tracking_starts_a_run_and_ends_it(frame, tracking_uri):
     assert run.info.status == "FINISHED" and run.data.params["backup_workers"] == "1"
     assert metric_steps(client, run.info.run_id, "dropped_tasks") == [1, 2, 3]  # backup statistics of each step
     assert metric_steps(client, run.info.run_id, "kept_tasks") == [1, 2, 3]
+    # a fit that fails once its run has started ends that run as FAILED
+    with pytest.raises(Exception, match="nope"):
+        NetworkClassifier(model=json.dumps(NET), featuresCol="nope", mlflowTracking=True).fit(df)
+    assert mlflow.active_run() is None
+    experiment = client.get_experiment_by_name("estimator-own-run").experiment_id
+    latest = client.search_runs([experiment], order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert latest.info.status == "FAILED" and latest.info.run_id != run.info.run_id
 
 
 def test_the_job_logs_a_run_to_its_experiment(tracking_uri, tmp_path, mnist):
