@@ -38,6 +38,7 @@ test: $(VENV)/.installed-dev check-java dist $(PACKED_ENV)
 
 bench: $(VENV)/.installed-bench check-java
 	$(PY) benchmarks/kernel.py
+	$(PY) benchmarks/vgg.py
 	$(PY) benchmarks/spark_step.py
 	$(PY) benchmarks/warmup.py
 	$(PY) benchmarks/peers.py

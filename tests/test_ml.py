@@ -175,7 +175,7 @@ def test_read_mnist_from_idx_and_csv_matches_the_numpy_reader(spark, mnist, tmp_
         readers.read_mnist(spark, str(tmp_path), split="test")
 
 
-def test_the_estimator_saves_and_loads_its_params(tmp_path):
+def test_the_estimator_saves_and_loads_its_params(spark, tmp_path):  # MLlib writers need an active session
     clf = LeNetClassifier(workers=3, backupWorkers=1, lr=0.02, lrScaling="linear", validationIndicatorCol="v")
     clf.save(str(tmp_path / "clf"))
     loaded = LeNetClassifier.load(str(tmp_path / "clf"))
