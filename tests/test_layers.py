@@ -45,6 +45,20 @@ def test_conv2d_matches_naive_loops(channels, kernel, pad):
     assert rel_error(hnwc_to_nchw(out), conv2d_nchw(x, w, b, pad)) < 1e-12
 
 
+@pytest.mark.parametrize("kernel,pad", [(5, 2), (3, 0), (3, 1), (3, 4)])
+def test_conv2d_building_columns_a_row_ahead_equals_building_them_first(monkeypatch, kernel, pad):
+    # BAND_BYTES 1: one output row per band, each band's column rows built just before its products
+    rng = np.random.default_rng(4)
+    x = nchw_to_hnwc(rng.standard_normal((2, 40, 7, 6)))  # 40 channels: the per-kernel-row path
+    w, b = rng.standard_normal((4, 40, kernel, kernel)), rng.standard_normal(4)
+    monkeypatch.setattr(conv2d, "BAND_BYTES", 1 << 40)
+    whole, whole_cache = conv2d.forward(x, w, b, pad)
+    monkeypatch.setattr(conv2d, "BAND_BYTES", 1)
+    banded, cache = conv2d.forward(x, w, b, pad)
+    assert np.array_equal(banded, whole) and np.array_equal(cache.cols, whole_cache.cols)
+    assert rel_error(hnwc_to_nchw(banded), conv2d_nchw(hnwc_to_nchw(x), w, b, pad)) < 1e-12
+
+
 @pytest.mark.parametrize("channels,pad", [(1, 1), (3, 1), (30, 1), (48, 0), (48, 1), (48, 3)])
 def test_conv2d_gradients(channels, pad):
     # 48 channels x 3 taps = 144 columns: the per-kernel-row path
