@@ -1,0 +1,212 @@
+"""Asynchronous SGD (Downpour-style) on Spark: one job of ``workers`` long tasks, one per shard; each loops pull
+parameters, gradient of its next mini-batch, push, against the driver's parameter service
+(``cluster.async_service``), whose one apply thread applies every push as it arrives with the synchronous
+mode's update (``training.loss_and_gradient`` + ``training.apply_update``: SGD-Nesterov, L2, batch norm's running
+statistics). The run ends on a global budget of updates the service announces. See docs/async.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+
+from mnist_lenet_spark.cluster import async_service, step_signal
+from mnist_lenet_spark.config import ConfigError, SGDConfig
+from mnist_lenet_spark.executor import async_task, tasks
+from mnist_lenet_spark.executor.shards import StagedShards
+from mnist_lenet_spark.loop import training
+from mnist_lenet_spark.models import base
+from mnist_lenet_spark.nn.optim import sgd_nesterov
+from mnist_lenet_spark.spark import SyncSGD
+
+log = logging.getLogger(__name__)
+POLL_SECONDS = 0.05
+ASYNC_OPTIONS = ("max_staleness", "finish_seconds", "stall_seconds")
+
+
+@dataclass
+class AsyncFitResult(training.FitResult):
+    """``FitResult`` plus the asynchronous run's own record: ``history`` has one record per applied update (its
+    ``staleness``: versions applied between the gradient's pull and its apply; ``shard``)."""
+    refused: dict = field(default_factory=dict)  # pushes not applied, by reason
+    tasks: list = field(default_factory=list)  # each task attempt's ``AsyncReport``
+    updates_per_second: float = 0.0
+    examples_per_second: float = 0.0
+    run_seconds: float = 0.0  # from the job's start to the budget spent
+
+    @property
+    def staleness(self) -> list[int]:
+        return [record["staleness"] for record in self.history]
+
+
+class Updater:
+    """The apply thread's update: the synchronous step's mathematics for one pushed gradient sum. Update ``u``
+    (0-based) has the learning rate of global step ``u`` in epoch ``u // per_epoch`` of a run of ``budget``."""
+
+    def __init__(self, model: base.Model, spec: base.ParamSpec, state: training.TrainState, config: SGDConfig,
+                 budget: int, per_epoch: int, on_step=None):
+        self.model, self.spec, self.state, self.config = model, spec, state, config
+        self.budget, self.per_epoch, self.on_step = budget, per_epoch, on_step
+        self.opt = sgd_nesterov.NesterovState(state.velocity)
+        self.history: list[dict] = []
+        self.started = time.perf_counter()
+
+    def __call__(self, grad_sum: np.ndarray, loss_sum: float, count: int, staleness: int, shard: int,
+                 params: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        state, config = self.state, self.config
+        state.epoch, state.step_in_epoch = divmod(state.step, self.per_epoch)
+        lr = config.learning_rate(state.epoch, state.step, self.budget)
+        sums = tasks.GradientSum(grad_sum, loss_sum, count)
+        loss, grad = training.loss_and_gradient(sums, params, self.spec, self.model, config.l2)
+        training._check_finite(loss, grad, count, state)
+        state.params, self.opt = training.apply_update(self.model, self.spec, params, grad, count, self.opt, lr,
+                                                       config.momentum)
+        state.velocity = self.opt.velocity
+        state.step += 1
+        state.epoch, state.step_in_epoch = divmod(state.step, self.per_epoch)
+        record = {"step": state.step, "total_steps": self.budget, "epoch": (state.step - 1) // self.per_epoch,
+                  "loss": loss, "lr": lr, "examples": count, "staleness": staleness, "shard": shard,
+                  "seconds": time.perf_counter() - t0, "time": time.perf_counter() - self.started}
+        self.history.append(record)
+        if self.on_step:
+            self.on_step(record)
+        return state.params
+
+
+class AsyncSGD(SyncSGD):
+    """Asynchronous SGD over ``workers`` long Spark tasks (one per shard, each with mini-batches of
+    ``batch_size``). The constructor takes ``SyncSGD``'s (``config``, ``model``, ``straggler``, ``emulation``,
+    ``lr_scaling``, any ``SGDConfig`` field) except backup workers, and:
+
+    max_staleness : refuse a gradient more than this many updates behind (None: off, the default)
+    finish_seconds : once the budget is spent, how long the driver waits for the tasks to end before Spark
+        cancels them
+    stall_seconds : the run fails when no update is applied for this long while the job runs
+    """
+
+    def __init__(self, spark, workers: int = 2, *, max_staleness: int | None = None, finish_seconds: float = 60.0,
+                 stall_seconds: float = 600.0, **options):
+        if max_staleness is not None and (type(max_staleness) is not int or max_staleness < 0):
+            raise ConfigError(f"max_staleness must be an integer >= 0 or None, got {max_staleness!r}")
+        for name, value in (("finish_seconds", finish_seconds), ("stall_seconds", stall_seconds)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"{name} must be a number > 0, got {value!r}")
+        super().__init__(spark, workers, **options)
+        if self.backup.workers:
+            raise ConfigError(f"backup_workers must be 0 in the asynchronous mode, got {self.backup.workers}")
+        self.max_staleness, self.finish_seconds, self.stall_seconds = max_staleness, finish_seconds, stall_seconds
+
+    def fit_data(self, source: tasks.BroadcastData | StagedShards, num_examples: int,
+                 epochs: int | None = None, validation: tasks.BroadcastData | StagedShards | None = None, *,
+                 max_steps: int | None = None, on_step=None, state: training.TrainState | None = None,
+                 checkpoint=None, checkpoint_every: int = 0) -> AsyncFitResult:
+        """Train until ``epochs`` passes over the data (or ``max_steps`` updates in all) are applied. Each update is
+        one shard's mini-batch; ``on_step(record)`` is called from the apply thread. ``validation`` is evaluated
+        once, at the end. Checkpoints, resuming and early stopping are not supported in this mode yet."""
+        config = dataclasses.replace(self.config, epochs=epochs or self.config.epochs,
+                                     max_steps=max_steps or self.config.max_steps)
+        shards = self.workers
+        try:  # whatever fails before the job starts, no warm-up job outlives the call
+            if state is not None or checkpoint is not None or checkpoint_every:
+                raise ConfigError("state/checkpoint: the asynchronous mode does not checkpoint or resume yet")
+            if config.early_stopping_patience:
+                raise ConfigError("early_stopping_patience: not supported by the asynchronous mode yet")
+            config.check_data(num_examples, shards)
+            self.start_warm_up()
+            spec, state = training.new_state(self.model, config.seed)
+            state.params = state.params.astype(np.float32, copy=False)  # the wire carries float32
+            state.velocity = state.velocity.astype(np.float32, copy=False)
+            walk = async_task.Walk(num_examples, shards, config.batch_size, config.seed)
+            per_epoch = walk.per_epoch()
+            budget = per_epoch * config.epochs
+            if config.max_steps is not None:
+                budget = min(budget, config.max_steps)
+            conf = self.sc.getConf()
+            try:
+                ports = step_signal.parse_ports(conf.get(step_signal.PORT_CONF, "0"))
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            host = conf.get("spark.driver.host", "127.0.0.1")
+            bind = conf.get("spark.driver.bindAddress", host)
+            updater = Updater(self.model, spec, state, config, budget, per_epoch, on_step)
+            server = async_service.ParameterServer(state.params, updater, budget, shards, bind=bind, host=host,
+                                                   ports=ports, max_staleness=self.max_staleness)
+        finally:
+            setup_seconds = self._finish_warm_up()
+        try:
+            reports, run_seconds = self._run(server, self._context(spec, config.dropout), source, walk)
+        finally:
+            server.shutdown()
+        if server.error is not None:
+            raise server.error
+        if server.applied < budget:
+            lost = [r.ended for r in reports if r.ended not in ("budget", "superseded")]
+            cause = lost[0] if lost else "the job ended"
+            raise training.StepFailure(f"the asynchronous run ended after {server.applied} of {budget} updates: "
+                                       f"{cause}")
+        result = AsyncFitResult(params={k: v.copy() for k, v in base.unflatten(state.params, spec).items()},
+                                history=updater.history, state=state, setup_seconds=setup_seconds,
+                                refused=dict(server.refused), tasks=reports, run_seconds=run_seconds)
+        if run_seconds > 0:
+            result.updates_per_second = len(updater.history) / run_seconds
+            result.examples_per_second = sum(r["examples"] for r in updater.history) / run_seconds
+        staleness = result.staleness
+        log.info("asynchronous run: %d updates in %.1f s, staleness mean %.2f max %d, refused %s", len(staleness),
+                 run_seconds, float(np.mean(staleness)) if staleness else 0.0, max(staleness, default=0),
+                 result.refused)
+        if validation is not None:
+            scores = self._evaluate(spec, validation, state.params)
+            result.validation.append({"step": state.step, "epoch": state.epoch, **scores})
+            log.info("step %d: validation accuracy %.4f, loss %.4f", state.step, scores["accuracy"], scores["loss"])
+        return result
+
+    def _run(self, server: async_service.ParameterServer, ctx: tasks.TaskContext, source,
+             walk: async_task.Walk) -> tuple[list[async_task.AsyncReport], float]:
+        """The job of long tasks, until the budget is spent (or the run stops or stalls); bounded waits for its
+        end. (the tasks' reports, seconds from the job's start to the budget spent)"""
+        from pyspark import InheritableThread
+        group = f"mnist-lenet-async-{uuid.uuid4().hex[:8]}"
+        rdd = source.partitions(self.sc, walk.shards).mapPartitions(
+            partial(async_task.async_task, ctx, source, server.endpoint, walk))
+        reports: list = []
+        failure: list = []
+
+        def run_job():
+            self.sc.setJobGroup(group, f"asynchronous SGD: {walk.shards} tasks, {server.budget} updates",
+                                interruptOnCancel=True)
+            try:
+                reports.extend(rdd.collect())
+            except Exception as e:  # a cancelled job raises too
+                failure.append(e)
+
+        started = time.perf_counter()
+        server.last_progress = time.monotonic()
+        thread = InheritableThread(target=run_job, daemon=True)
+        thread.start()
+        while not server.done.wait(POLL_SECONDS):
+            if not thread.is_alive():
+                break
+            if time.monotonic() - server.last_progress > self.stall_seconds:
+                server.stop(training.StepFailure(
+                    f"the asynchronous run stalled: no update in {self.stall_seconds:g} s (stall_seconds) after "
+                    f"{server.applied} of {server.budget}"))
+        run_seconds = time.perf_counter() - started
+        server.stop()  # pulls answer stop now; a task ends after its current mini-batch
+        thread.join(self.finish_seconds)
+        if thread.is_alive():
+            log.warning("asynchronous run: tasks still running %g s after the end (finish_seconds); cancelling them",
+                        self.finish_seconds)
+            self.sc.cancelJobGroup(group)
+            thread.join(30.0)
+            if thread.is_alive():
+                log.warning("asynchronous run: the job did not end within 30 s of its cancel; going on")
+        if failure and server.applied < server.budget and server.error is None:
+            reports.append(async_task.AsyncReport(-1, -1, 0, 0, 0, training.task_error(failure[0])))
+        return reports, run_seconds

@@ -1,0 +1,375 @@
+"""The driver's parameter service of the asynchronous mode (Downpour-style, ``async_sgd``), and its client.
+
+Each of the job's long tasks keeps one connection and loops: pull the parameters and their version, compute
+the gradient of its next mini-batch, push it with the version it used. ONE apply thread applies every push as
+it arrives (the ``apply`` function given: SGD-Nesterov, L2, batch norm's running statistics, as the
+synchronous update) and publishes the next version; staleness is the number of versions applied between a
+push's pull and its apply.
+
+Protocol (TCP; headers big-endian; every float is a little-endian float32, never pickle):
+- hello: the fit's 32-byte token (as the step signal's, ``step_signal``: it reaches the tasks inside their
+  closure) + ``_HELLO`` (partition, attempt number). A wrong token closes the connection with nothing sent;
+  otherwise ``_WELCOME`` (accepted, position, parameter count): refused (0, then closed) when a newer attempt of
+  the partition has said hello; ``position`` is how many mini-batches the partition's attempts have pushed, so a
+  retried attempt goes on from there.
+- ``P`` (pull): ``_ANSWER`` (go, version), then, when go = 1, the parameters. go = 0: the run's budget is spent
+  (or the driver stopped it): the task ends.
+- ``G`` + ``_PUSH`` (version pulled, example count, loss sum, payload bytes) + the gradient sum (its state slots
+  hold the summed batch statistics, as the synchronous tasks' sums do): ``_ANSWER`` (status, version) once the
+  apply thread has applied it (APPLIED) or refused it (OLD_ATTEMPT: a newer attempt of the partition said hello;
+  BUDGET: the run's budget is spent; STALE: more than ``max_staleness`` versions behind; FAILED: the update
+  failed, the run stops). A payload of another size than the parameters' drops the connection.
+Every read has a deadline; the connections are bounded (``max_clients``); no pyspark import.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import queue
+import secrets
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+# the step signal's listening socket, port range, endpoint and token (one firewall opening serves both)
+from mnist_lenet_spark.cluster.step_signal import PORT_CONF, TOKEN_BYTES, Endpoint, _listen, parse_ports  # noqa: F401
+
+log = logging.getLogger(__name__)
+WIRE = np.dtype("<f4")
+_HELLO = struct.Struct("!ii")  # partition, attempt number
+_WELCOME = struct.Struct("!BqQ")  # accepted, position (mini-batches the partition pushed), parameter count
+_ANSWER = struct.Struct("!Bq")  # go / status, version
+_PUSH = struct.Struct("!qqdQ")  # version pulled, example count, loss sum, payload bytes
+PULL, PUSH = b"P", b"G"
+APPLIED, OLD_ATTEMPT, BUDGET, STALE, FAILED = 1, 2, 3, 4, 5
+STATUS_NAMES = {APPLIED: "applied", OLD_ATTEMPT: "old attempt", BUDGET: "budget spent", STALE: "too stale",
+                FAILED: "update failed"}
+CONNECT_SECONDS = 10.0  # a task's connect and hello
+REPLY_SECONDS = 120.0  # a task's wait for a pull's parameters or a push's answer (it waits for the apply)
+CONNECT_TRIES, FIRST_BACKOFF_SECONDS = 5, 0.5
+#: apply(gradient sum (P,), loss sum, example count, staleness, partition, params (P,)) -> next params (P,)
+Apply = Callable[[np.ndarray, float, int, int, int, np.ndarray], np.ndarray]
+
+
+def recv_exact(conn: socket.socket, size: int, deadline: float, into: np.ndarray | None = None) -> bytes | None:
+    """``size`` bytes from ``conn`` (into ``into``'s buffer when given: then None is returned) before
+    ``deadline`` (time.monotonic()); TimeoutError after it, ConnectionError when the peer closes."""
+    buffer = memoryview(into).cast("B") if into is not None else memoryview(bytearray(size))
+    got = 0
+    while got < size:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"read timed out with {got} of {size} bytes")
+        conn.settimeout(left)
+        count = conn.recv_into(buffer[got:size])
+        if not count:
+            raise ConnectionError("the peer closed the connection")
+        got += count
+    return None if into is not None else bytes(buffer)
+
+
+def _to_wire(values: np.ndarray) -> memoryview:
+    return memoryview(np.ascontiguousarray(values, WIRE)).cast("B")
+
+
+@dataclass
+class _Push:
+    grad: np.ndarray
+    loss_sum: float
+    count: int
+    pulled: int  # the version the gradient was computed at
+    partition: int
+    attempt: int
+    done: threading.Event = field(default_factory=threading.Event)
+    status: int = FAILED
+
+
+class ParameterServer:
+    """Driver side: serves ``params`` (P,) float32 and their version to ``partitions`` tasks that know the token,
+    and applies their pushes in one thread with ``apply`` until ``budget`` updates are applied (``done`` is set
+    then, or when the run stops on an error: ``error``). ``max_staleness``: refuse pushes more versions behind
+    (None: off). ``bind``/``host``/``ports`` as ``step_signal.StepServer``'s."""
+    AUTH_SECONDS = 2.0  # a new connection must present the token and its hello within this
+    IDLE_SECONDS = 600.0  # a task silent this long between messages (a gradient, with any injected delay) is dropped
+    PAYLOAD_SECONDS = 60.0  # a push's gradient must arrive within this after its header
+
+    def __init__(self, params: np.ndarray, apply: Apply, budget: int, partitions: int, *, bind: str = "127.0.0.1",
+                 host: str | None = None, ports: range = range(0, 1), token: bytes | None = None,
+                 max_clients: int | None = None, max_staleness: int | None = None):
+        self.params = np.ascontiguousarray(params, np.float32)  # published: never written in place
+        self.apply, self.budget, self.partitions = apply, budget, partitions
+        self.max_staleness = max_staleness
+        self.version = 0  # updates applied
+        self.token = token or secrets.token_bytes(TOKEN_BYTES)
+        self.max_clients = max_clients or max(4, 2 * partitions + 2)
+        self.newest_attempt: dict[int, int] = {}
+        self.positions: dict[int, int] = {}  # mini-batches each partition pushed (answered, from its newest attempt)
+        self.refused = {name: 0 for code, name in STATUS_NAMES.items() if code != APPLIED}
+        self.dropped = 0  # connections closed for too many, a wrong token, a bad message, or idleness
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.last_progress = time.monotonic()
+        self._stopped = False
+        self._queued = 0  # pushes accepted, not applied yet (they count against the budget)
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[_Push] = queue.Queue()
+        self._clients: dict[socket.socket, threading.Thread] = {}
+        self._closing = threading.Event()
+        self._listener = _listen(bind, ports)
+        self._listener.settimeout(0.2)
+        self.endpoint = Endpoint(host or bind, self._listener.getsockname()[1], self.token)
+        self._threads = [threading.Thread(target=self._accept, name="async-accept", daemon=True),
+                         threading.Thread(target=self._apply_loop, name="async-apply", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+        if budget <= 0:
+            self.done.set()
+
+    # -- the driver's controls ------------------------------------------------------------------------
+    @property
+    def applied(self) -> int:
+        return self.version
+
+    def stop(self, error: BaseException | None = None) -> None:
+        """From now on every pull answers stop and every push is refused; ``error`` (the first) ends the fit."""
+        with self._lock:
+            self._stopped = True
+            if error is not None and self.error is None:
+                self.error = error
+        self.done.set()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop, close every connection and wait (bounded) for the service's threads."""
+        self.stop()
+        self._closing.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        with self._lock:
+            clients = list(self._clients.items())
+        for conn, _ in clients:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for _, thread in clients:
+            thread.join(timeout)
+        self._listener.close()
+        while True:  # nobody applies them now: their connections are closed anyway
+            try:
+                self._queue.get_nowait().done.set()
+            except queue.Empty:
+                break
+
+    # -- serving --------------------------------------------------------------------------------------
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                if self._closing.is_set():
+                    return
+                log.exception("async service: accept failed; serving on")
+                time.sleep(0.1)
+                continue
+            with self._lock:
+                full = len(self._clients) >= self.max_clients
+                if not full:
+                    thread = threading.Thread(target=self._serve, args=(conn,), name="async-client", daemon=True)
+                    self._clients[conn] = thread
+            if full:
+                log.warning("async service: %d connections already; one more refused", self.max_clients)
+                self.dropped += 1
+                conn.close()
+                continue
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        authenticated = False
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            deadline = time.monotonic() + self.AUTH_SECONDS
+            token = recv_exact(conn, TOKEN_BYTES, deadline)
+            if not hmac.compare_digest(token, self.token):
+                log.warning("async service: a connection with a wrong token dropped")
+                self.dropped += 1
+                return
+            authenticated = True
+            partition, attempt = _HELLO.unpack(recv_exact(conn, _HELLO.size, deadline))
+            if not 0 <= partition < self.partitions or attempt < 0:
+                log.warning("async service: a hello for partition %d attempt %d dropped", partition, attempt)
+                self.dropped += 1
+                return
+            with self._lock:
+                accepted = attempt >= self.newest_attempt.get(partition, -1)
+                if accepted:
+                    self.newest_attempt[partition] = attempt
+                position = self.positions.get(partition, 0)
+            conn.sendall(_WELCOME.pack(int(accepted), position, self.params.size))
+            if not accepted:
+                self._count_refusal(OLD_ATTEMPT, partition)
+                return
+            log.info("async service: partition %d attempt %d connected at mini-batch %d", partition, attempt,
+                     position)
+            while not self._closing.is_set():
+                kind = recv_exact(conn, 1, time.monotonic() + self.IDLE_SECONDS)
+                if kind == PULL:
+                    self._pull(conn)
+                elif kind == PUSH:
+                    self._push(conn, partition, attempt)
+                else:
+                    log.warning("async service: partition %d sent an unknown message %r; dropped", partition, kind)
+                    self.dropped += 1
+                    return
+        except (OSError, struct.error) as e:  # gone, timed out, or shut down
+            if not authenticated:
+                self.dropped += 1  # no token in time
+            elif not self._closing.is_set():
+                log.debug("async service: a connection ended: %s", e)
+        except Exception:  # never let a client take the service down
+            log.exception("async service: unexpected error on a connection")
+        finally:
+            conn.close()
+            with self._lock:
+                self._clients.pop(conn, None)
+
+    def _pull(self, conn: socket.socket) -> None:
+        with self._lock:
+            go = not self._stopped and self.version < self.budget
+            version, params = self.version, self.params
+        conn.sendall(_ANSWER.pack(int(go), version))
+        if go:
+            conn.sendall(_to_wire(params))
+
+    def _push(self, conn: socket.socket, partition: int, attempt: int) -> None:
+        pulled, count, loss_sum, size = _PUSH.unpack(recv_exact(conn, _PUSH.size,
+                                                                time.monotonic() + self.PAYLOAD_SECONDS))
+        if size != self.params.size * WIRE.itemsize:
+            log.warning("async service: a push of %d bytes refused (expected %d); dropped", size,
+                        self.params.size * WIRE.itemsize)
+            raise ConnectionError("bad push size")
+        grad = np.empty(self.params.size, WIRE)
+        recv_exact(conn, size, time.monotonic() + self.PAYLOAD_SECONDS, into=grad)
+        item = _Push(grad.astype(np.float32, copy=False), loss_sum, count, pulled, partition, attempt)
+        with self._lock:
+            status = self._admit(item)
+            if status == APPLIED:
+                self._queued += 1
+                self._queue.put(item)
+        if status == APPLIED:  # queued: wait for the apply thread's verdict
+            if not item.done.wait(REPLY_SECONDS):
+                raise TimeoutError("the apply thread did not answer")
+            status = item.status
+        if status != APPLIED:
+            self._count_refusal(status, partition)
+        conn.sendall(_ANSWER.pack(status, self.version))
+
+    def _admit(self, item: _Push) -> int:
+        """Under the lock: whether a push may join the queue (APPLIED) or why not."""
+        if item.attempt < self.newest_attempt.get(item.partition, -1):
+            return OLD_ATTEMPT
+        if self._stopped or self.version + self._queued >= self.budget:
+            return BUDGET
+        return APPLIED
+
+    def _count_refusal(self, status: int, partition: int) -> None:
+        with self._lock:
+            self.refused[STATUS_NAMES[status]] += 1
+            if status == STALE:
+                self.positions[partition] = self.positions.get(partition, 0) + 1
+
+    def _apply_loop(self) -> None:
+        while not self._closing.is_set():
+            try:
+                item = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                item.status = self._apply_one(item)
+            except Exception as e:  # a diverged update, a failing on_step: the run stops with it
+                log.error("async service: the update failed: %s", e)
+                item.status = FAILED
+                self.stop(e)
+            finally:
+                with self._lock:
+                    self._queued -= 1
+                item.done.set()
+
+    def _apply_one(self, item: _Push) -> int:
+        with self._lock:
+            if item.attempt < self.newest_attempt.get(item.partition, -1):
+                return OLD_ATTEMPT  # superseded while it waited
+            if self._stopped:
+                return BUDGET
+            version, params = self.version, self.params
+        staleness = version - item.pulled
+        if self.max_staleness is not None and staleness > self.max_staleness:
+            return STALE
+        new = self.apply(item.grad, item.loss_sum, item.count, staleness, item.partition, params)
+        with self._lock:  # only this thread writes params and version
+            self.params, self.version = np.ascontiguousarray(new, np.float32), version + 1
+            self.positions[item.partition] = self.positions.get(item.partition, 0) + 1
+            self.last_progress = time.monotonic()
+            if self.version >= self.budget:
+                self.done.set()
+        return APPLIED
+
+
+class AsyncClient:
+    """Task side: one authenticated connection to the parameter service for one task attempt.
+
+    ``accepted`` is False when a newer attempt of the partition has said hello (this one must end);
+    ``position``: how many mini-batches the partition has pushed before (a retried attempt goes on from there).
+    A failure to connect (CONNECT_TRIES tries, with back-off) or any broken exchange raises OSError."""
+
+    def __init__(self, endpoint: Endpoint, partition: int, attempt: int):
+        error = None
+        for tries in range(CONNECT_TRIES):
+            if tries:
+                time.sleep(FIRST_BACKOFF_SECONDS * 2 ** (tries - 1))
+            try:
+                self.conn = socket.create_connection((endpoint.host, endpoint.port), timeout=CONNECT_SECONDS)
+                break
+            except OSError as e:
+                error = e
+                log.warning("async service at %s:%s unreachable (%s), try %d of %d", endpoint.host, endpoint.port,
+                            e, tries + 1, CONNECT_TRIES)
+        else:
+            raise ConnectionError(f"async service at {endpoint.host}:{endpoint.port} unreachable: {error}")
+        try:
+            self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.conn.sendall(endpoint.token + _HELLO.pack(partition, attempt))
+            accepted, self.position, self.size = _WELCOME.unpack(
+                recv_exact(self.conn, _WELCOME.size, time.monotonic() + CONNECT_SECONDS))
+        except BaseException:
+            self.conn.close()
+            raise
+        self.accepted = bool(accepted)
+
+    def pull(self) -> tuple[bool, int, np.ndarray | None]:
+        """(go on?, version, parameters (P,) float32 or None when told to stop)."""
+        self.conn.sendall(PULL)
+        deadline = time.monotonic() + REPLY_SECONDS
+        go, version = _ANSWER.unpack(recv_exact(self.conn, _ANSWER.size, deadline))
+        if not go:
+            return False, version, None
+        params = np.empty(self.size, WIRE)
+        recv_exact(self.conn, params.nbytes, deadline, into=params)
+        return True, version, params.astype(np.float32, copy=False)
+
+    def push(self, version: int, grad_sum: np.ndarray, loss_sum: float, count: int) -> tuple[int, int]:
+        """Send a gradient sum (P,) computed at ``version``: (status, the service's version after it)."""
+        payload = _to_wire(grad_sum)
+        self.conn.sendall(PUSH + _PUSH.pack(version, count, loss_sum, payload.nbytes))
+        self.conn.sendall(payload)
+        status, after = _ANSWER.unpack(recv_exact(self.conn, _ANSWER.size, time.monotonic() + REPLY_SECONDS))
+        return status, after
+
+    def close(self) -> None:
+        self.conn.close()
