@@ -46,7 +46,7 @@ def test_conv2d_matches_naive_loops(channels, kernel, pad):
 
 
 @pytest.mark.parametrize("kernel,pad", [(5, 2), (3, 0), (3, 1), (3, 4)])
-def test_conv2d_building_columns_a_row_ahead_equals_building_them_first(monkeypatch, kernel, pad):
+def test_conv2d_by_bands_of_one_row_equals_one_band(monkeypatch, kernel, pad):
     # BAND_BYTES 1: one output row per band, each band's column rows built just before its products
     rng = np.random.default_rng(4)
     x = nchw_to_hnwc(rng.standard_normal((2, 40, 7, 6)))  # 40 channels: the per-kernel-row path
@@ -57,6 +57,11 @@ def test_conv2d_building_columns_a_row_ahead_equals_building_them_first(monkeypa
     banded, cache = conv2d.forward(x, w, b, pad)
     assert np.array_equal(banded, whole) and np.array_equal(cache.cols, whole_cache.cols)
     assert rel_error(hnwc_to_nchw(banded), conv2d_nchw(hnwc_to_nchw(x), w, b, pad)) < 1e-12
+    dout = rng.standard_normal(whole.shape)
+    by_rows = conv2d.backward(dout, cache)  # the filter gradient summed band by band, one output row each
+    monkeypatch.setattr(conv2d, "BAND_BYTES", 1 << 40)
+    for ours, whole_grad in zip(by_rows, conv2d.backward(dout, whole_cache)):
+        assert rel_error(ours, whole_grad) < 1e-12
 
 
 @pytest.mark.parametrize("channels,pad", [(1, 1), (3, 1), (30, 1), (48, 0), (48, 1), (48, 3)])
