@@ -168,7 +168,22 @@ def test_one_worker_equals_the_single_process_trainer(spark, mnist):
     assert [h["lr"] for h in result.history] == [h["lr"] for h in single.history]
     assert [h["loss"] for h in result.history] == pytest.approx([h["loss"] for h in single.history], rel=1e-6)
     for k in single.params:
-        np.testing.assert_allclose(result.params[k], single.params[k], rtol=0, atol=1e-6, err_msg=k)
+        np.testing.assert_array_equal(result.params[k], single.params[k], err_msg=k)
+
+
+def test_batch_norm_statistics_travel_in_the_push_and_move_as_in_the_synchronous_update(spark, mnist):
+    """ResNet, one task: the pushed sums carry the batch statistics in the state slots; the apply thread moves the
+    running statistics as the single-process trainer does."""
+    from threadpoolctl import threadpool_limits
+    model = models.by_name("resnet")
+    images, labels = mnist.train.images[:32], mnist.train.labels[:32]
+    result = AsyncSGD(spark, workers=1, batch_size=8, seed=5, model=model).fit(images, labels, max_steps=3)
+    with threadpool_limits(limits=1):
+        single = local.fit_local(images, labels, SGDConfig(batch_size=8, seed=5, max_steps=3), model=model)
+    assert [h["loss"] for h in result.history] == pytest.approx([h["loss"] for h in single.history], rel=1e-6)
+    for k in single.params:
+        np.testing.assert_allclose(result.params[k], single.params[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    assert np.any(result.params["stem.bn.running_mean"] != 0)  # the state moved
 
 
 def test_two_workers_train_lenet_with_staleness_recorded(spark, mnist):
@@ -197,3 +212,17 @@ def test_bad_options_raise_config_errors(spark):
     with pytest.raises(ConfigError, match="checkpoint"):
         AsyncSGD(spark, workers=2, batch_size=8).fit(images, np.zeros(64, np.int64), checkpoint=print,
                                                      checkpoint_every=1)
+
+
+def test_a_lost_task_does_not_stall_the_end_and_losing_all_fails_the_fit(spark, mnist):
+    from mnist_lenet_spark.executor.straggler import StragglerModel
+    from mnist_lenet_spark.loop.training import StepFailure
+    images, labels = mnist.train.images[:128], mnist.train.labels[:128]
+    lose_one = StragglerModel(failing_partitions=(1,))  # every attempt of shard 1 fails (local[2]: one attempt)
+    result = AsyncSGD(spark, workers=2, batch_size=16, straggler=lose_one).fit(images, labels, max_steps=6)
+    assert len(result.history) == 6 and {h["shard"] for h in result.history} == {0}
+    ended = {r.shard: r.ended for r in result.tasks}
+    assert ended[0] == "budget" and ended[1].startswith("InjectedFailure"), ended
+    lose_all = StragglerModel(failing_partitions=(0, 1))
+    with pytest.raises(StepFailure, match="ended after 0 of 6 updates: InjectedFailure"):
+        AsyncSGD(spark, workers=2, batch_size=16, straggler=lose_all).fit(images, labels, max_steps=6)
