@@ -186,6 +186,10 @@ class AsyncSGD(SyncSGD):
             except Exception as e:  # a cancelled job raises too
                 failure.append(e)
 
+        slots = self.sc.defaultParallelism // max(self.threads, 1)
+        if walk.shards > slots:
+            log.warning("asynchronous run: %d tasks but about %d task slots: the tasks without a slot start only "
+                        "when others end, so they push nothing (use workers <= the slots)", walk.shards, slots)
         started = time.perf_counter()
         server.last_progress = time.monotonic()
         thread = InheritableThread(target=run_job, daemon=True)
