@@ -194,13 +194,17 @@ class AsyncSGD(SyncSGD):
         server.last_progress = time.monotonic()
         thread = InheritableThread(target=run_job, daemon=True)
         thread.start()
-        while not server.done.wait(POLL_SECONDS):
-            if not thread.is_alive():
-                break
-            if time.monotonic() - server.last_progress > self.stall_seconds:
-                server.stop(training.StepFailure(
-                    f"the asynchronous run stalled: no update in {self.stall_seconds:g} s (stall_seconds) after "
-                    f"{server.applied} of {server.budget}"))
+        try:
+            while not server.done.wait(POLL_SECONDS):
+                if not thread.is_alive():
+                    break
+                if time.monotonic() - server.last_progress > self.stall_seconds:
+                    server.stop(training.StepFailure(
+                        f"the asynchronous run stalled: no update in {self.stall_seconds:g} s (stall_seconds) "
+                        f"after {server.applied} of {server.budget}"))
+        except BaseException:  # interrupted: no job outlives the fit
+            self.sc.cancelJobGroup(group)
+            raise
         run_seconds = time.perf_counter() - started
         server.stop()  # pulls answer stop now; a task ends after its current mini-batch
         thread.join(self.finish_seconds)

@@ -226,3 +226,12 @@ def test_a_lost_task_does_not_stall_the_end_and_losing_all_fails_the_fit(spark, 
     lose_all = StragglerModel(failing_partitions=(0, 1))
     with pytest.raises(StepFailure, match="ended after 0 of 6 updates: InjectedFailure"):
         AsyncSGD(spark, workers=2, batch_size=16, straggler=lose_all).fit(images, labels, max_steps=6)
+
+
+def test_the_task_side_imports_no_pyspark():
+    import subprocess
+    import sys
+    code = ("import mnist_lenet_spark.executor.async_task, mnist_lenet_spark.cluster.async_service, sys; "
+            "print('pyspark' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
