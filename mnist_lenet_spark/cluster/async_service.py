@@ -36,8 +36,8 @@ from typing import Callable
 
 import numpy as np
 
-# the step signal's listening socket, port range, endpoint and token (one firewall opening serves both)
-from mnist_lenet_spark.cluster.step_signal import PORT_CONF, TOKEN_BYTES, Endpoint, _listen, parse_ports  # noqa: F401
+# the step signal's listening socket, endpoint and token (its port range too: async_sgd reads PORT_CONF)
+from mnist_lenet_spark.cluster.step_signal import TOKEN_BYTES, Endpoint, _listen
 
 log = logging.getLogger(__name__)
 WIRE = np.dtype("<f4")
