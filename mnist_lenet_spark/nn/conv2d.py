@@ -89,10 +89,10 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int, stride: int =
     out : (Hout, N, Wout, F) with ``Hout = (H + 2 * pad - HH) // stride + 1`` (likewise Wout)
     cache : a ``Columns``, what ``backward`` needs
     """
-    cache, builder = columns_ahead(x, w, pad, stride)
-    h_out, n, w_out, f = cache.out_shape
+    cache, builder = columns(x, w, pad, stride)
+    h_out = cache.out_shape[0]
     out = np.empty(cache.out_shape, x.dtype)
-    band = max(1, BAND_BYTES // (n * w_out * cache.w_rows.shape[1] * x.dtype.itemsize))  # output rows
+    band = _band_rows(cache, x.dtype.itemsize)
     for lo in range(0, h_out, band):
         hi = min(lo + band, h_out)
         builder.for_outputs(hi)
@@ -101,11 +101,10 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int, stride: int =
     return out, cache
 
 
-def columns(x: np.ndarray, w: np.ndarray, pad: int, stride: int = 1) -> Columns:
-    """Build the column matrix of x (H, N, W, C) for filters w (F, C, HH, WW)."""
-    cache, builder = columns_ahead(x, w, pad, stride)
-    builder.finish()
-    return cache
+def _band_rows(cache: Columns, itemsize: int) -> int:
+    """Output rows per band: as many as read about BAND_BYTES of column rows."""
+    _, n, w_out, _ = cache.out_shape
+    return max(1, BAND_BYTES // (n * w_out * cache.w_rows.shape[1] * itemsize))
 
 
 class _RowBuilder:
@@ -121,7 +120,9 @@ class _RowBuilder:
         """Build every column row that output rows below ``hi`` read."""
         end = min(hi + self.last_shift, len(self.cols))
         if end > self.done:
-            _im2col_into(self.x_pad[self.done:end], self.cols[self.done:end], self.ww)
+            rows = self.cols[self.done:end]  # (R, N, Wout, WW*C)
+            windows = _windows(self.x_pad[self.done:end], 1, self.ww, rows.shape[2])  # (R, N, Wout, 1, WW, C)
+            np.copyto(rows.reshape(windows.shape), windows)
             self.done = end
 
     def finish(self) -> None:
@@ -138,9 +139,10 @@ class _Built:
         pass
 
 
-def columns_ahead(x: np.ndarray, w: np.ndarray, pad: int, stride: int = 1):
-    """``columns`` whose row-mode matrix is built on demand: (cache, builder); ``builder.for_outputs(hi)`` before
-    computing output rows below ``hi``, ``builder.finish()`` before the backward pass."""
+def columns(x: np.ndarray, w: np.ndarray, pad: int, stride: int = 1):
+    """The column matrix of x (H, N, W, C) for filters w (F, C, HH, WW): (cache, builder). A row-mode matrix is
+    built on demand: ``builder.for_outputs(hi)`` before computing output rows below ``hi``, ``builder.finish()``
+    before the backward pass."""
     h, n, wd, c = x.shape
     f, c_w, hh, ww = w.shape
     if c_w != c:
@@ -208,8 +210,7 @@ def backward(dout: np.ndarray, cache: Columns, need_dx: bool = True):
     db : (F,)
     """
     dw_rows = np.zeros(cache.w_rows.shape, dout.dtype)  # (HH/fold, K, F)
-    h_out, n, w_out, _ = cache.out_shape
-    band = max(1, BAND_BYTES // (n * w_out * cache.w_rows.shape[1] * dout.dtype.itemsize))  # output rows
+    h_out, band = cache.out_shape[0], _band_rows(cache, dout.dtype.itemsize)
     for lo in range(0, h_out, band):  # by bands: each band's column rows are read from memory once, for all groups
         add_weight_grads(cache, dout[lo:lo + band], lo, min(lo + band, h_out), dw_rows)
     dw, db = filters(dw_rows, cache.w_shape), bias_grad(dout)
@@ -277,17 +278,21 @@ def _matmul_add(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         out += a @ b
 
 
-def _im2col(x_pad: np.ndarray, fold: int, ww: int, w_out: int, stride: int = 1) -> np.ndarray:
-    """(Hp, N, Wp, C) -> (Hc, N, Wout, fold*WW*C), Hc = (Hp - fold) // stride + 1: the ``fold`` x ``WW`` patch at
-    each place (places ``stride`` apart; stride > 1 only with fold = HH)."""
+def _windows(x_pad: np.ndarray, fold: int, ww: int, w_out: int, stride: int = 1) -> np.ndarray:
+    """(Hp, N, Wp, C) -> a read-only view (Hc, N, Wout, fold, WW, C), Hc = (Hp - fold) // stride + 1: the ``fold``
+    x ``WW`` patch at each place (places ``stride`` apart; stride > 1 only with fold = HH)."""
     hp, n, _, c = x_pad.shape
-    hc = (hp - fold) // stride + 1
     s_h, s_n, s_w, s_c = x_pad.strides
-    windows = as_strided(x_pad, shape=(hc, n, w_out, fold, ww, c),
-                         strides=(stride * s_h, s_n, stride * s_w, s_h, s_w, s_c), writeable=False)
+    return as_strided(x_pad, shape=((hp - fold) // stride + 1, n, w_out, fold, ww, c),
+                      strides=(stride * s_h, s_n, stride * s_w, s_h, s_w, s_c), writeable=False)
+
+
+def _im2col(x_pad: np.ndarray, fold: int, ww: int, w_out: int, stride: int = 1) -> np.ndarray:
+    """(Hp, N, Wp, C) -> (Hc, N, Wout, fold*WW*C), the patches of ``_windows`` as a matrix's rows."""
+    windows = _windows(x_pad, fold, ww, w_out, stride)  # (Hc, N, Wout, fold, WW, C)
     # An explicit copy: with fold == 1 a reshape alone would return an overlapping view, and
     # every product would then copy its rows again.
-    return np.ascontiguousarray(windows).reshape(hc, n, w_out, fold * ww * c)
+    return np.ascontiguousarray(windows).reshape(*windows.shape[:3], -1)
 
 
 def _tap_major_columns(x_pad: np.ndarray, hh: int, ww: int, h_out: int, w_out: int) -> np.ndarray:
@@ -309,15 +314,6 @@ def _row_matrix(cols: np.ndarray, a: int, b: int) -> np.ndarray:
     if band.flags.c_contiguous:
         return band.reshape(-1, band.shape[-1])
     return band.transpose(3, 0, 1, 2).reshape(band.shape[-1], -1).T  # (K, M') C-ordered -> (M', K)
-
-
-def _im2col_into(x_rows: np.ndarray, out: np.ndarray, ww: int) -> None:
-    """Row mode's column rows: x_rows (R, N, Wp, C) -> out (R, N, Wout, WW*C), the WW taps at each place."""
-    r, n, w_out, _ = out.shape
-    c = x_rows.shape[3]
-    s_h, s_n, s_w, s_c = x_rows.strides
-    windows = as_strided(x_rows, shape=(r, n, w_out, ww, c), strides=(s_h, s_n, s_w, s_w, s_c), writeable=False)
-    np.copyto(out.reshape(r, n, w_out, ww, c), windows)
 
 
 def _col2im(dcols: np.ndarray, fold: int, x_shape, ww: int, pad_h: int, pad: int, stride: int = 1) -> np.ndarray:

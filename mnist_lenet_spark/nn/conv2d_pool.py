@@ -28,7 +28,7 @@ class Cache(NamedTuple):
 
 def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int, size: int = 2):
     """x (H, N, W, C), w (F, C, HH, WW), b (F,) -> out (Hout / size, N, Wout / size, F), cache."""
-    conv, builder = conv2d.columns_ahead(x, w, pad)
+    conv, builder = conv2d.columns(x, w, pad)
     h_out, n, w_out, f = conv.out_shape
     if h_out % size or w_out % size:
         raise ValueError(f"conv2d_pool: output {h_out}x{w_out} is not a multiple of the pool size {size}")
