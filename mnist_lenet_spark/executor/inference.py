@@ -50,14 +50,3 @@ def correct_and_loss_task(ctx: TaskContext, source, params_bc, partition: Iterat
         images, labels, _ = source.shard(k)
         total += correct_and_loss(ctx.model, params, images[a:b], labels[a:b])
     yield total
-
-
-def count_correct_task(ctx: TaskContext, source, params_bc, partition: Iterator[tuple[int, int, int]]):
-    """Correct predictions over (shard, start, stop) row ranges of the data (positions within the shard)."""
-    tune_process(ctx.threads)
-    params = base.unflatten(params_bc.value, ctx.spec)
-    correct = 0
-    for k, a, b in partition:
-        images, labels, _ = source.shard(k)
-        correct += count_correct(ctx.model, params, images[a:b], labels[a:b])
-    yield correct
