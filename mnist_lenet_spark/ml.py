@@ -266,14 +266,14 @@ def _track_fit(tracker: tracking.Tracker, model: NetworkClassificationModel, sgd
                result: training.FitResult) -> None:
     """A fit's validations, final numbers, summary, plots and model into its MLflow run, which then ends (unless
     it is the caller's)."""
-    from mnist_lenet_spark.jobs.runs import _validation_of_params, step_statistics
+    from mnist_lenet_spark.jobs.runs import step_statistics
     s = model.summary
     last = result.history[-1]["step"] if result.history else 0
     final = {"final_loss": result.history[-1]["loss"] if result.history else None,
              "staging_seconds": s.staging_seconds, "setup_seconds": result.setup_seconds,
              **step_statistics(result.history), "stopped_early": s.stopped_early, "stopped_step": s.stopped_step,
              "best_step": s.best_step, "best_metric": s.best_metric,
-             "validation_accuracy": _validation_of_params(result, sgd.config),  # the model's
+             "validation_accuracy": result.params_validation_accuracy(sgd.config),  # the model's
              "late_tasks_stopped_by_signal": result.late_tasks.get("stopped_by_signal", 0),
              "late_tasks_killed_by_spark": result.late_tasks.get("killed_by_spark", 0)}
     tracker.log_validation(result.validation)

@@ -132,18 +132,6 @@ def _resume_state(run: TrainRun, checkpoint: Path, shape: dict, network) -> trai
     return state
 
 
-def _validation_of_params(result: training.FitResult, config: SGDConfig) -> float | None:
-    """The validation accuracy of the parameters the fit ended with: the last validation's, or under early
-    stopping the best one's."""
-    if not result.validation:
-        return None
-    if config.early_stopping_patience and result.best_step is not None:
-        at_best = [v for v in result.validation if v["step"] == result.best_step]
-        if at_best:
-            return at_best[-1]["accuracy"]
-    return result.validation[-1]["accuracy"]
-
-
 def _data_fingerprint(labels: np.ndarray) -> str:
     """Which training set a checkpoint was written for: its size and a hash of its labels."""
     return f"{len(labels)} examples, labels sha256 {hashlib.sha256(labels.tobytes()).hexdigest()[:16]}"
@@ -265,7 +253,7 @@ def train(run: TrainRun) -> dict:
         stats = step_statistics(result.history)
         summary = {
             "status": "ok", "model": run.model, "test_accuracy": test_accuracy,
-            "validation_accuracy": _validation_of_params(result, config),
+            "validation_accuracy": result.params_validation_accuracy(config),
             "epochs": config.epochs, "workers": run.workers, "batch_size": config.batch_size,
             "backup_workers": run.backup.workers, "shards": shards, "train_seconds": train_seconds,
             "staging_seconds": staging_seconds, "setup_seconds": result.setup_seconds,

@@ -102,6 +102,17 @@ class FitResult:
     best_step: int | None = None  # the step of the best validation: the step of ``params``
     best_metric: float | None = None  # the validation metric (config.early_stopping_metric) there
 
+    def params_validation_accuracy(self, config: SGDConfig) -> float | None:
+        """The validation accuracy of the parameters the fit ended with: the last validation's, or under early
+        stopping the best one's."""
+        if not self.validation:
+            return None
+        if config.early_stopping_patience and self.best_step is not None:
+            at_best = [v for v in self.validation if v["step"] == self.best_step]
+            if at_best:
+                return at_best[-1]["accuracy"]
+        return self.validation[-1]["accuracy"]
+
 
 Gradient = Callable[[np.ndarray, list[sharding.ShardBatch]], tuple[GradientSum, dict]]
 
