@@ -43,6 +43,13 @@ class AsyncFitResult(training.FitResult):
     def staleness(self) -> list[int]:
         return [record["staleness"] for record in self.history]
 
+    def staleness_summary(self) -> dict:
+        """{mean, p90, max} of this run's staleness (None each when no update was applied)."""
+        values = self.staleness
+        if not values:
+            return {"mean": None, "p90": None, "max": None}
+        return {"mean": float(np.mean(values)), "p90": float(np.percentile(values, 90)), "max": int(max(values))}
+
 
 class Updater:
     """The apply thread's update: the synchronous step's mathematics for one pushed gradient sum. Update ``u``
@@ -84,6 +91,9 @@ class AsyncSGD(SyncSGD):
     ``batch_size``). The constructor takes ``SyncSGD``'s (``config``, ``model``, ``straggler``, ``emulation``,
     ``lr_scaling``, any ``SGDConfig`` field) except backup workers, and:
 
+    lr_scaling : "linear" multiplies lr by batch_size / 64: an update applies one task's mini-batch, so the
+        workers do not enter the rule as they do in the synchronous mode
+
     max_staleness : refuse a gradient more than this many updates behind (None: off, the default)
     finish_seconds : once the budget is spent, how long the driver waits for the tasks to end before Spark
         cancels them
@@ -91,7 +101,7 @@ class AsyncSGD(SyncSGD):
     """
 
     def __init__(self, spark, workers: int = 2, *, max_staleness: int | None = None, finish_seconds: float = 60.0,
-                 stall_seconds: float = 600.0, **options):
+                 stall_seconds: float = 600.0, lr_scaling: str = "none", **options):
         if max_staleness is not None and (type(max_staleness) is not int or max_staleness < 0):
             raise ConfigError(f"max_staleness must be an integer >= 0 or None, got {max_staleness!r}")
         for name, value in (("finish_seconds", finish_seconds), ("stall_seconds", stall_seconds)):
@@ -100,6 +110,7 @@ class AsyncSGD(SyncSGD):
         super().__init__(spark, workers, **options)
         if self.backup.workers:
             raise ConfigError(f"backup_workers must be 0 in the asynchronous mode, got {self.backup.workers}")
+        self.config = self.config.scaled_for(1, lr_scaling)
         self.max_staleness, self.finish_seconds, self.stall_seconds = max_staleness, finish_seconds, stall_seconds
 
     def fit_data(self, source: tasks.BroadcastData | StagedShards, num_examples: int,
@@ -108,20 +119,23 @@ class AsyncSGD(SyncSGD):
                  checkpoint=None, checkpoint_every: int = 0) -> AsyncFitResult:
         """Train until ``epochs`` passes over the data (or ``max_steps`` updates in all) are applied. Each update is
         one shard's mini-batch; ``on_step(record)`` is called from the apply thread. ``validation`` is evaluated
-        once, at the end. Checkpoints, resuming and early stopping are not supported in this mode yet."""
+        once, at the end. ``state`` (an asynchronous run's: ``state.positions`` set) resumes at its update count
+        with each shard at its position; ``checkpoint(state)`` is called from the apply thread every
+        ``checkpoint_every`` updates (docs/async.md). Early stopping is not supported in this mode."""
         config = dataclasses.replace(self.config, epochs=epochs or self.config.epochs,
                                      max_steps=max_steps or self.config.max_steps)
         shards = self.workers
         try:  # whatever fails before the job starts, no warm-up job outlives the call
-            if state is not None or checkpoint is not None or checkpoint_every:
-                raise ConfigError("state/checkpoint: the asynchronous mode does not checkpoint or resume yet")
             if config.early_stopping_patience:
-                raise ConfigError("early_stopping_patience: not supported by the asynchronous mode yet")
+                raise ConfigError("early_stopping_patience: not supported by the asynchronous mode")
             config.check_data(num_examples, shards)
+            spec, fresh = training.new_state(self.model, config.seed)
+            state = fresh if state is None else _resumable(state, fresh, shards)
             self.start_warm_up()
-            spec, state = training.new_state(self.model, config.seed)
             state.params = state.params.astype(np.float32, copy=False)  # the wire carries float32
             state.velocity = state.velocity.astype(np.float32, copy=False)
+            if state.positions is None:
+                state.positions = [0] * shards
             walk = async_task.Walk(num_examples, shards, config.batch_size, config.seed)
             per_epoch = walk.per_epoch()
             budget = per_epoch * config.epochs
@@ -135,14 +149,25 @@ class AsyncSGD(SyncSGD):
             host = conf.get("spark.driver.host", "127.0.0.1")
             bind = conf.get("spark.driver.bindAddress", host)
             updater = Updater(self.model, spec, state, config, budget, per_epoch, on_step)
+
+            def after_apply(version: int, positions: dict[int, int]) -> None:  # in the apply thread
+                state.positions = [positions.get(k, 0) for k in range(shards)]
+                if checkpoint is not None and checkpoint_every and version % checkpoint_every == 0:
+                    checkpoint(state)
+            if state.step:
+                log.info("asynchronous run resumed at update %d of %d; shards at mini-batches %s", state.step,
+                         budget, state.positions)
             server = async_service.ParameterServer(state.params, updater, budget, shards, bind=bind, host=host,
-                                                   ports=ports, max_staleness=self.max_staleness)
+                                                   ports=ports, max_staleness=self.max_staleness,
+                                                   version=state.step, positions=dict(enumerate(state.positions)),
+                                                   after_apply=after_apply)
         finally:
             setup_seconds = self._finish_warm_up()
         try:
             reports, run_seconds = self._run(server, self._context(spec, config.dropout), source, walk)
         finally:
             server.shutdown()
+        state.positions = [server.positions.get(k, 0) for k in range(shards)]  # with any refused as too stale
         if server.error is not None:
             raise server.error
         if server.applied < budget:
@@ -217,3 +242,19 @@ class AsyncSGD(SyncSGD):
         if failure and server.applied < server.budget and server.error is None:
             reports.append(async_task.AsyncReport(-1, -1, 0, 0, 0, training.task_error(failure[0])))
         return reports, run_seconds
+
+
+def _resumable(state: training.TrainState, fresh: training.TrainState, shards: int) -> training.TrainState:
+    """``state`` if an asynchronous run of ``shards`` shards over the same model can go on from it, else a
+    ConfigError."""
+    if state.positions is None:
+        raise ConfigError("state: it is a synchronous run's (no shard positions): the asynchronous mode cannot "
+                          "resume it")
+    if len(state.positions) != shards:
+        raise ConfigError(f"state: it has the positions of {len(state.positions)} shards, this run has {shards} "
+                          f"workers")
+    for name in ("params", "velocity"):
+        if getattr(state, name).shape != getattr(fresh, name).shape:
+            raise ConfigError(f"state: {name} of shape {getattr(state, name).shape}, the model has "
+                              f"{getattr(fresh, name).shape}")
+    return state

@@ -3,7 +3,7 @@
 network's JSON definition, ``docs/models.md``); ``LeNetClassifier`` is its LeNet preset.
 
 ``NetworkClassifier.fit`` stages the DataFrame's rows as shard files (``staging``) and trains them
-with ``SyncSGD``: the training set never passes through the driver. ``transform`` adds
+with ``SyncSGD`` (``mode='async'``: ``AsyncSGD``): the training set never passes through the driver. ``transform`` adds
 ``prediction``, ``probability`` and ``rawPrediction`` (log-probabilities) columns, computed on the
 executors in Arrow batches. Defaults come from ``config``.
 """
@@ -67,6 +67,9 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
                         "1/255 (binary features: bytes 0 or 1); other values are refused, never rounded",
                         TypeConverters.toString)
     numClasses = _param("numClasses", "how many classes: labels are 0 .. numClasses - 1", TypeConverters.toInt)
+    mode = _param("mode", "'sync': synchronous SGD, each step applies the workers' gradients together; 'async': "
+                  "asynchronous SGD (Downpour-style), each worker's gradient applied as it arrives (docs/async.md)",
+                  TypeConverters.toString)
     workers = _param("workers", "gradient tasks (shards) per step; effective batch = batchSize x workers",
                      TypeConverters.toInt)
     backupWorkers = _param("backupWorkers", "extra gradient tasks per step whose slowest results are dropped",
@@ -105,7 +108,7 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
         super().__init__()
         sgd, backup = SGDConfig(), BackupConfig()
         self._setDefault(model="lenet", imageShape=list(models.MNIST_SHAPE), numClasses=models.MNIST_CLASSES,
-                         pixelRange="0..255", workers=TrainingConf.workers, backupWorkers=backup.workers,
+                         pixelRange="0..255", mode="sync", workers=TrainingConf.workers, backupWorkers=backup.workers,
                          batchSize=sgd.batch_size,
                          epochs=sgd.epochs, maxSteps=0, lr=sgd.lr, momentum=sgd.momentum, lrDecay=sgd.lr_decay,
                          l2=sgd.l2, warmupSteps=sgd.warmup_steps, lrSchedule=sgd.lr_schedule, lrScaling="none",
@@ -181,6 +184,11 @@ class TrainingSummary:
     best_metric: float | None = None  # the validation metric (earlyStoppingMetric) there
     mlflow_run_id: str | None = None  # the MLflow run the fit was logged to (mlflowTracking, or an active run)
     mlflow_model_uri: str | None = None  # the model logged there: mlflow.pyfunc.load_model(uri)
+    mode: str = "sync"  # the mode that ran: 'sync' or 'async'
+    # mode 'async': staleness of the updates {mean, p90, max} (versions applied between a gradient's pull and its
+    # apply), and updates per second from the job's start to the budget spent; None in mode 'sync'
+    staleness: dict | None = None
+    updates_per_second: float | None = None
 
 
 class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, DefaultParamsWritable):
@@ -200,10 +208,16 @@ class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, Defaul
         from pyspark.sql import functions as F
         spark = dataset.sparkSession
         pixel_range = self._pixel_range()
+        mode = self._mode()
         workers, backup = self.getOrDefault(self.workers), BackupConfig(workers=self.getOrDefault(self.backupWorkers))
         straggler = StragglerModel(self.getOrDefault(self.stragglerProb), self.getOrDefault(self.stragglerDelay))
-        sgd = SyncSGD(spark, workers, config=self.sgd_config(), backup=backup, straggler=straggler,
-                      lr_scaling=self.getOrDefault(self.lrScaling), model=self._network())
+        if mode == "async":
+            from mnist_lenet_spark.async_sgd import AsyncSGD
+            sgd = AsyncSGD(spark, workers, config=self.sgd_config(), straggler=straggler,
+                           lr_scaling=self.getOrDefault(self.lrScaling), model=self._network())
+        else:
+            sgd = SyncSGD(spark, workers, config=self.sgd_config(), backup=backup, straggler=straggler,
+                          lr_scaling=self.getOrDefault(self.lrScaling), model=self._network())
         features, label = self.getFeaturesCol(), self.getLabelCol()
         train_df, val_df = dataset, None
         has_indicator = self.isDefined(self.validationIndicatorCol) and bool(self.getValidationIndicatorCol())
@@ -227,7 +241,8 @@ class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, Defaul
             if tracker:
                 tracker.log_training_params(sgd.config, sgd.backup, workers, sgd.model, self.getOrDefault(self.model),
                                             lr_scaling=self.getOrDefault(self.lrScaling), estimator=type(self).__name__,
-                                            pixel_range=pixel_range, features_col=features, label_col=label)
+                                            pixel_range=pixel_range, features_col=features, label_col=label,
+                                            mode=mode)
             result, staging_seconds = staging.fit_dataframes(
                 sgd, train_df, val_df, features, label, self.getOrDefault(self.stagingDir), pixel_range,
                 **checkpointing, on_step=on_step)
@@ -237,7 +252,10 @@ class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, Defaul
             self._copyValues(model)
             model._set(imageShape=list(sgd.model.input_shape), numClasses=sgd.model.classes)  # the network's own
             model._summary = TrainingSummary(result.history, result.validation, staging_seconds, result.stopped_early,
-                                             result.stopped_step, result.best_step, result.best_metric)
+                                             result.stopped_step, result.best_step, result.best_metric, mode=mode)
+            if mode == "async":
+                model._summary.staleness = result.staleness_summary()
+                model._summary.updates_per_second = result.updates_per_second
             if tracker:
                 _track_fit(tracker, model, sgd, result)
         except BaseException as e:
@@ -245,6 +263,21 @@ class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, Defaul
                 tracker.fail(e)
             raise
         return model
+
+    def _mode(self) -> str:
+        """The ``mode`` Param, checked with the Params the asynchronous mode has no use for (a ConfigError naming
+        the Param: they are refused, not ignored)."""
+        mode = self.getOrDefault(self.mode)
+        if mode not in ("sync", "async"):
+            raise ConfigError(f"mode: must be 'sync' or 'async', got {mode!r}")
+        if mode == "async":
+            if self.getOrDefault(self.backupWorkers):
+                raise ConfigError(f"backupWorkers {self.getOrDefault(self.backupWorkers)}: the asynchronous mode "
+                                  f"(mode='async') has no steps to drop stragglers from; set 0")
+            if self.getOrDefault(self.earlyStoppingPatience):
+                raise ConfigError(f"earlyStoppingPatience {self.getOrDefault(self.earlyStoppingPatience)}: the "
+                                  f"asynchronous mode (mode='async') validates once, at the end; set 0")
+        return mode
 
     def _checkpointing(self, sgd: SyncSGD) -> dict:
         folder = self.getOrDefault(self.checkpointDir)
@@ -276,6 +309,9 @@ def _track_fit(tracker: tracking.Tracker, model: NetworkClassificationModel, sgd
              "validation_accuracy": result.params_validation_accuracy(sgd.config),  # the model's
              "late_tasks_stopped_by_signal": result.late_tasks.get("stopped_by_signal", 0),
              "late_tasks_killed_by_spark": result.late_tasks.get("killed_by_spark", 0)}
+    if s.mode == "async":
+        from mnist_lenet_spark.jobs.runs import async_statistics
+        final.update(async_statistics(result))
     tracker.log_validation(result.validation)
     tracker.log_final(final, step=last)
     tracker.log_plots(result.history, result.validation,

@@ -201,6 +201,8 @@ class SyncSGD:
             config.check_data(num_examples, shards)
             self.start_warm_up()  # unless fit or fit_dataframes started it already
             spec, fresh = training.new_state(self.model, config.seed)
+            if state is not None and state.positions is not None:
+                raise ConfigError("state: it is an asynchronous run's (AsyncSGD): a synchronous run cannot resume it")
             state = state or fresh
             total = config.total_steps(num_examples, shards)
 

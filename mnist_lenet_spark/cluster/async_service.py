@@ -93,22 +93,28 @@ class ParameterServer:
     """Driver side: serves ``params`` (P,) float32 and their version to ``partitions`` tasks that know the token,
     and applies their pushes in one thread with ``apply`` until ``budget`` updates are applied (``done`` is set
     then, or when the run stops on an error: ``error``). ``max_staleness``: refuse pushes more versions behind
-    (None: off). ``bind``/``host``/``ports`` as ``step_signal.StepServer``'s."""
+    (None: off). ``bind``/``host``/``ports`` as ``step_signal.StepServer``'s. A resumed run starts at ``version``
+    (updates applied before; ``budget`` counts them too) with each partition's ``positions``. ``after_apply(version,
+    positions)`` runs in the apply thread after each update is published (checkpoints); if it raises, the run
+    stops with that error."""
     AUTH_SECONDS = 2.0  # a new connection must present the token and its hello within this
     IDLE_SECONDS = 600.0  # a task silent this long between messages (a gradient, with any injected delay) is dropped
     PAYLOAD_SECONDS = 60.0  # a push's gradient must arrive within this after its header
 
     def __init__(self, params: np.ndarray, apply: Apply, budget: int, partitions: int, *, bind: str = "127.0.0.1",
                  host: str | None = None, ports: range = range(0, 1), token: bytes | None = None,
-                 max_clients: int | None = None, max_staleness: int | None = None):
+                 max_clients: int | None = None, max_staleness: int | None = None, version: int = 0,
+                 positions: dict[int, int] | None = None,
+                 after_apply: Callable[[int, dict[int, int]], None] | None = None):
         self.params = np.ascontiguousarray(params, np.float32)  # published: never written in place
         self.apply, self.budget, self.partitions = apply, budget, partitions
-        self.max_staleness = max_staleness
-        self.version = 0  # updates applied
+        self.max_staleness, self.after_apply = max_staleness, after_apply
+        self.version = version  # updates applied (a resumed run's count goes on)
         self.token = token or secrets.token_bytes(TOKEN_BYTES)
         self.max_clients = max_clients or max(4, 2 * partitions + 2)
         self.newest_attempt: dict[int, int] = {}
-        self.positions: dict[int, int] = {}  # mini-batches each partition pushed (answered, from its newest attempt)
+        # mini-batches each partition pushed (applied, or refused as too stale), over its attempts
+        self.positions: dict[int, int] = dict(positions or {})
         self.refused = {name: 0 for code, name in STATUS_NAMES.items() if code != APPLIED}
         self.dropped = 0  # connections closed for too many, a wrong token, a bad message, or idleness
         self.error: BaseException | None = None
@@ -127,7 +133,7 @@ class ParameterServer:
                          threading.Thread(target=self._apply_loop, name="async-apply", daemon=True)]
         for thread in self._threads:
             thread.start()
-        if budget <= 0:
+        if budget <= version:
             self.done.set()
 
     # -- the driver's controls ------------------------------------------------------------------------
@@ -316,8 +322,11 @@ class ParameterServer:
             self.params, self.version = np.ascontiguousarray(new, np.float32), version + 1
             self.positions[item.partition] = self.positions.get(item.partition, 0) + 1
             self.last_progress = time.monotonic()
-            if self.version >= self.budget:
-                self.done.set()
+            positions = dict(self.positions)
+        if self.after_apply is not None:  # before done is set: the driver's final checkpoint comes after it
+            self.after_apply(version + 1, positions)
+        if version + 1 >= self.budget:
+            self.done.set()
         return APPLIED
 
 

@@ -22,6 +22,7 @@ from mnist_lenet_spark.loop import training
 from mnist_lenet_spark.progress import StepProgress
 
 log = logging.getLogger(__name__)
+MODES = ("sync", "async")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class TrainRun:
     config: SGDConfig = SGDConfig()
     backup: BackupConfig = BackupConfig()
     workers: int = 2
+    mode: str = "sync"  # MODES: synchronous SGD (spark.SyncSGD) or asynchronous (async_sgd.AsyncSGD)
     lr_scaling: str = "none"
     straggler: StragglerModel = StragglerModel()
     master: str | None = None  # None: the one spark-submit chose, else local[*]
@@ -58,6 +60,34 @@ class TrainRun:
     progress: bool = True
     mlflow: bool = False  # log the run to MLflow (also when the caller has an MLflow run active)
     mlflow_experiment: str | None = None  # the MLflow experiment of the run (implies mlflow)
+
+
+def check_mode(run: TrainRun) -> None:
+    """ConfigError naming the setting when ``run`` asks the asynchronous mode for what it does not do (the flags
+    are refused earlier, by the job's parser; this also catches conf/training.json)."""
+    if run.mode not in MODES:
+        raise ConfigError(f"--mode: must be one of {', '.join(MODES)}, got {run.mode!r}")
+    if run.mode != "async":
+        return
+    if run.backup.workers:
+        raise ConfigError(f"--backup-workers {run.backup.workers}: the asynchronous mode (--mode async) has no steps "
+                          f"to drop stragglers from; give 0")
+    if run.config.early_stopping_patience:
+        raise ConfigError(f"--early-stopping-patience {run.config.early_stopping_patience}: the asynchronous mode "
+                          f"(--mode async) validates once, at the end; give 0")
+
+
+def async_statistics(result) -> dict:
+    """The asynchronous run's own figures (``async_sgd.AsyncFitResult``): staleness (mean, p90, max), updates/s
+    from the job's start to the budget spent, the median apply time, pushes refused (by reason) and shards lost."""
+    staleness = result.staleness_summary()
+    applies = [h["seconds"] for h in result.history]
+    return {"updates": len(result.history), "updates_per_second": result.updates_per_second,
+            "run_seconds": result.run_seconds, "staleness_mean": staleness["mean"],
+            "staleness_p90": staleness["p90"], "staleness_max": staleness["max"],
+            "apply_seconds_median": float(np.median(applies)) if applies else None,
+            "refused_pushes": dict(result.refused),  # by reason; "budget spent": in flight at the end
+            "lost_shards": sorted(r.shard for r in result.tasks if r.ended not in ("budget", "superseded"))}
 
 
 def step_statistics(history: list[dict]) -> dict:
@@ -111,6 +141,10 @@ def _resume_state(run: TrainRun, checkpoint: Path, shape: dict, network) -> trai
     """The checkpoint's state, refused (ConfigError naming the file) if it does not continue this run."""
     state, meta = training.load_checkpoint(checkpoint)
     saved = {**meta.get("config", {}), **meta}
+    saved_mode = "async" if state.positions is not None else "sync"  # checkpoints from before --mode are sync
+    if saved_mode != run.mode:
+        raise ConfigError(f"{checkpoint}: written with --mode {saved_mode}, resumed with --mode {run.mode} (a run "
+                          f"goes on in the mode it started in)")
     for key, value in shape.items():
         if key in saved and saved[key] != value:
             flag = {"data": "training data", "model": "model"}.get(key, "--" + key.replace("_", "-"))
@@ -125,7 +159,7 @@ def _resume_state(run: TrainRun, checkpoint: Path, shape: dict, network) -> trai
     if run.config.early_stopping_patience and watched not in (None, run.config.early_stopping_metric):
         raise ConfigError(f"{checkpoint}: written with --early-stopping-metric {watched}, resumed with "
                           f"{run.config.early_stopping_metric}")
-    lr = run.config.scaled_for(run.workers, run.lr_scaling).lr
+    lr = run.config.scaled_for(run.workers if run.mode == "sync" else 1, run.lr_scaling).lr
     if saved.get("lr") is not None and saved["lr"] != lr:
         log.info("resuming with lr %g (the checkpoint's run had %g)", lr, saved["lr"])
     log.info("resuming from %s at step %d", checkpoint, state.step)
@@ -151,6 +185,7 @@ def train(run: TrainRun) -> dict:
     if not run.train_path and (network.input_shape, network.classes) != (models.MNIST_SHAPE, models.MNIST_CLASSES):
         raise ConfigError("--image-shape/--classes: the bundled MNIST is 1,28,28 with 10 classes; give --train "
                           "data of that shape")
+    check_mode(run)
     shards = run.workers + run.backup.workers
     run.straggler.check_partitions(shards)
     tracker = tracking.tracker(run.mlflow, "--mlflow" if run.mlflow else "--mlflow-experiment", run.mlflow_experiment)
@@ -162,7 +197,7 @@ def train(run: TrainRun) -> dict:
             train_split = data.Split(train_split.images[:run.limit_train], train_split.labels[:run.limit_train])
         run.config.check_data(len(train_split.labels), shards)
     # what a resumed run must share with its checkpoint, or it would not continue the same schedule
-    shape = {"seed": run.config.seed, "batch_size": run.config.batch_size, "workers": run.workers,
+    shape = {"mode": run.mode, "seed": run.config.seed, "batch_size": run.config.batch_size, "workers": run.workers,
              "backup_workers": run.backup.workers, "model": models.identity(run.model, network),
              "data": _data_fingerprint(train_split.labels) if train_split is not None else run.train_path}
     checkpoint = Path(run.checkpoint_dir) / "checkpoint.npz" if run.checkpoint_dir else None
@@ -190,13 +225,18 @@ def train(run: TrainRun) -> dict:
         raise
     try:
         from mnist_lenet_spark.ml import NetworkClassificationModel  # pyspark.ml: only once Spark runs
-        sgd = msp.SyncSGD(spark, run.workers, config=run.config, backup=run.backup, straggler=run.straggler,
-                          lr_scaling=run.lr_scaling, model=network)
+        if run.mode == "async":
+            from mnist_lenet_spark.async_sgd import AsyncSGD
+            sgd = AsyncSGD(spark, run.workers, config=run.config, straggler=run.straggler, lr_scaling=run.lr_scaling,
+                           model=network)
+        else:
+            sgd = msp.SyncSGD(spark, run.workers, config=run.config, backup=run.backup, straggler=run.straggler,
+                              lr_scaling=run.lr_scaling, model=network)
         config = sgd.config
         progress = StepProgress() if run.progress else None  # a bar on a terminal, else a log line now and then
         if tracker:
             tracker.log_training_params(config, run.backup, run.workers, network, run.model,
-                                        lr_scaling=run.lr_scaling, data=shape["data"],
+                                        lr_scaling=run.lr_scaling, data=shape["data"], mode=run.mode,
                                         resumed_from_step=state.step if state else 0,
                                         straggler_prob=run.straggler.prob, straggler_delay=run.straggler.delay)
 
@@ -252,7 +292,7 @@ def train(run: TrainRun) -> dict:
             model.write().overwrite().save(str(run.save_model))
         stats = step_statistics(result.history)
         summary = {
-            "status": "ok", "model": run.model, "test_accuracy": test_accuracy,
+            "status": "ok", "mode": run.mode, "model": run.model, "test_accuracy": test_accuracy,
             "validation_accuracy": result.params_validation_accuracy(config),
             "epochs": config.epochs, "workers": run.workers, "batch_size": config.batch_size,
             "backup_workers": run.backup.workers, "shards": shards, "train_seconds": train_seconds,
@@ -263,6 +303,11 @@ def train(run: TrainRun) -> dict:
             "late_tasks_killed_by_spark": result.late_tasks.get("killed_by_spark", 0),
             "spark_master": spark.sparkContext.master, **stats,
         }
+        if run.mode == "async":  # an update's "seconds" is its apply, not a step: no step times
+            for key in ("step_seconds_median", "step_seconds_mean", "step_seconds_p90", "dropped_tasks",
+                        "late_tasks_stopped_by_signal", "late_tasks_killed_by_spark"):
+                del summary[key]
+            summary.update(async_statistics(result))
         if config.early_stopping_patience:  # test_accuracy and the model are the best validation's
             summary.update({"early_stopping_metric": config.early_stopping_metric,
                             "stopped_early": result.stopped_early, "stopped_step": result.stopped_step,
@@ -272,8 +317,8 @@ def train(run: TrainRun) -> dict:
                           f"workers, {spark.sparkContext.master}")
     except BaseException as e:  # the summary tells how the run ended, then the error goes on to the caller
         status = "diverged" if isinstance(e, training.DivergenceError) else "failed"
-        summary = {"status": status, "error": str(e).splitlines()[0] if str(e) else type(e).__name__,
-                   **step_statistics(history)}
+        summary = {"status": status, "mode": run.mode,
+                   "error": str(e).splitlines()[0] if str(e) else type(e).__name__, **step_statistics(history)}
         if tracker:
             summary["mlflow_run_id"] = tracker.run_id
         failure = e

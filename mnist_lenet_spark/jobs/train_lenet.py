@@ -65,6 +65,9 @@ def parse_args(argv=None):
                         "model's (1,28,28 for the presets)")
     p.add_argument("--classes", type=positive_int, default=None,
                    help="labels are 0 .. classes - 1; default: the model's (10 for the presets)")
+    p.add_argument("--mode", choices=list(runs.MODES), default="sync",
+                   help="sync: synchronous SGD, one step of all workers' gradients at a time (default); async: "
+                        "asynchronous SGD, each worker's gradient applied as it arrives (docs/async.md)")
     p.add_argument("--epochs", type=positive_int)
     p.add_argument("--max-steps", type=positive_int)
     p.add_argument("--workers", type=positive_int)
@@ -114,6 +117,15 @@ def parse_args(argv=None):
     p.add_argument("--mlflow-experiment", default=None, metavar="NAME",
                    help="the MLflow experiment of the run (implies --mlflow)")
     args = p.parse_args(argv)
+    if args.mode == "async":  # what the asynchronous mode has no use for is refused, not ignored
+        if args.backup_workers:
+            p.error(f"--backup-workers {args.backup_workers}: the asynchronous mode (--mode async) has no steps to "
+                    f"drop stragglers from; give 0")
+        for flag in ("backup_mode", "backup_combine", "validate_every", "early_stopping_patience",
+                     "early_stopping_min_delta", "early_stopping_metric"):
+            if getattr(args, flag) is not None:
+                p.error(f"--{flag.replace('_', '-')}: not with --mode async (it validates once, at the end, and has "
+                        f"no backup workers)")
     if args.resume and not args.checkpoint_dir:
         p.error("--resume needs --checkpoint-dir")
     if args.checkpoint_every and not args.checkpoint_dir:
@@ -160,7 +172,7 @@ def train_run(args) -> runs.TrainRun:
         max_steps=args.max_steps, workers=args.workers, batch_size=args.batch_size,
         lr=args.lr, momentum=args.momentum, lr_decay=args.lr_decay, l2=args.l2, warmup_steps=args.warmup_steps,
         lr_schedule=args.lr_schedule,
-        seed=args.seed, validate_every=args.validate_every, backup_workers=args.backup_workers,
+        seed=args.seed, validate_every=args.validate_every, backup_workers=args.backup_workers, mode=args.mode,
         early_stopping_patience=args.early_stopping_patience,
         early_stopping_min_delta=args.early_stopping_min_delta, early_stopping_metric=args.early_stopping_metric,
         backup_mode=args.backup_mode, backup_combine=args.backup_combine, lr_scaling=args.lr_scaling,
@@ -190,8 +202,14 @@ def main(argv=None):
     except training.StepFailure as e:
         print(f"train_lenet: error: {e}", file=sys.stderr)
         return 4
-    print(f"steps {summary['steps']}, {summary['train_seconds']:.1f} s, {summary['examples_per_second']:.0f} "
-          f"examples/s, median step {summary['step_seconds_median'] * 1000:.0f} ms")
+    if summary["mode"] == "async":
+        staleness = ("" if summary["staleness_mean"] is None else f", staleness mean {summary['staleness_mean']:.2f} "
+                     f"p90 {summary['staleness_p90']:.0f} max {summary['staleness_max']}")
+        print(f"updates {summary['updates']}, {summary['train_seconds']:.1f} s, {summary['examples_per_second']:.0f} "
+              f"examples/s, {summary['updates_per_second']:.1f} updates/s{staleness}")
+    else:
+        print(f"steps {summary['steps']}, {summary['train_seconds']:.1f} s, {summary['examples_per_second']:.0f} "
+              f"examples/s, median step {summary['step_seconds_median'] * 1000:.0f} ms")
     if summary.get("stopped_early"):
         print(f"stopped early after step {summary['stopped_step']}; the best validation "
               f"{summary['early_stopping_metric']} was {summary['best_metric']:.4f} at step {summary['best_step']}")

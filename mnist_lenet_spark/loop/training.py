@@ -60,6 +60,8 @@ class TrainState:
     epoch: int = 0
     step_in_epoch: int = 0
     early_stopping: EarlyStopping | None = None  # with early stopping on: the best validation so far
+    # the asynchronous mode (async_sgd) only: mini-batches each shard has pushed; ``step`` counts its updates
+    positions: list[int] | None = None
 
 
 @dataclass
@@ -308,10 +310,12 @@ def new_state(model: base.Model, seed: int) -> tuple[base.ParamSpec, TrainState]
 
 
 def save_checkpoint(path: str | os.PathLike, state: TrainState, config: SGDConfig, extra: dict | None = None) -> None:
-    """Write parameters, momentum, step, epoch, config and early stopping's memory atomically (temp file +
-    rename)."""
+    """Write parameters, momentum, step, epoch, config, early stopping's memory and (asynchronous mode) the
+    shards' positions atomically (temp file + rename)."""
     meta = {"step": state.step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
             "config": dataclasses.asdict(config), **(extra or {})}
+    if state.positions is not None:
+        meta["positions"] = [int(p) for p in state.positions]
     arrays = {"params": state.params, "velocity": state.velocity}
     if state.early_stopping is not None:
         meta["early_stopping"] = state.early_stopping.meta()
@@ -331,6 +335,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[TrainState, dict[str, Any]
             meta = json.loads(str(z["meta"]))
             state = TrainState(z["params"], z["velocity"], int(meta["step"]), int(meta["epoch"]),
                                int(meta["step_in_epoch"]))
+            if meta.get("positions") is not None:
+                state.positions = [int(p) for p in meta["positions"]]
             if meta.get("early_stopping") is not None:
                 found = meta["early_stopping"]
                 state.early_stopping = EarlyStopping(
