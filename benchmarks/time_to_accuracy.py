@@ -1,0 +1,221 @@
+"""Time to accuracy: synchronous SGD with b = 0, 1, 2, 4 backup workers against asynchronous SGD (Downpour-style), at
+N workers each (Chen et al. 2016, "Revisiting Distributed Synchronous SGD", figures 5-7).
+
+Every run has the same model, initial weights (--seed), per-worker batch, straggler model (each task delayed
+--straggler-delay s with probability --straggler-prob, drawn from the same seeded keys) and wall-clock budget. The
+parameters are kept at fixed wall-clock times (every --snapshot-seconds from the first update's start, and at the
+budget): a snapshot at time T holds the parameters as they were at T, the last update applied by then. They are
+evaluated on the test set after the run, off the clock. Prints one comparison table: time to each --targets
+accuracy (at snapshot granularity; "-": not reached within the budget), test accuracy at the budget, staleness
+(async: mean, p90, max), updates and examples per second. Writes the table and every run's curve (time, examples
+seen, accuracy per snapshot) to --out (default benchmarks/results/time_to_accuracy.json, with the CPU).
+
+The learning rates are not tuned per mode here: sync takes --sync-lr scaled linearly to N x batch with a warm-up
+(the README's setting), async --async-lr at its batch. The asynchronous mode needs a task slot per worker: on a
+master with fewer slots than N, only as many tasks push as there are slots (AsyncSGD warns).
+
+    python benchmarks/time_to_accuracy.py                  # N = 4, 8; sync b = 0, 1, 2, 4; async; 300 s each
+    python benchmarks/time_to_accuracy.py --quick          # N = 2; sync b = 0, 1; async; a few seconds each
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, cpu  # noqa: E402
+
+from mnist_lenet_spark import data, files, models  # noqa: E402
+from mnist_lenet_spark import spark as msp  # noqa: E402
+from mnist_lenet_spark.async_sgd import AsyncSGD  # noqa: E402
+from mnist_lenet_spark.executor import inference  # noqa: E402
+from mnist_lenet_spark.executor.straggler import StragglerModel  # noqa: E402
+from mnist_lenet_spark.models import base  # noqa: E402
+
+QUICK = {"workers": [2], "backup": [0, 1], "budget_seconds": 6.0, "snapshot_seconds": 2.0, "train_size": 2048,
+         "warmup_steps": 10,
+         "test_size": 500, "batch_size": 16}
+
+
+class TimeBudget(Exception):
+    """Raised from the run's callbacks once its wall-clock budget is spent: it ends the fit."""
+
+
+class Snapshots:
+    """The ``on_step`` and ``checkpoint`` callbacks of one fit (both called after every update, in that order, in
+    one thread): the parameters at each snapshot time, and each update's time, examples and staleness."""
+
+    def __init__(self, budget: float, every: float):
+        self.budget, self.every = budget, every
+        self.origin = None  # perf_counter() of the first update's start (sync: its step's; async: the job's)
+        self.updates: list[tuple[float, int, int | None]] = []  # (time, examples, staleness)
+        self.taken: list[dict] = []  # {time, updates, examples, params (P,)}
+        self.params = None  # the parameters before the update being recorded: never written in place
+        self.examples = 0
+
+    def on_step(self, record: dict) -> None:
+        now = time.perf_counter()
+        if self.origin is None:  # async records count from the job's start, sync ones time their step
+            self.origin = now - record.get("time", record["seconds"])
+        self.updates.append((now - self.origin, record["examples"], record.get("staleness")))
+
+    def checkpoint(self, state) -> None:
+        now, examples = self.updates[-1][0], self.examples
+        # every snapshot time passed since the last update holds the parameters from before this one
+        while (at := self.next_time()) is not None and at <= now:
+            self.taken.append({"time": at, "updates": len(self.updates) - 1, "examples": examples,
+                               "params": self.params})
+        self.params, self.examples = state.params, examples + self.updates[-1][1]
+        if now >= self.budget:
+            raise TimeBudget(f"the time budget of {self.budget:g} s is spent")
+
+    def start(self, params: np.ndarray) -> None:
+        """The snapshot at time 0: the initial parameters (P,)."""
+        self.params = params
+        self.taken.append({"time": 0.0, "updates": 0, "examples": 0, "params": params})
+
+    def next_time(self) -> float | None:
+        """The next snapshot time: every ``every`` seconds, and the budget last (None once it is taken)."""
+        if self.taken[-1]["time"] >= self.budget:
+            return None
+        return min(len(self.taken) * self.every, self.budget)
+
+
+def run_one(session, mode: str, workers: int, backup: int, args, images, labels, network) -> Snapshots:
+    straggler = StragglerModel(args.straggler_prob, args.straggler_delay)
+    common = {"batch_size": args.batch_size, "seed": args.seed, "straggler": straggler, "model": network}
+    if mode == "async":
+        sgd = AsyncSGD(session, workers, lr=args.async_lr, **common)
+    else:
+        sgd = msp.SyncSGD(session, workers, backup_workers=backup, lr=args.sync_lr, lr_scaling="linear",
+                          warmup_steps=args.warmup_steps, **common)
+    snapshots = Snapshots(args.budget_seconds, args.snapshot_seconds)
+    snapshots.start(base.flatten(*_initial(network, args.seed)))
+    try:
+        sgd.fit(images, labels, epochs=10_000, on_step=snapshots.on_step, checkpoint=snapshots.checkpoint,
+                checkpoint_every=1)
+    except TimeBudget:
+        pass
+    else:
+        raise RuntimeError(f"{mode} N={workers} b={backup}: the data ran out before the budget (raise --epochs)")
+    return snapshots
+
+
+def _initial(network, seed: int):
+    params = network.init_params(seed)
+    return params, base.param_spec(params)
+
+
+def summarise(snapshots: Snapshots, spec, network, test, targets: list[float], budget: float) -> dict:
+    """Each snapshot's test accuracy (computed here, off the clock), and the run's row of the table."""
+    curve = []
+    for snap in snapshots.taken:
+        correct, _ = inference.correct_and_loss(network, base.unflatten(snap["params"], spec), test.images,
+                                                test.labels)
+        curve.append({"time": snap["time"], "updates": snap["updates"], "examples": snap["examples"],
+                      "accuracy": correct / len(test.labels)})
+    within = [u for u in snapshots.updates if u[0] <= budget]
+    staleness = [s for _, _, s in within if s is not None]
+    row = {f"time_to_{target}": next((c["time"] for c in curve if c["accuracy"] >= target), None)
+           for target in targets}
+    row.update({"accuracy_at_budget": curve[-1]["accuracy"], "updates": len(within),
+                "updates_per_second": len(within) / budget,
+                "examples_per_second": sum(e for _, e, _ in within) / budget,
+                "staleness_mean": float(np.mean(staleness)) if staleness else None,
+                "staleness_p90": float(np.percentile(staleness, 90)) if staleness else None,
+                "staleness_max": int(max(staleness)) if staleness else None})
+    return {"row": row, "curve": curve}
+
+
+def table(rows: list[dict], targets: list[float]) -> str:
+    def cell(value, form):
+        return "-" if value is None else format(value, form)
+    head = (["run", "N", "b"] + [f"t({t:.1%})" for t in targets]
+            + ["acc@budget", "staleness mean/p90/max", "updates/s", "examples/s"])
+    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    for r in rows:
+        staleness = "-" if r["staleness_mean"] is None else \
+            f"{r['staleness_mean']:.2f}/{r['staleness_p90']:.0f}/{r['staleness_max']}"
+        lines.append(" | ".join([r["run"], str(r["workers"]), cell(r["backup"], "d")]
+                                + [cell(r[f"time_to_{t}"], ".1f") for t in targets]
+                                + [f"{r['accuracy_at_budget']:.4f}", staleness, f"{r['updates_per_second']:.1f}",
+                                   f"{r['examples_per_second']:.0f}"]))
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="a smoke run: " + ", ".join(f"{k} {v}" for k, v in
+                                                                                   QUICK.items()))
+    p.add_argument("--master", default="local[*]")
+    p.add_argument("--workers", default="4,8", help="N of each run, comma-separated")
+    p.add_argument("--backup", default="0,1,2,4", help="the synchronous runs' backup workers b, comma-separated")
+    p.add_argument("--batch-size", type=int, default=32, help="per worker, in both modes")
+    p.add_argument("--sync-lr", type=float, default=0.01, help="scaled by N x batch / 64, with --warmup-steps")
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--async-lr", type=float, default=0.01)
+    p.add_argument("--straggler-prob", type=float, default=0.1)
+    p.add_argument("--straggler-delay", type=float, default=1.0, help="seconds")
+    p.add_argument("--budget-seconds", type=float, default=300.0)
+    p.add_argument("--snapshot-seconds", type=float, default=15.0)
+    p.add_argument("--targets", default="0.985,0.99", help="test accuracies, comma-separated")
+    p.add_argument("--train-size", type=int, default=None, help="the first N training images (default: all)")
+    p.add_argument("--test-size", type=int, default=None, help="the first N test images (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="the JSON file (default benchmarks/results/time_to_accuracy.json, "
+                                               "with --quick time_to_accuracy_quick.json)")
+    args = p.parse_args(argv)
+    args.workers = [int(v) for v in args.workers.split(",")]
+    args.backup = [int(v) for v in args.backup.split(",")]
+    args.targets = [float(v) for v in args.targets.split(",")]
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    name = "time_to_accuracy_quick.json" if args.quick else "time_to_accuracy.json"
+    args.out = Path(args.out) if args.out else RESULTS / name
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    # the budget ends an async run through the apply thread, which logs it as a failed update
+    logging.getLogger("mnist_lenet_spark.cluster.async_service").setLevel(logging.CRITICAL)
+    mnist = data.load_mnist()
+    train, test = mnist.train, mnist.test
+    if args.train_size:
+        train = data.Split(train.images[:args.train_size], train.labels[:args.train_size])
+    if args.test_size:
+        test = data.Split(test.images[:args.test_size], test.labels[:args.test_size])
+    network = models.by_name("lenet")
+    _, spec = _initial(network, args.seed)
+    session = msp.session(args.master, conf={"spark.ui.enabled": "false"})
+    session.sparkContext.setLogLevel("ERROR")
+    runs = [("sync", n, b) for n in args.workers for b in args.backup] + [("async", n, None) for n in args.workers]
+    rows, curves = [], {}
+    try:
+        for mode, workers, backup in runs:
+            name = f"sync b={backup}" if mode == "sync" else "async"
+            snapshots = run_one(session, mode, workers, backup or 0, args, train.images, train.labels, network)
+            result = summarise(snapshots, spec, network, test, args.targets, args.budget_seconds)
+            rows.append({"run": name, "mode": mode, "workers": workers, "backup": backup, **result["row"]})
+            curves[f"{name} N={workers}"] = result["curve"]
+            print(f"{name} N={workers}: accuracy {result['row']['accuracy_at_budget']:.4f} at "
+                  f"{args.budget_seconds:g} s, {result['row']['updates']} updates", flush=True)
+    finally:
+        session.stop()
+    print(table(rows, args.targets))
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    out = {"settings": settings, "master": args.master, "rows": rows, "curves": curves, "cpu": cpu()}
+    files.write_atomically(args.out, json.dumps(out, indent=2) + "\n")
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""benchmarks/time_to_accuracy.py --quick: a smoke run (N = 2; sync b = 0 and 1; async) whose table and JSON have the
+right rows and sane values. The tests do not run the full experiment."""
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_the_quick_run_prints_the_comparison_table_and_writes_every_run(tmp_path):
+    out = tmp_path / "time_to_accuracy.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_to_accuracy.py"), "--quick",
+                           "--master", "local[2]", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows, budget = result["rows"], result["settings"]["budget_seconds"]
+    assert [(r["run"], r["workers"], r["backup"]) for r in rows] == [("sync b=0", 2, 0), ("sync b=1", 2, 1),
+                                                                     ("async", 2, None)]
+    for r in rows:
+        assert 0 <= r["accuracy_at_budget"] <= 1 and r["updates"] > 0, r
+        assert r["updates_per_second"] > 0 and r["examples_per_second"] >= 16 * r["updates_per_second"], r
+        assert all(r[f"time_to_{t}"] is None or 0 < r[f"time_to_{t}"] <= budget for t in (0.985, 0.99)), r
+    assert rows[0]["staleness_mean"] is None and rows[1]["staleness_max"] is None  # sync: no staleness
+    asynchronous = rows[2]
+    assert 0 <= asynchronous["staleness_mean"] <= asynchronous["staleness_max"]
+    assert 0 <= asynchronous["staleness_p90"] <= asynchronous["staleness_max"]
+    assert asynchronous["updates_per_second"] > rows[0]["updates_per_second"]  # one mini-batch an update, not N
+    curves = result["curves"]
+    assert sorted(curves) == ["async N=2", "sync b=0 N=2", "sync b=1 N=2"]
+    initial = {curve[0]["accuracy"] for curve in curves.values()}
+    assert len(initial) == 1 and initial.pop() < 0.3  # the same initial weights, untrained
+    for name, curve in curves.items():
+        times = [c["time"] for c in curve]
+        assert times[0] == 0 and times[-1] == budget and times == sorted(set(times)), (name, times)
+        examples = [c["examples"] for c in curve]
+        assert examples == sorted(examples) and examples[-1] > 0, (name, examples)
+        assert curve[-1]["accuracy"] > curve[0]["accuracy"] + 0.2, (name, curve)  # it trained
+    lines = proc.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("run | N | b"))
+    assert "t(98.5%)" in header and "t(99.0%)" in header and "staleness mean/p90/max" in header
+    assert [line.split(" | ")[:3] for line in lines if line.startswith(("sync b=", "async")) and " | " in line] == [
+        ["sync b=0", "2", "0"], ["sync b=1", "2", "1"], ["async", "2", "-"]]
