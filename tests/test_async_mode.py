@@ -147,10 +147,15 @@ def test_one_worker_resumed_from_a_checkpoint_equals_an_uninterrupted_run(spark,
 
 
 def test_two_workers_resume_with_the_count_and_each_shards_position_continued(spark, mnist, tmp_path):
+    """Resumed from a checkpoint written mid-run (the other task's gradient in flight, as when a driver dies after
+    writing it): the update count, the learning rates and each shard's walk go on from it."""
     images, labels = mnist.train.images[:256], mnist.train.labels[:256]  # 2 shards x 8 mini-batches of 16
     path = tmp_path / "checkpoint.npz"
-    save = (lambda state: training.save_checkpoint(path, state, SGDConfig()))
-    AsyncSGD(spark, workers=2, batch_size=16).fit(images, labels, max_steps=6, checkpoint=save, checkpoint_every=3)
+
+    def save(state):
+        if state.step == 6:
+            training.save_checkpoint(path, state, SGDConfig())
+    AsyncSGD(spark, workers=2, batch_size=16).fit(images, labels, max_steps=10, checkpoint=save, checkpoint_every=3)
     state, _ = training.load_checkpoint(path)
     assert state.step == 6 and sum(state.positions) == 6 and len(state.positions) == 2
     before = list(state.positions)

@@ -209,3 +209,17 @@ def test_the_package_does_not_import_mlflow_unless_asked():
             "mnist_lenet_spark.jobs.train_lenet, mnist_lenet_spark.executor.tasks; print('mlflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False"
+
+
+def test_an_async_estimator_fit_logs_its_mode_staleness_and_updates_per_second(frame, tracking_uri):
+    from mnist_lenet_spark.ml import NetworkClassifier
+    _, _, df = frame
+    mlflow.set_experiment("estimator-own-run")
+    model = NetworkClassifier(model=json.dumps(NET), mode="async", workers=2, batchSize=16, maxSteps=4,
+                              mlflowTracking=True).fit(df)
+    client = mlflow.MlflowClient()
+    run = client.get_run(model.summary.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.params["mode"] == "async"
+    assert metric_steps(client, run.info.run_id, "staleness") == [1, 2, 3, 4]  # each update's
+    final = run.data.metrics
+    assert final["staleness_max"] == model.summary.staleness["max"] and final["updates_per_second"] > 0
