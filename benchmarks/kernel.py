@@ -83,21 +83,25 @@ def torch_step_fn(X, y):
 
 def resnet_products(input_shape=(1, 28, 28), batch: int = BATCH) -> list[tuple[int, int, int]]:
     """The matrix products of one NumPy ResNet step, (M, K, F) for an (M, K) @ (K, F) product, as this package
-    multiplies them (``nn/conv2d.py``). A 3x3 convolution of an (H, W, C) input to (H', W', F) with the kernel
-    rows folded (stride 2, or 3 C < MIN_ROW_COLUMNS) is (M = batch H' W', 9 C) @ (9 C, F) forward and
-    (9 C, M) @ (M, F) for the filter gradient; in row mode it is three products (M_g, 3 C) @ (3 C, F), one per
-    kernel row, whose M_g skip the output rows that row reads from the padding. Its dx at stride 1 is the
-    convolution of dout with the turned filters (F channels in, C out), at stride 2 (M, F) @ (F, 9 C) before
-    col2im; the stem has no dx. A 1x1 shortcut multiplies the sub-sampled pixels: (M, C) @ (C, F),
-    (C, M) @ (M, F), (M, F) @ (F, C)."""
+    multiplies them (``nn/conv2d.py``). A 3x3 convolution (padding 1) of an (H, W, C) input to (H', W', F) with
+    the kernel rows folded (3 C < MIN_ROW_COLUMNS) is (M = batch H' W', 9 C) @ (9 C, F) forward and
+    (9 C, M) @ (M, F) for the filter gradient; in row mode (at any stride) it is three products
+    (M_g, 3 C) @ (3 C, F), one per kernel row, whose M_g skip the output rows that row reads from the padding. Its
+    dx at stride 1 is the convolution of dout with the turned filters (F channels in, C out), at stride 2 the
+    products (M_g, F) @ (F, 3 C) before col2im; the stem has no dx. A 1x1 shortcut multiplies the sub-sampled
+    pixels: (M, C) @ (C, F), (C, M) @ (M, F), (M, F) @ (F, C)."""
     c, h, w = input_shape
     products = []
 
+    def kernel_rows(h, h2, cin, stride):  # (output rows, K) of each product: one folded, or one per kernel row
+        if 3 * cin < conv2d.MIN_ROW_COLUMNS:
+            return [(h2, 9 * cin)]
+        return [(sum(0 <= stride * a + g - 1 < h for a in range(h2)), 3 * cin) for g in range(3)]
+
     def conv_products(h, w, cin, cout, stride, filter_grad=True):  # forward (+ filter gradient); -> (H', W')
         h2, w2 = -(-h // stride), -(-w // stride)
-        folded = stride > 1 or 3 * cin < conv2d.MIN_ROW_COLUMNS
-        for rows, k in ([(h2, 9 * cin)] if folded else [(h2 - 1, 3 * cin), (h2, 3 * cin), (h2 - 1, 3 * cin)]):
-            m = batch * rows * w2  # row mode: kernel rows 0 and 2 skip the output row they read from the padding
+        for rows, k in kernel_rows(h, h2, cin, stride):
+            m = batch * rows * w2
             products.extend([(m, k, cout), (k, m, cout)] if filter_grad else [(m, k, cout)])
         return h2, w2
 
@@ -106,7 +110,7 @@ def resnet_products(input_shape=(1, 28, 28), batch: int = BATCH) -> list[tuple[i
         if with_dx and stride == 1:  # the transposed convolution: a forward of dout, F channels in, C out
             conv_products(h2, w2, cout, cin, 1, filter_grad=False)
         elif with_dx:
-            products.append((batch * h2 * w2, cout, 9 * cin))
+            products.extend((batch * rows * w2, cout, k) for rows, k in kernel_rows(h, h2, cin, stride))
         return h2, w2
 
     h, w = conv3x3(h, w, c, 16, 1, with_dx=False)  # the stem

@@ -75,10 +75,12 @@ def test_conv2d_gradients(channels, pad):
 
 
 @pytest.mark.parametrize("channels,kernel,pad,stride,size", [
-    (1, 3, 1, 2, (7, 6)), (16, 3, 1, 2, (8, 8)), (48, 3, 1, 2, (7, 7)), (3, 5, 2, 3, (9, 7)), (2, 1, 0, 2, (5, 6))])
+    (1, 3, 1, 2, (7, 6)), (16, 3, 1, 2, (8, 8)), (48, 3, 1, 2, (7, 7)), (3, 5, 2, 3, (9, 7)), (2, 1, 0, 2, (5, 6)),
+    (8, 5, 2, 3, (9, 7)), (16, 2, 0, 2, (7, 8)), (12, 4, 1, 3, (8, 7))])
 def test_strided_conv2d_matches_naive_loops(channels, kernel, pad, stride, size):
-    # odd and even sizes (the last place may leave input rows unread); 48 channels would take the per-row path
-    # at stride 1 and the full im2col here; kernel 5 at stride 3 leaves no gap between patches, kernel 1 a gap
+    # odd and even sizes (the last place may leave input rows unread); from 16 channels (kernel 3) or 8 (kernel 5)
+    # on, the per-row path with the rows stored by phase, below it the full im2col; kernel 5 at stride 3 leaves no
+    # gap between patches, kernels 1 and 2 leave gaps, kernel 4 at stride 3 overlaps by one
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, channels, *size))
     w = rng.standard_normal((4, channels, kernel, kernel))
@@ -88,7 +90,8 @@ def test_strided_conv2d_matches_naive_loops(channels, kernel, pad, stride, size)
 
 
 @pytest.mark.parametrize("channels,kernel,pad,stride,size", [
-    (1, 3, 1, 2, (5, 6)), (16, 3, 1, 2, (6, 5)), (48, 3, 1, 2, (5, 5)), (2, 5, 2, 3, (7, 6)), (3, 1, 0, 2, (4, 5))])
+    (1, 3, 1, 2, (5, 6)), (16, 3, 1, 2, (6, 5)), (48, 3, 1, 2, (5, 5)), (2, 5, 2, 3, (7, 6)), (3, 1, 0, 2, (4, 5)),
+    (8, 5, 2, 3, (7, 6)), (16, 2, 0, 2, (5, 4)), (12, 4, 1, 3, (8, 7))])
 def test_strided_conv2d_gradients(channels, kernel, pad, stride, size):
     rng = np.random.default_rng(4)
     x = rng.standard_normal((size[0], 2, size[1], channels))  # (H, N, W, C)

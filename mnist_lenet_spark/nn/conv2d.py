@@ -7,9 +7,11 @@ matrix products over row-shifted, contiguous slices of that one matrix. Measured
 machines for LeNet's conv2 this halves the non-GEMM time of a step (see benchmarks/kernel.py).
 When ``WW * C`` is small (a first layer on grey images: 5 columns) a product that thin runs
 badly, so all kernel rows are folded into the columns instead (the classic full im2col).
-A stride above 1 always takes the full im2col, built at the strided places only (a ResNet's
-downsampling convolutions: 4x fewer products and columns than computing stride 1 and dropping
-three outputs in four). Weights keep the project convention ``(F, C, HH, WW)``.
+A stride s above 1 builds columns at the strided places only (a ResNet's downsampling convolutions: 4x fewer
+products and columns than computing stride 1 and dropping three outputs in four). In row mode it stores the
+column rows of input rows 0, s, 2s, ... first, then 1, s + 1, ..., and so on ("phases"): kernel row g of output
+row a reads input row s*a + g - pad, so each kernel row's product still reads one contiguous slice. Weights keep
+the project convention ``(F, C, HH, WW)``.
 
 The forward pass caches the column matrix, so the backward pass never builds it again. Its
 pieces (``columns``, ``output_rows``, ``add_weight_grads``, ``input_grad``) work on any band
@@ -59,18 +61,31 @@ class Columns(NamedTuple):
     x_shape: tuple[int, int, int, int]
     w_shape: tuple[int, int, int, int]
     stride: int = 1
+    phases: int = 1  # row mode with stride s: s (the column rows are stored phase by phase); else 1
 
     def row_ranges(self, lo: int, hi: int):
         """For each kernel-row group g touching output rows [lo, hi): (g, first, end, shift).
 
-        Output row i reads column row ``i + shift``, ``shift = g*fold + pad_h - pad``; column
-        rows outside 0..Hc-1 are padding rows, which are not stored and add nothing.
+        Output row i reads column row ``i + shift``: ``shift = g*fold + pad_h - pad`` with one phase; with s
+        phases, kernel row g reads input row s*i + g - pad, which is row i + (g - pad) // s of phase
+        (g - pad) % s. Column rows outside the stored ones (or outside the phase) are padding rows: not stored,
+        they add nothing.
         """
         for g in range(len(self.w_rows)):
-            shift = g * self.fold + self.pad_h - self.pad
-            first, end = max(lo, -shift), min(hi, self.cols.shape[0] - shift)
+            if self.phases == 1:
+                shift, stored_lo, stored_hi = g * self.fold + self.pad_h - self.pad, 0, self.cols.shape[0]
+            else:
+                start, length = _phase_rows(self.x_shape[0], self.phases, (g - self.pad) % self.phases)
+                shift, stored_lo, stored_hi = start + (g - self.pad) // self.phases, start, start + length
+            first, end = max(lo, stored_lo - shift), min(hi, stored_hi - shift)
             if first < end:
                 yield g, first, end, shift
+
+
+def _phase_rows(h: int, s: int, phase: int) -> tuple[int, int]:
+    """Where phase ``phase`` of ``h`` rows split into ``s`` phases (rows phase, phase + s, ...) starts among the
+    stored column rows, and how many rows it has."""
+    return sum(len(range(p, h, s)) for p in range(phase)), len(range(phase, h, s))
 
 
 def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int, stride: int = 1):
@@ -148,7 +163,7 @@ def columns(x: np.ndarray, w: np.ndarray, pad: int, stride: int = 1):
     if c_w != c:
         raise ValueError(f"conv2d: input has {c} channels, filters expect {c_w}")
     h_out, w_out = (h + 2 * pad - hh) // stride + 1, (wd + 2 * pad - ww) // stride + 1
-    fold = hh if ww * c < MIN_ROW_COLUMNS or stride > 1 else 1
+    fold = hh if ww * c < MIN_ROW_COLUMNS else 1
     # Row mode (fold 1) stores no padding rows: a kernel row that falls in the padding adds
     # zeros, so its product simply skips those output rows (LeNet's conv2: 64 of 70 row products).
     pad_h = pad if fold > 1 else 0
@@ -157,20 +172,34 @@ def columns(x: np.ndarray, w: np.ndarray, pad: int, stride: int = 1):
     if fold == 1 and stride == 1:
         cols = np.empty((h, n, w_out, ww * c), x.dtype)  # (H, N, Wout, WW*C), built by the builder
         builder = _RowBuilder(x_pad, cols, ww, hh - 1 - pad)  # output row i reads column rows up to i + HH-1-pad
+    elif fold == 1:  # row mode, stride s > 1: the column rows of input rows ph, ph + s, ... for each phase ph
+        windows = _windows(x_pad, 1, ww, w_out, 1, stride)  # (H, N, Wout, 1, WW, C): every row, places s apart
+        cols = np.concatenate([windows[p::stride] for p in range(stride)]).reshape(h, n, w_out, ww * c)
+        builder = _Built()
     elif c == 1 and stride == 1:
         cols, builder = _tap_major_columns(x_pad[..., 0], hh, ww, h_out, w_out), _Built()  # (Hout, N, Wout, HH*WW)
     else:
         cols, builder = _im2col(x_pad, fold, ww, w_out, stride), _Built()  # (Hc, N, Wout, fold*WW*C)
-    return Columns(cols, w_rows, fold, pad_h, pad, (h_out, n, w_out, f), x.shape, w.shape, stride), builder
+    phases = stride if fold == 1 else 1
+    return Columns(cols, w_rows, fold, pad_h, pad, (h_out, n, w_out, f), x.shape, w.shape, stride, phases), builder
 
 
 def output_rows(cache: Columns, b: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
     """Write output rows [lo, hi) of the convolution into ``out`` (hi - lo, N, Wout, F)."""
     k, f = cache.w_rows.shape[1:]
-    out[:] = b
-    for g, first, end, shift in cache.row_ranges(lo, hi):
+    ranges = list(cache.row_ranges(lo, hi))
+    # Without a bias, a group that reaches every output row (the centre kernel row; the one group of a full
+    # im2col) goes first and writes instead of adding, which spares filling ``out`` with zeros (a pass over it).
+    covering = next((r for r in ranges if r[1] == lo and r[2] == hi), None) if not b.any() else None
+    if covering:
+        ranges.remove(covering)
+        ranges.insert(0, covering)
+    else:
+        out[:] = b
+    for i, (g, first, end, shift) in enumerate(ranges):
         rows = _row_matrix(cache.cols, first + shift, end + shift)  # (M', K), a view
-        _matmul_add(rows, cache.w_rows[g], out[first - lo:end - lo].reshape(-1, f))  # += (M', K) @ (K, F)
+        # += (M', K) @ (K, F); = for the covering group
+        _matmul_add(rows, cache.w_rows[g], out[first - lo:end - lo].reshape(-1, f), add=not (covering and i == 0))
 
 
 def add_weight_grads(cache: Columns, dout: np.ndarray, lo: int, hi: int, dw_rows: np.ndarray) -> None:
@@ -194,7 +223,7 @@ def bias_grad(dout: np.ndarray) -> np.ndarray:
     return np.ones(dout_mat.shape[0], dout.dtype) @ dout_mat
 
 
-def backward(dout: np.ndarray, cache: Columns, need_dx: bool = True):
+def backward(dout: np.ndarray, cache: Columns, need_dx: bool = True, need_db: bool = True):
     """Gradients of the convolution.
 
     Parameters
@@ -202,18 +231,19 @@ def backward(dout: np.ndarray, cache: Columns, need_dx: bool = True):
     dout : (Hout, N, Wout, F) upstream gradient
     cache : from ``forward``
     need_dx : False skips dx (the first layer of a network has no use for it)
+    need_db : False skips db (a convolution without a bias)
 
     Returns
     -------
     dx : (H, N, W, C), or None when ``need_dx`` is False
     dw : (F, C, HH, WW)
-    db : (F,)
+    db : (F,), or None when ``need_db`` is False
     """
     dw_rows = np.zeros(cache.w_rows.shape, dout.dtype)  # (HH/fold, K, F)
     h_out, band = cache.out_shape[0], _band_rows(cache, dout.dtype.itemsize)
     for lo in range(0, h_out, band):  # by bands: each band's column rows are read from memory once, for all groups
         add_weight_grads(cache, dout[lo:lo + band], lo, min(lo + band, h_out), dw_rows)
-    dw, db = filters(dw_rows, cache.w_shape), bias_grad(dout)
+    dw, db = filters(dw_rows, cache.w_shape), (bias_grad(dout) if need_db else None)
     return (input_gradient(dout, cache) if need_dx else None), dw, db
 
 
@@ -258,11 +288,21 @@ def input_grad(dout: np.ndarray, cache: Columns) -> np.ndarray:
         target = dcols[first + shift:end + shift].reshape(-1, k)  # (M', K), a view
         # target += (M', F) @ (F, K)
         _matmul_add(dout[first:end].reshape(-1, f), np.ascontiguousarray(cache.w_rows[g].T), target)
-    return _col2im(dcols, cache.fold, cache.x_shape, cache.w_shape[3], cache.pad_h, cache.pad, cache.stride)
+    ww = cache.w_shape[3]
+    if cache.phases == 1:
+        return _col2im(dcols, cache.fold, cache.x_shape, ww, cache.pad_h, cache.pad, cache.stride)
+    h, n, wd, c = cache.x_shape
+    dx = np.empty(cache.x_shape, dout.dtype)  # (H, N, W, C)
+    for p in range(cache.phases):  # each phase's column rows scatter into its own input rows, places s apart
+        start, length = _phase_rows(h, cache.phases, p)
+        dx[p::cache.phases] = _col2im(dcols[start:start + length], 1, (length, n, wd, c), ww, 0, cache.pad, 1,
+                                      cache.stride)
+    return dx
 
 
-def _matmul_add(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-    """out += a @ b in one BLAS call (beta = 1), with no temporary and no extra pass over ``out``.
+def _matmul_add(a: np.ndarray, b: np.ndarray, out: np.ndarray, add: bool = True) -> None:
+    """out += a @ b in one BLAS call (beta = 1), with no temporary and no extra pass over ``out``; with ``add``
+    False, out = a @ b (beta = 0).
 
     BLAS is column-major: for C-contiguous arrays, out.T += b.T @ a.T is the same product on
     Fortran-contiguous views, so nothing is copied. Anything else takes the plain NumPy path.
@@ -270,21 +310,26 @@ def _matmul_add(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     blas_ready = (out.dtype in (np.float32, np.float64) and a.dtype == b.dtype == out.dtype
                   and b.flags.c_contiguous and out.flags.c_contiguous)
     gemm = blas.sgemm if out.dtype == np.float32 else blas.dgemm
+    beta = 1.0 if add else 0.0
     if blas_ready and a.flags.c_contiguous:
-        gemm(1.0, b.T, a.T, beta=1.0, c=out.T, overwrite_c=1)
+        gemm(1.0, b.T, a.T, beta=beta, c=out.T, overwrite_c=1)
     elif blas_ready and a.flags.f_contiguous:  # a tap-major matrix: a itself is column-major, op(a) = a.T
-        gemm(1.0, b.T, a, beta=1.0, c=out.T, trans_b=1, overwrite_c=1)
-    else:
+        gemm(1.0, b.T, a, beta=beta, c=out.T, trans_b=1, overwrite_c=1)
+    elif add:
         out += a @ b
+    else:
+        np.matmul(a, b, out=out)
 
 
-def _windows(x_pad: np.ndarray, fold: int, ww: int, w_out: int, stride: int = 1) -> np.ndarray:
+def _windows(x_pad: np.ndarray, fold: int, ww: int, w_out: int, stride: int = 1,
+             stride_w: int | None = None) -> np.ndarray:
     """(Hp, N, Wp, C) -> a read-only view (Hc, N, Wout, fold, WW, C), Hc = (Hp - fold) // stride + 1: the ``fold``
-    x ``WW`` patch at each place (places ``stride`` apart; stride > 1 only with fold = HH)."""
+    x ``WW`` patch at each place (places ``stride`` rows and ``stride_w`` (default ``stride``) columns apart)."""
     hp, n, _, c = x_pad.shape
     s_h, s_n, s_w, s_c = x_pad.strides
+    stride_w = stride if stride_w is None else stride_w
     return as_strided(x_pad, shape=((hp - fold) // stride + 1, n, w_out, fold, ww, c),
-                      strides=(stride * s_h, s_n, stride * s_w, s_h, s_w, s_c), writeable=False)
+                      strides=(stride * s_h, s_n, stride_w * s_w, s_h, s_w, s_c), writeable=False)
 
 
 def _im2col(x_pad: np.ndarray, fold: int, ww: int, w_out: int, stride: int = 1) -> np.ndarray:
@@ -316,13 +361,14 @@ def _row_matrix(cols: np.ndarray, a: int, b: int) -> np.ndarray:
     return band.transpose(3, 0, 1, 2).reshape(band.shape[-1], -1).T  # (K, M') C-ordered -> (M', K)
 
 
-def _col2im(dcols: np.ndarray, fold: int, x_shape, ww: int, pad_h: int, pad: int, stride: int = 1) -> np.ndarray:
+def _col2im(dcols: np.ndarray, fold: int, x_shape, ww: int, pad_h: int, pad: int, stride: int = 1,
+            stride_w: int | None = None) -> np.ndarray:
     """Scatter-add (Hc, N, Wout, fold*WW*C) column gradients back to (H, N, W, C).
 
     The column rows cover the input padded by ``pad_h`` rows and ``pad`` columns on each side;
-    place (a, b)'s patch starts at padded row a * stride, column b * stride.
+    place (a, b)'s patch starts at padded row a * stride, column b * stride_w (default: stride).
 
-    Places whose indices step by ``ceil(fold / stride)`` rows and ``ceil(WW / stride)`` columns
+    Places whose indices step by ``ceil(fold / stride)`` rows and ``ceil(WW / stride_w)`` columns
     have patches that do not overlap, so each such class is one vectorised ``+=`` into a
     strided view of the padded gradient (at stride 1 with inner runs of WW*C contiguous values).
     """
@@ -331,15 +377,16 @@ def _col2im(dcols: np.ndarray, fold: int, x_shape, ww: int, pad_h: int, pad: int
     dcols6 = dcols.reshape(hc, n, w_out, fold, ww, c)
     dx_pad = np.zeros((h + 2 * pad_h, n, wd + 2 * pad, c), dcols.dtype)  # (H + 2*pad_h, N, Wp, C)
     s_h, s_n, s_w, s_c = dx_pad.strides
-    step_a, step_b = -(-fold // stride), -(-ww // stride)  # places apart whose patches never overlap
+    stride_w = stride if stride_w is None else stride_w
+    step_a, step_b = -(-fold // stride), -(-ww // stride_w)  # places apart whose patches never overlap
     for qa in range(step_a):
         ka = len(range(qa, hc, step_a))
         for qb in range(step_b):
             kb = len(range(qb, w_out, step_b))
             if not ka or not kb:
                 continue
-            corner = dx_pad[qa * stride:, :, qb * stride:, :]  # a view; its patches are disjoint in memory
+            corner = dx_pad[qa * stride:, :, qb * stride_w:, :]  # a view; its patches are disjoint in memory
             block = as_strided(corner, shape=(ka, n, kb, fold, ww, c),
-                               strides=(step_a * stride * s_h, s_n, step_b * stride * s_w, s_h, s_w, s_c))
+                               strides=(step_a * stride * s_h, s_n, step_b * stride_w * s_w, s_h, s_w, s_c))
             block += dcols6[qa::step_a, :, qb::step_b]  # (ka, N, kb, fold, WW, C)
     return np.ascontiguousarray(dx_pad[pad_h:pad_h + h, :, pad:pad + wd, :])

@@ -143,7 +143,7 @@ class Conv2D(Layer):
                     dx[::self.stride, :, ::self.stride, :] = dxs
             grads = {"W": dw, "b": dout_mat.sum(axis=0)} if self.bias else {"W": dw}
             return dx, grads
-        dx, dw, db = conv2d.backward(dout, cache, need_dx=need_dx)
+        dx, dw, db = conv2d.backward(dout, cache, need_dx=need_dx, need_db=self.bias)
         return dx, ({"W": dw, "b": db} if self.bias else {"W": dw})
 
 
