@@ -8,7 +8,9 @@ budget): a snapshot at time T holds the parameters as they were at T, the last u
 evaluated on the test set after the run, off the clock. Prints one comparison table: time to each --targets
 accuracy (at snapshot granularity; "-": not reached within the budget), test accuracy at the budget, staleness
 (async: mean, p90, max), updates and examples per second. Writes the table and every run's curve (time, examples
-seen, accuracy per snapshot) to --out (default benchmarks/results/time_to_accuracy.json, with the CPU).
+seen, accuracy per snapshot) to --out (default benchmarks/results/time_to_accuracy.json, with the CPU), and two
+plots beside it: test accuracy against wall-clock time (OUT_time.png) and against examples seen
+(OUT_examples.png).
 
 The learning rates are not tuned per mode here: sync takes --sync-lr scaled linearly to N x batch with a warm-up
 (the README's setting), async --async-lr at its batch. The asynchronous mode needs a task slot per worker: on a
@@ -36,6 +38,7 @@ from mnist_lenet_spark import spark as msp  # noqa: E402
 from mnist_lenet_spark.async_sgd import AsyncSGD  # noqa: E402
 from mnist_lenet_spark.executor import inference  # noqa: E402
 from mnist_lenet_spark.executor.straggler import StragglerModel  # noqa: E402
+from mnist_lenet_spark.jobs import plots  # noqa: E402
 from mnist_lenet_spark.models import base  # noqa: E402
 
 QUICK = {"workers": [2], "backup": [0, 1], "budget_seconds": 6.0, "snapshot_seconds": 2.0, "train_size": 2048,
@@ -214,6 +217,12 @@ def main(argv=None) -> None:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     out = {"settings": settings, "master": args.master, "rows": rows, "curves": curves, "cpu": cpu()}
     files.write_atomically(args.out, json.dumps(out, indent=2) + "\n")
+    title = (f"LeNet, batch {args.batch_size} a worker, stragglers p={args.straggler_prob:g} x "
+             f"{args.straggler_delay:g} s")
+    for x, label in (("time", "wall-clock time (s)"), ("examples", "examples seen")):
+        path = args.out.with_name(f"{args.out.stem}_{x}.png")
+        plots.accuracy_vs_time({name: [(c[x], c["accuracy"]) for c in curve] for name, curve in curves.items()},
+                               path, title, xlabel=label, ylabel="test accuracy")
     print(args.out)
 
 

@@ -35,6 +35,8 @@ def test_the_quick_run_prints_the_comparison_table_and_writes_every_run(tmp_path
         examples = [c["examples"] for c in curve]
         assert examples == sorted(examples) and examples[-1] > 0, (name, examples)
         assert curve[-1]["accuracy"] > curve[0]["accuracy"] + 0.2, (name, curve)  # it trained
+    for plot in ("time_to_accuracy_time.png", "time_to_accuracy_examples.png"):
+        assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
     lines = proc.stdout.splitlines()
     header = next(line for line in lines if line.startswith("run | N | b"))
     assert "t(98.5%)" in header and "t(99.0%)" in header and "staleness mean/p90/max" in header

@@ -45,15 +45,16 @@ def step_time_distribution(runs: dict[str, list[float]], path, title: str) -> Pa
     return _finish(plt, fig, ax, path, "step time (s)", "fraction of steps", title)
 
 
-def accuracy_vs_time(runs: dict[str, list[tuple[float, float]]], path, title: str) -> Path:
-    """Validation accuracy against training wall-clock time, one line per configuration."""
+def accuracy_vs_time(runs: dict[str, list[tuple[float, float]]], path, title: str,
+                     xlabel: str = "training wall-clock time (s)", ylabel: str = "validation accuracy") -> Path:
+    """Validation accuracy against training wall-clock time (or another x), one line per configuration."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for label, points in runs.items():
         if points:
             t, acc = zip(*points)
             ax.plot(t, acc, marker="o", markersize=3, label=label)
-    return _finish(plt, fig, ax, path, "training wall-clock time (s)", "validation accuracy", title)
+    return _finish(plt, fig, ax, path, xlabel, ylabel, title)
 
 
 def scaling(batches: list[int], series: dict[str, list[float]], efficiency: dict[str, list[float]], path,

@@ -75,6 +75,9 @@ def check_mode(run: TrainRun) -> None:
     if run.config.early_stopping_patience:
         raise ConfigError(f"--early-stopping-patience {run.config.early_stopping_patience}: the asynchronous mode "
                           f"(--mode async) validates once, at the end; give 0")
+    if run.config.validate_every:  # conf/training.json's default: the flag itself is refused by the parser
+        log.info("validate_every %d (conf/training.json) does not apply in --mode async: it validates once, at the "
+                 "end", run.config.validate_every)
 
 
 def async_statistics(result) -> dict:
