@@ -2,7 +2,8 @@
 N workers each (Chen et al. 2016, "Revisiting Distributed Synchronous SGD", figures 5-7).
 
 Every run has the same model, initial weights (--seed), per-worker batch, straggler model (each task delayed
---straggler-delay s with probability --straggler-prob, drawn from the same seeded keys) and wall-clock budget. The
+--straggler-delay s with probability --straggler-prob, drawn from the same seeded keys; --task-tail adds to every
+task a wait drawn from the fitted LeNet tail or a heavy Pareto tail) and wall-clock budget. The
 parameters are kept at fixed wall-clock times (every --snapshot-seconds from the first update's start, and at the
 budget): a snapshot at time T holds the parameters as they were at T, the last update applied by then. They are
 evaluated on the test set after the run, off the clock. Prints one comparison table: time to each --targets
@@ -37,6 +38,7 @@ from mnist_lenet_spark import data, files, models  # noqa: E402
 from mnist_lenet_spark import spark as msp  # noqa: E402
 from mnist_lenet_spark.async_sgd import AsyncSGD  # noqa: E402
 from mnist_lenet_spark.executor import inference  # noqa: E402
+from mnist_lenet_spark.executor.emulation import EmulatedCompute  # noqa: E402
 from mnist_lenet_spark.executor.straggler import StragglerModel  # noqa: E402
 from mnist_lenet_spark.jobs import plots  # noqa: E402
 from mnist_lenet_spark.models import base  # noqa: E402
@@ -44,6 +46,12 @@ from mnist_lenet_spark.models import base  # noqa: E402
 QUICK = {"workers": [2], "backup": [0, 1], "budget_seconds": 6.0, "snapshot_seconds": 2.0, "train_size": 2048,
          "warmup_steps": 10,
          "test_size": 500, "batch_size": 16}
+
+
+#: --task-tail: what every task waits on top of its real compute (the distributions' random part, no shift)
+TAILS = {"none": None,
+         "fitted": EmulatedCompute(),  # LeNet's task times fitted as shift + exponential tail (mean 26 ms)
+         "heavy": EmulatedCompute(distribution="pareto", tail_mean=0.1, alpha=1.5)}  # infinite variance
 
 
 class TimeBudget(Exception):
@@ -91,7 +99,7 @@ class Snapshots:
 
 
 def run_one(session, mode: str, workers: int, backup: int, args, images, labels, network) -> Snapshots:
-    straggler = StragglerModel(args.straggler_prob, args.straggler_delay)
+    straggler = StragglerModel(args.straggler_prob, args.straggler_delay, tail=TAILS[args.task_tail])
     common = {"batch_size": args.batch_size, "seed": args.seed, "straggler": straggler, "model": network}
     if mode == "async":
         sgd = AsyncSGD(session, workers, lr=args.async_lr, **common)
@@ -165,6 +173,9 @@ def parse_args(argv=None):
     p.add_argument("--async-lr", type=float, default=0.01)
     p.add_argument("--straggler-prob", type=float, default=0.1)
     p.add_argument("--straggler-delay", type=float, default=1.0, help="seconds")
+    p.add_argument("--task-tail", choices=sorted(TAILS), default="none",
+                   help="every task also waits a time drawn from: the fitted LeNet tail (exponential, mean 26 ms) or "
+                        "a heavy one (Pareto II, alpha 1.5, mean 0.1 s)")
     p.add_argument("--budget-seconds", type=float, default=300.0)
     p.add_argument("--snapshot-seconds", type=float, default=15.0)
     p.add_argument("--targets", default="0.985,0.99", help="test accuracies, comma-separated")

@@ -4,16 +4,20 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 
 def test_the_quick_run_prints_the_comparison_table_and_writes_every_run(tmp_path):
     out = tmp_path / "time_to_accuracy.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_to_accuracy.py"), "--quick",
-                           "--master", "local[2]", "--out", str(out)], capture_output=True, text=True, timeout=300)
+                           "--master", "local[2]", "--task-tail", "fitted", "--out", str(out)], capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     rows, budget = result["rows"], result["settings"]["budget_seconds"]
+    assert result["settings"]["task_tail"] == "fitted"
     assert [(r["run"], r["workers"], r["backup"]) for r in rows] == [("sync b=0", 2, 0), ("sync b=1", 2, 1),
                                                                      ("async", 2, None)]
     for r in rows:
@@ -42,3 +46,21 @@ def test_the_quick_run_prints_the_comparison_table_and_writes_every_run(tmp_path
     assert "t(98.5%)" in header and "t(99.0%)" in header and "staleness mean/p90/max" in header
     assert [line.split(" | ")[:3] for line in lines if line.startswith(("sync b=", "async")) and " | " in line] == [
         ["sync b=0", "2", "0"], ["sync b=1", "2", "1"], ["async", "2", "-"]]
+
+
+def test_a_task_tail_adds_a_seeded_wait_to_every_task():
+    """--task-tail: the straggler model's tail is drawn from each task's key (the same in every mode and run), on
+    top of the Bernoulli delay; the heavy tail has far larger waits than the fitted one."""
+    from mnist_lenet_spark.executor.emulation import EmulatedCompute
+    from mnist_lenet_spark.executor.straggler import StragglerModel
+    from mnist_lenet_spark.loop.sharding import TaskKey
+    keys = [TaskKey(0, 0, step, shard) for step in range(500) for shard in range(4)]
+    fitted = StragglerModel(tail=EmulatedCompute())
+    heavy = StragglerModel(tail=EmulatedCompute(distribution="pareto", tail_mean=0.1, alpha=1.5))
+    assert fitted.active and [fitted.delay_for(k) for k in keys] == [fitted.delay_for(k) for k in keys]
+    waits = [fitted.delay_for(k) for k in keys]
+    assert min(waits) >= 0 and 0.02 < sum(waits) / len(waits) < 0.032  # the fitted tail's mean, 26 ms
+    assert max(heavy.delay_for(k) for k in keys) > 10 * max(waits)
+    both = StragglerModel(prob=0.1, delay=1.0, tail=EmulatedCompute())
+    plain = StragglerModel(prob=0.1, delay=1.0)
+    assert [both.delay_for(k) for k in keys] == pytest.approx([plain.delay_for(k) + w for k, w in zip(keys, waits)])

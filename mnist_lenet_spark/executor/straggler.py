@@ -1,7 +1,9 @@
 """Seeded straggler injection for experiments and tests.
 
 A task is delayed by ``delay`` seconds with probability ``prob`` (drawn from its ``TaskKey``, so a
-run is reproducible), and always when its shard is in ``slow_partitions``. To the driver a real
+run is reproducible), and always when its shard is in ``slow_partitions``. With ``tail``, every task also waits a
+time drawn from that distribution's random part (``emulation.EmulatedCompute.tail``; its shift is not used, the
+task computes for real): the fitted LeNet spread, or a heavy tail. To the driver a real
 straggler (a slow executor, a long GC) looks the same: a task that finishes late.
 """
 from __future__ import annotations
@@ -10,6 +12,7 @@ import time
 from typing import NamedTuple
 
 from mnist_lenet_spark.config import ConfigError
+from mnist_lenet_spark.executor.emulation import EmulatedCompute
 from mnist_lenet_spark.loop.sharding import TaskKey
 
 #: how often an injected delay asks whether its step was closed (backup workers, see step_signal)
@@ -26,6 +29,7 @@ class StragglerModel(NamedTuple):
     slow_partitions: tuple[int, ...] = ()
     failure_prob: float = 0.0  # each task *attempt* fails with this probability (Spark may retry it)
     failing_partitions: tuple[int, ...] = ()  # these fail at every attempt (tests and experiments)
+    tail: EmulatedCompute | None = None  # every task also waits a time drawn from its tail (experiments)
 
     def check_partitions(self, shards: int) -> None:
         """ConfigError for an always-slow or always-failing partition that a step with ``shards`` tasks lacks."""
@@ -36,7 +40,7 @@ class StragglerModel(NamedTuple):
 
     @property
     def delays(self) -> bool:
-        return self.delay > 0 and (self.prob > 0 or bool(self.slow_partitions))
+        return self.delay > 0 and (self.prob > 0 or bool(self.slow_partitions)) or self.tail is not None
 
     @property
     def active(self) -> bool:
@@ -51,9 +55,10 @@ class StragglerModel(NamedTuple):
         """Seconds the task of ``key`` sleeps before computing."""
         if not self.delays:
             return 0.0
+        extra = self.tail.tail(key.compute_draw()) if self.tail is not None else 0.0
         if key.shard in self.slow_partitions:
-            return self.delay
-        return self.delay if key.straggler_draw() < self.prob else 0.0
+            return self.delay + extra
+        return (self.delay if self.prob and key.straggler_draw() < self.prob else 0.0) + extra
 
     def sleep(self, key: TaskKey, should_stop=None) -> None:
         """Sleep this task's delay; with ``should_stop``, ask it every ``POLL_SECONDS`` and end early on True."""
