@@ -8,10 +8,11 @@ parameters are kept at fixed wall-clock times (every --snapshot-seconds from the
 budget): a snapshot at time T holds the parameters as they were at T, the last update applied by then. They are
 evaluated on the test set after the run, off the clock. Prints one comparison table: time to each --targets
 accuracy (at snapshot granularity; "-": not reached within the budget), test accuracy at the budget, staleness
-(async: mean, p90, max), updates and examples per second. Writes the table and every run's curve (time, examples
-seen, accuracy per snapshot) to --out (default benchmarks/results/time_to_accuracy.json, with the CPU), and two
-plots beside it: test accuracy against wall-clock time (OUT_time.png) and against examples seen
-(OUT_examples.png).
+(async: mean, p90, max), updates and examples per second, and the driver's update share: the fraction of the
+budget the driver spent turning gradient sums into updates (mean, L2, SGD-Nesterov, batch norm's statistics).
+Writes the table and every run's curve (time, examples seen, accuracy per snapshot) to --out (default
+benchmarks/results/time_to_accuracy.json, with the CPU), and two plots beside it: test accuracy against
+wall-clock time (OUT_time.png) and against examples seen (OUT_examples.png).
 
 The learning rates are not tuned per mode here: sync takes --sync-lr scaled linearly to N x batch with a warm-up
 (the README's setting), async --async-lr at its batch. The asynchronous mode needs a task slot per worker: on a
@@ -65,7 +66,7 @@ class Snapshots:
     def __init__(self, budget: float, every: float):
         self.budget, self.every = budget, every
         self.origin = None  # perf_counter() of the first update's start (sync: its step's; async: the job's)
-        self.updates: list[tuple[float, int, int | None]] = []  # (time, examples, staleness)
+        self.updates: list[tuple[float, int, int | None, float]] = []  # (time, examples, staleness, apply seconds)
         self.taken: list[dict] = []  # {time, updates, examples, params (P,)}
         self.params = None  # the parameters before the update being recorded: never written in place
         self.examples = 0
@@ -74,7 +75,9 @@ class Snapshots:
         now = time.perf_counter()
         if self.origin is None:  # async records count from the job's start, sync ones time their step
             self.origin = now - record.get("time", record["seconds"])
-        self.updates.append((now - self.origin, record["examples"], record.get("staleness")))
+        # the driver's own update: async records time only the apply, sync ones the step with its gradients
+        applying = record["seconds"] - record.get("step_seconds", 0.0)
+        self.updates.append((now - self.origin, record["examples"], record.get("staleness"), applying))
 
     def checkpoint(self, state) -> None:
         now, examples = self.updates[-1][0], self.examples
@@ -132,12 +135,13 @@ def summarise(snapshots: Snapshots, spec, network, test, targets: list[float], b
         curve.append({"time": snap["time"], "updates": snap["updates"], "examples": snap["examples"],
                       "accuracy": correct / len(test.labels)})
     within = [u for u in snapshots.updates if u[0] <= budget]
-    staleness = [s for _, _, s in within if s is not None]
+    staleness = [s for _, _, s, _ in within if s is not None]
     row = {f"time_to_{target}": next((c["time"] for c in curve if c["accuracy"] >= target), None)
            for target in targets}
     row.update({"accuracy_at_budget": curve[-1]["accuracy"], "updates": len(within),
                 "updates_per_second": len(within) / budget,
-                "examples_per_second": sum(e for _, e, _ in within) / budget,
+                "examples_per_second": sum(e for _, e, _, _ in within) / budget,
+                "driver_update_share": sum(a for _, _, _, a in within) / budget,
                 "staleness_mean": float(np.mean(staleness)) if staleness else None,
                 "staleness_p90": float(np.percentile(staleness, 90)) if staleness else None,
                 "staleness_max": int(max(staleness)) if staleness else None})
@@ -148,7 +152,7 @@ def table(rows: list[dict], targets: list[float]) -> str:
     def cell(value, form):
         return "-" if value is None else format(value, form)
     head = (["run", "N", "b"] + [f"t({t:.1%})" for t in targets]
-            + ["acc@budget", "staleness mean/p90/max", "updates/s", "examples/s"])
+            + ["acc@budget", "staleness mean/p90/max", "updates/s", "examples/s", "driver updating"])
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
         staleness = "-" if r["staleness_mean"] is None else \
@@ -156,7 +160,7 @@ def table(rows: list[dict], targets: list[float]) -> str:
         lines.append(" | ".join([r["run"], str(r["workers"]), cell(r["backup"], "d")]
                                 + [cell(r[f"time_to_{t}"], ".1f") for t in targets]
                                 + [f"{r['accuracy_at_budget']:.4f}", staleness, f"{r['updates_per_second']:.1f}",
-                                   f"{r['examples_per_second']:.0f}"]))
+                                   f"{r['examples_per_second']:.0f}", f"{r['driver_update_share']:.1%}"]))
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ def test_the_quick_run_prints_the_comparison_table_and_writes_every_run(tmp_path
     for r in rows:
         assert 0 <= r["accuracy_at_budget"] <= 1 and r["updates"] > 0, r
         assert r["updates_per_second"] > 0 and r["examples_per_second"] >= 16 * r["updates_per_second"], r
+        assert 0 < r["driver_update_share"] < 0.5, r  # the update is milliseconds of a step or a push
         assert all(r[f"time_to_{t}"] is None or 0 < r[f"time_to_{t}"] <= budget for t in (0.985, 0.99)), r
     assert rows[0]["staleness_mean"] is None and rows[1]["staleness_max"] is None  # sync: no staleness
     asynchronous = rows[2]
@@ -44,6 +45,7 @@ def test_the_quick_run_prints_the_comparison_table_and_writes_every_run(tmp_path
     lines = proc.stdout.splitlines()
     header = next(line for line in lines if line.startswith("run | N | b"))
     assert "t(98.5%)" in header and "t(99.0%)" in header and "staleness mean/p90/max" in header
+    assert header.endswith("driver updating")
     assert [line.split(" | ")[:3] for line in lines if line.startswith(("sync b=", "async")) and " | " in line] == [
         ["sync b=0", "2", "0"], ["sync b=1", "2", "1"], ["async", "2", "-"]]
 
