@@ -14,11 +14,14 @@ Writes the table and every run's curve (time, examples seen, accuracy per snapsh
 benchmarks/results/time_to_accuracy.json, with the CPU), and two plots beside it: test accuracy against
 wall-clock time (OUT_time.png) and against examples seen (OUT_examples.png).
 
-The learning rates are not tuned per mode here: sync takes --sync-lr scaled linearly to N x batch with a warm-up
-(the README's setting), async --async-lr at its batch. The asynchronous mode needs a task slot per worker: on a
-master with fewer slots than N, only as many tasks push as there are slots (AsyncSGD warns).
+Learning rates: sync takes --sync-lr scaled linearly to N x batch with a warm-up (the README's setting), async
+--async-lr at its batch. With --tune-lrs, each mode picks its rate per N among those values instead, by validation
+accuracy (SystemML's validation split, --validation-size images) after --tune-seconds of training: sync at b = 0
+(its rate serves every b: the same N x batch an update), async at its batch. The asynchronous mode needs a task
+slot per worker: on a master with fewer slots than N, only as many tasks push as there are slots (AsyncSGD warns).
 
     python benchmarks/time_to_accuracy.py                  # N = 4, 8; sync b = 0, 1, 2, 4; async; 300 s each
+    python benchmarks/time_to_accuracy.py --tune-lrs 0.005,0.01,0.02   # each mode's rate picked on validation
     python benchmarks/time_to_accuracy.py --quick          # N = 2; sync b = 0, 1; async; a few seconds each
 """
 from __future__ import annotations
@@ -45,6 +48,7 @@ from mnist_lenet_spark.jobs import plots  # noqa: E402
 from mnist_lenet_spark.models import base  # noqa: E402
 
 QUICK = {"workers": [2], "backup": [0, 1], "budget_seconds": 6.0, "snapshot_seconds": 2.0, "train_size": 2048,
+         "validation_size": 500, "tune_seconds": 2.0,
          "warmup_steps": 10,
          "test_size": 500, "batch_size": 16}
 
@@ -101,15 +105,17 @@ class Snapshots:
         return min(len(self.taken) * self.every, self.budget)
 
 
-def run_one(session, mode: str, workers: int, backup: int, args, images, labels, network) -> Snapshots:
+def run_one(session, mode: str, workers: int, backup: int, lr: float, args, images, labels, network,
+            budget: float, every: float) -> Snapshots:
+    """One run of ``budget`` seconds, its parameters kept every ``every`` seconds."""
     straggler = StragglerModel(args.straggler_prob, args.straggler_delay, tail=TAILS[args.task_tail])
-    common = {"batch_size": args.batch_size, "seed": args.seed, "straggler": straggler, "model": network}
+    common = {"batch_size": args.batch_size, "seed": args.seed, "straggler": straggler, "model": network, "lr": lr}
     if mode == "async":
-        sgd = AsyncSGD(session, workers, lr=args.async_lr, **common)
+        sgd = AsyncSGD(session, workers, **common)
     else:
-        sgd = msp.SyncSGD(session, workers, backup_workers=backup, lr=args.sync_lr, lr_scaling="linear",
+        sgd = msp.SyncSGD(session, workers, backup_workers=backup, lr_scaling="linear",
                           warmup_steps=args.warmup_steps, **common)
-    snapshots = Snapshots(args.budget_seconds, args.snapshot_seconds)
+    snapshots = Snapshots(budget, every)
     snapshots.start(base.flatten(*_initial(network, args.seed)))
     try:
         sgd.fit(images, labels, epochs=10_000, on_step=snapshots.on_step, checkpoint=snapshots.checkpoint,
@@ -119,6 +125,26 @@ def run_one(session, mode: str, workers: int, backup: int, args, images, labels,
     else:
         raise RuntimeError(f"{mode} N={workers} b={backup}: the data ran out before the budget (raise --epochs)")
     return snapshots
+
+
+def tune(session, args, train, validation, network, spec) -> tuple[dict, list[dict]]:
+    """({"sync N=4": lr, ...}, every trial): per mode and N, the --tune-lrs value with the best validation accuracy
+    after --tune-seconds."""
+    chosen, trials = {}, []
+    for workers in args.workers:
+        for mode in ("sync", "async"):
+            scores = []
+            for lr in args.tune_lrs:
+                snapshots = run_one(session, mode, workers, 0, lr, args, train.images, train.labels, network,
+                                    args.tune_seconds, args.tune_seconds)
+                correct, _ = inference.correct_and_loss(network, base.unflatten(snapshots.taken[-1]["params"], spec),
+                                                        validation.images, validation.labels)
+                scores.append(correct / len(validation.labels))
+                trials.append({"mode": mode, "workers": workers, "lr": lr, "validation_accuracy": scores[-1]})
+            chosen[f"{mode} N={workers}"] = args.tune_lrs[int(np.argmax(scores))]
+            print(f"tuning {mode} N={workers}: validation accuracy {dict(zip(args.tune_lrs, scores))} after "
+                  f"{args.tune_seconds:g} s: lr {chosen[f'{mode} N={workers}']:g}", flush=True)
+    return chosen, trials
 
 
 def _initial(network, seed: int):
@@ -151,13 +177,13 @@ def summarise(snapshots: Snapshots, spec, network, test, targets: list[float], b
 def table(rows: list[dict], targets: list[float]) -> str:
     def cell(value, form):
         return "-" if value is None else format(value, form)
-    head = (["run", "N", "b"] + [f"t({t:.1%})" for t in targets]
+    head = (["run", "N", "b", "lr"] + [f"t({t:.1%})" for t in targets]
             + ["acc@budget", "staleness mean/p90/max", "updates/s", "examples/s", "driver updating"])
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
         staleness = "-" if r["staleness_mean"] is None else \
             f"{r['staleness_mean']:.2f}/{r['staleness_p90']:.0f}/{r['staleness_max']}"
-        lines.append(" | ".join([r["run"], str(r["workers"]), cell(r["backup"], "d")]
+        lines.append(" | ".join([r["run"], str(r["workers"]), cell(r["backup"], "d"), f"{r['lr']:g}"]
                                 + [cell(r[f"time_to_{t}"], ".1f") for t in targets]
                                 + [f"{r['accuracy_at_budget']:.4f}", staleness, f"{r['updates_per_second']:.1f}",
                                    f"{r['examples_per_second']:.0f}", f"{r['driver_update_share']:.1%}"]))
@@ -175,6 +201,11 @@ def parse_args(argv=None):
     p.add_argument("--sync-lr", type=float, default=0.01, help="scaled by N x batch / 64, with --warmup-steps")
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--async-lr", type=float, default=0.01)
+    p.add_argument("--tune-lrs", default=None, help="comma-separated rates: each mode picks its own per N on the "
+                                                   "validation split (instead of --sync-lr and --async-lr)")
+    p.add_argument("--tune-seconds", type=float, default=60.0, help="the budget of each tuning run")
+    p.add_argument("--validation-size", type=int, default=None,
+                   help="the first N validation images that tuning scores (default: all 5,000)")
     p.add_argument("--straggler-prob", type=float, default=0.1)
     p.add_argument("--straggler-delay", type=float, default=1.0, help="seconds")
     p.add_argument("--task-tail", choices=sorted(TAILS), default="none",
@@ -192,6 +223,7 @@ def parse_args(argv=None):
     args.workers = [int(v) for v in args.workers.split(",")]
     args.backup = [int(v) for v in args.backup.split(",")]
     args.targets = [float(v) for v in args.targets.split(",")]
+    args.tune_lrs = [float(v) for v in args.tune_lrs.split(",")] if args.tune_lrs else None
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
@@ -206,23 +238,32 @@ def main(argv=None) -> None:
     # the budget ends an async run through the apply thread, which logs it as a failed update
     logging.getLogger("mnist_lenet_spark.cluster.async_service").setLevel(logging.CRITICAL)
     mnist = data.load_mnist()
-    train, test = mnist.train, mnist.test
+    train, test, validation = mnist.train, mnist.test, mnist.validation
     if args.train_size:
         train = data.Split(train.images[:args.train_size], train.labels[:args.train_size])
     if args.test_size:
         test = data.Split(test.images[:args.test_size], test.labels[:args.test_size])
+    if args.validation_size:
+        validation = data.Split(validation.images[:args.validation_size], validation.labels[:args.validation_size])
     network = models.by_name("lenet")
     _, spec = _initial(network, args.seed)
     session = msp.session(args.master, conf={"spark.ui.enabled": "false"})
     session.sparkContext.setLogLevel("ERROR")
     runs = [("sync", n, b) for n in args.workers for b in args.backup] + [("async", n, None) for n in args.workers]
-    rows, curves = [], {}
+    rows, curves, trials = [], {}, []
+    lrs = {f"{mode} N={n}": args.sync_lr if mode == "sync" else args.async_lr
+           for n in args.workers for mode in ("sync", "async")}
     try:
+        if args.tune_lrs:
+            lrs, trials = tune(session, args, train, validation, network, spec)
         for mode, workers, backup in runs:
             name = f"sync b={backup}" if mode == "sync" else "async"
-            snapshots = run_one(session, mode, workers, backup or 0, args, train.images, train.labels, network)
+            lr = lrs[f"{mode} N={workers}"]
+            snapshots = run_one(session, mode, workers, backup or 0, lr, args, train.images, train.labels, network,
+                                args.budget_seconds, args.snapshot_seconds)
             result = summarise(snapshots, spec, network, test, args.targets, args.budget_seconds)
-            rows.append({"run": name, "mode": mode, "workers": workers, "backup": backup, **result["row"]})
+            rows.append({"run": name, "mode": mode, "workers": workers, "backup": backup, "lr": lr,
+                         **result["row"]})
             curves[f"{name} N={workers}"] = result["curve"]
             print(f"{name} N={workers}: accuracy {result['row']['accuracy_at_budget']:.4f} at "
                   f"{args.budget_seconds:g} s, {result['row']['updates']} updates", flush=True)
@@ -230,7 +271,8 @@ def main(argv=None) -> None:
         session.stop()
     print(table(rows, args.targets))
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    out = {"settings": settings, "master": args.master, "rows": rows, "curves": curves, "cpu": cpu()}
+    out = {"settings": settings, "master": args.master, "rows": rows, "curves": curves, "tuning": trials,
+           "cpu": cpu()}
     files.write_atomically(args.out, json.dumps(out, indent=2) + "\n")
     title = (f"LeNet, batch {args.batch_size} a worker, stragglers p={args.straggler_prob:g} x "
              f"{args.straggler_delay:g} s")

@@ -1,5 +1,5 @@
-"""benchmarks/time_to_accuracy.py --quick: a smoke run (N = 2; sync b = 0 and 1; async) whose table and JSON have the
-right rows and sane values. The tests do not run the full experiment."""
+"""benchmarks/time_to_accuracy.py --quick: a smoke run (N = 2; sync b = 0 and 1; async; learning rates tuned on
+validation) whose table and JSON have the right rows and sane values. The tests do not run the full experiment."""
 import json
 import subprocess
 import sys
@@ -12,12 +12,20 @@ from tests.conftest import ROOT
 def test_the_quick_run_prints_the_comparison_table_and_writes_every_run(tmp_path):
     out = tmp_path / "time_to_accuracy.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_to_accuracy.py"), "--quick",
-                           "--master", "local[2]", "--task-tail", "fitted", "--out", str(out)], capture_output=True,
+                           "--master", "local[2]", "--task-tail", "fitted", "--tune-lrs", "0.005,0.02",
+                           "--out", str(out)], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     rows, budget = result["rows"], result["settings"]["budget_seconds"]
     assert result["settings"]["task_tail"] == "fitted"
+    tuning = result["tuning"]  # each mode's rate picked on validation, sync at b = 0
+    assert [(t["mode"], t["lr"]) for t in tuning] == [("sync", 0.005), ("sync", 0.02), ("async", 0.005),
+                                                      ("async", 0.02)]
+    assert all(0 <= t["validation_accuracy"] <= 1 for t in tuning)
+    for mode in ("sync", "async"):
+        scores = {t["lr"]: t["validation_accuracy"] for t in tuning if t["mode"] == mode}
+        assert {r["lr"] for r in result["rows"] if r["mode"] == mode} == {max(scores, key=scores.get)}
     assert [(r["run"], r["workers"], r["backup"]) for r in rows] == [("sync b=0", 2, 0), ("sync b=1", 2, 1),
                                                                      ("async", 2, None)]
     for r in rows:
