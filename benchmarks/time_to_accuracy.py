@@ -47,11 +47,8 @@ from mnist_lenet_spark.executor.straggler import StragglerModel  # noqa: E402
 from mnist_lenet_spark.jobs import plots  # noqa: E402
 from mnist_lenet_spark.models import base  # noqa: E402
 
-QUICK = {"workers": [2], "backup": [0, 1], "budget_seconds": 6.0, "snapshot_seconds": 2.0, "train_size": 2048,
-         "validation_size": 500, "tune_seconds": 2.0,
-         "warmup_steps": 10,
-         "test_size": 500, "batch_size": 16}
-
+QUICK = {"workers": [2], "backup": [0, 1], "budget_seconds": 6.0, "snapshot_seconds": 2.0, "tune_seconds": 2.0,
+         "train_size": 2048, "validation_size": 500, "test_size": 500, "batch_size": 16, "warmup_steps": 10}
 
 #: --task-tail: what every task waits on top of its real compute (the distributions' random part, no shift)
 TAILS = {"none": None,
