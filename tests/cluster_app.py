@@ -3,7 +3,9 @@
     python tests/cluster_app.py SCENARIO MASTER_URL STORAGE
 
 It prints one JSON line with what it saw. Where the test must act mid-fit (kill an executor, add a host,
-pull a link), the driver writes ``STORAGE/at-step-3`` at step 3 and waits (bounded) for ``STORAGE/done``; the link
+pull a link), the driver writes ``STORAGE/at-step-3`` at step 3 (in the asynchronous mode: once both tasks have
+pushed) and waits
+(bounded) for ``STORAGE/done``; the link
 scenario also waits at step 6 for ``STORAGE/plugged`` (the link is back).
 """
 import json
@@ -177,6 +179,24 @@ def main():
             out["late_tasks"] = result.late_tasks
             out["cluster_vs_single"] = max_difference(result.params, single.params)
             out["seconds"] = time.perf_counter() - t0
+        elif SCENARIO == "async_kill":  # asynchronous SGD, 2 long tasks of 0.3 s a mini-batch: once both have pushed,
+            # the apply thread holds while the test SIGKILLs the executor of one (both wait for their apply then)
+            from mnist_lenet_spark.async_sgd import AsyncSGD
+            pushed = set()
+
+            def once_both_pushed(record):
+                pushed.add(record["shard"])
+                if len(pushed) == 2 and not (STORAGE / "at-step-3").exists():
+                    act_at_step_3({"step": 3})
+
+            result = AsyncSGD(spark, 2, batch_size=16, seed=7, straggler=StragglerModel(prob=1.0, delay=0.3)).fit(
+                images, labels, max_steps=30, on_step=once_both_pushed)  # 30 of an epoch's 38 mini-batches
+            out["steps"] = [h["step"] for h in result.history]
+            out["updates_by_shard"] = {str(s): sum(h["shard"] == s for h in result.history) for s in (0, 1)}
+            out["reports"] = [{"shard": r.shard, "attempt": r.attempt, "pushes": r.pushes, "ended": r.ended}
+                              for r in result.tasks]
+            out["refused"] = result.refused
+            out["loss"] = [result.history[0]["loss"], float(np.mean([h["loss"] for h in result.history[-10:]]))]
         out["app_id"] = spark.sparkContext.applicationId
     finally:
         spark.stop()

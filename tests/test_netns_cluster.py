@@ -268,3 +268,35 @@ def test_spark_submit_as_the_readme_shows_it(cluster, tmp_before):
     assert len(errors) == 1 and errors[0].startswith("train_lenet: error: train data /tmp/nowhere.parquet: the "
                                                      "executors cannot read it"), errors[:5]
     assert_nothing_left(cluster, tmp_before)
+
+
+def test_async_a_killed_executor_is_run_again_and_the_run_reaches_its_budget(cluster, tmp_before):
+    """Asynchronous SGD, 2 long tasks on 1-core executors: once both have pushed, the executor running one of them
+    is SIGKILLed while both wait for their pushes to be applied. Spark runs the task again on another host; the new
+    attempt goes on from its shard's position, and the run applies its whole budget of 30 updates. What the kill
+    cost is counted: the killed attempt's pending push is applied if the service reaches it before the new attempt
+    says hello, else refused as an old attempt's (a lost update)."""
+    killed = []
+
+    def kill():
+        busy = [h for h in cluster.workers if running_a_task(cluster, h)]
+        assert busy, "no worker is running an asynchronous task"
+        pid = cluster.executor_pids()[busy[0].name][0]
+        os.kill(pid, signal.SIGKILL)
+        killed.append(busy[0].name)
+
+    out = scenario(cluster, "async_kill", kill)
+    assert killed
+    assert out["steps"] == list(range(1, 31)), json.dumps({k: v for k, v in out.items() if k != "steps"})
+    reports = out["reports"]
+    assert all(r["ended"] in ("budget", "superseded") for r in reports), reports  # no shard was lost
+    # the killed attempt's report died with its executor; the attempt Spark ran again for it reached the budget
+    [retried] = [r for r in reports if r["attempt"] >= 1]
+    shard = str(retried["shard"])
+    killed_attempt_updates = out["updates_by_shard"][shard] - sum(r["pushes"] for r in reports
+                                                                   if str(r["shard"]) == shard)
+    assert killed_attempt_updates >= 1 and retried["pushes"] >= 1  # the killed attempt had pushed, the new one too
+    assert out["refused"]["old attempt"] <= 1, out["refused"]  # at most the push the killed attempt left queued
+    assert min(out["updates_by_shard"].values()) >= 2, out["updates_by_shard"]  # both shards went on
+    assert out["loss"][1] < out["loss"][0]
+    assert_nothing_left(cluster, tmp_before, allowed=SIGKILL_LEFTOVERS)
