@@ -30,7 +30,7 @@ def test_experiment_writes_json_and_plots(tmp_path, capsys):
     saved = json.loads((tmp_path / "straggler_experiment.json").read_text())
     assert set(saved["runs"]) == {"b=0", "b=1"}
     assert saved["settings"]["straggler"] == {"prob": 0.5, "delay": 0.3, "slow_partitions": [], "failure_prob": 0.0,
-                                              "failing_partitions": []}
+                                              "failing_partitions": [], "tail": None}
     for run in saved["runs"].values():
         assert len(run["step_seconds"]) == 4 and all(s > 0 for s in run["step_seconds"])
         assert len(run["accuracy_vs_time"]) == 2
