@@ -1,7 +1,7 @@
 """Time to accuracy: synchronous SGD with b = 0, 1, 2, 4 backup workers against asynchronous SGD (Downpour-style), at
 N workers each (Chen et al. 2016, "Revisiting Distributed Synchronous SGD", figures 5-7).
 
-Every run has the same model, initial weights (--seed), per-worker batch, straggler model (each task delayed
+Every run has the same model (--model), initial weights (--seed), per-worker batch, straggler model (each task delayed
 --straggler-delay s with probability --straggler-prob, drawn from the same seeded keys; --task-tail adds to every
 task a wait drawn from the fitted LeNet tail or a heavy Pareto tail) and wall-clock budget. The
 parameters are kept at fixed wall-clock times (every --snapshot-seconds from the first update's start, and at the
@@ -45,6 +45,7 @@ from mnist_lenet_spark.executor import inference  # noqa: E402
 from mnist_lenet_spark.executor.emulation import EmulatedCompute  # noqa: E402
 from mnist_lenet_spark.executor.straggler import StragglerModel  # noqa: E402
 from mnist_lenet_spark.jobs import plots  # noqa: E402
+from mnist_lenet_spark.loop.training import DivergenceError  # noqa: E402
 from mnist_lenet_spark.models import base  # noqa: E402
 
 QUICK = {"workers": [2], "backup": [0, 1], "budget_seconds": 6.0, "snapshot_seconds": 2.0, "tune_seconds": 2.0,
@@ -71,6 +72,7 @@ class Snapshots:
         self.taken: list[dict] = []  # {time, updates, examples, params (P,)}
         self.params = None  # the parameters before the update being recorded: never written in place
         self.examples = 0
+        self.diverged = None  # the DivergenceError's message when the run diverged before its budget
 
     def on_step(self, record: dict) -> None:
         now = time.perf_counter()
@@ -119,6 +121,9 @@ def run_one(session, mode: str, workers: int, backup: int, lr: float, args, imag
                 checkpoint_every=1)
     except TimeBudget:
         pass
+    except DivergenceError as e:  # a rate too large for this mode: the run ends here, its snapshots so far kept
+        snapshots.diverged = str(e)
+        print(f"{mode} N={workers} b={backup} lr {lr:g}: {e}", flush=True)
     else:
         raise RuntimeError(f"{mode} N={workers} b={backup}: the data ran out before the budget (raise --epochs)")
     return snapshots
@@ -136,8 +141,9 @@ def tune(session, args, train, validation, network, spec) -> tuple[dict, list[di
                                     args.tune_seconds, args.tune_seconds)
                 correct, _ = inference.correct_and_loss(network, base.unflatten(snapshots.taken[-1]["params"], spec),
                                                         validation.images, validation.labels)
-                scores.append(correct / len(validation.labels))
-                trials.append({"mode": mode, "workers": workers, "lr": lr, "validation_accuracy": scores[-1]})
+                scores.append(0.0 if snapshots.diverged else correct / len(validation.labels))
+                trials.append({"mode": mode, "workers": workers, "lr": lr, "validation_accuracy": scores[-1],
+                               "diverged": snapshots.diverged})
             chosen[f"{mode} N={workers}"] = args.tune_lrs[int(np.argmax(scores))]
             print(f"tuning {mode} N={workers}: validation accuracy {dict(zip(args.tune_lrs, scores))} after "
                   f"{args.tune_seconds:g} s: lr {chosen[f'{mode} N={workers}']:g}", flush=True)
@@ -161,7 +167,8 @@ def summarise(snapshots: Snapshots, spec, network, test, targets: list[float], b
     staleness = [s for _, _, s, _ in within if s is not None]
     row = {f"time_to_{target}": next((c["time"] for c in curve if c["accuracy"] >= target), None)
            for target in targets}
-    row.update({"accuracy_at_budget": curve[-1]["accuracy"], "updates": len(within),
+    row.update({"accuracy_at_budget": None if snapshots.diverged else curve[-1]["accuracy"],
+                "diverged": snapshots.diverged, "updates": len(within),
                 "updates_per_second": len(within) / budget,
                 "examples_per_second": sum(e for _, e, _, _ in within) / budget,
                 "driver_update_share": sum(a for _, _, _, a in within) / budget,
@@ -182,7 +189,7 @@ def table(rows: list[dict], targets: list[float]) -> str:
             f"{r['staleness_mean']:.2f}/{r['staleness_p90']:.0f}/{r['staleness_max']}"
         lines.append(" | ".join([r["run"], str(r["workers"]), cell(r["backup"], "d"), f"{r['lr']:g}"]
                                 + [cell(r[f"time_to_{t}"], ".1f") for t in targets]
-                                + [f"{r['accuracy_at_budget']:.4f}", staleness, f"{r['updates_per_second']:.1f}",
+                                + [cell(r["accuracy_at_budget"], ".4f"), staleness, f"{r['updates_per_second']:.1f}",
                                    f"{r['examples_per_second']:.0f}", f"{r['driver_update_share']:.1%}"]))
     return "\n".join(lines)
 
@@ -194,6 +201,8 @@ def parse_args(argv=None):
     p.add_argument("--master", default="local[*]")
     p.add_argument("--workers", default="4,8", help="N of each run, comma-separated")
     p.add_argument("--backup", default="0,1,2,4", help="the synchronous runs' backup workers b, comma-separated")
+    p.add_argument("--model", default="lenet", help="a preset (lenet, resnet) or a network definition (PATH.json), "
+                                                   "for MNIST's 1x28x28 images")
     p.add_argument("--batch-size", type=int, default=32, help="per worker, in both modes")
     p.add_argument("--sync-lr", type=float, default=0.01, help="scaled by N x batch / 64, with --warmup-steps")
     p.add_argument("--warmup-steps", type=int, default=100)
@@ -242,7 +251,7 @@ def main(argv=None) -> None:
         test = data.Split(test.images[:args.test_size], test.labels[:args.test_size])
     if args.validation_size:
         validation = data.Split(validation.images[:args.validation_size], validation.labels[:args.validation_size])
-    network = models.by_name("lenet")
+    network = models.by_name(args.model)
     _, spec = _initial(network, args.seed)
     session = msp.session(args.master, conf={"spark.ui.enabled": "false"})
     session.sparkContext.setLogLevel("ERROR")
@@ -262,7 +271,7 @@ def main(argv=None) -> None:
             rows.append({"run": name, "mode": mode, "workers": workers, "backup": backup, "lr": lr,
                          **result["row"]})
             curves[f"{name} N={workers}"] = result["curve"]
-            print(f"{name} N={workers}: accuracy {result['row']['accuracy_at_budget']:.4f} at "
+            print(f"{name} N={workers}: accuracy {result['row']['accuracy_at_budget']} at "
                   f"{args.budget_seconds:g} s, {result['row']['updates']} updates", flush=True)
     finally:
         session.stop()
@@ -271,7 +280,7 @@ def main(argv=None) -> None:
     out = {"settings": settings, "master": args.master, "rows": rows, "curves": curves, "tuning": trials,
            "cpu": cpu()}
     files.write_atomically(args.out, json.dumps(out, indent=2) + "\n")
-    title = (f"LeNet, batch {args.batch_size} a worker, stragglers p={args.straggler_prob:g} x "
+    title = (f"{args.model}, batch {args.batch_size} a worker, stragglers p={args.straggler_prob:g} x "
              f"{args.straggler_delay:g} s")
     for x, label in (("time", "wall-clock time (s)"), ("examples", "examples seen")):
         path = args.out.with_name(f"{args.out.stem}_{x}.png")
