@@ -135,19 +135,30 @@ class Host:
                       .split())
 
     def stop(self) -> None:
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-            for pid in self.pids():
-                try:
-                    os.kill(pid, sig)
-                except OSError:
-                    pass
-            deadline = time.time() + wait
-            while self.pids() and time.time() < deadline:
-                time.sleep(0.2)
+        stop_processes([self])
+        self.release()
+
+    def release(self) -> None:
+        """Ends the namespace holder and deletes the namespace (its processes stopped first: ``stop_processes``)."""
         if self.holder.poll() is None:
             os.killpg(self.holder.pid, signal.SIGKILL)
         self.holder.wait(timeout=10)
         _ip("netns", "del", self.netns, check=False)
+
+
+def stop_processes(hosts) -> None:
+    """SIGTERM every process in these hosts' namespaces, wait up to 15 s for all to end, then SIGKILL what is left
+    and wait up to 10 s more."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+        for host in hosts:
+            for pid in host.pids():
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+        deadline = time.time() + wait
+        while any(host.pids() for host in hosts) and time.time() < deadline:
+            time.sleep(0.2)
 
 
 class Cluster:
@@ -222,9 +233,11 @@ class Cluster:
         return {h.name: h.java_pids("CoarseGrainedExecutorBackend") for h in self.workers}
 
     def stop(self) -> None:
-        for host in reversed(list(self.hosts.values())):
+        hosts = list(reversed(list(self.hosts.values())))
+        stop_processes(hosts)  # every host at once: one shared wait, not one per host
+        for host in hosts:
             try:
-                host.stop()
+                host.release()
             except Exception:  # the rest must still go
                 pass
         _ip("netns", "del", self.bridge_ns, check=False)
