@@ -19,24 +19,36 @@ Learning rates: sync takes --sync-lr scaled linearly to N x batch with a warm-up
 accuracy (SystemML's validation split, --validation-size images) after --tune-seconds of training: sync at b = 0
 (its rate serves every b: the same N x batch an update), async at its batch. The asynchronous mode needs a task
 slot per worker: on a master with fewer slots than N, only as many tasks push as there are slots (AsyncSGD warns).
+--lrs-from takes each mode's rate per N from an earlier run's results (its tuned choices), to run the same rates
+under another tail, model setting or cluster without tuning again.
+
+--netns-cluster runs the whole experiment on the namespace cluster of tests/netns_cluster.py (root, and the packed
+environment of make pack): max N + max b one-core worker hosts, each with its own network and /tmp, and the
+driver on a host of its own; it writes the same results.
 
     python benchmarks/time_to_accuracy.py                  # N = 4, 8; sync b = 0, 1, 2, 4; async; 300 s each
     python benchmarks/time_to_accuracy.py --tune-lrs 0.005,0.01,0.02   # each mode's rate picked on validation
     python benchmarks/time_to_accuracy.py --quick          # N = 2; sync b = 0, 1; async; a few seconds each
+    sudo .venv/bin/python benchmarks/time_to_accuracy.py --netns-cluster --workers 4 --lrs-from OUT.json
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, cpu  # noqa: E402
+from common import RESULTS, ROOT, cpu  # noqa: E402
 
 from mnist_lenet_spark import data, files, models  # noqa: E402
 from mnist_lenet_spark import spark as msp  # noqa: E402
@@ -55,6 +67,9 @@ QUICK = {"workers": [2], "backup": [0, 1], "budget_seconds": 6.0, "snapshot_seco
 TAILS = {"none": None,
          "fitted": EmulatedCompute(),  # LeNet's task times fitted as shift + exponential tail (mean 26 ms)
          "heavy": EmulatedCompute(distribution="pareto", tail_mean=0.1, alpha=1.5)}  # infinite variance
+
+
+PACKED_ENV = ROOT / "dist" / "mnist_lenet_spark_env.tar.gz"  # the executors' Python on the namespace cluster
 
 
 class TimeBudget(Exception):
@@ -150,6 +165,19 @@ def tune(session, args, train, validation, network, spec) -> tuple[dict, list[di
     return chosen, trials
 
 
+def earlier_rates(path: Path, wanted: dict) -> dict:
+    """The rate each of ``wanted``'s keys ("sync N=4", ...) ran at in the results JSON ``path``."""
+    try:
+        rows = json.loads(path.read_text())["rows"]
+        used = {f"{r['mode']} N={r['workers']}": r["lr"] for r in rows}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.exit(f"--lrs-from {path}: not a time_to_accuracy results file ({e})")
+    missing = sorted(set(wanted) - set(used))
+    if missing:
+        sys.exit(f"--lrs-from {path}: has no run for {', '.join(missing)}")
+    return {key: used[key] for key in wanted}
+
+
 def _initial(network, seed: int):
     params = network.init_params(seed)
     return params, base.param_spec(params)
@@ -199,6 +227,11 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="a smoke run: " + ", ".join(f"{k} {v}" for k, v in
                                                                                    QUICK.items()))
     p.add_argument("--master", default="local[*]")
+    p.add_argument("--netns-cluster", action="store_true",
+                   help="run on the namespace cluster (tests/netns_cluster.py; needs root and make pack): max N + max "
+                        "b one-core worker hosts, the driver on a host of its own, executors on the packed "
+                        "environment (instead of --master)")
+    p.add_argument("--cluster-hosts", type=int, default=None, help=argparse.SUPPRESS)  # the driver on the cluster
     p.add_argument("--workers", default="4,8", help="N of each run, comma-separated")
     p.add_argument("--backup", default="0,1,2,4", help="the synchronous runs' backup workers b, comma-separated")
     p.add_argument("--model", default="lenet", help="a preset (lenet, resnet) or a network definition (PATH.json), "
@@ -209,6 +242,9 @@ def parse_args(argv=None):
     p.add_argument("--async-lr", type=float, default=0.01)
     p.add_argument("--tune-lrs", default=None, help="comma-separated rates: each mode picks its own per N on the "
                                                    "validation split (instead of --sync-lr and --async-lr)")
+    p.add_argument("--lrs-from", type=Path, default=None, help="an earlier run's JSON: each mode and N takes the rate "
+                                                              "that run used (its tuned choice), instead of --sync-lr "
+                                                              "and --async-lr")
     p.add_argument("--tune-seconds", type=float, default=60.0, help="the budget of each tuning run")
     p.add_argument("--validation-size", type=int, default=None,
                    help="the first N validation images that tuning scores (default: all 5,000)")
@@ -230,6 +266,8 @@ def parse_args(argv=None):
     args.backup = [int(v) for v in args.backup.split(",")]
     args.targets = [float(v) for v in args.targets.split(",")]
     args.tune_lrs = [float(v) for v in args.tune_lrs.split(",")] if args.tune_lrs else None
+    if args.tune_lrs and args.lrs_from:
+        p.error("--tune-lrs and --lrs-from: give one of them")
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
@@ -238,8 +276,61 @@ def parse_args(argv=None):
     return args
 
 
+def on_netns_cluster(args, argv: list[str]) -> None:
+    """This experiment with its driver on the namespace cluster's driver host, against max N + max b one-core
+    worker hosts (so every sync task of b = max b has a core, and async's N tasks too), each with its own network
+    and /tmp. The driver writes the results and plots itself; the cluster goes whatever happens."""
+    sys.path.insert(0, str(ROOT))
+    from tests.netns_cluster import Cluster, can_create_namespaces
+    reason = can_create_namespaces() or (None if PACKED_ENV.is_file() else f"{PACKED_ENV} is missing (make pack)")
+    if reason:
+        sys.exit(f"benchmarks/time_to_accuracy.py --netns-cluster: the namespace cluster {reason}")
+    hosts = max(args.workers) + max(args.backup)
+    (ROOT / "build").mkdir(exist_ok=True)
+    storage = Path(tempfile.mkdtemp(prefix="bench-tta-", dir=ROOT / "build"))
+    child = [a for a in argv if a != "--netns-cluster"]
+    child += ["--out", str(args.out.resolve()), "--cluster-hosts", str(hosts)]  # the driver runs in ROOT
+    if args.lrs_from:
+        child += ["--lrs-from", str(args.lrs_from.resolve())]
+    try:
+        cluster = Cluster(storage, workers=hosts, keep=str(ROOT))
+        try:
+            proc = cluster.driver.run([sys.executable, __file__, *child, "--master", cluster.master_url], cwd=ROOT,
+                                      env={"PYSPARK_PYTHON": "./environment/bin/python", "PYTHONUNBUFFERED": "1"})
+            try:  # its output goes straight to ours; bounded by the runs' budgets with room for evaluation
+                runs = len(args.workers) * (len(args.backup) + 1) * (1 + (len(args.tune_lrs or ())))
+                code = proc.wait(timeout=600 + runs * 3 * max(args.budget_seconds, args.tune_seconds))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # its own process group: the driver and its JVM
+                proc.wait()
+                raise
+        finally:
+            cluster.stop()
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+    if code != 0:
+        sys.exit(f"benchmarks/time_to_accuracy.py --netns-cluster: the driver exited with {code}")
+
+
+def cluster_session(args):
+    """The driver's session on the namespace cluster: executors on the packed environment, once all
+    ``args.cluster_hosts`` have registered (up to 2 minutes)."""
+    session = msp.session(args.master, conf={"spark.archives": f"{PACKED_ENV}#environment",
+                                             "spark.executor.memory": "1g", "spark.ui.enabled": "false"})
+    deadline = time.time() + 120
+    while session.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1 < args.cluster_hosts:
+        if time.time() > deadline:
+            session.stop()
+            sys.exit(f"the namespace cluster: {args.cluster_hosts} executors did not all register in 120 s")
+        time.sleep(0.5)
+    return session
+
+
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.netns_cluster:
+        return on_netns_cluster(args, argv)
     logging.basicConfig(level=logging.WARNING)
     # the budget ends an async run through the apply thread, which logs it as a failed update
     logging.getLogger("mnist_lenet_spark.cluster.async_service").setLevel(logging.CRITICAL)
@@ -253,12 +344,17 @@ def main(argv=None) -> None:
         validation = data.Split(validation.images[:args.validation_size], validation.labels[:args.validation_size])
     network = models.by_name(args.model)
     _, spec = _initial(network, args.seed)
-    session = msp.session(args.master, conf={"spark.ui.enabled": "false"})
-    session.sparkContext.setLogLevel("ERROR")
     runs = [("sync", n, b) for n in args.workers for b in args.backup] + [("async", n, None) for n in args.workers]
     rows, curves, trials = [], {}, []
     lrs = {f"{mode} N={n}": args.sync_lr if mode == "sync" else args.async_lr
            for n in args.workers for mode in ("sync", "async")}
+    if args.lrs_from:
+        lrs = earlier_rates(args.lrs_from, lrs)
+    if args.cluster_hosts:
+        session = cluster_session(args)
+    else:
+        session = msp.session(args.master, conf={"spark.ui.enabled": "false"})
+    session.sparkContext.setLogLevel("ERROR")
     try:
         if args.tune_lrs:
             lrs, trials = tune(session, args, train, validation, network, spec)
@@ -277,11 +373,12 @@ def main(argv=None) -> None:
         session.stop()
     print(table(rows, args.targets))
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    out = {"settings": settings, "master": args.master, "rows": rows, "curves": curves, "tuning": trials,
+    master = f"namespace cluster: {args.cluster_hosts} one-core worker hosts" if args.cluster_hosts else args.master
+    out = {"settings": settings, "master": master, "rows": rows, "curves": curves, "tuning": trials,
            "cpu": cpu()}
     files.write_atomically(args.out, json.dumps(out, indent=2) + "\n")
     title = (f"{args.model}, batch {args.batch_size} a worker, stragglers p={args.straggler_prob:g} x "
-             f"{args.straggler_delay:g} s")
+             f"{args.straggler_delay:g} s, {args.task_tail} tail, {master}")
     for x, label in (("time", "wall-clock time (s)"), ("examples", "examples seen")):
         path = args.out.with_name(f"{args.out.stem}_{x}.png")
         plots.accuracy_vs_time({name: [(c[x], c["accuracy"]) for c in curve] for name, curve in curves.items()},

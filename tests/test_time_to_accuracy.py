@@ -74,3 +74,21 @@ def test_a_task_tail_adds_a_seeded_wait_to_every_task():
     both = StragglerModel(prob=0.1, delay=1.0, tail=EmulatedCompute())
     plain = StragglerModel(prob=0.1, delay=1.0)
     assert [both.delay_for(k) for k in keys] == pytest.approx([plain.delay_for(k) + w for k, w in zip(keys, waits)])
+
+
+def test_lrs_from_takes_each_modes_rate_from_an_earlier_run(tmp_path):
+    """--lrs-from: the rate each mode and N ran at in an earlier results file; a file without one of the wanted
+    runs, or not a results file, is a one-line error naming it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from time_to_accuracy import earlier_rates
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"rows": [{"mode": "sync", "workers": 4, "lr": 0.02},
+                                            {"mode": "sync", "workers": 4, "lr": 0.02},
+                                            {"mode": "async", "workers": 4, "lr": 0.005}]}))
+    wanted = {"sync N=4": 0.01, "async N=4": 0.01}
+    assert earlier_rates(earlier, wanted) == {"sync N=4": 0.02, "async N=4": 0.005}
+    with pytest.raises(SystemExit, match=r"earlier.json: has no run for async N=8"):
+        earlier_rates(earlier, {**wanted, "async N=8": 0.01})
+    (tmp_path / "notes.txt").write_text("not json")
+    with pytest.raises(SystemExit, match=r"notes.txt: not a time_to_accuracy results file"):
+        earlier_rates(tmp_path / "notes.txt", wanted)
