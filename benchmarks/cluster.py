@@ -22,11 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, save
+from common import PACKED_ENV, ROOT, namespace_cluster_missing, save
 
 sys.path.insert(0, str(ROOT))
 WARMUP = 5
-PACKED_ENV = ROOT / "dist" / "mnist_lenet_spark_env.tar.gz"
 
 
 def median_step(result) -> float:
@@ -99,11 +98,11 @@ def main():
     args = ap.parse_args()
     if args.child:
         return child(args.child[0], Path(args.child[1]), args.steps, args.rounds)
-    from tests.netns_cluster import Cluster, can_create_namespaces
-    reason = can_create_namespaces() or (None if PACKED_ENV.is_file() else f"{PACKED_ENV} is missing (make pack)")
+    reason = namespace_cluster_missing()
     if reason:
         print(f"benchmarks/cluster.py: skipped: the namespace cluster {reason}")
         return
+    from tests.netns_cluster import Cluster
     (ROOT / "build").mkdir(exist_ok=True)
     storage = Path(tempfile.mkdtemp(prefix="bench-cluster-", dir=ROOT / "build"))
     (storage / "events").mkdir()

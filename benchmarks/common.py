@@ -12,6 +12,15 @@ from mnist_lenet_spark import files
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+PACKED_ENV = ROOT / "dist" / "mnist_lenet_spark_env.tar.gz"  # the executors' Python on the namespace cluster
+
+
+def namespace_cluster_missing() -> str | None:
+    """Why the namespace cluster of tests/netns_cluster.py cannot run here (no namespaces, no packed
+    environment), or None."""
+    sys.path.insert(0, str(ROOT))
+    from tests.netns_cluster import can_create_namespaces
+    return can_create_namespaces() or (None if PACKED_ENV.is_file() else f"{PACKED_ENV} is missing (make pack)")
 
 
 def median_seconds(fn, repeats: int, warmup: int = 2) -> float:

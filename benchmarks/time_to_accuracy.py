@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, cpu  # noqa: E402
+from common import PACKED_ENV, RESULTS, ROOT, cpu, namespace_cluster_missing  # noqa: E402
 
 from mnist_lenet_spark import data, files, models  # noqa: E402
 from mnist_lenet_spark import spark as msp  # noqa: E402
@@ -67,9 +67,6 @@ QUICK = {"workers": [2], "backup": [0, 1], "budget_seconds": 6.0, "snapshot_seco
 TAILS = {"none": None,
          "fitted": EmulatedCompute(),  # LeNet's task times fitted as shift + exponential tail (mean 26 ms)
          "heavy": EmulatedCompute(distribution="pareto", tail_mean=0.1, alpha=1.5)}  # infinite variance
-
-
-PACKED_ENV = ROOT / "dist" / "mnist_lenet_spark_env.tar.gz"  # the executors' Python on the namespace cluster
 
 
 class TimeBudget(Exception):
@@ -280,11 +277,10 @@ def on_netns_cluster(args, argv: list[str]) -> None:
     """This experiment with its driver on the namespace cluster's driver host, against max N + max b one-core
     worker hosts (so every sync task of b = max b has a core, and async's N tasks too), each with its own network
     and /tmp. The driver writes the results and plots itself; the cluster goes whatever happens."""
-    sys.path.insert(0, str(ROOT))
-    from tests.netns_cluster import Cluster, can_create_namespaces
-    reason = can_create_namespaces() or (None if PACKED_ENV.is_file() else f"{PACKED_ENV} is missing (make pack)")
+    reason = namespace_cluster_missing()
     if reason:
         sys.exit(f"benchmarks/time_to_accuracy.py --netns-cluster: the namespace cluster {reason}")
+    from tests.netns_cluster import Cluster
     hosts = max(args.workers) + max(args.backup)
     (ROOT / "build").mkdir(exist_ok=True)
     storage = Path(tempfile.mkdtemp(prefix="bench-tta-", dir=ROOT / "build"))
