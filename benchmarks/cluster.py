@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from common import PACKED_ENV, ROOT, namespace_cluster_missing, save
@@ -37,13 +36,12 @@ def child(master: str, storage: Path, steps: int, rounds: int) -> None:
     from mnist_lenet_spark import data
     from mnist_lenet_spark import spark as msp
     from mnist_lenet_spark.cluster import staging
+    from tests.netns_cluster import wait_for_executors
     spark = msp.session(master, conf={"spark.archives": f"{PACKED_ENV}#environment", "spark.executor.memory": "1g",
                                       "spark.eventLog.enabled": "true", "spark.eventLog.compress": "false",
                                       "spark.eventLog.dir": str(storage / "events"), "spark.ui.enabled": "false"})
     spark.sparkContext.setLogLevel("ERROR")
-    deadline = time.time() + 120
-    while spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1 < 3 and time.time() < deadline:
-        time.sleep(0.5)
+    wait_for_executors(spark, 3)
     mnist = data.load_mnist()
     sgd = msp.SyncSGD(spark, 3, batch_size=64)
     arrays, staged_steps, places, staging_seconds = [], [], [], []

@@ -313,12 +313,12 @@ def cluster_session(args):
     ``args.cluster_hosts`` have registered (up to 2 minutes)."""
     session = msp.session(args.master, conf={"spark.archives": f"{PACKED_ENV}#environment",
                                              "spark.executor.memory": "1g", "spark.ui.enabled": "false"})
-    deadline = time.time() + 120
-    while session.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1 < args.cluster_hosts:
-        if time.time() > deadline:
-            session.stop()
-            sys.exit(f"the namespace cluster: {args.cluster_hosts} executors did not all register in 120 s")
-        time.sleep(0.5)
+    from tests.netns_cluster import ClusterError, wait_for_executors
+    try:
+        wait_for_executors(session, args.cluster_hosts)
+    except ClusterError as error:
+        session.stop()
+        sys.exit(f"the namespace cluster: {error}")
     return session
 
 

@@ -25,6 +25,7 @@ from mnist_lenet_spark import spark as msp  # noqa: E402
 from mnist_lenet_spark.config import BackupConfig, SGDConfig  # noqa: E402
 from mnist_lenet_spark.executor.straggler import StragglerModel  # noqa: E402
 from mnist_lenet_spark.loop import local
+from tests.netns_cluster import wait_for_executors  # noqa: E402
 
 SCENARIO, MASTER, STORAGE = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 ENV = ROOT / "dist" / "mnist_lenet_spark_env.tar.gz"
@@ -39,14 +40,8 @@ def session():
                                       "spark.ui.enabled": "false",
                                       **{f"spark.executorEnv.{k}": v for k, v in STORE_ENV.items()}})
     spark.sparkContext.setLogLevel("ERROR")
-    deadline = time.time() + 120
-    while executors(spark) < 3 and time.time() < deadline:
-        time.sleep(0.5)
+    wait_for_executors(spark, 3)
     return spark
-
-
-def executors(spark) -> int:
-    return spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1  # less the driver's
 
 
 def act_at_step_3(record, spark=None, executors_after=0):

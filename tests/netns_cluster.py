@@ -33,6 +33,16 @@ class ClusterError(RuntimeError):
     pass
 
 
+def wait_for_executors(spark, count: int, seconds: float = 120) -> None:
+    """Until ``count`` executors have registered with the driver of ``spark`` (each first fetches and unpacks
+    the application's environment); ClusterError after ``seconds``."""
+    deadline = time.time() + seconds
+    while spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1 < count:  # less the driver's entry
+        if time.time() > deadline:
+            raise ClusterError(f"{count} executors did not all register in {seconds:.0f} s")
+        time.sleep(0.5)
+
+
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=check)
 
