@@ -25,16 +25,15 @@ from mnist_lenet_spark import spark as msp  # noqa: E402
 from mnist_lenet_spark.config import BackupConfig, SGDConfig  # noqa: E402
 from mnist_lenet_spark.executor.straggler import StragglerModel  # noqa: E402
 from mnist_lenet_spark.loop import local
-from tests.netns_cluster import wait_for_executors  # noqa: E402
+from tests.netns_cluster import PACKED_ENV, wait_for_executors  # noqa: E402
 
 SCENARIO, MASTER, STORAGE = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-ENV = ROOT / "dist" / "mnist_lenet_spark_env.tar.gz"
 STORE_ENV = json.loads(os.environ.get("STORE_ENV", "{}"))  # the S3 store's endpoint and credentials
 
 
 def session():
     os.environ.update(STORE_ENV)  # for this driver's own look at the store
-    spark = msp.session(MASTER, conf={"spark.archives": f"{ENV}#environment", "spark.executor.memory": "1g",
+    spark = msp.session(MASTER, conf={"spark.archives": f"{PACKED_ENV}#environment", "spark.executor.memory": "1g",
                                       "spark.eventLog.enabled": "true", "spark.eventLog.compress": "false",
                                       "spark.eventLog.dir": str(STORAGE / "events"),
                                       "spark.ui.enabled": "false",

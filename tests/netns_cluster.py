@@ -25,6 +25,7 @@ from pathlib import Path
 import pyspark
 
 SPARK_HOME = Path(pyspark.__file__).parent
+PACKED_ENV = Path(__file__).resolve().parent.parent / "dist" / "mnist_lenet_spark_env.tar.gz"  # make pack: the executors' Python
 SUBNET = "10.77.0"  # only ever inside this module's namespaces
 MASTER_PORT = 7077
 

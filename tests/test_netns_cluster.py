@@ -15,10 +15,9 @@ import pytest
 
 from tests import event_log, s3_server
 from tests.conftest import ROOT
-from tests.netns_cluster import SPARK_HOME, Cluster, can_create_namespaces
+from tests.netns_cluster import PACKED_ENV, SPARK_HOME, Cluster, can_create_namespaces
 
 pytestmark = pytest.mark.cluster
-PACKED_ENV = ROOT / "dist" / "mnist_lenet_spark_env.tar.gz"
 STORAGE_PARENT = ROOT / "build"  # outside /tmp, which each host has its own of
 
 
