@@ -2,11 +2,11 @@
 
 For each per-worker batch B (32 ... 1024): the single-process trainer (one BLAS thread, batch B
 per step), and SyncSGD with 1 and 2 workers of batch B each. Configurations alternate within
-each round; medians over rounds. Targets: 2 workers >= 1.3x the single process at B = 256 and
->= 1.5x at B = 512. Writes benchmarks/results/scaling.json and scaling.png.
+each round; medians over rounds. Writes benchmarks/results/scaling.json and scaling.png (docs/benchmarks.md,
+"Scaling", quotes them).
 
     python benchmarks/scaling.py [--steps 8] [--rounds 2]
-    python benchmarks/scaling.py --model resnet --batches 64,256   # ResNet-8 (issue 16), beside LeNet's table:
+    python benchmarks/scaling.py --model resnet --batches 64,256   # ResNet-8, beside LeNet's table:
         writes the "resnet" key of scaling.json (no plot)
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.config import SGDConfig
 from mnist_lenet_spark.executor import tasks
 from mnist_lenet_spark.jobs import plots
-from mnist_lenet_spark.loop import local
+from mnist_lenet_spark import local
 
 BATCHES = [32, 64, 128, 256, 512, 1024]
 

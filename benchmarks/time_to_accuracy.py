@@ -11,8 +11,9 @@ accuracy (at snapshot granularity; "-": not reached within the budget), test acc
 (async: mean, p90, max), updates and examples per second, and the driver's update share: the fraction of the
 budget the driver spent turning gradient sums into updates (mean, L2, SGD-Nesterov, batch norm's statistics).
 Writes the table and every run's curve (time, examples seen, accuracy per snapshot) to --out (default
-benchmarks/results/time_to_accuracy.json, with the CPU), and two plots beside it: test accuracy against
-wall-clock time (OUT_time.png) and against examples seen (OUT_examples.png).
+benchmarks/results/time_to_accuracy.json, with the CPU), and two plots beside it: test error (log axis)
+against wall-clock time (OUT_time.png) and against examples seen (OUT_examples.png); --replot FILE redraws them
+from a results file alone.
 
 Learning rates: sync takes --sync-lr scaled linearly to N x batch with a warm-up (the README's setting), async
 --async-lr at its batch. With --tune-lrs, each mode picks its rate per N among those values instead, by validation
@@ -29,6 +30,7 @@ driver on a host of its own; it writes the same results.
     python benchmarks/time_to_accuracy.py                  # N = 4, 8; sync b = 0, 1, 2, 4; async; 300 s each
     python benchmarks/time_to_accuracy.py --tune-lrs 0.005,0.01,0.02   # each mode's rate picked on validation
     python benchmarks/time_to_accuracy.py --quick          # N = 2; sync b = 0, 1; async; a few seconds each
+    python benchmarks/time_to_accuracy.py --replot benchmarks/results/time_to_accuracy_fitted.json   # plots only
     sudo .venv/bin/python benchmarks/time_to_accuracy.py --netns-cluster --workers 4 --lrs-from OUT.json
 """
 from __future__ import annotations
@@ -256,6 +258,8 @@ def parse_args(argv=None):
     p.add_argument("--train-size", type=int, default=None, help="the first N training images (default: all)")
     p.add_argument("--test-size", type=int, default=None, help="the first N test images (default: all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--replot", type=Path, default=None, metavar="FILE",
+                   help="redraw the two plots of a results file beside it, from the file alone (runs nothing)")
     p.add_argument("--out", default=None, help="the JSON file (default benchmarks/results/time_to_accuracy.json, "
                                                "with --quick time_to_accuracy_quick.json)")
     args = p.parse_args(argv)
@@ -325,6 +329,8 @@ def cluster_session(args):
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.replot:
+        return replot(args.replot)
     if args.netns_cluster:
         return on_netns_cluster(args, argv)
     logging.basicConfig(level=logging.WARNING)
@@ -373,13 +379,34 @@ def main(argv=None) -> None:
     out = {"settings": settings, "master": master, "rows": rows, "curves": curves, "tuning": trials,
            "cpu": cpu()}
     files.write_atomically(args.out, json.dumps(out, indent=2) + "\n")
-    title = (f"{args.model}, batch {args.batch_size} a worker, stragglers p={args.straggler_prob:g} x "
-             f"{args.straggler_delay:g} s, {args.task_tail} tail, {master}")
-    for x, label in (("time", "wall-clock time (s)"), ("examples", "examples seen")):
-        path = args.out.with_name(f"{args.out.stem}_{x}.png")
-        plots.accuracy_vs_time({name: [(c[x], c["accuracy"]) for c in curve] for name, curve in curves.items()},
-                               path, title, xlabel=label, ylabel="test accuracy")
+    write_plots(args.out, out)
     print(args.out)
+
+
+def write_plots(path: Path, result: dict) -> list[Path]:
+    """The two plots of a results file, beside it: test error against wall-clock time (PATH_time.png) and against
+    examples seen (PATH_examples.png), from its curves and settings alone."""
+    settings = result["settings"]
+    title = (f"{settings.get('model', 'lenet')}, batch {settings['batch_size']} a worker, stragglers "
+             f"p={settings['straggler_prob']:g} x {settings['straggler_delay']:g} s, "
+             f"{settings.get('task_tail', 'none')} tail, {result['master']}")
+    written = []
+    for x, label in (("time", "wall-clock time (s)"), ("examples", "examples seen")):
+        runs = {name: [(c[x], c["accuracy"]) for c in curve] for name, curve in result["curves"].items()}
+        written.append(plots.accuracy_vs_time(runs, path.with_name(f"{path.stem}_{x}.png"), title, xlabel=label,
+                                              ylabel="test error"))
+    return written
+
+
+def replot(path: Path) -> None:
+    """--replot: redraw a results file's plots from the file, running nothing."""
+    try:
+        result = json.loads(path.read_text())
+        written = write_plots(path, result)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        sys.exit(f"benchmarks/time_to_accuracy.py --replot {path}: not a readable time_to_accuracy results file "
+                 f"({type(error).__name__}: {error})")
+    print("\n".join(str(p) for p in written))
 
 
 if __name__ == "__main__":

@@ -45,16 +45,38 @@ def step_time_distribution(runs: dict[str, list[float]], path, title: str) -> Pa
     return _finish(plt, fig, ax, path, "step time (s)", "fraction of steps", title)
 
 
+#: The lowest error a log axis shows: an accuracy of exactly 1 (a small evaluation set) is drawn at this floor.
+ERROR_FLOOR = 1e-4
+
+
 def accuracy_vs_time(runs: dict[str, list[tuple[float, float]]], path, title: str,
-                     xlabel: str = "training wall-clock time (s)", ylabel: str = "validation accuracy") -> Path:
-    """Validation accuracy against training wall-clock time (or another x), one line per configuration."""
+                     xlabel: str = "training wall-clock time (s)", ylabel: str = "validation error") -> Path:
+    """Accuracy against training wall-clock time (or another x), one line per configuration, drawn as the error
+    (1 - accuracy) on a log y axis: the range that matters, 97-99.5 % accuracy, is a decade of error instead of a
+    sliver at the top of a 0-1 axis. ``runs`` maps a label to (x, accuracy) points; ``ylabel`` names the error."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for label, points in runs.items():
         if points:
             t, acc = zip(*points)
-            ax.plot(t, acc, marker="o", markersize=3, label=label)
-    return _finish(plt, fig, ax, path, xlabel, ylabel, title)
+            error = np.maximum(1.0 - np.asarray(acc, dtype=np.float64), ERROR_FLOOR)
+            ax.plot(t, error, marker="o", markersize=3, label=label)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(_percent_formatter(minor=False))
+    ax.yaxis.set_minor_formatter(_percent_formatter(minor=True))
+    return _finish(plt, fig, ax, path, xlabel, f"{ylabel} (1 - accuracy, log scale)", title)
+
+
+def _percent_formatter(minor: bool):
+    """Log-axis tick labels as percentages ("1 %", "0.5 %"), labelling the ticks matplotlib's own log formatter
+    labels (minor ones only when the axis spans less than about a decade)."""
+    from matplotlib.ticker import LogFormatter
+
+    class Percent(LogFormatter):
+        def __call__(self, value, pos=None):
+            return f"{100 * value:.3g} %" if super().__call__(value, pos) else ""
+
+    return Percent(labelOnlyBase=False) if minor else Percent()
 
 
 def scaling(batches: list[int], series: dict[str, list[float]], efficiency: dict[str, list[float]], path,
