@@ -20,6 +20,7 @@ from mnist_lenet_spark.config import ConfigError, SGDConfig
 from mnist_lenet_spark.executor import async_task, tasks
 from mnist_lenet_spark.executor.shards import StagedShards
 from mnist_lenet_spark.loop import training
+from mnist_lenet_spark.loop.sums import GradientSum
 from mnist_lenet_spark.models import base
 from mnist_lenet_spark.nn.optim import sgd_nesterov
 from mnist_lenet_spark.spark import SyncSGD
@@ -69,7 +70,7 @@ class Updater:
         state, config = self.state, self.config
         state.epoch, state.step_in_epoch = divmod(state.step, self.per_epoch)
         lr = config.learning_rate(state.epoch, state.step, self.budget)
-        sums = tasks.GradientSum(grad_sum, loss_sum, count)
+        sums = GradientSum(grad_sum, loss_sum, count)
         loss, grad = training.loss_and_gradient(sums, params, self.spec, self.model, config.l2)
         training._check_finite(loss, grad, count, state)
         state.params, self.opt = training.apply_update(self.model, self.spec, params, grad, count, self.opt, lr,

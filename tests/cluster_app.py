@@ -24,7 +24,7 @@ from mnist_lenet_spark import data  # noqa: E402
 from mnist_lenet_spark import spark as msp  # noqa: E402
 from mnist_lenet_spark.config import BackupConfig, SGDConfig  # noqa: E402
 from mnist_lenet_spark.executor.straggler import StragglerModel  # noqa: E402
-from mnist_lenet_spark.loop import local
+from mnist_lenet_spark import local
 from tests.netns_cluster import PACKED_ENV, wait_for_executors  # noqa: E402
 
 SCENARIO, MASTER, STORAGE = sys.argv[1], sys.argv[2], Path(sys.argv[3])

@@ -10,9 +10,10 @@ import pytest
 from mnist_lenet_spark import models
 from mnist_lenet_spark.async_sgd import AsyncSGD
 from mnist_lenet_spark.cluster import async_service
+from mnist_lenet_spark.wire import common, parameters
 from mnist_lenet_spark.config import ConfigError, SGDConfig
 from mnist_lenet_spark.executor import inference
-from mnist_lenet_spark.loop import local
+from mnist_lenet_spark import local
 
 LR_RESNET, STEPS_RESNET = 0.05, 150  # 2.5 -> 0.8 in a probe (seed 0)
 
@@ -44,20 +45,20 @@ def adding_server(budget=10, partitions=2, **kwargs):
 def test_pull_push_apply_and_staleness():
     server, seen = adding_server(budget=3)
     try:
-        a = async_service.AsyncClient(server.endpoint, 0, 0)
-        b = async_service.AsyncClient(server.endpoint, 1, 0)
+        a = parameters.AsyncClient(server.endpoint, 0, 0)
+        b = parameters.AsyncClient(server.endpoint, 1, 0)
         assert a.accepted and b.accepted and a.size == 4 and a.position == 0
         go, va, pa = a.pull()
         go_b, vb, _ = b.pull()
         assert go and go_b and va == vb == 0 and pa.dtype == np.float32
-        assert a.push(va, np.ones(4, np.float32), 1.0, 1) == (async_service.APPLIED, 1)
-        assert b.push(vb, np.full(4, 2, np.float32), 1.0, 1) == (async_service.APPLIED, 2)  # one version behind
+        assert a.push(va, np.ones(4, np.float32), 1.0, 1) == (parameters.APPLIED, 1)
+        assert b.push(vb, np.full(4, 2, np.float32), 1.0, 1) == (parameters.APPLIED, 2)  # one version behind
         go, version, params = a.pull()
         assert go and version == 2 and params.tolist() == [3, 3, 3, 3]
-        assert a.push(version, np.ones(4, np.float32), 1.0, 1)[0] == async_service.APPLIED
+        assert a.push(version, np.ones(4, np.float32), 1.0, 1)[0] == parameters.APPLIED
         assert server.done.is_set() and seen == [(0, 0), (1, 1), (0, 0)]
         assert b.pull()[0] is False  # the budget is spent: the service says stop
-        assert b.push(2, np.ones(4, np.float32), 1.0, 1)[0] == async_service.BUDGET
+        assert b.push(2, np.ones(4, np.float32), 1.0, 1)[0] == parameters.BUDGET
         a.close()
         b.close()
     finally:
@@ -69,15 +70,15 @@ def test_a_client_without_the_token_gets_nothing():
     server.AUTH_SECONDS = 0.3
     try:
         with socket.create_connection(server.endpoint[:2], timeout=5) as conn:
-            conn.sendall(b"x" * async_service.TOKEN_BYTES + async_service._HELLO.pack(0, 0) + b"P")
+            conn.sendall(b"x" * common.TOKEN_BYTES + parameters.HELLO.pack(0, 0) + b"P")
             assert received(conn) == b""  # closed, no welcome, no parameters
         with socket.create_connection(server.endpoint[:2], timeout=5) as conn:  # no token at all: dropped in time
             t0 = time.monotonic()
             assert received(conn) == b""
             assert time.monotonic() - t0 < server.AUTH_SECONDS + 2
-        wrong = async_service.Endpoint(*server.endpoint[:2], b"y" * async_service.TOKEN_BYTES)
+        wrong = common.Endpoint(*server.endpoint[:2], b"y" * common.TOKEN_BYTES)
         with pytest.raises(OSError):
-            async_service.AsyncClient(wrong, 0, 0)
+            parameters.AsyncClient(wrong, 0, 0)
         assert server.dropped == 3 and server.applied == 0 and not seen
     finally:
         server.shutdown()
@@ -86,17 +87,17 @@ def test_a_client_without_the_token_gets_nothing():
 def test_only_the_newest_attempt_of_a_partition_may_push():
     server, seen = adding_server()
     try:
-        old = async_service.AsyncClient(server.endpoint, 0, 0)
+        old = parameters.AsyncClient(server.endpoint, 0, 0)
         _, version, _ = old.pull()
-        assert old.push(version, np.ones(4, np.float32), 1.0, 1)[0] == async_service.APPLIED
+        assert old.push(version, np.ones(4, np.float32), 1.0, 1)[0] == parameters.APPLIED
         _, version, _ = old.pull()
-        new = async_service.AsyncClient(server.endpoint, 0, 1)  # Spark's retry of the same partition
+        new = parameters.AsyncClient(server.endpoint, 0, 1)  # Spark's retry of the same partition
         assert new.accepted and new.position == 1  # goes on after the mini-batch the old attempt pushed
-        assert old.push(version, np.ones(4, np.float32), 1.0, 1)[0] == async_service.OLD_ATTEMPT
+        assert old.push(version, np.ones(4, np.float32), 1.0, 1)[0] == parameters.OLD_ATTEMPT
         assert server.applied == 1 and server.refused["old attempt"] == 1
-        assert not async_service.AsyncClient(server.endpoint, 0, 0).accepted  # an older hello is refused too
+        assert not parameters.AsyncClient(server.endpoint, 0, 0).accepted  # an older hello is refused too
         _, version, _ = new.pull()
-        assert new.push(version, np.ones(4, np.float32), 1.0, 1)[0] == async_service.APPLIED
+        assert new.push(version, np.ones(4, np.float32), 1.0, 1)[0] == parameters.APPLIED
         old.close()
         new.close()
     finally:
@@ -106,10 +107,10 @@ def test_only_the_newest_attempt_of_a_partition_may_push():
 def test_connections_are_bounded_and_bad_pushes_dropped():
     server, _ = adding_server(max_clients=2)
     try:
-        first = async_service.AsyncClient(server.endpoint, 0, 0)
-        second = async_service.AsyncClient(server.endpoint, 1, 0)
+        first = parameters.AsyncClient(server.endpoint, 0, 0)
+        second = parameters.AsyncClient(server.endpoint, 1, 0)
         with pytest.raises(OSError):
-            async_service.AsyncClient(server.endpoint, 1, 0)  # a third: closed at once
+            parameters.AsyncClient(server.endpoint, 1, 0)  # a third: closed at once
         _, version, _ = first.pull()
         with pytest.raises(OSError):  # a gradient of the wrong size: the connection is dropped
             first.push(version, np.ones(5, np.float32), 1.0, 1)
@@ -123,12 +124,12 @@ def test_connections_are_bounded_and_bad_pushes_dropped():
 def test_bounded_staleness_refuses_old_gradients_and_a_failed_update_stops_the_run():
     server, _ = adding_server(max_staleness=0)
     try:
-        a = async_service.AsyncClient(server.endpoint, 0, 0)
-        b = async_service.AsyncClient(server.endpoint, 1, 0)
+        a = parameters.AsyncClient(server.endpoint, 0, 0)
+        b = parameters.AsyncClient(server.endpoint, 1, 0)
         _, va, _ = a.pull()
         _, vb, _ = b.pull()
-        assert a.push(va, np.ones(4, np.float32), 1.0, 1)[0] == async_service.APPLIED
-        assert b.push(vb, np.ones(4, np.float32), 1.0, 1)[0] == async_service.STALE
+        assert a.push(va, np.ones(4, np.float32), 1.0, 1)[0] == parameters.APPLIED
+        assert b.push(vb, np.ones(4, np.float32), 1.0, 1)[0] == parameters.STALE
         assert server.refused["too stale"] == 1
     finally:
         server.shutdown()
@@ -137,9 +138,9 @@ def test_bounded_staleness_refuses_old_gradients_and_a_failed_update_stops_the_r
         raise ValueError("diverged")
     server = async_service.ParameterServer(np.zeros(4, np.float32), failing, 5, 1)
     try:
-        c = async_service.AsyncClient(server.endpoint, 0, 0)
+        c = parameters.AsyncClient(server.endpoint, 0, 0)
         _, version, _ = c.pull()
-        assert c.push(version, np.ones(4, np.float32), 1.0, 1)[0] == async_service.FAILED
+        assert c.push(version, np.ones(4, np.float32), 1.0, 1)[0] == parameters.FAILED
         assert isinstance(server.error, ValueError) and c.pull()[0] is False
     finally:
         server.shutdown()
@@ -148,7 +149,7 @@ def test_bounded_staleness_refuses_old_gradients_and_a_failed_update_stops_the_r
 def test_shutdown_leaves_no_threads():
     before = threading.active_count()
     server, _ = adding_server()
-    client = async_service.AsyncClient(server.endpoint, 0, 0)
+    client = parameters.AsyncClient(server.endpoint, 0, 0)
     client.pull()
     server.shutdown()
     client.close()

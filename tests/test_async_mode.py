@@ -10,7 +10,8 @@ import pytest
 from mnist_lenet_spark import models
 from mnist_lenet_spark.async_sgd import AsyncSGD
 from mnist_lenet_spark.config import ConfigError, SGDConfig
-from mnist_lenet_spark.loop import local, training
+from mnist_lenet_spark import local
+from mnist_lenet_spark.loop import training
 from mnist_lenet_spark.ml import LeNetClassificationModel, LeNetClassifier, NetworkClassifier
 from tests.conftest import ROOT, load_job, own_tracebacks
 

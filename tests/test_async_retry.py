@@ -5,7 +5,7 @@ import numpy as np
 from mnist_lenet_spark.async_sgd import AsyncSGD
 from mnist_lenet_spark.config import SGDConfig
 from mnist_lenet_spark.executor.straggler import StragglerModel
-from mnist_lenet_spark.loop import local
+from mnist_lenet_spark import local
 
 SPARK_MASTER = "local[2,2]"
 

@@ -14,6 +14,7 @@ from mnist_lenet_spark.loop import sharding, training
 from mnist_lenet_spark.loop.sharding import TaskKey
 from mnist_lenet_spark import models
 from mnist_lenet_spark.models import base
+from mnist_lenet_spark.loop.sums import GradientSum
 from tests.reference import rel_error
 
 lenet = models.by_name("lenet")  # the preset, as a model object
@@ -133,6 +134,7 @@ def test_a_bad_step_signal_port_is_a_config_error(spark, mnist):
 def test_without_stragglers_every_partition_can_be_kept_and_history_records_it(spark, mnist):
     images, labels = mnist.train.images[:300], mnist.train.labels[:300]
     result = msp.SyncSGD(spark, workers=2, batch_size=16, backup_workers=1).fit(images, labels, max_steps=6)
+    assert len(result.history) == 6
     for h in result.history:
         assert len(h["kept"]) == 2 and len(h["dropped"]) == 1 and h["examples"] == 32
 
@@ -157,7 +159,7 @@ def test_the_accumulator_sums_the_first_n_gradients_of_the_open_step_and_drops_t
     results.open(1, 2)
 
     def result(step, shard, error=None):
-        sums = None if error else tasks.GradientSum(np.full(3, float(shard), np.float32), float(shard), 10 + shard)
+        sums = None if error else GradientSum(np.full(3, float(shard), np.float32), float(shard), 10 + shard)
         return tasks.BackupResult(step, shard, 0.0, 0.0, sums, error)
 
     for r in [result(0, 9), result(1, 2), result(1, 4, error="boom"), result(2, 7), result(1, 3), result(1, 5)]:

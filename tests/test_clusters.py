@@ -13,7 +13,7 @@ import pytest
 from mnist_lenet_spark import models
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.config import SGDConfig
-from mnist_lenet_spark.loop import local
+from mnist_lenet_spark import local
 from tests.conftest import tiny_problem
 from tests.reference import rel_error
 

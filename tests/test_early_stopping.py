@@ -11,7 +11,8 @@ import pytest
 from mnist_lenet_spark import models
 from mnist_lenet_spark.models import base
 from mnist_lenet_spark.config import ConfigError, SGDConfig, read_training_conf
-from mnist_lenet_spark.loop import local, training
+from mnist_lenet_spark import local
+from mnist_lenet_spark.loop import training
 from tests.conftest import ROOT, load_job
 
 #: dense layers with batch norm: its running statistics live in the parameter vector, so "the best parameters"

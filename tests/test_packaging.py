@@ -29,7 +29,7 @@ def wheel(tmp_path_factory):
     """The wheel, built from a copy of the files a source distribution holds (so the build leaves nothing in the
     checkout and does not race another build there)."""
     src = tmp_path_factory.mktemp("src")
-    for name in ("pyproject.toml", "README.md", "LICENSE", "NOTICE", "requirements-executor.txt"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE", "NOTICE", "requirements-executor.txt"):
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "conf", src / "conf")
     shutil.copytree(ROOT / "data" / "mnist", src / "data" / "mnist")
@@ -41,6 +41,14 @@ def wheel(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-3000:]
     [built] = out.glob("*.whl")
     return built
+
+
+def test_setup_py_defers_to_pyproject_toml():
+    """Tools that look for setup.py find one, and it gives pyproject.toml's name and version."""
+    proc = subprocess.run([sys.executable, "setup.py", "--name", "--version"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-2:] == ["mnist_lenet_spark", mnist_lenet_spark.__version__]
 
 
 def test_wheel_holds_package_conf_mnist_commands_and_licenses(wheel):

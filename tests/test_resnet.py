@@ -8,7 +8,8 @@ from threadpoolctl import threadpool_limits
 from mnist_lenet_spark import models
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.config import SGDConfig
-from mnist_lenet_spark.loop import local, training
+from mnist_lenet_spark import local
+from mnist_lenet_spark.loop import training
 from mnist_lenet_spark.models import base
 from mnist_lenet_spark.nn.network import STATE_MOMENTUM
 from tests.reference import rel_error

@@ -5,7 +5,8 @@ import pytest
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.config import BackupConfig, ConfigError, SGDConfig
 from mnist_lenet_spark.executor import inference, tasks
-from mnist_lenet_spark.loop import local, training
+from mnist_lenet_spark import local
+from mnist_lenet_spark.loop import training
 from mnist_lenet_spark import models
 from tests.conftest import tiny_problem
 from tests.reference import rel_error

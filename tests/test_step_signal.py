@@ -7,6 +7,8 @@ import time
 import pytest
 
 from mnist_lenet_spark.cluster import step_signal
+from mnist_lenet_spark.wire import common
+from mnist_lenet_spark.wire import step_signal as signal_client
 from mnist_lenet_spark.executor.straggler import StragglerModel
 from mnist_lenet_spark.loop.sharding import TaskKey
 
@@ -14,46 +16,46 @@ from mnist_lenet_spark.loop.sharding import TaskKey
 def test_tasks_see_a_step_closed_only_after_the_driver_closes_it():
     server = step_signal.StepServer()
     try:
-        assert not step_signal.is_closed(server.endpoint, 0)
+        assert not signal_client.is_closed(server.endpoint, 0)
         server.close_step(0)
-        assert step_signal.is_closed(server.endpoint, 0) and not step_signal.is_closed(server.endpoint, 1)
+        assert signal_client.is_closed(server.endpoint, 0) and not signal_client.is_closed(server.endpoint, 1)
         server.close_step(3)
         server.close_step(2)  # never goes back
-        assert step_signal.is_closed(server.endpoint, 3)
+        assert signal_client.is_closed(server.endpoint, 3)
     finally:
         server.shutdown()
 
 
 def test_a_task_that_cannot_reach_the_driver_answers_not_closed_and_backs_off(caplog, monkeypatch):
-    monkeypatch.setattr(step_signal, "RETRIES", 2)
-    monkeypatch.setattr(step_signal, "FIRST_BACKOFF_SECONDS", 0.05)
+    monkeypatch.setattr(signal_client, "RETRIES", 2)
+    monkeypatch.setattr(signal_client, "FIRST_BACKOFF_SECONDS", 0.05)
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
-        address = step_signal.Endpoint(*s.getsockname(), b"t" * step_signal.TOKEN_BYTES)
+        address = common.Endpoint(*s.getsockname(), b"t" * common.TOKEN_BYTES)
     with caplog.at_level(logging.WARNING, logger="mnist_lenet_spark.cluster.step_signal"):
-        assert not step_signal.is_closed(address, 0)
-        assert not step_signal.is_closed(address, 0)  # within the back-off: not tried
+        assert not signal_client.is_closed(address, 0)
+        assert not signal_client.is_closed(address, 0)  # within the back-off: not tried
         time.sleep(0.1)
-        assert not step_signal.is_closed(address, 0)  # tried again: the last of RETRIES
+        assert not signal_client.is_closed(address, 0)  # tried again: the last of RETRIES
         time.sleep(0.2)
-        assert not step_signal.is_closed(address, 0)  # given up
+        assert not signal_client.is_closed(address, 0)  # given up
     assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 2
-    assert not step_signal.is_closed(None, 0)
+    assert not signal_client.is_closed(None, 0)
 
 
 def test_a_task_reconnects_once_the_driver_is_reachable_again(monkeypatch):
     """A network blip: the driver's port refuses for a while, then answers on the same port."""
-    monkeypatch.setattr(step_signal, "FIRST_BACKOFF_SECONDS", 0.2)
+    monkeypatch.setattr(signal_client, "FIRST_BACKOFF_SECONDS", 0.2)
     first = step_signal.StepServer()
     endpoint = first.endpoint
     first.shutdown()
-    assert not step_signal.is_closed(endpoint, 0)  # refused: back off
+    assert not signal_client.is_closed(endpoint, 0)  # refused: back off
     second = step_signal.StepServer(ports=range(endpoint.port, endpoint.port + 1), token=endpoint.token)
     try:
         second.close_step(3)
-        assert not step_signal.is_closed(endpoint, 3)  # still backing off
+        assert not signal_client.is_closed(endpoint, 3)  # still backing off
         time.sleep(0.3)
-        assert step_signal.is_closed(endpoint, 3)
+        assert signal_client.is_closed(endpoint, 3)
     finally:
         second.shutdown()
 
@@ -78,13 +80,13 @@ def test_the_port_can_be_set_as_a_range():
 
 def test_a_connection_to_a_server_that_went_away_is_replaced():
     first = step_signal.StepServer()
-    assert not step_signal.is_closed(first.endpoint, 0)  # opens and caches a connection
+    assert not signal_client.is_closed(first.endpoint, 0)  # opens and caches a connection
     first.shutdown()
-    assert not step_signal.is_closed(first.endpoint, 0)  # stale connection, then refused: no exception
+    assert not signal_client.is_closed(first.endpoint, 0)  # stale connection, then refused: no exception
     second = step_signal.StepServer()
     try:
         second.close_step(5)
-        assert step_signal.is_closed(second.endpoint, 5)
+        assert signal_client.is_closed(second.endpoint, 5)
     finally:
         second.shutdown()
 
@@ -104,7 +106,7 @@ def test_shutdown_leaves_no_threads():
     import threading
     before = threading.active_count()
     server = step_signal.StepServer()
-    assert not step_signal.is_closed(server.endpoint, 0)
+    assert not signal_client.is_closed(server.endpoint, 0)
     server.shutdown()
     assert threading.active_count() <= before
 
@@ -128,7 +130,7 @@ def test_a_client_without_the_token_gets_no_answer_and_is_dropped():
     try:
         server.close_step(4)
         with connect(server) as bad:
-            bad.sendall(b"x" * step_signal.TOKEN_BYTES + b"?")
+            bad.sendall(b"x" * common.TOKEN_BYTES + b"?")
             assert answer(bad) is None
         with connect(server) as good:
             good.sendall(server.token + b"?")
@@ -156,7 +158,7 @@ def test_silent_and_non_reading_clients_are_dropped(monkeypatch):
             time.sleep(0.05)
         assert answer(silent) is None  # it never sent the token in time
         assert server.connections == 0 and server.dropped >= 2
-        assert step_signal.is_closed(server.endpoint, -1)  # a real task is still served
+        assert signal_client.is_closed(server.endpoint, -1)  # a real task is still served
     finally:
         server.shutdown()
 
@@ -177,9 +179,9 @@ def test_a_flood_of_connections_is_bounded_and_the_service_stays_up():
             conn.close()
         time.sleep(0.3)
         server.close_step(7)
-        step_signal._connections.clear()
-        step_signal._failures.clear()
-        assert step_signal.is_closed(server.endpoint, 7)
+        signal_client._connections.clear()
+        signal_client._failures.clear()
+        assert signal_client.is_closed(server.endpoint, 7)
     finally:
         for conn in held:
             conn.close()
@@ -196,14 +198,14 @@ def test_a_pushed_gradient_reaches_the_driver_whole_and_its_answer_says_whether_
     grad = np.random.default_rng(0).standard_normal(250_001).astype(np.float32)  # (P,), larger than a socket buffer
     server = step_signal.StepServer(on_push=on_push, push_bytes=grad.nbytes)
     try:
-        assert step_signal.push(server.endpoint, 4, 2, grad, 12.5, 16) is True
-        assert step_signal.push(server.endpoint, 3, 1, grad * 2, 1.0, 8) is False  # not wanted
-        assert not step_signal.is_closed(server.endpoint, 0)  # questions still work on the same connection
+        assert signal_client.push(server.endpoint, 4, 2, grad, 12.5, 16) is True
+        assert signal_client.push(server.endpoint, 3, 1, grad * 2, 1.0, 8) is False  # not wanted
+        assert not signal_client.is_closed(server.endpoint, 0)  # questions still work on the same connection
         assert [(s, k, l, c) for s, k, _, l, c in received] == [(4, 2, 12.5, 16), (3, 1, 1.0, 8)]
         assert np.array_equal(received[0][2], grad) and np.array_equal(received[1][2], grad * 2)
         assert received[0][2].dtype == np.float32 and server.pushes == 2
         # a push of another size drops the connection and is answered with nothing: the task sends it another way
-        assert step_signal.push(server.endpoint, 4, 0, grad[:-1], 1.0, 1) is None and len(received) == 2
+        assert signal_client.push(server.endpoint, 4, 0, grad[:-1], 1.0, 1) is None and len(received) == 2
     finally:
         server.shutdown()
 
@@ -214,7 +216,7 @@ def test_a_push_without_the_token_is_never_taken():
     server = step_signal.StepServer(on_push=lambda *a: received.append(a) or True, push_bytes=16)
     try:
         with socket.create_connection(server.endpoint[:2], timeout=2) as s:
-            s.sendall(b"x" * step_signal.TOKEN_BYTES + b"G" + struct.pack("!qiqdBQ", 0, 0, 1, 0.0, 4, 16) + b"\0" * 16)
+            s.sendall(b"x" * common.TOKEN_BYTES + b"G" + struct.pack("!qiqdBQ", 0, 0, 1, 0.0, 4, 16) + b"\0" * 16)
             assert s.recv(8) == b""  # dropped, no answer
         deadline = time.monotonic() + 5
         while server.dropped < 1 and time.monotonic() < deadline:

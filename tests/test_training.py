@@ -5,9 +5,11 @@ import pytest
 from mnist_lenet_spark import files
 from mnist_lenet_spark.config import ConfigError, SGDConfig
 from mnist_lenet_spark.executor import tasks
-from mnist_lenet_spark.loop import local, sharding, training
+from mnist_lenet_spark import local
+from mnist_lenet_spark.loop import sharding, training
 from mnist_lenet_spark import models
 from mnist_lenet_spark.models import base
+from mnist_lenet_spark.loop.sums import GradientSum
 from tests.conftest import tiny_problem
 from tests.reference import rel_error
 
@@ -15,8 +17,8 @@ lenet = models.by_name("lenet")  # the preset, as a model object
 
 
 def test_gradient_sums_add_field_by_field():
-    a = tasks.GradientSum(np.array([1.0, 2.0]), 0.5, 2)
-    b = tasks.GradientSum(np.array([0.5, -1.0]), 1.5, 3)
+    a = GradientSum(np.array([1.0, 2.0]), 0.5, 2)
+    b = GradientSum(np.array([0.5, -1.0]), 1.5, 3)
     total = a + b
     assert np.array_equal(total.grad_sum, [1.5, 1.0]) and total.loss_sum == 2.0 and total.count == 5
     report = tasks.TaskReport(a, (11,)) + tasks.TaskReport(b, (12,))
@@ -38,7 +40,7 @@ def test_no_examples_gives_nan_loss_and_the_l2_gradient_only():
     params, _, _ = tiny_problem(1)
     spec = base.param_spec(params)
     flat = base.flatten(params, spec)
-    loss, grad = training.loss_and_gradient(tasks.GradientSum(np.zeros_like(flat), 0.0, 0), flat, spec, lenet, 0.1)
+    loss, grad = training.loss_and_gradient(GradientSum(np.zeros_like(flat), 0.0, 0), flat, spec, lenet, 0.1)
     assert np.isnan(loss)
     g = base.unflatten(grad, spec)
     assert np.allclose(g["fc1.W"], 0.1 * params["fc1.W"]) and not g["fc1.b"].any()
@@ -85,8 +87,9 @@ def test_the_math_and_the_executor_side_import_no_pyspark():
     import subprocess
     import sys
     modules = ["executor", "executor.tasks", "executor.inference", "executor.rows", "executor.shards",
-               "executor.emulation", "executor.straggler", "cluster.step_signal", "config", "loop", "loop.sharding",
-               "loop.training", "loop.local", "models", "models.definitions", "nn", "nn.network"]
+               "executor.emulation", "executor.straggler", "executor.async_task", "wire.step_signal", "wire.parameters",
+               "cluster.step_signal", "config", "loop", "loop.sharding",
+               "loop.training", "local", "models", "models.definitions", "nn", "nn.network"]
     code = "; ".join(f"import mnist_lenet_spark.{m}" for m in modules) + "; import sys; print('pyspark' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -1,25 +1,12 @@
-"""The driver's parameter service of the asynchronous mode (Downpour-style, ``async_sgd``), and its client.
+"""The driver's parameter service of the asynchronous mode (Downpour-style, ``async_sgd``; protocol and client:
+``wire.parameters``).
 
 Each of the job's long tasks keeps one connection and loops: pull the parameters and their version, compute
 the gradient of its next mini-batch, push it with the version it used. ONE apply thread applies every push as
 it arrives (the ``apply`` function given: SGD-Nesterov, L2, batch norm's running statistics, as the
 synchronous update) and publishes the next version; staleness is the number of versions applied between a
-push's pull and its apply.
-
-Protocol (TCP; headers big-endian; every float is a little-endian float32, never pickle):
-- hello: the fit's 32-byte token (as the step signal's, ``step_signal``: it reaches the tasks inside their
-  closure) + ``_HELLO`` (partition, attempt number). A wrong token closes the connection with nothing sent;
-  otherwise ``_WELCOME`` (accepted, position, parameter count): refused (0, then closed) when a newer attempt of
-  the partition has said hello; ``position`` is how many mini-batches the partition's attempts have pushed, so a
-  retried attempt goes on from there.
-- ``P`` (pull): ``_ANSWER`` (go, version), then, when go = 1, the parameters. go = 0: the run's budget is spent
-  (or the driver stopped it): the task ends.
-- ``G`` + ``_PUSH`` (version pulled, example count, loss sum, payload bytes) + the gradient sum (its state slots
-  hold the summed batch statistics, as the synchronous tasks' sums do): ``_ANSWER`` (status, version) once the
-  apply thread has applied it (APPLIED) or refused it (OLD_ATTEMPT: a newer attempt of the partition said hello;
-  BUDGET: the run's budget is spent; STALE: more than ``max_staleness`` versions behind; FAILED: the update
-  failed, the run stops). A payload of another size than the parameters' drops the connection.
-Every read has a deadline; the connections are bounded (``max_clients``); no pyspark import.
+push's pull and its apply. Every read has a deadline; the connections are bounded (``max_clients``); no pyspark
+import.
 """
 from __future__ import annotations
 
@@ -36,45 +23,14 @@ from typing import Callable
 
 import numpy as np
 
-# the step signal's listening socket, endpoint and token (its port range too: async_sgd reads PORT_CONF)
-from mnist_lenet_spark.cluster.step_signal import TOKEN_BYTES, Endpoint, _listen
+from mnist_lenet_spark.wire.common import TOKEN_BYTES, Endpoint, listen, recv_exact
+from mnist_lenet_spark.wire.parameters import (ANSWER, APPLIED, BUDGET, FAILED, HELLO, OLD_ATTEMPT, PULL, PUSH,
+                                               PUSH_HEADER, REPLY_SECONDS, STALE, STATUS_NAMES, WELCOME, WIRE,
+                                               to_wire)
 
 log = logging.getLogger(__name__)
-WIRE = np.dtype("<f4")
-_HELLO = struct.Struct("!ii")  # partition, attempt number
-_WELCOME = struct.Struct("!BqQ")  # accepted, position (mini-batches the partition pushed), parameter count
-_ANSWER = struct.Struct("!Bq")  # go / status, version
-_PUSH = struct.Struct("!qqdQ")  # version pulled, example count, loss sum, payload bytes
-PULL, PUSH = b"P", b"G"
-APPLIED, OLD_ATTEMPT, BUDGET, STALE, FAILED = 1, 2, 3, 4, 5
-STATUS_NAMES = {APPLIED: "applied", OLD_ATTEMPT: "old attempt", BUDGET: "budget spent", STALE: "too stale",
-                FAILED: "update failed"}
-CONNECT_SECONDS = 10.0  # a task's connect and hello
-REPLY_SECONDS = 120.0  # a task's wait for a pull's parameters or a push's answer (it waits for the apply)
-CONNECT_TRIES, FIRST_BACKOFF_SECONDS = 5, 0.5
 #: apply(gradient sum (P,), loss sum, example count, staleness, partition, params (P,)) -> next params (P,)
 Apply = Callable[[np.ndarray, float, int, int, int, np.ndarray], np.ndarray]
-
-
-def recv_exact(conn: socket.socket, size: int, deadline: float, into: np.ndarray | None = None) -> bytes | None:
-    """``size`` bytes from ``conn`` (into ``into``'s buffer when given: then None is returned) before
-    ``deadline`` (time.monotonic()); TimeoutError after it, ConnectionError when the peer closes."""
-    buffer = memoryview(into).cast("B") if into is not None else memoryview(bytearray(size))
-    got = 0
-    while got < size:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"read timed out with {got} of {size} bytes")
-        conn.settimeout(left)
-        count = conn.recv_into(buffer[got:size])
-        if not count:
-            raise ConnectionError("the peer closed the connection")
-        got += count
-    return None if into is not None else bytes(buffer)
-
-
-def _to_wire(values: np.ndarray) -> memoryview:
-    return memoryview(np.ascontiguousarray(values, WIRE)).cast("B")
 
 
 @dataclass
@@ -126,7 +82,7 @@ class ParameterServer:
         self._queue: queue.Queue[_Push] = queue.Queue()
         self._clients: dict[socket.socket, threading.Thread] = {}
         self._closing = threading.Event()
-        self._listener = _listen(bind, ports)
+        self._listener = listen(bind, ports)
         self._listener.settimeout(0.2)
         self.endpoint = Endpoint(host or bind, self._listener.getsockname()[1], self.token)
         self._threads = [threading.Thread(target=self._accept, name="async-accept", daemon=True),
@@ -207,7 +163,7 @@ class ParameterServer:
                 self.dropped += 1
                 return
             authenticated = True
-            partition, attempt = _HELLO.unpack(recv_exact(conn, _HELLO.size, deadline))
+            partition, attempt = HELLO.unpack(recv_exact(conn, HELLO.size, deadline))
             if not 0 <= partition < self.partitions or attempt < 0:
                 log.warning("async service: a hello for partition %d attempt %d dropped", partition, attempt)
                 self.dropped += 1
@@ -217,7 +173,7 @@ class ParameterServer:
                 if accepted:
                     self.newest_attempt[partition] = attempt
                 position = self.positions.get(partition, 0)
-            conn.sendall(_WELCOME.pack(int(accepted), position, self.params.size))
+            conn.sendall(WELCOME.pack(int(accepted), position, self.params.size))
             if not accepted:
                 self._count_refusal(OLD_ATTEMPT, partition)
                 return
@@ -249,12 +205,12 @@ class ParameterServer:
         with self._lock:
             go = not self._stopped and self.version < self.budget
             version, params = self.version, self.params
-        conn.sendall(_ANSWER.pack(int(go), version))
+        conn.sendall(ANSWER.pack(int(go), version))
         if go:
-            conn.sendall(_to_wire(params))
+            conn.sendall(to_wire(params))
 
     def _push(self, conn: socket.socket, partition: int, attempt: int) -> None:
-        pulled, count, loss_sum, size = _PUSH.unpack(recv_exact(conn, _PUSH.size,
+        pulled, count, loss_sum, size = PUSH_HEADER.unpack(recv_exact(conn, PUSH_HEADER.size,
                                                                 time.monotonic() + self.PAYLOAD_SECONDS))
         if size != self.params.size * WIRE.itemsize:
             log.warning("async service: a push of %d bytes refused (expected %d); dropped", size,
@@ -274,7 +230,7 @@ class ParameterServer:
             status = item.status
         if status != APPLIED:
             self._count_refusal(status, partition)
-        conn.sendall(_ANSWER.pack(status, self.version))
+        conn.sendall(ANSWER.pack(status, self.version))
 
     def _admit(self, item: _Push) -> int:
         """Under the lock: whether a push may join the queue (APPLIED) or why not."""
@@ -328,57 +284,3 @@ class ParameterServer:
         if version + 1 >= self.budget:
             self.done.set()
         return APPLIED
-
-
-class AsyncClient:
-    """Task side: one authenticated connection to the parameter service for one task attempt.
-
-    ``accepted`` is False when a newer attempt of the partition has said hello (this one must end);
-    ``position``: how many mini-batches the partition has pushed before (a retried attempt goes on from there).
-    A failure to connect (CONNECT_TRIES tries, with back-off) or any broken exchange raises OSError."""
-
-    def __init__(self, endpoint: Endpoint, partition: int, attempt: int):
-        error = None
-        for tries in range(CONNECT_TRIES):
-            if tries:
-                time.sleep(FIRST_BACKOFF_SECONDS * 2 ** (tries - 1))
-            try:
-                self.conn = socket.create_connection((endpoint.host, endpoint.port), timeout=CONNECT_SECONDS)
-                break
-            except OSError as e:
-                error = e
-                log.warning("async service at %s:%s unreachable (%s), try %d of %d", endpoint.host, endpoint.port,
-                            e, tries + 1, CONNECT_TRIES)
-        else:
-            raise ConnectionError(f"async service at {endpoint.host}:{endpoint.port} unreachable: {error}")
-        try:
-            self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.conn.sendall(endpoint.token + _HELLO.pack(partition, attempt))
-            accepted, self.position, self.size = _WELCOME.unpack(
-                recv_exact(self.conn, _WELCOME.size, time.monotonic() + CONNECT_SECONDS))
-        except BaseException:
-            self.conn.close()
-            raise
-        self.accepted = bool(accepted)
-
-    def pull(self) -> tuple[bool, int, np.ndarray | None]:
-        """(go on?, version, parameters (P,) float32 or None when told to stop)."""
-        self.conn.sendall(PULL)
-        deadline = time.monotonic() + REPLY_SECONDS
-        go, version = _ANSWER.unpack(recv_exact(self.conn, _ANSWER.size, deadline))
-        if not go:
-            return False, version, None
-        params = np.empty(self.size, WIRE)
-        recv_exact(self.conn, params.nbytes, deadline, into=params)
-        return True, version, params.astype(np.float32, copy=False)
-
-    def push(self, version: int, grad_sum: np.ndarray, loss_sum: float, count: int) -> tuple[int, int]:
-        """Send a gradient sum (P,) computed at ``version``: (status, the service's version after it)."""
-        payload = _to_wire(grad_sum)
-        self.conn.sendall(PUSH + _PUSH.pack(version, count, loss_sum, payload.nbytes))
-        self.conn.sendall(payload)
-        status, after = _ANSWER.unpack(recv_exact(self.conn, _ANSWER.size, time.monotonic() + REPLY_SECONDS))
-        return status, after
-
-    def close(self) -> None:
-        self.conn.close()

@@ -27,6 +27,7 @@ from mnist_lenet_spark.config import BackupConfig, ConfigError
 from mnist_lenet_spark.executor import tasks
 from mnist_lenet_spark.loop import training
 from mnist_lenet_spark.loop.sharding import ShardBatch
+from mnist_lenet_spark.loop.sums import GradientSum
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.002
@@ -52,7 +53,7 @@ class StepResults:
         """Start collecting ``step``: its first ``need`` gradients are kept."""
         with self._lock:
             self.step, self.need = step, need
-            self.sums: tasks.GradientSum | None = None
+            self.sums: GradientSum | None = None
             self.taken: set[int] = set()  # shards whose gradients are in self.sums
             self.kept: list[tasks.BackupResult] = []  # notes of the taken shards (their sums are in self.sums)
             self.failed: list[tasks.BackupResult] = []
@@ -67,7 +68,7 @@ class StepResults:
                 return True
             if len(self.taken) >= self.need:
                 return False
-            self._add(tasks.GradientSum(grad, loss_sum, count))
+            self._add(GradientSum(grad, loss_sum, count))
             self.taken.add(shard)
             return True
 
@@ -94,14 +95,14 @@ class StepResults:
             # "cached": a note only, the sums stay on its executor (combine="executors")
             self.kept.append(dataclasses.replace(result, sums=None))
 
-    def _add(self, sums: tasks.GradientSum) -> None:
+    def _add(self, sums: GradientSum) -> None:
         """Add ``sums`` into the running sum (under the lock)."""
         if self.sums is None:  # just unpickled or received: ours to add into (copied if read-only)
             grad = sums.grad_sum if sums.grad_sum.flags.writeable else sums.grad_sum.copy()
             self.sums = dataclasses.replace(sums, grad_sum=grad)
         else:
             np.add(self.sums.grad_sum, sums.grad_sum, out=self.sums.grad_sum)  # (P,) in place
-            self.sums = tasks.GradientSum(self.sums.grad_sum, self.sums.loss_sum + sums.loss_sum,
+            self.sums = GradientSum(self.sums.grad_sum, self.sums.loss_sum + sums.loss_sum,
                                           self.sums.count + sums.count)
 
     def counts(self) -> tuple[int, int]:
@@ -109,7 +110,7 @@ class StepResults:
         with self._lock:
             return len(self.kept), len(self.failed)
 
-    def close(self) -> tuple[tasks.GradientSum | None, list[tasks.BackupResult], list[tasks.BackupResult]]:
+    def close(self) -> tuple[GradientSum | None, list[tasks.BackupResult], list[tasks.BackupResult]]:
         """(sum, kept, failed) of the open step; nothing more is added to it."""
         with self._lock:
             out = self.sums, self.kept, self.failed
@@ -200,7 +201,7 @@ class BackupStep:
         recent = self.task_seconds[-50:]
         return 2 * statistics.median(recent) if recent else 1.0
 
-    def __call__(self, flat, batches: list[ShardBatch]) -> tuple[tasks.GradientSum, dict]:
+    def __call__(self, flat, batches: list[ShardBatch]) -> tuple[GradientSum, dict]:
         sc, step = self.sc, batches[0].key.step
         self._reap()
         group = f"mnist-lenet-{self.run_id}-step-{step}"
@@ -267,7 +268,7 @@ class BackupStep:
                 "pushed": sum(r.delivery == "pushed" for r in kept)}  # kept sums that came over the step signal
         return sums, info
 
-    def _sum_kept(self, cached, kept: list[tasks.BackupResult], description: str) -> tasks.GradientSum:
+    def _sum_kept(self, cached, kept: list[tasks.BackupResult], description: str) -> GradientSum:
         """The kept tasks' sums, added on the executors: a job over their cached partitions only (partition k =
         shard k) in ~sqrt(N) groups, so the driver receives ~sqrt(N) partial sums instead of N gradients."""
         from pyspark.rdd import RDD

@@ -1,4 +1,5 @@
-"""The driver's channel to a backup step's tasks: it serves the newest closed step, and takes their gradients.
+"""The driver's side of the step signal (protocol and task side: ``wire.step_signal``): it serves a backup step's
+tasks the newest closed step, and takes their gradients.
 
 A task asks before each batch (and during an injected delay) and stops by itself when its step
 is closed, keeping its Python worker; Spark's cancel is the fallback (README, "Backup workers").
@@ -6,15 +7,6 @@ A task that finished pushes its gradient here, so that only a note of it travels
 accumulator: a gradient inside an accumulator update stays in the executor's JVM after the task
 ends, held by the task's context until Spark's Python-worker monitor thread next polls (every
 2 s), which in local mode is the driver's JVM (docs: "Driver memory").
-
-Protocol: a client first sends the fit's 32-byte token (it reaches the tasks inside their
-closure, through Spark's own task channel), then messages:
-- ``?``: a question; the server answers each read with the closed step as a signed 64-bit
-  big-endian integer (-1 before any step closed);
-- ``G`` + ``_PUSH`` header (step, shard, example count, loss sum, bytes per float, payload bytes) +
-  the gradient's floats (native byte order, never pickle): answered with 1 (the driver holds it)
-  or 0 (not wanted: its step is over or has its gradients). A payload of another size than the
-  server expects drops the connection.
 One thread and a selector serve every connection; their number is bounded, a client that does
 not authenticate in time, goes idle or does not read its answers is dropped. No pyspark import.
 """
@@ -26,26 +18,21 @@ import resource
 import secrets
 import selectors
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import numpy as np
 
+from mnist_lenet_spark.wire.common import TOKEN_BYTES, Endpoint, listen
+from mnist_lenet_spark.wire.step_signal import PUSH, REPLY
+
 log = logging.getLogger(__name__)
-TIMEOUT_SECONDS = 1.0  # the client's connect and read timeout
-TOKEN_BYTES = 32
-_REPLY = struct.Struct("!q")
-_PUSH = struct.Struct("!qiqdBQ")  # step, shard, example count, loss sum, bytes per float (4 or 8), payload bytes
-PUSH_TIMEOUT_SECONDS = 30.0  # a task's whole push, before it sends its gradient through the accumulator instead
 #: the driver's side of a push: (step, shard, gradient sum (P,), loss sum, example count) -> kept?
 PushHandler = Callable[[int, int, np.ndarray, float, int], bool]
 #: Spark conf key of the driver port (or ``LOW-HIGH`` range) the service listens on; default: any free port
 PORT_CONF = "spark.mnistLenet.stepSignal.port"
-#: after a failed connection a task waits 0.5, 1, 2, 4, 8, 8 ... s before it tries again, at most this many times
-RETRIES, FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS = 12, 0.5, 8.0
 
 
 def parse_ports(value: str | None) -> range:
@@ -59,23 +46,6 @@ def parse_ports(value: str | None) -> range:
     if not (0 <= low <= high <= 65535) or (low == 0 and high != 0):
         raise ValueError(f"{PORT_CONF}: expected ports in 1..65535 (LOW <= HIGH) or 0, got {text!r}")
     return range(low, high + 1)
-
-
-def _listen(bind: str, ports: range) -> socket.socket:
-    """A listening socket on the first free port of ``ports``; OSError naming the range if none is."""
-    for port in ports:
-        try:
-            return socket.create_server((bind, port), backlog=64)
-        except OSError as e:
-            error = e
-    raise OSError(f"no free port in {ports.start}-{ports.stop - 1} on {bind} ({error.strerror})")
-
-
-class Endpoint(NamedTuple):
-    """Where the tasks ask, and the token they prove themselves with."""
-    host: str
-    port: int
-    token: bytes
 
 
 @dataclass
@@ -112,7 +82,7 @@ class StepServer:
         # a quarter of the descriptors at most: the driver needs the rest (Py4J, broadcasts, files)
         self.max_connections = max_connections or max(4, min(256, soft_limit // 4))
         self.dropped = 0  # connections closed for too many, no or a wrong token, idleness, or not reading
-        self._listener = _listen(bind, ports)
+        self._listener = listen(bind, ports)
         self._listener.setblocking(False)
         self.endpoint = Endpoint(host or bind, self._listener.getsockname()[1], self.token)
         self._clients: dict[socket.socket, _Client] = {}
@@ -204,10 +174,10 @@ class StepServer:
                 if client.got == client.payload.nbytes:
                     self._deliver(conn, client)
             elif client.header is not None:
-                take = _PUSH.size - len(client.header)
+                take = PUSH.size - len(client.header)
                 client.header += data[:take]
                 data = data[take:]
-                if len(client.header) == _PUSH.size:
+                if len(client.header) == PUSH.size:
                     self._start_push(conn, client)
             elif data[:1] == b"G":
                 client.header, data = bytearray(), data[1:]
@@ -220,7 +190,7 @@ class StepServer:
             self._reply(conn, self.closed_step)
 
     def _start_push(self, conn: socket.socket, client: _Client) -> None:
-        step, shard, count, loss_sum, width, size = _PUSH.unpack(bytes(client.header))
+        step, shard, count, loss_sum, width, size = PUSH.unpack(bytes(client.header))
         client.header = None
         if self.on_push is None or width not in (4, 8) or size != self.push_bytes or size % width:
             log.warning("step signal: a push of %d bytes of %d-byte floats refused (expected %d bytes)", size, width,
@@ -237,7 +207,7 @@ class StepServer:
 
     def _reply(self, conn: socket.socket, value: int) -> None:
         try:
-            conn.send(_REPLY.pack(value))
+            conn.send(REPLY.pack(value))
         except OSError:  # its buffer is full (it does not read) or it went away
             self._drop(conn)
 
@@ -266,85 +236,3 @@ class StepServer:
         for sock in (self._listener, self._wake, self._waker):
             sock.close()
         self._selector.close()
-
-
-# Task side: one connection per Python worker process and server, reused from task to task.
-_connections: dict[Endpoint, socket.socket] = {}
-_failures: dict[Endpoint, tuple[int, float]] = {}  # consecutive failed connections, when to try again
-
-
-def _connection(endpoint: Endpoint) -> socket.socket | None:
-    """This worker's authenticated connection to ``endpoint`` (made if needed), or None while backing off after
-    failures; a failure to connect is logged and counted here."""
-    conn = _connections.get(endpoint)
-    if conn is not None:
-        return conn
-    failures, retry_at = _failures.get(endpoint, (0, 0.0))
-    if failures >= RETRIES or time.monotonic() < retry_at:
-        return None
-    for other in list(_connections):  # one run at a time: drop connections to older servers
-        _connections.pop(other).close()
-    try:
-        conn = socket.create_connection((endpoint.host, endpoint.port), timeout=TIMEOUT_SECONDS)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.sendall(endpoint.token)
-    except OSError as e:
-        failures += 1
-        backoff = min(FIRST_BACKOFF_SECONDS * 2 ** (failures - 1), MAX_BACKOFF_SECONDS)
-        _failures[endpoint] = (failures, time.monotonic() + backoff)
-        then = f"next in {backoff:g} s" if failures < RETRIES else "late tasks now wait for Spark's cancel"
-        log.warning("step signal at %s:%s unreachable (%s), attempt %d of %d; %s", endpoint.host,
-                    endpoint.port, e, failures, RETRIES, then)
-        return None
-    if failures:
-        log.warning("step signal at %s:%s reachable again", endpoint.host, endpoint.port)
-    _failures.pop(endpoint, None)
-    _connections[endpoint] = conn
-    return conn
-
-
-def _ask(endpoint: Endpoint, *message, timeout: float = TIMEOUT_SECONDS) -> int | None:
-    """Send the parts of ``message`` (bytes-like) and read the server's answer; None on any failure (a cached connection that turns out
-    stale, its server gone, is replaced once by a fresh one)."""
-    for _ in range(2):
-        fresh = endpoint not in _connections
-        conn = _connection(endpoint)
-        if conn is None:
-            return None
-        try:
-            conn.settimeout(timeout)
-            for part in message:
-                conn.sendall(part)
-            reply = b""
-            while len(reply) < _REPLY.size:
-                chunk = conn.recv(_REPLY.size - len(reply))
-                if not chunk:
-                    raise ConnectionError("the step signal server closed the connection")
-                reply += chunk
-            conn.settimeout(TIMEOUT_SECONDS)
-            return _REPLY.unpack(reply)[0]
-        except OSError as e:
-            _connections.pop(endpoint, None)
-            conn.close()
-            if fresh:
-                log.warning("step signal at %s:%s failed (%s)", endpoint.host, endpoint.port, e)
-                return None
-    return None
-
-
-def is_closed(endpoint: Endpoint | None, step: int) -> bool:
-    """True when the driver has closed ``step``. Any failure answers False (Spark's cancel still applies); after
-    a failed connection the next one is tried only after a back-off, RETRIES times in a row at most."""
-    if endpoint is None:
-        return False
-    closed = _ask(endpoint, b"?")
-    return closed is not None and closed >= step
-
-
-def push(endpoint: Endpoint, step: int, shard: int, grad: np.ndarray, loss_sum: float, count: int) -> bool | None:
-    """Send a task's gradient sum (P,) to the driver: True when the driver holds it, False when it is not wanted
-    (its step is over or has its gradients), None when it could not be sent (send it another way)."""
-    grad = np.ascontiguousarray(grad)
-    header = b"G" + _PUSH.pack(step, shard, count, loss_sum, grad.itemsize, grad.nbytes)
-    answer = _ask(endpoint, header, memoryview(grad).cast("B"), timeout=PUSH_TIMEOUT_SECONDS)
-    return None if answer is None else answer == 1

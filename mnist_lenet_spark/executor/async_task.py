@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
-from mnist_lenet_spark.cluster import async_service
+from mnist_lenet_spark.wire import parameters
 from mnist_lenet_spark.executor import tasks
 from mnist_lenet_spark.loop import sharding
 
@@ -56,7 +56,7 @@ class AsyncReport:
     ended: str  # "budget" (told to stop), "superseded" (a newer attempt of its shard), or the error
 
 
-def async_task(ctx: tasks.TaskContext, source, endpoint: async_service.Endpoint, walk: Walk,
+def async_task(ctx: tasks.TaskContext, source, endpoint: parameters.Endpoint, walk: Walk,
                partition: Iterator[int]) -> Iterator[AsyncReport]:
     """mapPartitions body: pull, gradient of the shard's next mini-batch, push, until told to stop. An error is
     raised for Spark to retry while attempts remain; on the last attempt the shard is reported lost instead, so the
@@ -70,7 +70,7 @@ def async_task(ctx: tasks.TaskContext, source, endpoint: async_service.Endpoint,
     client = None
     try:
         tasks.tune_process(ctx.threads)
-        client = async_service.AsyncClient(endpoint, shard, attempt)
+        client = parameters.AsyncClient(endpoint, shard, attempt)
         if not client.accepted:
             ended = "superseded"
         else:
@@ -81,14 +81,14 @@ def async_task(ctx: tasks.TaskContext, source, endpoint: async_service.Endpoint,
                     break
                 total = tasks.shard_gradient(ctx, source, flat, [batch])
                 status, _ = client.push(version, total.grad_sum, total.loss_sum, total.count)
-                if status == async_service.APPLIED:
+                if status == parameters.APPLIED:
                     pushes += 1
                     continue
                 refused += 1
-                if status == async_service.OLD_ATTEMPT:
+                if status == parameters.OLD_ATTEMPT:
                     ended = "superseded"
                     break
-                if status in (async_service.BUDGET, async_service.FAILED):
+                if status in (parameters.BUDGET, parameters.FAILED):
                     break
     except Exception as e:
         if attempt + 1 < ctx.max_attempts:

@@ -17,27 +17,17 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from mnist_lenet_spark import data
-from mnist_lenet_spark.cluster import step_signal
 from mnist_lenet_spark.executor import straggler
 from mnist_lenet_spark.executor.emulation import EmulatedCompute
 from mnist_lenet_spark.executor.shards import StagedShards
 from mnist_lenet_spark.executor.straggler import StragglerModel
 from mnist_lenet_spark.loop.sharding import ShardBatch
+from mnist_lenet_spark.loop.sums import GradientSum
 from mnist_lenet_spark.models import base
+from mnist_lenet_spark.wire import step_signal
 
 log = logging.getLogger(__name__)
 EMULATION_POLL_SECONDS = 0.1
-
-
-@dataclass(frozen=True)
-class GradientSum:
-    """Sums over some examples, added with ``+``: the unit every trainer reduces."""
-    grad_sum: np.ndarray  # (P,) sum of the per-example gradients, without the L2 term
-    loss_sum: float
-    count: int
-
-    def __add__(self, other: GradientSum) -> GradientSum:
-        return GradientSum(self.grad_sum + other.grad_sum, self.loss_sum + other.loss_sum, self.count + other.count)
 
 
 @dataclass(frozen=True)
