@@ -172,7 +172,10 @@ def load_mnist(data_dir: str | os.PathLike | None = None, validation_size: int =
 
 def scale_batch(images: np.ndarray, dtype=np.float32, shape: tuple[int, int, int] = MNIST_SHAPE) -> np.ndarray:
     """uint8 images (N, ...) of C x H x W pixels each (MNIST's (N, 28, 28), or channel-major (N, C, H, W) or
-    (N, C*H*W)) -> (N, C, H, W) = (N, *shape) in [-1, 1], ``x / 255 * 2 - 1`` as SystemML."""
+    (N, C*H*W)) -> (N, C, H, W) = (N, *shape) in [-1, 1], ``x / 255 * 2 - 1`` as SystemML. Only uint8: numbers
+    in another range are read into uint8 first (``executor.rows.as_pixels``), never guessed at here."""
+    if images.dtype != np.uint8:
+        raise TypeError(f"scale_batch takes uint8 pixels 0..255, got {images.dtype}")
     x = images.astype(dtype)
     x *= dtype(2.0 / 255.0) if dtype is np.float32 else 2.0 / 255.0
     x -= 1

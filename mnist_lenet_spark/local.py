@@ -6,7 +6,7 @@ from typing import Callable
 import numpy as np
 
 from mnist_lenet_spark.config import SGDConfig
-from mnist_lenet_spark.executor import inference, tasks
+from mnist_lenet_spark.executor import inference, rows, tasks
 from mnist_lenet_spark.loop import training
 from mnist_lenet_spark import models
 from mnist_lenet_spark.models import base
@@ -17,8 +17,9 @@ def fit_local(train_images: np.ndarray, train_labels: np.ndarray, config: SGDCon
               on_step: Callable[[dict], None] | None = None, state: training.TrainState | None = None,
               shards: int = 1, dtype=np.float32, kept: list[list[int]] | None = None,
               checkpoint: Callable[[training.TrainState], None] | None = None,
-              checkpoint_every: int = 0) -> training.FitResult:
-    """Train on uint8 ``train_images`` (N, 28, 28) and int ``train_labels`` (N,); ``validation`` likewise.
+              checkpoint_every: int = 0, pixel_range: str | None = None) -> training.FitResult:
+    """Train on ``train_images`` (N, ...) of the model's C x H x W pixels and int ``train_labels`` (N,);
+    ``validation`` likewise. Pixels are uint8, or numbers in a declared ``pixel_range`` (``rows.model_pixels``).
 
     With ``shards=W`` it computes, one after the other, the same W mini-batches per step that
     ``SyncSGD(workers=W)`` spreads over Spark tasks: the same examples, the same update. ``kept[s]``: only
@@ -26,6 +27,9 @@ def fit_local(train_images: np.ndarray, train_labels: np.ndarray, config: SGDCon
     ``state`` resumes from a checkpoint; ``checkpoint(state)`` is called every ``checkpoint_every`` steps.
     """
     model = model if model is not None else models.by_name("lenet")
+    train_images = rows.model_pixels(model, train_images, "train_images", pixel_range)
+    if validation is not None:
+        validation = (rows.model_pixels(model, validation[0], "validation images", pixel_range), validation[1])
     spec, fresh = training.new_state(model, config.seed)
     state = state or fresh
     state.params = state.params.astype(dtype, copy=False)

@@ -5,7 +5,8 @@ The model holds the weights (``weights.npz``) and the network's JSON definition 
 and a copy of this package's Python code, so ``mlflow.pyfunc.load_model(uri).predict(x)`` runs in any process with
 numpy, pandas and mlflow: no Spark, no install of this package. ``x``: a pandas DataFrame of C*H*W pixel columns
 (or of one column holding each image's pixels as a sequence or bytes), or a NumPy array (n, C*H*W) or
-(n, C, H, W) ((n, H, W) for one channel), pixels 0..255 channel-major as in training. The result is a
+(n, C, H, W) ((n, H, W) for one channel), channel-major as in training: uint8 pixels 0..255, or numbers in the
+pixel range the model was trained with (``input.json``; '0..255' whole numbers, or '0..1' multiples of 1/255). The result is a
 DataFrame: ``prediction`` (the class) and ``probability_0`` .. ``probability_{K-1}``.
 """
 from __future__ import annotations
@@ -21,29 +22,27 @@ import pandas as pd
 PACKAGE = Path(__file__).resolve().parent
 
 
-def images_of(model_input, input_shape: tuple[int, int, int]) -> np.ndarray:
-    """(n, C, H, W) pixels 0..255 (uint8, or float as given: never rounded) of ``model_input``; ValueError naming
-    what is wrong."""
-    pixels = int(np.prod(input_shape))
-    shape_text = "x".join(map(str, input_shape))
+def images_of(model_input, network, pixel_range: str) -> np.ndarray:
+    """uint8 (n, C, H, W) pixels of ``model_input`` for ``network``, read as the model was trained to read them
+    (``pixel_range``, its training pixelRange: uint8 arrays and bytes are pixels 0..255, other numbers whole
+    0..255 or multiples of 1/255 in 0..1; never rescaled or rounded); ValueError naming what is wrong."""
+    from mnist_lenet_spark.config import ConfigError
+    from mnist_lenet_spark.executor import rows
     x = model_input
     if isinstance(x, pd.DataFrame) and x.shape[1] == 1 and x.dtypes.iloc[0] == object:
         x = x.iloc[:, 0]
     if isinstance(x, pd.Series):  # one image per cell: a sequence of pixels or their bytes
         x = np.stack([np.frombuffer(v, np.uint8) if isinstance(v, (bytes, bytearray)) else np.asarray(v)
-                      for v in x]) if len(x) else np.empty((0, pixels))
+                      for v in x]) if len(x) else np.empty((0, int(np.prod(network.input_shape))), np.uint8)
     elif isinstance(x, pd.DataFrame):
         x = x.to_numpy()
-    x = np.asarray(x)
-    if x.ndim < 2 or int(np.prod(x.shape[1:])) != pixels:
-        raise ValueError(f"model input: expected (n, {pixels}) pixels or (n, {', '.join(map(str, input_shape))}) "
-                         f"images (the model takes {shape_text} images), got shape {x.shape}")
-    if x.dtype != np.uint8:
-        if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-            raise ValueError(f"model input: pixels must be numbers 0..255, got {x.dtype}")
-        if x.size and not (np.all(np.isfinite(x)) and x.min() >= 0 and x.max() <= 255):
-            raise ValueError(f"model input: pixels must be 0..255, got values from {x.min()} to {x.max()}")
-    return x.reshape(len(x), *input_shape)
+    try:
+        images = rows.model_pixels(network, x, "model input", pixel_range,
+                                   declare=lambda r: f"a model trained with pixelRange '{r}' (this one: "
+                                                     f"'{pixel_range}')")
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+    return images.reshape(len(images), *network.input_shape)  # (n, C, H, W)
 
 
 class NetworkModel(mlflow.pyfunc.PythonModel):
@@ -53,12 +52,14 @@ class NetworkModel(mlflow.pyfunc.PythonModel):
         from mnist_lenet_spark import models
         definition = json.loads(Path(context.artifacts["network"]).read_text())
         self.network = models.by_name(definition)
+        contract = context.artifacts.get("input")  # absent in a model logged by 0.2.0: pixels 0..255
+        self.pixel_range = json.loads(Path(contract).read_text())["pixel_range"] if contract else "0..255"
         with np.load(context.artifacts["weights"]) as z:
             self.weights = {name: z[name] for name in z.files}
 
     def predict(self, context, model_input, params=None):
         from mnist_lenet_spark.executor import inference
-        images = images_of(model_input, tuple(self.network.input_shape))
+        images = images_of(model_input, self.network, self.pixel_range)
         probs = inference.predict_images(self.network, self.weights, images)  # (n, classes)
         out = pd.DataFrame({"prediction": np.argmax(probs, axis=1).astype(np.int64)})
         for k in range(probs.shape[1]):
@@ -74,15 +75,18 @@ def package_code(folder: Path) -> Path:
     return target
 
 
-def log_model(network, weights: dict, folder: Path, name: str = "model"):
-    """Log ``weights`` of ``network`` (a ``models`` network with ``to_json``) into the active run as an MLflow
-    pyfunc model called ``name``; ``folder``: a scratch folder for the files. Returns MLflow's ModelInfo."""
+def log_model(network, weights: dict, folder: Path, pixel_range: str, name: str = "model"):
+    """Log ``weights`` of ``network`` (a ``models`` network with ``to_json``), trained on pixels read in
+    ``pixel_range``, into the active run as an MLflow pyfunc model called ``name``; ``folder``: a scratch folder
+    for the files. Returns MLflow's ModelInfo."""
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / "weights.npz", **weights)
     (folder / "network.json").write_text(json.dumps(network.to_json()))
+    (folder / "input.json").write_text(json.dumps({"pixel_range": pixel_range}))  # the training contract
     code = package_code(folder / "code")
     requirements = [f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}", f"pandas=={pd.__version__}"]
-    artifacts = {"weights": str(folder / "weights.npz"), "network": str(folder / "network.json")}
+    artifacts = {"weights": str(folder / "weights.npz"), "network": str(folder / "network.json"),
+                 "input": str(folder / "input.json")}
     options = {"python_model": NetworkModel(), "artifacts": artifacts, "code_paths": [str(code)],
                "pip_requirements": requirements}
     try:

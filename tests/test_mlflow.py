@@ -174,12 +174,14 @@ def test_the_job_logs_a_run_to_its_experiment(tracking_uri, tmp_path, mnist):
 
 
 def test_bad_model_input_is_one_clear_error():
+    from mnist_lenet_spark import models
     from mnist_lenet_spark.mlflow_model import images_of
-    with pytest.raises(ValueError, match=r"expected \(n, 784\) pixels or \(n, 1, 28, 28\) images .* got shape \(2, 3\)"):
-        images_of(np.zeros((2, 3)), (1, 28, 28))
-    with pytest.raises(ValueError, match="pixels must be 0..255, got values from -1.0 to -1.0"):
-        images_of(np.full((1, 784), -1.0), (1, 28, 28))
-    assert images_of(np.zeros((2, 784), np.uint8), (1, 28, 28)).shape == (2, 1, 28, 28)
+    lenet = models.by_name("lenet")
+    with pytest.raises(ValueError, match=r"model input: shape \(2, 3\), expected \(N, ...\) of 784 pixels each"):
+        images_of(np.zeros((2, 3)), lenet, "0..255")
+    with pytest.raises(ValueError, match=r"model input: has values outside 0..255 \(min -1.0, max -1.0\)"):
+        images_of(np.full((1, 784), -1.0), lenet, "0..255")
+    assert images_of(np.zeros((2, 784), np.uint8), lenet, "0..255").shape == (2, 1, 28, 28)
 
 
 def test_mlflow_asked_for_without_mlflow_is_one_line(tmp_path):

@@ -35,7 +35,7 @@ from mnist_lenet_spark.cluster import paths
 from mnist_lenet_spark.data import MNIST_CLASSES, MNIST_SHAPE, DataError
 from mnist_lenet_spark.executor import rows as row_conversion
 from mnist_lenet_spark.executor import shards
-from mnist_lenet_spark.loop import sharding
+from mnist_lenet_spark.loop import sharding, training
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,15 @@ def check_columns(df, features_col: str, label_col: str | None, pixels: int = in
             expected = (f"an integer or double 0..{classes - 1}" if kind == "label" else
                         f"a Vector, an array of numbers or binary ({pixels} pixels)")
             raise DataError(f"column '{name}' ({kind}) has type {t.simpleString()}; expected {expected}")
+
+
+def input_problem(e: BaseException) -> str | None:
+    """The line of a DataError (an ``executor.images.ImageError`` among them) that a task raised while computing
+    the input rows (a column of ``images.image_features``), out of Spark's wrapper; None for any other failure."""
+    if "Py4J" not in type(e).__name__ and "PythonException" not in type(e).__name__:
+        return None
+    name, _, message = training.task_error(e).partition(": ")
+    return message if name in ("DataError", "ImageError") else None
 
 
 def staging_directory(base: str | None) -> str:
@@ -105,7 +114,13 @@ def stage(df, features_col: str, label_col: str, shard_count: int, directory: st
     check_columns(df, features_col, label_col, pixels, classes)
     t0 = time.perf_counter()
     rows = df.select(features_col, label_col).rdd
-    counts = rows.mapPartitions(lambda it: [sum(1 for _ in it)]).collect()  # rows of each input partition
+    try:
+        counts = rows.mapPartitions(lambda it: [sum(1 for _ in it)]).collect()  # rows of each input partition
+    except Exception as e:
+        problem = input_problem(e)
+        if problem is None:
+            raise
+        raise DataError(problem) from None
     n = int(sum(counts))
     if n < shard_count:
         raise DataError(f"{shard_count} shards need at least {shard_count} rows, the DataFrame has {n}")
