@@ -69,8 +69,7 @@ def session(master: str | None = None, app_name: str = "mnist_lenet_spark", conf
     java_options = settings.get("spark.driver.extraJavaOptions", "")
     if LOG4J.is_file() and "log4j2.configurationFile" not in java_options:
         settings["spark.driver.extraJavaOptions"] = f"{java_options} -Dlog4j2.configurationFile={LOG4J}".strip()
-    # Python workers run this interpreter (with this package and numpy) unless the user chose one.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    _set_executor_python(resolved, settings)
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
@@ -80,6 +79,37 @@ def session(master: str | None = None, app_name: str = "mnist_lenet_spark", conf
     if not spark.sparkContext.master.startswith("local"):
         ship_package(spark.sparkContext)
     return spark
+
+
+_defaulted: str | None = None  # the PYSPARK_PYTHON that session() chose by itself (a local master's), if any
+
+
+def executor_python(master: str, settings: dict[str, str], chosen: str | None) -> str | None:
+    """The interpreter the Python workers of a session on ``master`` run (its PYSPARK_PYTHON): the settings'
+    ``spark.pyspark.python`` (as with spark-submit, it wins; PySpark itself reads only the variable in a process
+    that spark-submit did not start), else the user's PYSPARK_PYTHON ``chosen``, else, on a local master (local,
+    local[N], local-cluster: executors on this host), this interpreter. None on a cluster master where the user
+    chose none: PySpark's default, ``python3`` on the executors' PATH; the driver's interpreter path means nothing
+    on another host."""
+    return (settings.get("spark.pyspark.python") or chosen
+            or (sys.executable if master.startswith("local") else None))
+
+
+def _set_executor_python(master: str, settings: dict[str, str]) -> None:
+    """Set (or, on a cluster master, clear a local session's default) PYSPARK_PYTHON before the SparkContext
+    starts, which reads it once."""
+    global _defaulted
+    chosen = os.environ.get("PYSPARK_PYTHON")
+    if chosen is not None and chosen == _defaulted:
+        chosen = None  # set by an earlier local session(), not by the user
+    python = executor_python(master, settings, chosen)
+    if python is None:
+        os.environ.pop("PYSPARK_PYTHON", None)
+        log.info("the executors run python3 from their PATH (PySpark's default): set spark.pyspark.python or "
+                 "PYSPARK_PYTHON to choose another, such as a packed environment's ./environment/bin/python")
+    else:
+        os.environ["PYSPARK_PYTHON"] = python
+    _defaulted = python if not chosen and not settings.get("spark.pyspark.python") else None
 
 
 def _master_of(master: str | None, settings: dict[str, str]) -> str:

@@ -17,8 +17,9 @@ from operator import add
 import numpy as np
 
 from mnist_lenet_spark.cluster.backup import BackupStep
+from mnist_lenet_spark.cluster import probe
 from mnist_lenet_spark.config import BackupConfig, ConfigError, SGDConfig, split_options
-from mnist_lenet_spark.executor import inference, tasks
+from mnist_lenet_spark.executor import inference, rows, tasks
 from mnist_lenet_spark.executor.emulation import EmulatedCompute
 from mnist_lenet_spark.executor.shards import StagedShards
 from mnist_lenet_spark.executor.straggler import StragglerModel
@@ -28,14 +29,6 @@ from mnist_lenet_spark.models import base
 from mnist_lenet_spark.session import session  # noqa: F401  (the README's ``msp.session``)
 
 log = logging.getLogger(__name__)
-
-def check_images(model: base.Model, images, what: str) -> None:
-    """ConfigError unless ``images`` (N, ...) hold the model's C x H x W pixels each."""
-    shape, pixels = np.shape(images), int(np.prod(model.input_shape))
-    if len(shape) < 2 or int(np.prod(shape[1:])) != pixels:
-        raise ConfigError(f"{what}: shape {shape}, expected (N, ...) of {pixels} pixels each (the model takes "
-                          f"{'x'.join(map(str, model.input_shape))} images)")
-
 
 class SyncSGD:
     """Synchronous SGD over ``workers`` Spark tasks per step; effective batch = batch_size x workers.
@@ -69,6 +62,7 @@ class SyncSGD:
         self.backup = dataclasses.replace(backup or BackupConfig(), **backup_options)
         self.sc = getattr(spark, "sparkContext", spark)
         spark_conf.check(self.sc)  # a session not made by session(): one warning per SparkContext
+        probe.check_executors(self.sc)  # executors that cannot import the package: one ConfigError line
         self.workers = workers
         self.model = model if model is not None else models.by_name("lenet")
         self.straggler = straggler if straggler is not None and straggler.active else None
@@ -159,23 +153,26 @@ class SyncSGD:
     # -- training ----------------------------------------------------------------------------------
     def fit(self, X_train: np.ndarray, y_train: np.ndarray, epochs: int | None = None, validation_data=None, *,
             max_steps: int | None = None, on_step=None, state: training.TrainState | None = None,
-            checkpoint=None, checkpoint_every: int = 0) -> training.FitResult:
-        """Train on uint8 images ``X_train`` (N, ...) of the model's C x H x W pixels each (MNIST: (N, 28, 28);
-        else (N, C, H, W) or (N, C*H*W), channel-major) and labels ``y_train`` (N,).
+            checkpoint=None, checkpoint_every: int = 0, pixel_range: str | None = None) -> training.FitResult:
+        """Train on images ``X_train`` (N, ...) of the model's C x H x W pixels each (MNIST: (N, 28, 28); else
+        (N, C, H, W) or (N, C*H*W), channel-major) and labels ``y_train`` (N,).
 
-        ``epochs`` and ``max_steps`` override the config's. ``validation_data``: (images, labels)
-        evaluated over the cluster every ``validate_every`` steps and at each epoch's end.
-        ``state`` resumes from a checkpoint; ``checkpoint(state)`` is called every
+        Pixels are uint8 0..255; numbers of another dtype need ``pixel_range``: '0..255' (whole numbers) or '0..1'
+        (multiples of 1/255); anything else is a ConfigError naming the argument, its dtype and its values (never
+        rescaled or rounded). ``epochs`` and ``max_steps`` override the config's. ``validation_data``: (images,
+        labels), images as ``X_train``, evaluated over the cluster every ``validate_every`` steps and at each
+        epoch's end. ``state`` resumes from a checkpoint; ``checkpoint(state)`` is called every
         ``checkpoint_every`` steps.
         """
-        check_images(self.model, X_train, "X_train")
+        X_train = rows.model_pixels(self.model, X_train, "X_train", pixel_range)
         if validation_data is not None:
-            check_images(self.model, validation_data[0], "validation images")
+            validation_data = (rows.model_pixels(self.model, validation_data[0], "validation_data images",
+                                                 pixel_range), np.asarray(validation_data[1], np.int64))
         started = time.perf_counter()
         data_bc = self.sc.broadcast((np.ascontiguousarray(X_train), np.asarray(y_train, np.int64)))
         # reads it while the driver broadcasts the validation set; the setup includes the broadcast
         self.start_warm_up(tasks.BroadcastData(data_bc), since=started)
-        val_bc = self.sc.broadcast(tuple(map(np.asarray, validation_data))) if validation_data is not None else None
+        val_bc = self.sc.broadcast(validation_data) if validation_data is not None else None
         try:
             return self.fit_data(tasks.BroadcastData(data_bc), len(y_train), epochs,
                                  tasks.BroadcastData(val_bc) if val_bc else None, max_steps=max_steps,
@@ -260,11 +257,19 @@ class SyncSGD:
         count = sum(n for _, n in sizes)
         return {"accuracy": float(correct) / count, "loss": float(loss_sum) / count}
 
-    def accuracy(self, params: base.Params, images: np.ndarray, labels: np.ndarray) -> float:
-        """Accuracy of ``params`` on uint8 ``images`` (N, ...) of C x H x W pixels each, counted over the cluster."""
-        check_images(self.model, images, "images")
+    def predict(self, params: base.Params, images: np.ndarray, pixel_range: str | None = None) -> np.ndarray:
+        """Classes (N,) that ``params`` give ``images`` (N, ...) (uint8, or numbers in a declared ``pixel_range``, as
+        ``fit``), on the driver in batches of 500."""
+        images = rows.model_pixels(self.model, images, "images", pixel_range)
+        return np.argmax(inference.predict_images(self.model, params, images), axis=1)
+
+    def accuracy(self, params: base.Params, images: np.ndarray, labels: np.ndarray,
+                 pixel_range: str | None = None) -> float:
+        """Accuracy of ``params`` on ``images`` (N, ...) of C x H x W pixels each (uint8, or numbers in a declared
+        ``pixel_range``, as ``fit``), counted over the cluster."""
+        images = rows.model_pixels(self.model, images, "images", pixel_range)
         spec = base.param_spec(params)
-        bc = self.sc.broadcast((np.asarray(images), np.asarray(labels)))
+        bc = self.sc.broadcast((images, np.asarray(labels)))
         try:
             return self._evaluate(spec, tasks.BroadcastData(bc), base.flatten(params, spec))["accuracy"]
         finally:

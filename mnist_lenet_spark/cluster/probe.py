@@ -1,0 +1,143 @@
+"""Whether the executors' Python can run this package, asked with one small task before any job that needs it.
+
+A session whose executors cannot import the package (a notebook's session started in a virtualenv without
+``PYSPARK_PYTHON``, a cluster without the wheel or the packed environment) would otherwise fail inside its first
+job (staging or the warm-up) with a Python worker's traceback. ``check_executors`` runs when a ``SyncSGD`` is made,
+once per SparkContext (its report is kept; a failed check is asked again, so a fix made on the live session, such
+as ``sc.addPyFile``, counts): one task on one executor imports the package and looks up its executor dependencies,
+and a lack is one ``ConfigError`` line naming what is missing, the executors' interpreter and the fixes. The task
+body uses the standard library only and travels by value, so it runs where the package does not.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+import time
+
+import mnist_lenet_spark
+from mnist_lenet_spark.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+PACKAGE = "mnist_lenet_spark"
+#: what a training task needs besides the package (requirements-executor.txt; fsspec only for a staging URL):
+#: found and versioned from their installed metadata, not imported, which would cost ~0.6 s
+DEPENDENCIES = ("numpy", "scipy", "threadpoolctl", "pandas", "pyarrow")
+DOCS = "docs/clusters.md"
+
+_lock = threading.Lock()
+_reports: dict[str, dict] = {}  # SparkContext (application id @ start time) -> the report of its executors
+
+
+def _task(package: str, dependencies: tuple[str, ...]):
+    """The probe's task body: a closure, so that cloudpickle sends its code rather than a reference to this
+    module, which an executor without the package could not import."""
+
+    def probe(partition):
+        import importlib
+        import importlib.util
+        import socket
+        import sys
+        for _ in partition:
+            pass
+        report = {"host": socket.gethostname(), "python": sys.executable,
+                  "python_version": "%d.%d.%d" % sys.version_info[:3], "versions": {}, "missing": {}}
+        try:
+            report["versions"][package] = getattr(importlib.import_module(package), "__version__", "unknown")
+        except Exception as e:  # ModuleNotFoundError, or a broken copy: reported, not raised
+            report["missing"][package] = f"{type(e).__name__}: {e}"
+        for name in dependencies:
+            try:
+                found = importlib.util.find_spec(name) is not None
+            except Exception:  # a package whose parent cannot be imported
+                found = False
+            if not found:
+                report["missing"][name] = f"No module named {name!r}"
+                continue
+            from importlib import metadata
+            try:
+                report["versions"][name] = metadata.version(name)
+            except metadata.PackageNotFoundError:  # importable without installed metadata (a zip on the path)
+                report["versions"][name] = "unknown"
+        return [report]
+
+    return probe
+
+
+def _failure(e: BaseException) -> str:
+    """The error of the probe's failed task: the worker's own Python error, else the JVM's reason for the task's
+    loss (``Cannot run program ...``), else the first line."""
+    from mnist_lenet_spark.loop.training import task_error
+    own, text = task_error(e), str(e)
+    lost = re.search(r"most recent failure: Lost task .*?\): (.+)", text)
+    if own == text.strip().splitlines()[0].strip() and lost:
+        return lost.group(1).strip()
+    return own
+
+
+def _context_key(sc) -> str:
+    return f"{sc.applicationId}@{sc.startTime}"
+
+
+def _local(master: str) -> bool:
+    return master.startswith("local")  # local, local[N] and local-cluster[...]: executors on the driver's host
+
+
+def fixes(missing: list[str], master: str) -> str:
+    """How to give the executors what they lack, for a session on ``master``."""
+    if _local(master):
+        return (f"start the session with PYSPARK_PYTHON set to an interpreter that has the package and its "
+                f"dependencies, such as this driver's {sys.executable} (mnist_lenet_spark.session.session() sets "
+                f"it so on a local master)")
+    packed = ("ship the packed environment (make pack, then spark.archives=dist/mnist_lenet_spark_env.tar.gz"
+              "#environment and PYSPARK_PYTHON=./environment/bin/python, or spark.pyspark.python under spark-submit "
+              "or session()), or install the wheel (make wheel) and requirements-executor.txt on every host")
+    if missing == [PACKAGE]:
+        return (f"ship the package: sc.addPyFile('dist/mnist_lenet_spark.zip') (make dist) or spark-submit "
+                f"--py-files of it (mnist_lenet_spark.session.session() ships it by itself), or {packed}; see {DOCS}")
+    return f"{packed}; see {DOCS}"
+
+
+def check_executors(spark) -> dict:
+    """Run the probe task on one executor, once per SparkContext (``spark``: a SparkSession or SparkContext), and
+    return its report: ``host``, ``python`` (the executors' interpreter), ``python_version``, ``versions``
+    (the package and each of ``DEPENDENCIES``), ``seconds`` (the probe job, as the driver waited for it).
+
+    Raises
+    ------
+    ConfigError
+        one line, when the executors lack the package or a dependency, or cannot run a Python task at all.
+    """
+    sc = getattr(spark, "sparkContext", spark)
+    key = _context_key(sc)
+    with _lock:
+        if key in _reports:
+            return _reports[key]
+    job = sc.parallelize([0], 1).mapPartitions(_task(PACKAGE, DEPENDENCIES))
+    description = sc.getLocalProperty("spark.job.description")
+    sc.setJobDescription(f"check that the executors can import {PACKAGE}")
+    start = time.perf_counter()
+    try:
+        [report] = job.collect()
+    except Exception as e:  # the worker could not start or run: a wrong interpreter path, another Python version
+        raise ConfigError(f"the executors cannot run a Python task with PYSPARK_PYTHON={sc.pythonExec} "
+                          f"({_failure(e)}): {fixes([PACKAGE, *DEPENDENCIES], sc.master)}") from None
+    finally:
+        sc.setJobDescription(description)
+    report["seconds"] = time.perf_counter() - start
+    where = f"{report['python']} (Python {report['python_version']}) on {report['host']}"
+    if report["missing"]:
+        missing = list(report["missing"])
+        raise ConfigError(f"the executors cannot import {', '.join(missing)} ({report['missing'][missing[0]]}) "
+                          f"with their Python, {where}: {fixes(missing, sc.master)}")
+    ours = report["versions"][PACKAGE]
+    if ours != mnist_lenet_spark.__version__:
+        log.warning("the executors run %s %s, the driver %s (their Python: %s): tasks run the executors' copy; give "
+                    "them the driver's version (see %s)", PACKAGE, ours, mnist_lenet_spark.__version__, where, DOCS)
+    log.info("executors checked in %.0f ms: %s; %s", 1e3 * report["seconds"], where,
+             ", ".join(f"{name} {version}" for name, version in report["versions"].items()))
+    with _lock:
+        _reports[key] = report
+    return report
