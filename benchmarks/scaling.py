@@ -20,7 +20,7 @@ from mnist_lenet_spark import data, models
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.config import SGDConfig
 from mnist_lenet_spark.executor import tasks
-from mnist_lenet_spark.jobs import plots
+from mnist_lenet_spark import plots
 from mnist_lenet_spark import local
 
 BATCHES = [32, 64, 128, 256, 512, 1024]

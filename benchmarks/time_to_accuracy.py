@@ -58,7 +58,7 @@ from mnist_lenet_spark.async_sgd import AsyncSGD  # noqa: E402
 from mnist_lenet_spark.executor import inference  # noqa: E402
 from mnist_lenet_spark.executor.emulation import EmulatedCompute  # noqa: E402
 from mnist_lenet_spark.executor.straggler import StragglerModel  # noqa: E402
-from mnist_lenet_spark.jobs import plots  # noqa: E402
+from mnist_lenet_spark import plots  # noqa: E402
 from mnist_lenet_spark.loop.training import DivergenceError  # noqa: E402
 from mnist_lenet_spark.models import base  # noqa: E402
 

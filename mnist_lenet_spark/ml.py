@@ -66,7 +66,6 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
     pixelRange = _param("pixelRange", "what numeric features hold: '0..255' whole numbers, or '0..1' multiples of "
                         "1/255 (binary features: bytes 0 or 1); other values are refused, never rounded",
                         TypeConverters.toString)
-    numClasses = _param("numClasses", "how many classes: labels are 0 .. numClasses - 1", TypeConverters.toInt)
     mode = _param("mode", "'sync': synchronous SGD, each step applies the workers' gradients together; 'async': "
                   "asynchronous SGD (Downpour-style), each worker's gradient applied as it arrives (docs/async.md)",
                   TypeConverters.toString)
@@ -74,6 +73,13 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
                      TypeConverters.toInt)
     backupWorkers = _param("backupWorkers", "extra gradient tasks per step whose slowest results are dropped",
                            TypeConverters.toInt)
+    backupMode = _param("backupMode", "with backupWorkers: 'cancel' goes on at the workers-th result; 'wait-all' "
+                        "waits for every task and keeps the first workers (a comparison mode)", TypeConverters.toString)
+    backupCombine = _param("backupCombine", "where the kept gradients are added: 'driver' (a running sum) or "
+                           "'executors' (a job over the kept tasks' cached results; for tens of workers and more)",
+                           TypeConverters.toString)
+    maxStaleness = _param("maxStaleness", "mode 'async': refuse a gradient more than this many updates behind "
+                          "(unset: off)", TypeConverters.toInt)
     batchSize = _param("batchSize", "examples per worker per step", TypeConverters.toInt)
     epochs = _param("epochs", "passes over the training data", TypeConverters.toInt)
     maxSteps = _param("maxSteps", "stop after this many steps (0: no limit)", TypeConverters.toInt)
@@ -87,6 +93,11 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
     lrScaling = _param("lrScaling", "'linear': lr x workers x batchSize / 64; 'none'", TypeConverters.toString)
     checkpointDir = _param("checkpointDir", "local folder for checkpoint.npz, written every checkpointInterval steps "
                            "and at the end (empty: none)", TypeConverters.toString)
+    resume = _param("resume", "go on from checkpointDir's checkpoint.npz (refused if it was written by a fit of other "
+                    "settings)", TypeConverters.toBoolean)
+    initialModel = _param("initialModel", "warm start: the path of a saved NetworkClassificationModel of the same "
+                          "network whose weights the fit starts from (a fresh schedule, no momentum); empty: the "
+                          "network's initialisation", TypeConverters.toString)
     stagingDir = _param("stagingDir", "where the staged shards go: a folder every executor mounts or a store's URL "
                         "(s3://bucket/prefix, through fsspec); empty: each executor's own local disk",
                         TypeConverters.toString)
@@ -107,8 +118,9 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
     def __init__(self):
         super().__init__()
         sgd, backup = SGDConfig(), BackupConfig()
-        self._setDefault(model="lenet", imageShape=list(models.MNIST_SHAPE), numClasses=models.MNIST_CLASSES,
+        self._setDefault(model="lenet", imageShape=list(models.MNIST_SHAPE),
                          pixelRange="0..255", mode="sync", workers=TrainingConf.workers, backupWorkers=backup.workers,
+                         backupMode=backup.mode, backupCombine=backup.combine, resume=False, initialModel="",
                          batchSize=sgd.batch_size,
                          epochs=sgd.epochs, maxSteps=0, lr=sgd.lr, momentum=sgd.momentum, lrDecay=sgd.lr_decay,
                          l2=sgd.l2, warmupSteps=sgd.warmup_steps, lrSchedule=sgd.lr_schedule, lrScaling="none",
@@ -118,14 +130,19 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
                          earlyStoppingMinDelta=sgd.early_stopping_min_delta,
                          earlyStoppingMetric=sgd.early_stopping_metric, mlflowTracking=False)
 
+    def _classes(self) -> tuple[int, bool]:
+        """(the class count, whether it was given rather than a default): the estimator's ``numClasses`` Param, a
+        fitted model's count."""
+        raise NotImplementedError
+
     def _network(self):
-        """The ``models.base.Model`` the ``model``, ``imageShape`` and ``numClasses`` Params name (a ConfigError
-        for an unknown name or a shape it cannot take)."""
+        """The ``models.base.Model`` the ``model`` and ``imageShape`` Params and the class count (``_classes``) name
+        (a ConfigError for an unknown name or a shape it cannot take)."""
         name = self.getOrDefault(self.model)
-        shape, classes = tuple(self.getOrDefault(self.imageShape)), self.getOrDefault(self.numClasses)
+        shape, (classes, classes_given) = tuple(self.getOrDefault(self.imageShape)), self._classes()
         if models.is_definition(name):  # its shapes are its own; set ones must agree
             shape = shape if self.isSet(self.imageShape) else None
-            classes = classes if self.isSet(self.numClasses) else None
+            classes = classes if classes_given else None
         try:
             return models.by_name(name, shape, classes)
         except ValueError as e:
@@ -150,6 +167,29 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
                 raise
             raise ConfigError(f"{name}: {e}") from None
 
+    def backup_config(self) -> BackupConfig:
+        """The BackupConfig of ``backupWorkers``, ``backupMode`` and ``backupCombine``; a bad value is a ConfigError
+        naming the Param."""
+        values = {field: self.getOrDefault(getattr(self, name)) for name, field in _BACKUP_FIELDS.items()}
+        try:
+            return BackupConfig(**values)
+        except ConfigError as e:
+            name = next((n for n, f in _BACKUP_FIELDS.items() if str(e).startswith(f"backup_{f} ")), None)
+            if name is None:
+                raise
+            raise ConfigError(f"{name}: {str(e)[len(f'backup_{_BACKUP_FIELDS[name]} '):]}") from None
+
+
+def _param_name(key: str) -> str:
+    """The Param that sets a setting a checkpoint records: ``batch_size`` is ``batchSize``."""
+    if key == "data":
+        return "training data"
+    first, *rest = key.split("_")
+    return first + "".join(word.title() for word in rest)
+
+
+#: Param name: the BackupConfig field it sets
+_BACKUP_FIELDS = {"backupWorkers": "workers", "backupMode": "mode", "backupCombine": "combine"}
 
 #: Param name: the SGDConfig field it sets
 _SGD_FIELDS = {"batchSize": "batch_size", "lr": "lr", "momentum": "momentum", "lrDecay": "lr_decay", "l2": "l2",
@@ -194,11 +234,17 @@ class TrainingSummary:
 class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, DefaultParamsWritable):
     """Trains a network with synchronous SGD (and backup workers) over Spark; see the module docstring."""
     _model_class = None  # what ``fit`` returns: NetworkClassificationModel (set below)
+    # the estimator's alone: a fitted model's numClasses is the int of its network, as in pyspark's classifiers
+    numClasses = _param("numClasses", "how many classes: labels are 0 .. numClasses - 1", TypeConverters.toInt)
 
     @keyword_only
     def __init__(self, **kwargs):
         super().__init__()
+        self._setDefault(numClasses=models.MNIST_CLASSES)
         self._set(**self._input_kwargs)
+
+    def _classes(self) -> tuple[int, bool]:
+        return self.getOrDefault(self.numClasses), self.isSet(self.numClasses)
 
     @keyword_only
     def setParams(self, **kwargs) -> NetworkClassifier:
@@ -209,12 +255,18 @@ class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, Defaul
         spark = dataset.sparkSession
         pixel_range = self._pixel_range()
         mode = self._mode()
-        workers, backup = self.getOrDefault(self.workers), BackupConfig(workers=self.getOrDefault(self.backupWorkers))
+        workers, backup = self.getOrDefault(self.workers), self.backup_config()
         straggler = StragglerModel(self.getOrDefault(self.stragglerProb), self.getOrDefault(self.stragglerDelay))
         if mode == "async":
             from mnist_lenet_spark.async_sgd import AsyncSGD
-            sgd = AsyncSGD(spark, workers, config=self.sgd_config(), straggler=straggler,
-                           lr_scaling=self.getOrDefault(self.lrScaling), model=self._network())
+            staleness = self.getOrDefault(self.maxStaleness) if self.isDefined(self.maxStaleness) else None
+            try:
+                sgd = AsyncSGD(spark, workers, config=self.sgd_config(), straggler=straggler, max_staleness=staleness,
+                               lr_scaling=self.getOrDefault(self.lrScaling), model=self._network())
+            except ConfigError as e:
+                if str(e).startswith("max_staleness "):
+                    raise ConfigError(f"maxStaleness: {str(e)[len('max_staleness '):]}") from None
+                raise
         else:
             sgd = SyncSGD(spark, workers, config=self.sgd_config(), backup=backup, straggler=straggler,
                           lr_scaling=self.getOrDefault(self.lrScaling), model=self._network())
@@ -231,6 +283,7 @@ class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, Defaul
             is_val = F.coalesce(F.col(indicator).cast("boolean"), F.lit(False))
             train_df, val_df = dataset.filter(~is_val), dataset.filter(is_val)
         checkpointing = self._checkpointing(sgd)
+        state = self._start_state(sgd, spark)  # None: the network's initialisation
         tracker = tracking.tracker(self.getOrDefault(self.mlflowTracking), "mlflowTracking")
         on_step = self._progress(sgd)
         if tracker:
@@ -242,15 +295,16 @@ class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, Defaul
                 tracker.log_training_params(sgd.config, sgd.backup, workers, sgd.model, self.getOrDefault(self.model),
                                             lr_scaling=self.getOrDefault(self.lrScaling), estimator=type(self).__name__,
                                             pixel_range=pixel_range, features_col=features, label_col=label,
-                                            mode=mode)
+                                            mode=mode, resumed_from_step=state.step if state else 0,
+                                            initial_model=self.getOrDefault(self.initialModel) or "none")
             result, staging_seconds = staging.fit_dataframes(
                 sgd, train_df, val_df, features, label, self.getOrDefault(self.stagingDir), pixel_range,
-                **checkpointing, on_step=on_step)
+                **checkpointing, state=state, on_step=on_step)
             if checkpointing:  # the final state too, whatever the interval
                 checkpointing["checkpoint"](result.state)
-            model = self._model_class(result.params)
+            model = self._model_class(result.params, numClasses=sgd.model.classes)  # the network's own
             self._copyValues(model)
-            model._set(imageShape=list(sgd.model.input_shape), numClasses=sgd.model.classes)  # the network's own
+            model._set(imageShape=list(sgd.model.input_shape))
             model._summary = TrainingSummary(result.history, result.validation, staging_seconds, result.stopped_early,
                                              result.stopped_step, result.best_step, result.best_metric, mode=mode)
             if mode == "async":
@@ -274,18 +328,54 @@ class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, Defaul
             if self.getOrDefault(self.backupWorkers):
                 raise ConfigError(f"backupWorkers {self.getOrDefault(self.backupWorkers)}: the asynchronous mode "
                                   f"(mode='async') has no steps to drop stragglers from; set 0")
+            default = BackupConfig()
+            for name, value in (("backupMode", default.mode), ("backupCombine", default.combine)):
+                if self.getOrDefault(name) != value:
+                    raise ConfigError(f"{name} {self.getOrDefault(name)!r}: the asynchronous mode (mode='async') has "
+                                      f"no backup workers; leave it {value!r}")
             if self.getOrDefault(self.earlyStoppingPatience):
                 raise ConfigError(f"earlyStoppingPatience {self.getOrDefault(self.earlyStoppingPatience)}: the "
                                   f"asynchronous mode (mode='async') validates once, at the end; set 0")
+        elif self.isDefined(self.maxStaleness):
+            raise ConfigError(f"maxStaleness {self.getOrDefault(self.maxStaleness)}: only the asynchronous mode "
+                              f"(mode='async') has stale gradients; leave it unset")
         return mode
+
+    def _checkpoint_settings(self, sgd: SyncSGD) -> dict:
+        """What a checkpoint records of the fit that wrote it, and a resumed fit must share (``resume``)."""
+        return {"mode": self.getOrDefault(self.mode), "seed": sgd.config.seed, "batch_size": sgd.config.batch_size,
+                "workers": sgd.workers, "backup_workers": sgd.backup.workers,
+                "model": models.identity(self.getOrDefault(self.model), sgd.model)}
 
     def _checkpointing(self, sgd: SyncSGD) -> dict:
         folder = self.getOrDefault(self.checkpointDir)
         if not folder:
             return {}
-        path = Path(folder) / "checkpoint.npz"
-        return {"checkpoint": lambda state: training.save_checkpoint(path, state, sgd.config),
+        path, settings = Path(folder) / "checkpoint.npz", self._checkpoint_settings(sgd)
+        return {"checkpoint": lambda state: training.save_checkpoint(path, state, sgd.config, settings),
                 "checkpoint_every": max(self.getOrDefault(self.checkpointInterval), 0)}
+
+    def _start_state(self, sgd: SyncSGD, spark) -> training.TrainState | None:
+        """Where the fit starts: checkpointDir's checkpoint (``resume``), a saved model's weights (``initialModel``),
+        or None: the network's initialisation. ConfigError naming the Param when they do not fit this fit."""
+        initial, resume = self.getOrDefault(self.initialModel), self.getOrDefault(self.resume)
+        if initial and resume:
+            raise ConfigError(f"initialModel {initial!r} and resume: give one (resume goes on from checkpointDir's "
+                              f"checkpoint; initialModel starts a new schedule from a model's weights)")
+        if resume:
+            folder = self.getOrDefault(self.checkpointDir)
+            if not folder:
+                raise ConfigError("resume: needs checkpointDir, the folder of the checkpoint.npz to go on from")
+            return training.resume_state(Path(folder) / "checkpoint.npz", self._checkpoint_settings(sgd), sgd.model,
+                                         sgd.config, _param_name)
+        if not initial:
+            return None
+        weights = NetworkClassificationModel.read().session(spark).load(initial).weights  # DataError: no model there
+        state = training.warm_state(weights, sgd.model, sgd.config.seed, f"initialModel {initial}")
+        if self.getOrDefault(self.mode) == "async":
+            state.positions = [0] * sgd.workers  # every shard from its start
+        log.info("starting from the weights of %s", initial)
+        return state
 
     def _progress(self, sgd: SyncSGD):
         """Each step's progress: a bar in a notebook or on a terminal, else a log line now and then."""
@@ -316,7 +406,7 @@ def _track_fit(tracker: tracking.Tracker, model: NetworkClassificationModel, sgd
     tracker.log_final(final, step=last)
     tracker.log_plots(result.history, result.validation,
                       f"{sgd.workers} + {sgd.backup.workers} workers, {sgd.sc.master}")
-    tracker.log_model(sgd.model, model.weights)
+    tracker.log_model(sgd.model, model.weights, model.getPixelRange())
     s.mlflow_run_id, s.mlflow_model_uri = tracker.run_id, tracker.model_info.model_uri
     tracker.log_summary({**final, "early_stopping_metric": sgd.config.early_stopping_metric,
                          "mlflow_run_id": s.mlflow_run_id, "mlflow_model_uri": s.mlflow_model_uri,
@@ -345,13 +435,34 @@ class NetworkClassificationModel(Model, _NetworkParams, MLReadable, MLWritable):
 
     ``weights``: the NumPy parameters (``params`` is pyspark's list of Param objects, so it is
     not reused for them). ``summary``: the training history, when this model came from ``fit``.
+    ``numClasses`` and ``numFeatures``: ints, as on pyspark's own classification models. ``numClasses`` (the
+    constructor's) is the class count of a preset network (default 10); a network definition carries its own.
     """
 
-    def __init__(self, weights: base.Params | None = None):
+    def __init__(self, weights: base.Params | None = None, numClasses: int | None = None):
+        self._num_classes = numClasses
         super().__init__()
         # a LeNet from an earlier version names its weights W1 .. b4
         self.weights = None if weights is None else definitions.legacy_lenet_weights(weights)
         self._summary: TrainingSummary | None = None
+
+    def _classes(self) -> tuple[int, bool]:
+        given = self._num_classes is not None
+        return (int(self._num_classes) if given else models.MNIST_CLASSES), given
+
+    @property
+    def numClasses(self) -> int:
+        """Number of classes (values which the label can take)."""
+        return int(self._network().classes)
+
+    @property
+    def numFeatures(self) -> int:
+        """Number of features a row holds: C x H x W pixels."""
+        return int(np.prod(self._network().input_shape))
+
+    def getNumClasses(self) -> int:
+        """``numClasses``."""
+        return self.numClasses
 
     @property
     def hasSummary(self) -> bool:
@@ -369,13 +480,19 @@ class NetworkClassificationModel(Model, _NetworkParams, MLReadable, MLWritable):
         network = self._network()
         return network.summary() if hasattr(network, "summary") else f"the preset '{self.getOrDefault(self.model)}'"
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """Classes (n,) of uint8 images (n, ...) of C x H x W pixels each (MNIST: (n, 28, 28)), on the driver."""
-        return np.argmax(self.predictProbability(images), axis=1)
+    def predict(self, images: np.ndarray, pixelRange: str | None = None) -> np.ndarray:
+        """Classes (n,) of images (n, ...) of C x H x W pixels each (MNIST: (n, 28, 28)), on the driver; pixels as
+        ``predictProbability`` reads them."""
+        return np.argmax(self.predictProbability(images, pixelRange), axis=1)
 
-    def predictProbability(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities (n, classes) of uint8 images (n, ...), on the driver, in batches of 500."""
-        return inference.predict_images(self._network(), self.weights, images)
+    def predictProbability(self, images: np.ndarray, pixelRange: str | None = None) -> np.ndarray:
+        """Class probabilities (n, classes) of images (n, ...), on the driver, in batches of 500. Pixels are read
+        as the model was trained to read them (its ``pixelRange``: uint8 bytes, numbers 0..255 or 0..1), unless
+        ``pixelRange`` says otherwise; values outside it are a ConfigError, never rescaled."""
+        network = self._network()
+        pixel_range = self._pixel_range() if pixelRange is None else pixelRange
+        return inference.predict_images(network, self.weights, rows.model_pixels(network, images, "images",
+                                                                                  pixel_range))
 
     def _transform(self, dataset):
         from pyspark.ml.functions import array_to_vector, vector_to_array
@@ -420,7 +537,9 @@ class _ModelWriter(MLWriter):
 
     def saveImpl(self, path: str) -> None:
         paths.check_writable_together(self.sparkSession.sparkContext, path, "model path")
-        DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession)
+        params = {p.name: value for p, value in self.instance._paramMap.items()}
+        params["numClasses"] = self.instance.numClasses  # with the Params, where earlier versions read it
+        DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession, paramMap=params)
         rows = [(i, name, list(value.shape), str(value.dtype), value.tobytes())
                 for i, (name, value) in enumerate(self.instance.weights.items())]
         schema = "index int, name string, shape array<int>, dtype string, value binary"
@@ -443,7 +562,9 @@ class _ModelReader(MLReader):
         records = sorted(self.sparkSession.read.parquet(f"{path}/data").collect(), key=lambda r: r["index"])
         weights = {r["name"]: np.frombuffer(r["value"], np.dtype(r["dtype"])).reshape(r["shape"]).copy()
                    for r in records}
-        model = self.cls(weights)
+        classes = metadata["paramMap"].pop("numClasses", None)  # the network's count, not a Param of the model
+        metadata.get("defaultParamMap", {}).pop("numClasses", None)
+        model = self.cls(weights, numClasses=classes)
         model._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(model, metadata)
         return model
@@ -469,6 +590,7 @@ LeNetTrainingSummary = TrainingSummary  # its earlier name
 for _cls in (NetworkClassifier, NetworkClassificationModel):
     _add_accessors(_cls, _OWN_PARAMS + _SHARED_PARAMS)
 del _cls
+_add_accessors(NetworkClassifier, ["numClasses"])
 
 
 def _short(text: str, limit: int = 40) -> str:

@@ -189,7 +189,7 @@ class Tracker:
         """The step-time distribution, and validation accuracy against training time, as PNGs under plots/."""
         if not history:
             return
-        from mnist_lenet_spark.jobs import plots
+        from mnist_lenet_spark import plots
         seconds = [h["seconds"] for h in history]
         wall = np.cumsum(seconds)
         first = history[0]["step"]  # a resumed run's history starts past step 1
@@ -201,11 +201,12 @@ class Tracker:
             plots.training_curves(history, validation, Path(folder) / "training_curves.png", title)
             self.client.log_artifacts(self.run_id, folder, "plots")
 
-    def log_model(self, network, weights: dict) -> None:
-        """The model as an MLflow pyfunc model, ``model`` in the run (``mlflow_model``)."""
+    def log_model(self, network, weights: dict, pixel_range: str) -> None:
+        """The model, trained on pixels read in ``pixel_range``, as an MLflow pyfunc model, ``model`` in the run
+        (``mlflow_model``)."""
         from mnist_lenet_spark import mlflow_model
         with tempfile.TemporaryDirectory() as folder:
-            self.model_info = mlflow_model.log_model(network, weights, Path(folder))
+            self.model_info = mlflow_model.log_model(network, weights, Path(folder), pixel_range)
         log.info("MLflow model logged: %s", self.model_info.model_uri)
 
     # -- the end -------------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from mnist_lenet_spark.jobs import plots
+from mnist_lenet_spark import plots
 from tests.conftest import load_job
 
 straggler_experiment = load_job("straggler_experiment")

@@ -301,7 +301,7 @@ def test_a_composed_network_fits_from_a_dataframe_as_one_process_and_loads_in_a_
     import json
     import subprocess
     import sys
-    from mnist_lenet_spark.loop.local import fit_local
+    from mnist_lenet_spark.local import fit_local
     from mnist_lenet_spark.nn.network import Network
     images, labels, df = small
     text = json.dumps(COMPOSED)

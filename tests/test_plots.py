@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from mnist_lenet_spark.jobs import plots
+from mnist_lenet_spark import plots
 from tests.conftest import ROOT
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -17,7 +17,8 @@ from mnist_lenet_spark import data, files
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.config import BackupConfig, SGDConfig
 from mnist_lenet_spark.executor.straggler import StragglerModel
-from mnist_lenet_spark.jobs import plots, runs
+from mnist_lenet_spark import plots
+from mnist_lenet_spark.jobs import runs
 
 log = logging.getLogger(__name__)
 #: Spark speculation tuned to react within a step (its defaults wait far longer than a step lasts)

@@ -141,32 +141,14 @@ def strict_json(value, indent: int | None = None) -> str:
 
 
 def _resume_state(run: TrainRun, checkpoint: Path, shape: dict, network) -> training.TrainState:
-    """The checkpoint's state, refused (ConfigError naming the file) if it does not continue this run."""
-    state, meta = training.load_checkpoint(checkpoint)
-    saved = {**meta.get("config", {}), **meta}
-    saved_mode = "async" if state.positions is not None else "sync"  # checkpoints from before --mode are sync
-    if saved_mode != run.mode:
-        raise ConfigError(f"{checkpoint}: written with --mode {saved_mode}, resumed with --mode {run.mode} (a run "
-                          f"goes on in the mode it started in)")
-    for key, value in shape.items():
-        if key in saved and saved[key] != value:
-            flag = {"data": "training data", "model": "model"}.get(key, "--" + key.replace("_", "-"))
-            raise ConfigError(f"{checkpoint}: written with {flag} {saved[key]}, resumed with {value}")
-    _, fresh = training.new_state(network, run.config.seed)
-    for name in ("params", "velocity"):
-        found, expected = getattr(state, name), getattr(fresh, name)
-        if found.shape != expected.shape or found.dtype != expected.dtype:
-            raise ConfigError(f"{checkpoint}: {name} of shape {found.shape} {found.dtype}, the model has "
-                              f"{expected.shape} {expected.dtype}")
-    watched = state.early_stopping.metric if state.early_stopping is not None else None
-    if run.config.early_stopping_patience and watched not in (None, run.config.early_stopping_metric):
-        raise ConfigError(f"{checkpoint}: written with --early-stopping-metric {watched}, resumed with "
-                          f"{run.config.early_stopping_metric}")
-    lr = run.config.scaled_for(run.workers if run.mode == "sync" else 1, run.lr_scaling).lr
-    if saved.get("lr") is not None and saved["lr"] != lr:
-        log.info("resuming with lr %g (the checkpoint's run had %g)", lr, saved["lr"])
-    log.info("resuming from %s at step %d", checkpoint, state.step)
-    return state
+    """The checkpoint's state, refused (ConfigError naming the file and the flag) if it does not continue this run."""
+    config = run.config.scaled_for(run.workers if run.mode == "sync" else 1, run.lr_scaling)
+    return training.resume_state(checkpoint, shape, network, config, flag_name)
+
+
+def flag_name(key: str) -> str:
+    """How the job spells a checkpoint's setting: ``batch_size`` is ``--batch-size``."""
+    return {"data": "training data", "model": "model"}.get(key, "--" + key.replace("_", "-"))
 
 
 def _data_fingerprint(labels: np.ndarray) -> str:
@@ -281,9 +263,9 @@ def train(run: TrainRun) -> dict:
             progress.close()
         if save:  # the final state, whatever --checkpoint-every says
             save(result.state)
-        model = NetworkClassificationModel(result.params)
+        model = NetworkClassificationModel(result.params, numClasses=network.classes)
         model._set(model=json.dumps(network.to_json()) if hasattr(network, "to_json") else run.model,
-                   imageShape=list(network.input_shape), numClasses=network.classes,
+                   imageShape=list(network.input_shape),
                    featuresCol=run.features_col, labelCol=run.label_col,
                    pixelRange=run.pixel_range)
         if mnist is not None:
@@ -317,7 +299,7 @@ def train(run: TrainRun) -> dict:
                             "best_step": result.best_step, "best_metric": result.best_metric})
         if tracker:
             _track_result(tracker, result, summary, network, f"{run.model}, {run.workers} + {run.backup.workers} "
-                          f"workers, {spark.sparkContext.master}")
+                          f"workers, {spark.sparkContext.master}", run.pixel_range)
     except BaseException as e:  # the summary tells how the run ended, then the error goes on to the caller
         status = "diverged" if isinstance(e, training.DivergenceError) else "failed"
         summary = {"status": status, "mode": run.mode,
@@ -342,13 +324,13 @@ def train(run: TrainRun) -> dict:
 
 
 def _track_result(tracker: tracking.Tracker, result: training.FitResult, summary: dict, network,
-                  title: str) -> None:
+                  title: str, pixel_range: str) -> None:
     """The fit's validations, final numbers (at the last step), plots and model into the MLflow run."""
     tracker.log_validation(result.validation)
     last = result.history[-1]["step"] if result.history else 0
     tracker.log_final(summary, step=last)
     tracker.log_plots(result.history, result.validation, title)
-    tracker.log_model(network, result.params)
+    tracker.log_model(network, result.params, pixel_range)
     summary.update({"mlflow_run_id": tracker.run_id, "mlflow_model_uri": tracker.model_info.model_uri})
 
 

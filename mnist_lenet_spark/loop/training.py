@@ -24,7 +24,7 @@ import numpy as np
 
 from mnist_lenet_spark import files
 from mnist_lenet_spark.config import ConfigError, SGDConfig
-from mnist_lenet_spark.executor.tasks import GradientSum
+from mnist_lenet_spark.loop.sums import GradientSum
 from mnist_lenet_spark.loop import sharding
 from mnist_lenet_spark.models import base
 from mnist_lenet_spark.nn.optim import sgd_nesterov
@@ -351,3 +351,56 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[TrainState, dict[str, Any]
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(f"{path}: not a checkpoint of this tool ({reason})") from None
     return state, meta
+
+
+def resume_state(path: str | os.PathLike, expected: dict, model: base.Model, config: SGDConfig,
+                 name: Callable[[str], str]) -> TrainState:
+    """The state of the checkpoint at ``path``, refused (ConfigError naming the file and the setting) unless it
+    continues the run that ``expected`` describes: what ``save_checkpoint``'s ``extra`` recorded (``mode``,
+    ``seed``, ``batch_size``, ``workers``, ``backup_workers``, ``model``, ``data``, as far as the caller knows them)
+    over ``model``, with ``config`` (the run's, learning rate scaled). ``name(key)`` spells a setting as the
+    caller's user sets it (the job: ``--batch-size``; the estimator: ``batchSize``). A changed learning rate is
+    allowed and logged."""
+    state, meta = load_checkpoint(path)
+    saved = {**meta.get("config", {}), **meta}
+    saved_mode = "async" if state.positions is not None else "sync"  # checkpoints from before the mode are sync
+    mode = expected.get("mode", "sync")
+    if saved_mode != mode:
+        raise ConfigError(f"{path}: written with {name('mode')} {saved_mode}, resumed with {name('mode')} {mode} (a "
+                          f"run goes on in the mode it started in)")
+    for key, value in expected.items():
+        if key in saved and saved[key] != value:
+            raise ConfigError(f"{path}: written with {name(key)} {saved[key]}, resumed with {value}")
+    _, fresh = new_state(model, config.seed)
+    for part in ("params", "velocity"):
+        found, wanted = getattr(state, part), getattr(fresh, part)
+        if found.shape != wanted.shape or found.dtype != wanted.dtype:
+            raise ConfigError(f"{path}: {part} of shape {found.shape} {found.dtype}, the model has "
+                              f"{wanted.shape} {wanted.dtype}")
+    watched = state.early_stopping.metric if state.early_stopping is not None else None
+    if config.early_stopping_patience and watched not in (None, config.early_stopping_metric):
+        raise ConfigError(f"{path}: written with {name('early_stopping_metric')} {watched}, resumed with "
+                          f"{config.early_stopping_metric}")
+    if saved.get("lr") is not None and saved["lr"] != config.lr:
+        log.info("resuming with lr %g (the checkpoint's run had %g)", config.lr, saved["lr"])
+    log.info("resuming from %s at step %d", path, state.step)
+    return state
+
+
+def warm_state(params: base.Params, model: base.Model, seed: int, source: str) -> TrainState:
+    """A fresh state (step 0, no momentum) that starts from ``params`` (a trained model's weights) instead of
+    ``model``'s initialisation; ConfigError naming ``source`` when the weights are not ``model``'s (a name or a
+    shape differs)."""
+    spec, fresh = new_state(model, seed)
+    wanted, found = dict(spec), {name: tuple(np.shape(value)) for name, value in params.items()}
+    if found != wanted:
+        missing = [n for n in wanted if n not in found]
+        extra = [n for n in found if n not in wanted]
+        shape = next((n for n in wanted if n in found and found[n] != wanted[n]), None)
+        what = (f"{shape} has shape {found[shape]}, the network's is {wanted[shape]}" if shape else
+                f"it lacks {', '.join(missing[:3])}" if missing else f"it has {', '.join(extra[:3])}, which the "
+                f"network does not")
+        raise ConfigError(f"{source}: its weights are not this network's ({what}; {len(found)} arrays, the network "
+                          f"has {len(wanted)})")
+    fresh.params = base.flatten(params, spec, fresh.params.dtype)  # (P,)
+    return fresh
