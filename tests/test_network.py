@@ -161,12 +161,34 @@ def test_a_model_spec_is_a_preset_name_json_text_or_a_json_file(tmp_path):
 def test_conv_relu_pool_runs_fused_and_a_pickled_network_computes_the_same():
     import pickle
     from mnist_lenet_spark.models import definitions
-    from mnist_lenet_spark.nn.network import _ConvPool
+    from mnist_lenet_spark.nn.conv2d_pool import Conv2DPool
     net = Network(definitions.lenet())
-    plan = net._plans[id(net.layers)]
-    assert [type(op).__name__ for op in plan[:2]] == ["_ConvPool", "_ConvPool"] and isinstance(plan[0], _ConvPool)
+    assert [type(op) for op in net.ops[:2]] == [Conv2DPool, Conv2DPool]
     copy = pickle.loads(pickle.dumps(net))  # as a Spark task receives it
     params = net.init_params(0)
     X, y = np.random.default_rng(0).uniform(-1, 1, (4, 1, 28, 28)).astype(np.float32), np.arange(4)
     a, b = net.loss_and_grads(params, X, y, train=False), copy.loss_and_grads(params, X, y, train=False)
     assert a[0] == b[0] and all(np.array_equal(a[1][k], b[1][k]) for k in params)
+
+
+def test_layers_do_not_change_when_built_initialised_or_run():
+    net = Network(random_definition(5))
+    layers = [layer for top in net.layers for layer in top.walk()]
+    before = [{k: repr(v) for k, v in vars(layer).items()} for layer in layers]
+    params = net.init_params(0)
+    net.loss_and_grads(params, np.zeros((2, *net.input_shape), np.float32), np.arange(2) % net.classes,
+                       rng=np.random.default_rng(0))
+    net.summary()
+    assert [{k: repr(v) for k, v in vars(layer).items()} for layer in layers] == before
+
+
+def test_a_residual_block_runs_its_paths_through_the_planner_and_has_the_gradients_of_finite_differences():
+    from mnist_lenet_spark.nn.conv2d_pool import Conv2DPool
+    net = Network({"input_shape": [2, 8, 8], "layers": [
+        {"type": "residual", "name": "block", "branch": [
+            {"type": "conv2d", "filters": 3, "kernel": 3, "padding": 1}, {"type": "relu"}, {"type": "max_pool"}],
+         "shortcut": [{"type": "avg_pool"}, {"type": "conv2d", "filters": 3, "kernel": 1, "bias": False}]},
+        {"type": "flatten"}, {"type": "dense", "units": 3}]})
+    block = net.layers[0]
+    assert [type(op) for op in block.ops[0]] == [Conv2DPool] and len(block.ops[1]) == 2
+    check_gradients(net, train=True, seed=1)

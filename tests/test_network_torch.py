@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from mnist_lenet_spark.models import definitions
 from mnist_lenet_spark.nn import batch_norm
-from mnist_lenet_spark.nn.network import Network, Residual
+from mnist_lenet_spark.nn.network import Network
+from mnist_lenet_spark.nn.residual import Residual
 from tests.reference import rel_error
 
 L2 = 1e-3

@@ -13,7 +13,7 @@ def lenet(channels: int = 1, height: int = 28, width: int = 28, classes: int = M
     """SystemML's LeNet (``nn/examples/mnist_lenet.dml``): conv 5x5x32 (pad 2) -> ReLU -> max-pool 2x2 -> conv
     5x5x64 (pad 2) -> ReLU -> max-pool 2x2 -> dense 512 -> ReLU -> dropout 0.5 -> dense ``classes``, on 1 x 28 x 28
     images by default (any height and width that are multiples of 4). He init, the last layer's divided by
-    sqrt(2) (LeCun's), as SystemML initialises it; each conv, ReLU and pool runs fused (``nn.network._ConvPool``)."""
+    sqrt(2) (LeCun's), as SystemML initialises it; each conv, ReLU and pool runs fused (``nn.plan``)."""
     return {"input_shape": [channels, height, width], "layers": [
         {"type": "conv2d", "name": "conv1", "filters": 32, "kernel": 5, "padding": 2}, {"type": "relu"},
         {"type": "max_pool", "size": 2},

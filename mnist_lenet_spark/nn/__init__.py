@@ -1,5 +1,3 @@
-"""NumPy layers, one module per layer, each with ``forward -> (out, cache)`` and ``backward``.
-
-No module under ``nn/`` imports pyspark: the same code runs in a notebook, in the
-single-process trainer and inside Spark's Python workers.
-"""
+"""NumPy layers, one module per layer: its ``forward -> (out, cache)`` and ``backward``, and its layer class
+(``nn.layer``) for networks (``nn.network``). No module under ``nn/`` imports pyspark (or anything outside ``nn/`` but
+NumPy and SciPy): the same code runs in a notebook, in the single-process trainer and inside Spark's Python workers."""

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .layer import Layer
+
 EPSILON = 1e-5
 
 
@@ -95,3 +97,30 @@ def backward(dout: np.ndarray, cache):
     dx += rows * _tile(k, rows)
     dx += _tile(-k * dbeta / m, rows)
     return dx.reshape(dout.shape), dgamma.astype(dout.dtype), dbeta.astype(dout.dtype)
+
+
+class BatchNorm(Layer):
+    """Over the channels of images, or the features of flat input; its running statistics are untrained state."""
+    kind, state = "batch_norm", ("running_mean", "running_var")
+
+    def init(self, in_shape, rng):
+        gamma, beta = init(in_shape[0])
+        return {"gamma": gamma, "beta": beta, "running_mean": np.zeros_like(beta), "running_var": np.ones_like(gamma)}
+
+    def names(self):
+        return ("gamma", "beta") + self.state
+
+    def forward(self, p, x, train, rng):
+        if not train:
+            return forward_inference(x, p["gamma"], p["beta"], p["running_mean"], p["running_var"]), (False, x), {}
+        out, cache, (mean, var) = forward(x, p["gamma"], p["beta"])
+        m = x.size // x.shape[-1]
+        return out, (True, cache), {"running_mean": mean, "running_var": var * (m / max(m - 1, 1))}  # unbiased
+
+    def backward(self, p, dout, cache, need_dx=True, overwrite=False):
+        train, inner = cache
+        if train:
+            dx, dgamma, dbeta = backward(dout, inner)
+        else:  # normalised with the running statistics: a per-channel affine map
+            dx, dgamma, dbeta = backward_inference(dout, inner, p["gamma"], p["running_mean"], p["running_var"])
+        return dx, {"gamma": dgamma.astype(dout.dtype), "beta": dbeta.astype(dout.dtype)}

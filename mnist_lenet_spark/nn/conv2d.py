@@ -25,6 +25,8 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 from scipy.linalg import blas
 
+from .layer import Weighted
+
 #: below this many columns per kernel row, fold all kernel rows into one product. Measured here (one thread,
 #: batch 64, 3x3 stride 1): at 48 columns (16 channels) row mode takes 0.55x the forward time and 0.65x the
 #: backward's of folding, at 96 (32 channels) 0.65x and 0.7x; at 5 (LeNet's grey first layer) it runs badly.
@@ -36,15 +38,8 @@ MIN_ROW_COLUMNS = 32
 BAND_BYTES = 4 * 1024 * 1024
 
 
-def init(num_filters: int, channels: int, height: int, width: int,
-         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """He initialisation.
-
-    Returns
-    -------
-    W : (F, C, HH, WW) float32, ``randn * sqrt(2 / (C * HH * WW))``
-    b : (F,) float32 zeros
-    """
+def init(num_filters: int, channels: int, height: int, width: int, rng: np.random.Generator):
+    """He initialisation: W (F, C, HH, WW) float32 ``randn * sqrt(2 / (C * HH * WW))``, b (F,) float32 zeros."""
     fan_in = channels * height * width
     w = rng.standard_normal((num_filters, channels, height, width)) * np.sqrt(2.0 / fan_in)
     return w.astype(np.float32), np.zeros(num_filters, np.float32)
@@ -88,22 +83,10 @@ def _phase_rows(h: int, s: int, phase: int) -> tuple[int, int]:
     return sum(len(range(p, h, s)) for p in range(phase)), len(range(phase, h, s))
 
 
-def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int, stride: int = 1):
-    """Convolve.
-
-    Parameters
-    ----------
-    x : (H, N, W, C) inputs
-    w : (F, C, HH, WW) filters
-    b : (F,) biases
-    pad : zero padding on each side of H and W
-    stride : the step between output places (both axes)
-
-    Returns
-    -------
-    out : (Hout, N, Wout, F) with ``Hout = (H + 2 * pad - HH) // stride + 1`` (likewise Wout)
-    cache : a ``Columns``, what ``backward`` needs
-    """
+def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pad: int, stride: int = 1):
+    """Convolve inputs x (H, N, W, C) with filters w (F, C, HH, WW) and biases b (F,) or None, ``pad`` zeros on each
+    side of H and W, output places ``stride`` apart on both axes -> out (Hout, N, Wout, F) with
+    ``Hout = (H + 2 * pad - HH) // stride + 1`` (likewise Wout), cache (a ``Columns``: what ``backward`` needs)."""
     cache, builder = columns(x, w, pad, stride)
     h_out = cache.out_shape[0]
     out = np.empty(cache.out_shape, x.dtype)
@@ -184,18 +167,18 @@ def columns(x: np.ndarray, w: np.ndarray, pad: int, stride: int = 1):
     return Columns(cols, w_rows, fold, pad_h, pad, (h_out, n, w_out, f), x.shape, w.shape, stride, phases), builder
 
 
-def output_rows(cache: Columns, b: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
+def output_rows(cache: Columns, b: np.ndarray | None, lo: int, hi: int, out: np.ndarray) -> None:
     """Write output rows [lo, hi) of the convolution into ``out`` (hi - lo, N, Wout, F)."""
     k, f = cache.w_rows.shape[1:]
     ranges = list(cache.row_ranges(lo, hi))
     # Without a bias, a group that reaches every output row (the centre kernel row; the one group of a full
     # im2col) goes first and writes instead of adding, which spares filling ``out`` with zeros (a pass over it).
-    covering = next((r for r in ranges if r[1] == lo and r[2] == hi), None) if not b.any() else None
+    covering = next((r for r in ranges if r[1] == lo and r[2] == hi), None) if b is None or not b.any() else None
     if covering:
         ranges.remove(covering)
         ranges.insert(0, covering)
     else:
-        out[:] = b
+        out[:] = 0 if b is None else b
     for i, (g, first, end, shift) in enumerate(ranges):
         rows = _row_matrix(cache.cols, first + shift, end + shift)  # (M', K), a view
         # += (M', K) @ (K, F); = for the covering group
@@ -224,21 +207,8 @@ def bias_grad(dout: np.ndarray) -> np.ndarray:
 
 
 def backward(dout: np.ndarray, cache: Columns, need_dx: bool = True, need_db: bool = True):
-    """Gradients of the convolution.
-
-    Parameters
-    ----------
-    dout : (Hout, N, Wout, F) upstream gradient
-    cache : from ``forward``
-    need_dx : False skips dx (the first layer of a network has no use for it)
-    need_db : False skips db (a convolution without a bias)
-
-    Returns
-    -------
-    dx : (H, N, W, C), or None when ``need_dx`` is False
-    dw : (F, C, HH, WW)
-    db : (F,), or None when ``need_db`` is False
-    """
+    """dout (Hout, N, Wout, F), cache from ``forward`` -> dx (H, N, W, C), dw (F, C, HH, WW), db (F,). ``need_dx``
+    False: dx is None (a network's first layer has no use for it); ``need_db`` False: db is None (no bias)."""
     dw_rows = np.zeros(cache.w_rows.shape, dout.dtype)  # (HH/fold, K, F)
     h_out, band = cache.out_shape[0], _band_rows(cache, dout.dtype.itemsize)
     for lo in range(0, h_out, band):  # by bands: each band's column rows are read from memory once, for all groups
@@ -266,7 +236,7 @@ def transposed_input_grad(dout: np.ndarray, cache: Columns) -> np.ndarray:
     f, c, hh, ww = cache.w_shape
     w = cache.w_rows.reshape(hh, ww, c, f)  # (HH, WW, C, F), a view
     w_turned = np.ascontiguousarray(w[::-1, ::-1].transpose(2, 3, 0, 1))  # (C, F, HH, WW): w[f, c, HH-1-i, WW-1-j]
-    dx, _ = forward(dout, w_turned, np.zeros(c, dout.dtype), hh - 1 - cache.pad)  # (H, N, W, C)
+    dx, _ = forward(dout, w_turned, None, hh - 1 - cache.pad)  # (H, N, W, C)
     return dx
 
 
@@ -298,6 +268,29 @@ def input_grad(dout: np.ndarray, cache: Columns) -> np.ndarray:
         dx[p::cache.phases] = _col2im(dcols[start:start + length], 1, (length, n, wd, c), ww, 0, cache.pad, 1,
                                       cache.stride)
     return dx
+
+
+def forward_1x1(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int = 1):
+    """A 1x1 convolution without padding (a projection shortcut): one product over the pixels it reads, no columns.
+    x (H, N, W, C), w (F, C, 1, 1), b (F,) or None -> out (H', N, W', F), cache."""
+    xs = x[::stride, :, ::stride, :]  # (H', N, W', C), sub-sampled
+    xs_mat = np.ascontiguousarray(xs).reshape(-1, xs.shape[-1])  # (H'N W', C)
+    out = xs_mat @ w[:, :, 0, 0].T  # (H'N W', C) @ (C, F) -> (H'N W', F)
+    if b is not None:
+        out += b
+    return out.reshape(*xs.shape[:3], -1), (xs_mat, x.shape, w, stride)  # (H', N, W', F)
+
+
+def backward_1x1(dout: np.ndarray, cache, need_dx: bool = True, need_db: bool = True):
+    """Of ``forward_1x1``: dout (H', N, W', F) -> dx (H, N, W, C) or None, dw (F, C, 1, 1), db (F,) or None."""
+    xs_mat, x_shape, w, stride = cache
+    dout_mat = dout.reshape(-1, dout.shape[-1])  # (H'N W', F)
+    dw = (dout_mat.T @ xs_mat)[:, :, None, None]  # (F, H'N W') @ (H'N W', C) -> (F, C, 1, 1)
+    dx = (dout_mat @ w[:, :, 0, 0]).reshape(*dout.shape[:3], -1) if need_dx else None  # (H'N W', F) @ (F, C)
+    if dx is not None and stride > 1:  # only the sub-sampled pixels get a gradient
+        dxs, dx = dx, np.zeros(x_shape, dout.dtype)  # (H', N, W', C) into (H, N, W, C)
+        dx[::stride, :, ::stride, :] = dxs
+    return dx, dw, (dout_mat.sum(axis=0) if need_db else None)
 
 
 def _matmul_add(a: np.ndarray, b: np.ndarray, out: np.ndarray, add: bool = True) -> None:
@@ -390,3 +383,38 @@ def _col2im(dcols: np.ndarray, fold: int, x_shape, ww: int, pad_h: int, pad: int
                                strides=(step_a * stride * s_h, s_n, step_b * stride_w * s_w, s_h, s_w, s_c))
             block += dcols6[qa::step_a, :, qb::step_b]  # (ka, N, kb, fold, WW, C)
     return np.ascontiguousarray(dx_pad[pad_h:pad_h + h, :, pad:pad + wd, :])
+
+
+class Conv2D(Weighted):
+    """Options ``filters``, ``kernel`` (3), ``stride`` (1), ``padding`` (0, "same", "valid"), ``bias``, ``init``."""
+    kind = "conv2d"
+
+    def __init__(self, name: str, options: dict):
+        super().__init__(name, options)
+        self.filters, self.kernel = int(options["filters"]), int(options.get("kernel", 3))
+        self.stride, pad = int(options.get("stride", 1)), options.get("padding", 0)
+        self.pad = (self.kernel - 1) // 2 if pad == "same" else 0 if pad == "valid" else int(pad)
+        if pad == "same" and self.kernel % 2 == 0:
+            self.refuse(f"padding 'same' needs an odd kernel, got {self.kernel}")
+        if min(self.filters, self.kernel, self.stride) < 1 or self.pad < 0:
+            self.refuse("filters, kernel and stride must be >= 1 and padding >= 0")
+        self.pointwise = self.kernel == 1 and self.pad == 0
+
+    def build(self, in_shape):
+        c, h, w = self.images(in_shape)
+        h_out, w_out = ((n + 2 * self.pad - self.kernel) // self.stride + 1 for n in (h, w))
+        if h_out < 1 or w_out < 1:
+            self.refuse(f"a {self.kernel}x{self.kernel} kernel with padding {self.pad} does not fit", in_shape)
+        return self.filters, h_out, w_out
+
+    def init(self, in_shape, rng):
+        return self.weights(*init(self.filters, in_shape[0], self.kernel, self.kernel, rng))
+
+    def forward(self, p, x, train, rng):
+        if self.pointwise:
+            return (*forward_1x1(x, p["W"], p.get("b"), self.stride), {})
+        return (*forward(x, p["W"], p.get("b"), self.pad, self.stride), {})  # (H', N, W', F)
+
+    def backward(self, p, dout, cache, need_dx=True, overwrite=False):
+        dx, dw, db = (backward_1x1 if self.pointwise else backward)(dout, cache, need_dx=need_dx, need_db=self.bias)
+        return dx, self.grads(dw, db)

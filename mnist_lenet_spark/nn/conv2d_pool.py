@@ -13,7 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import conv2d, max_pool2d
+from . import conv2d, max_pool2d, relu
+from .layer import Layer
 
 #: target size of one band of convolution output: well inside a 2 MiB L2 cache
 BAND_BYTES = 512 * 1024
@@ -26,8 +27,8 @@ class Cache(NamedTuple):
     size: int
 
 
-def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int, size: int = 2):
-    """x (H, N, W, C), w (F, C, HH, WW), b (F,) -> out (Hout / size, N, Wout / size, F), cache."""
+def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pad: int, size: int = 2):
+    """x (H, N, W, C), w (F, C, HH, WW), b (F,) or None -> out (Hout / size, N, Wout / size, F), cache."""
     conv, builder = conv2d.columns(x, w, pad)
     h_out, n, w_out, f = conv.out_shape
     if h_out % size or w_out % size:
@@ -62,3 +63,27 @@ def backward(dout: np.ndarray, cache: Cache, need_dx: bool = True):
         db += conv2d.bias_grad(dband)
     dx = conv2d.input_gradient(dconv, conv) if need_dx else None
     return dx, conv2d.filters(dw_rows, conv.w_shape), db
+
+
+class Conv2DPool(Layer):
+    """conv2d (stride 1) -> [relu] -> max_pool as one layer with the conv's parameters (``nn.plan`` puts it where they
+    occur), the ReLU after the pool (max and ReLU commute exactly, values and gradients: a quarter of the work)."""
+
+    def __init__(self, conv: conv2d.Conv2D, with_relu: bool, pool: max_pool2d.MaxPool2D):
+        super().__init__(conv.name, {})
+        self.conv, self.relu, self.pool = conv, with_relu, pool
+
+    def names(self):
+        return self.conv.names()
+
+    def forward(self, p, x, train, rng):
+        out, cache = forward(x, p["W"], p.get("b"), self.conv.pad, self.pool.size)  # (H'/s, N, W'/s, F)
+        out, relu_cache = relu.forward(out) if self.relu else (out, None)
+        return out, (cache, relu_cache), {}
+
+    def backward(self, p, dout, cache, need_dx=True, overwrite=False):
+        cache, relu_cache = cache
+        if relu_cache is not None:
+            dout = relu.backward(dout, relu_cache, overwrite_dout=overwrite)
+        dx, dw, db = backward(dout, cache, need_dx=need_dx)
+        return dx, self.conv.grads(dw, db)

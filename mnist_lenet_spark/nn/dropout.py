@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .layer import Layer
+
 
 def forward(x: np.ndarray, keep_prob: float, rng: np.random.Generator):
     """x any shape -> out same shape, cache (the scaled mask).
@@ -21,3 +23,23 @@ def forward(x: np.ndarray, keep_prob: float, rng: np.random.Generator):
 def backward(dout: np.ndarray, cache) -> np.ndarray:
     """dx = dout * mask, same shape as dout."""
     return dout * cache
+
+
+class Dropout(Layer):
+    kind = "dropout"  # option ``rate``: the share of units dropped while training
+
+    def __init__(self, name: str, options: dict):
+        super().__init__(name, options)
+        self.rate = float(options["rate"])
+        if not 0 <= self.rate < 1:
+            self.refuse(f"rate must be in [0, 1), got {self.rate}")
+
+    def forward(self, p, x, train, rng):
+        if not train or self.rate == 0:
+            return x, None, {}
+        if rng is None:
+            raise ValueError(f"layer '{self.name}' (dropout): training needs a numpy.random.Generator")
+        return (*forward(x, 1.0 - self.rate, rng), {})
+
+    def backward(self, p, dout, cache, need_dx=True, overwrite=False):
+        return (dout if cache is None else backward(dout, cache)), {}

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .layer import Layer
+
 
 def forward(x: np.ndarray):
     """x (H, N, W, C) -> out (N, C); the cache is x's shape."""
@@ -15,3 +17,10 @@ def backward(dout: np.ndarray, cache) -> np.ndarray:
     dx = np.empty(cache, dout.dtype)
     dx[...] = (dout / (H * W))[None, :, None, :]  # (1, N, 1, C) broadcast to (H, N, W, C)
     return dx
+
+
+class GlobalAvgPool(Layer):
+    kind, functions = "global_avg_pool", (forward, backward)
+
+    def build(self, in_shape):
+        return self.images(in_shape)[:1]

@@ -2,11 +2,10 @@
 definition for ``nn.network`` (what SystemML's Keras2DML did for its users). Reads JSON only: Keras is not
 imported, and no weights come along (the network trains from its own initialisation).
 
-Supported: InputLayer, Conv2D, Dense (their ``activation`` too), BatchNormalization, Activation / ReLU
-(relu, sigmoid, tanh), MaxPooling2D and AveragePooling2D (non-overlapping windows), GlobalAveragePooling2D,
-Flatten, Dropout, and in functional models Add of two paths from one tensor (a residual block). A softmax on
-the last layer is the loss's own (softmax cross-entropy); anywhere else it is refused. Anything else is a
-``KerasError`` naming the layer and what is not supported.
+Supported: ``SUPPORTED`` (Conv2D's and Dense's ``activation`` too; pooling with non-overlapping windows; Add of two
+paths from one tensor, in functional models, as a residual block). A softmax on the last layer is the loss's own
+(softmax cross-entropy); anywhere else it is refused. Anything else is a ``KerasError`` naming the layer and what is
+not supported.
 
 Layouts: Keras defaults to channels-last, (H, W, C) images; ours are channel-major, (C, H, W). The input shape
 is turned around (``data_format`` says which a model uses) and the layers' options keep their meaning; only
@@ -41,7 +40,6 @@ def _pair(value, what: str, layer: str, kind: str) -> int:
 class _Converter:
     def __init__(self):
         self.channels_first = False
-        self.final_softmax = False
 
     def input_shape(self, shape, layer: str) -> list[int]:
         """Keras's (batch, H, W, C) or (batch, C, H, W) -> [C, H, W]."""
@@ -68,7 +66,6 @@ class _Converter:
             if value == "softmax":
                 if not last:
                     refuse("a softmax before the last layer")
-                self.final_softmax = True
                 return []
             if value not in ACTIVATIONS:
                 refuse(f"activation {value!r}")

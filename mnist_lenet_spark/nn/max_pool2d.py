@@ -10,19 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .layer import Pool
+
 
 def forward(x: np.ndarray, size: int = 2):
-    """Pool.
-
-    Parameters
-    ----------
-    x : (H, N, W, C), H and W multiples of ``size``
-
-    Returns
-    -------
-    out : (H / size, N, W / size, C)
-    cache : what ``backward`` needs (the winners of both passes and the shapes)
-    """
+    """x (H, N, W, C), H and W multiples of ``size`` -> out (H / size, N, W / size, C), cache (the winners of both
+    passes and the shapes: what ``backward`` needs)."""
     h, n, w, c = x.shape
     if h % size or w % size:
         raise ValueError(f"max_pool2d: input {h}x{w} is not a multiple of the pool size {size}")
@@ -80,3 +73,7 @@ def _route(dout: np.ndarray, beats: list, size: int, axis: int, out: np.ndarray 
         else:
             np.multiply(dout, wins, out=dv[tuple(put)])
     return dv
+
+
+class MaxPool2D(Pool):
+    kind, functions = "max_pool", (forward, backward)
