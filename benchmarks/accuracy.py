@@ -41,7 +41,7 @@ def resnet(epochs: int, lr: float, schedule: str, lr_decay: float, warmup_steps:
     mnist = data.load_mnist()
     spark = msp.session("local[2]", conf_file=ROOT / "conf" / "spark-defaults.conf")
     spark.sparkContext.setLogLevel("ERROR")
-    model = models.by_name("resnet")
+    model = models.network_from("resnet")
     runs = []
     try:
         for seed in seeds:
@@ -70,7 +70,7 @@ def resnet(epochs: int, lr: float, schedule: str, lr_decay: float, warmup_steps:
 def _one_process_run(job: tuple[float, int, int, int]) -> dict:
     lr, seed, epochs, warmup_steps = job
     tasks.tune_process(1)
-    mnist, model = data.load_mnist(), models.by_name("resnet")
+    mnist, model = data.load_mnist(), models.network_from("resnet")
     config = SGDConfig(lr=lr, lr_schedule="cosine", warmup_steps=warmup_steps, epochs=epochs, seed=seed)
     result = local.fit_local(mnist.train.images, mnist.train.labels, config, model=model, shards=2,
                              validation=(mnist.validation.images, mnist.validation.labels))
@@ -141,7 +141,7 @@ def main():
         result = msp.SyncSGD(spark, workers=2, batch_size=64, **kwargs).fit(
             mnist.train.images, mnist.train.labels, epochs=args.epochs)
         seconds = time.perf_counter() - t0
-        acc = test_accuracy(result.params, mnist, models.by_name("lenet"))
+        acc = test_accuracy(result.params, mnist, models.network_from("lenet"))
         out[name] = {"epochs": args.epochs, "test_accuracy": acc, "seconds": seconds,
                      "seconds_per_epoch": seconds / args.epochs, **kwargs}
         print(f"spark local[2], 2 workers x 64, {args.epochs} epochs, {kwargs or 'SystemML lr'}: "
@@ -153,7 +153,7 @@ def main():
                                  ("linear scaling + warm-up", {"lr_scaling": "linear", "warmup_steps": 100})]:
                 r = msp.SyncSGD(spark, workers=workers, batch_size=64, **kwargs).fit(
                     mnist.train.images, mnist.train.labels, epochs=1)
-                acc = test_accuracy(r.params, mnist, models.by_name("lenet"))
+                acc = test_accuracy(r.params, mnist, models.network_from("lenet"))
                 study[f"{workers} workers, {name}"] = acc
                 print(f"{workers} workers x 64, 1 epoch, {name}: test accuracy {acc:.4f}", flush=True)
         out["lr_study_1_epoch"] = study

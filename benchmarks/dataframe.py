@@ -25,7 +25,7 @@ from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.cluster import staging
 from mnist_lenet_spark.executor import inference, tasks
 
-LENET = models.by_name("lenet")
+LENET = models.network_from("lenet")
 
 WARMUP = 5
 

@@ -25,7 +25,7 @@ from common import cpu, median_seconds, save
 
 from mnist_lenet_spark import models
 from mnist_lenet_spark.executor import tasks
-from mnist_lenet_spark.loop import training
+from mnist_lenet_spark.loop import update
 from mnist_lenet_spark.models import base
 from mnist_lenet_spark.nn import conv2d
 from mnist_lenet_spark.nn.optim import sgd_nesterov
@@ -160,7 +160,7 @@ def resnet_torch_step_fn(X, y):
 
 
 def resnet_row(X, y, rounds: int, steps: int) -> dict:
-    np_step, th_step = model_step_fn(models.by_name("resnet"), X, y), resnet_torch_step_fn(X, y)
+    np_step, th_step = model_step_fn(models.network_from("resnet"), X, y), resnet_torch_step_fn(X, y)
     np_times, th_times, ratios = [], [], []
     for _ in range(rounds):  # interleaved, as for LeNet
         np_times.append(median_seconds(np_step, steps))
@@ -193,7 +193,7 @@ def model_step_fn(model, X, y):
 
     def step():
         _, grads = model.loss_and_grads(base.unflatten(state[0], spec), X, y, train=True, rng=rng, l2=5e-4)
-        state[0], state[1] = training.apply_update(model, spec, state[0], base.flatten(grads, spec), len(y), state[1],
+        state[0], state[1] = update.apply_update(model, spec, state[0], base.flatten(grads, spec), len(y), state[1],
                                                    lr=0.01, momentum=0.9)
     return step
 
@@ -214,7 +214,7 @@ def main():
     rng = np.random.default_rng(0)
     X = rng.uniform(-1, 1, (BATCH, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, BATCH)
-    np_step = model_step_fn(models.by_name("lenet"), X, y)
+    np_step = model_step_fn(models.network_from("lenet"), X, y)
     try:
         th_step = torch_step_fn(X, y)
     except ImportError:

@@ -29,7 +29,7 @@ from mnist_lenet_spark.loop import sharding
 from mnist_lenet_spark import models
 
 SEED = 0
-LENET = models.by_name("lenet")
+LENET = models.network_from("lenet")
 KEEP_PROB = 0.5  # LeNet's dropout keeps half (models/definitions.py: rate 0.5)
 
 

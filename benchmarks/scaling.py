@@ -46,7 +46,7 @@ def main():
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)), help="per-worker batch sizes")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
-    model = models.by_name(args.model)
+    model = models.network_from(args.model)
     tasks.tune_process(1)
     mnist = data.load_mnist()
     spark = msp.session("local[2]", conf_file=ROOT / "conf" / "spark-defaults.conf")

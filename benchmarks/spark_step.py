@@ -34,7 +34,7 @@ from mnist_lenet_spark import data, models
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.models import base
 
-PARAMS = sum(int(np.prod(shape)) for _, shape in base.param_spec(models.by_name("lenet").init_params(0)))
+PARAMS = sum(int(np.prod(shape)) for _, shape in base.param_spec(models.network_from("lenet").init_params(0)))
 
 
 def empty_job_floor(jobs: int) -> float:

@@ -59,7 +59,7 @@ from mnist_lenet_spark.executor import inference  # noqa: E402
 from mnist_lenet_spark.executor.emulation import EmulatedCompute  # noqa: E402
 from mnist_lenet_spark.executor.straggler import StragglerModel  # noqa: E402
 from mnist_lenet_spark import plots  # noqa: E402
-from mnist_lenet_spark.loop.training import DivergenceError  # noqa: E402
+from mnist_lenet_spark.loop.update import DivergenceError  # noqa: E402
 from mnist_lenet_spark.models import base  # noqa: E402
 
 QUICK = {"workers": [2], "backup": [0, 1], "budget_seconds": 6.0, "snapshot_seconds": 2.0, "tune_seconds": 2.0,
@@ -344,7 +344,7 @@ def main(argv=None) -> None:
         test = data.Split(test.images[:args.test_size], test.labels[:args.test_size])
     if args.validation_size:
         validation = data.Split(validation.images[:args.validation_size], validation.labels[:args.validation_size])
-    network = models.by_name(args.model)
+    network = models.network_from(args.model)
     _, spec = _initial(network, args.seed)
     runs = [("sync", n, b) for n in args.workers for b in args.backup] + [("async", n, None) for n in args.workers]
     rows, curves, trials = [], {}, []

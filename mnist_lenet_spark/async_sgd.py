@@ -1,7 +1,7 @@
 """Asynchronous SGD (Downpour-style) on Spark: one job of ``workers`` long tasks, one per shard; each loops pull
 parameters, gradient of its next mini-batch, push, against the driver's parameter service
 (``cluster.async_service``), whose one apply thread applies every push as it arrives with the synchronous
-mode's update (``training.loss_and_gradient`` + ``training.apply_update``: SGD-Nesterov, L2, batch norm's running
+mode's update (``update.loss_and_gradient`` + ``update.apply_update``: SGD-Nesterov, L2, batch norm's running
 statistics). The run ends on a global budget of updates the service announces. See docs/async.md.
 """
 from __future__ import annotations
@@ -19,11 +19,12 @@ from mnist_lenet_spark.cluster import async_service, step_signal
 from mnist_lenet_spark.config import ConfigError, SGDConfig
 from mnist_lenet_spark.executor import async_task, tasks
 from mnist_lenet_spark.executor.shards import StagedShards
-from mnist_lenet_spark.loop import training
+from mnist_lenet_spark.loop import training, update
+from mnist_lenet_spark.cluster import task_errors
 from mnist_lenet_spark.loop.sums import GradientSum
 from mnist_lenet_spark.models import base
 from mnist_lenet_spark.nn.optim import sgd_nesterov
-from mnist_lenet_spark.spark import SyncSGD
+from mnist_lenet_spark.spark import SparkTrainer
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.05
@@ -56,7 +57,7 @@ class Updater:
     """The apply thread's update: the synchronous step's mathematics for one pushed gradient sum. Update ``u``
     (0-based) has the learning rate of global step ``u`` in epoch ``u // per_epoch`` of a run of ``budget``."""
 
-    def __init__(self, model: base.Model, spec: base.ParamSpec, state: training.TrainState, config: SGDConfig,
+    def __init__(self, model: base.Model, spec: base.ParamSpec, state: update.TrainState, config: SGDConfig,
                  budget: int, per_epoch: int, on_step=None):
         self.model, self.spec, self.state, self.config = model, spec, state, config
         self.budget, self.per_epoch, self.on_step = budget, per_epoch, on_step
@@ -71,9 +72,9 @@ class Updater:
         state.epoch, state.step_in_epoch = divmod(state.step, self.per_epoch)
         lr = config.learning_rate(state.epoch, state.step, self.budget)
         sums = GradientSum(grad_sum, loss_sum, count)
-        loss, grad = training.loss_and_gradient(sums, params, self.spec, self.model, config.l2)
-        training._check_finite(loss, grad, count, state)
-        state.params, self.opt = training.apply_update(self.model, self.spec, params, grad, count, self.opt, lr,
+        loss, grad = update.loss_and_gradient(sums, params, self.spec, self.model, config.l2)
+        update.check_finite(loss, grad, count, state)
+        state.params, self.opt = update.apply_update(self.model, self.spec, params, grad, count, self.opt, lr,
                                                        config.momentum)
         state.velocity = self.opt.velocity
         state.step += 1
@@ -87,10 +88,10 @@ class Updater:
         return state.params
 
 
-class AsyncSGD(SyncSGD):
+class AsyncSGD(SparkTrainer):
     """Asynchronous SGD over ``workers`` long Spark tasks (one per shard, each with mini-batches of
-    ``batch_size``). The constructor takes ``SyncSGD``'s (``config``, ``model``, ``straggler``, ``emulation``,
-    ``lr_scaling``, any ``SGDConfig`` field) except backup workers, and:
+    ``batch_size``). The constructor takes ``spark.SparkTrainer``'s (``config``, ``model``, ``straggler``,
+    ``emulation``, ``lr_scaling``, any ``SGDConfig`` field), and:
 
     lr_scaling : "linear" multiplies lr by batch_size / 64: an update applies one task's mini-batch, so the
         workers do not enter the rule as they do in the synchronous mode
@@ -108,15 +109,15 @@ class AsyncSGD(SyncSGD):
         for name, value in (("finish_seconds", finish_seconds), ("stall_seconds", stall_seconds)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"{name} must be a number > 0, got {value!r}")
-        super().__init__(spark, workers, **options)
-        if self.backup.workers:
-            raise ConfigError(f"backup_workers must be 0 in the asynchronous mode, got {self.backup.workers}")
-        self.config = self.config.scaled_for(1, lr_scaling)
+        super().__init__(spark, workers, lr_scaling=lr_scaling, **options)
         self.max_staleness, self.finish_seconds, self.stall_seconds = max_staleness, finish_seconds, stall_seconds
+
+    def _batches_per_update(self) -> int:
+        return 1  # each update is one task's mini-batch
 
     def fit_data(self, source: tasks.BroadcastData | StagedShards, num_examples: int,
                  epochs: int | None = None, validation: tasks.BroadcastData | StagedShards | None = None, *,
-                 max_steps: int | None = None, on_step=None, state: training.TrainState | None = None,
+                 max_steps: int | None = None, on_step=None, state: update.TrainState | None = None,
                  checkpoint=None, checkpoint_every: int = 0) -> AsyncFitResult:
         """Train until ``epochs`` passes over the data (or ``max_steps`` updates in all) are applied. Each update is
         one shard's mini-batch; ``on_step(record)`` is called from the apply thread. ``validation`` is evaluated
@@ -130,14 +131,14 @@ class AsyncSGD(SyncSGD):
             if config.early_stopping_patience:
                 raise ConfigError("early_stopping_patience: not supported by the asynchronous mode")
             config.check_data(num_examples, shards)
-            spec, fresh = training.new_state(self.model, config.seed)
+            spec, fresh = update.new_state(self.model, config.seed)
             state = fresh if state is None else _resumable(state, fresh, shards)
             self.start_warm_up()
             state.params = state.params.astype(np.float32, copy=False)  # the wire carries float32
             state.velocity = state.velocity.astype(np.float32, copy=False)
             if state.positions is None:
                 state.positions = [0] * shards
-            walk = async_task.Walk(num_examples, shards, config.batch_size, config.seed)
+            walk = async_task.ShardBatches(num_examples, shards, config.batch_size, config.seed)
             per_epoch = walk.per_epoch()
             budget = per_epoch * config.epochs
             if config.max_steps is not None:
@@ -174,7 +175,7 @@ class AsyncSGD(SyncSGD):
         if server.applied < budget:
             lost = [r.ended for r in reports if r.ended not in ("budget", "superseded")]
             cause = lost[0] if lost else "the job ended"
-            raise training.StepFailure(f"the asynchronous run ended after {server.applied} of {budget} updates: "
+            raise task_errors.StepFailure(f"the asynchronous run ended after {server.applied} of {budget} updates: "
                                        f"{cause}")
         result = AsyncFitResult(params={k: v.copy() for k, v in base.unflatten(state.params, spec).items()},
                                 history=updater.history, state=state, setup_seconds=setup_seconds,
@@ -193,7 +194,7 @@ class AsyncSGD(SyncSGD):
         return result
 
     def _run(self, server: async_service.ParameterServer, ctx: tasks.TaskContext, source,
-             walk: async_task.Walk) -> tuple[list[async_task.AsyncReport], float]:
+             walk: async_task.ShardBatches) -> tuple[list[async_task.AsyncReport], float]:
         """The job of long tasks, until the budget is spent (or the run stops or stalls); bounded waits for its
         end. (the tasks' reports, seconds from the job's start to the budget spent)"""
         from pyspark import InheritableThread
@@ -224,7 +225,7 @@ class AsyncSGD(SyncSGD):
                 if not thread.is_alive():
                     break
                 if time.monotonic() - server.last_progress > self.stall_seconds:
-                    server.stop(training.StepFailure(
+                    server.stop(task_errors.StepFailure(
                         f"the asynchronous run stalled: no update in {self.stall_seconds:g} s (stall_seconds) "
                         f"after {server.applied} of {server.budget}"))
         except BaseException:  # interrupted: no job outlives the fit
@@ -241,11 +242,11 @@ class AsyncSGD(SyncSGD):
             if thread.is_alive():
                 log.warning("asynchronous run: the job did not end within 30 s of its cancel; going on")
         if failure and server.applied < server.budget and server.error is None:
-            reports.append(async_task.AsyncReport(-1, -1, 0, 0, 0, training.task_error(failure[0])))
+            reports.append(async_task.AsyncReport(-1, -1, 0, 0, 0, task_errors.task_error(failure[0])))
         return reports, run_seconds
 
 
-def _resumable(state: training.TrainState, fresh: training.TrainState, shards: int) -> training.TrainState:
+def _resumable(state: update.TrainState, fresh: update.TrainState, shards: int) -> update.TrainState:
     """``state`` if an asynchronous run of ``shards`` shards over the same model can go on from it, else a
     ConfigError."""
     if state.positions is None:

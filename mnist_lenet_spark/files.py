@@ -1,6 +1,8 @@
-"""Writing output files so that a reader never sees half of one."""
+"""Writing output files so that a reader never sees half of one, and JSON that any reader can parse."""
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -59,3 +61,16 @@ def checkout_root() -> Path:
     if imported_from_zip():
         root = root.parent.parent if root.parent.name == "dist" else root.parent
     return root
+
+
+def strict_json(value, indent: int | None = None) -> str:
+    """JSON without NaN or Infinity (which JSON does not have): non-finite numbers become null."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(value), allow_nan=False, indent=indent, default=str)

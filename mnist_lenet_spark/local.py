@@ -7,16 +7,16 @@ import numpy as np
 
 from mnist_lenet_spark.config import SGDConfig
 from mnist_lenet_spark.executor import inference, rows, tasks
-from mnist_lenet_spark.loop import training
+from mnist_lenet_spark.loop import training, update
 from mnist_lenet_spark import models
 from mnist_lenet_spark.models import base
 
 
 def fit_local(train_images: np.ndarray, train_labels: np.ndarray, config: SGDConfig = SGDConfig(),
               model: base.Model | None = None, validation: tuple[np.ndarray, np.ndarray] | None = None,
-              on_step: Callable[[dict], None] | None = None, state: training.TrainState | None = None,
+              on_step: Callable[[dict], None] | None = None, state: update.TrainState | None = None,
               shards: int = 1, dtype=np.float32, kept: list[list[int]] | None = None,
-              checkpoint: Callable[[training.TrainState], None] | None = None,
+              checkpoint: Callable[[update.TrainState], None] | None = None,
               checkpoint_every: int = 0, pixel_range: str | None = None) -> training.FitResult:
     """Train on ``train_images`` (N, ...) of the model's C x H x W pixels and int ``train_labels`` (N,);
     ``validation`` likewise. Pixels are uint8, or numbers in a declared ``pixel_range`` (``rows.model_pixels``).
@@ -26,11 +26,11 @@ def fit_local(train_images: np.ndarray, train_labels: np.ndarray, config: SGDCon
     these of step ``s``'s mini-batches (a backup-worker run's ``history[s]["kept"]``, replayed).
     ``state`` resumes from a checkpoint; ``checkpoint(state)`` is called every ``checkpoint_every`` steps.
     """
-    model = model if model is not None else models.by_name("lenet")
+    model = model if model is not None else models.network_from("lenet")
     train_images = rows.model_pixels(model, train_images, "train_images", pixel_range)
     if validation is not None:
         validation = (rows.model_pixels(model, validation[0], "validation images", pixel_range), validation[1])
-    spec, fresh = training.new_state(model, config.seed)
+    spec, fresh = update.new_state(model, config.seed)
     state = state or fresh
     state.params = state.params.astype(dtype, copy=False)
     state.velocity = state.velocity.astype(dtype, copy=False)

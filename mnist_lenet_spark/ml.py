@@ -2,8 +2,9 @@
 ``save``/``load``. ``NetworkClassifier`` takes the network in its ``model`` Param (a preset's name, or a composed
 network's JSON definition, ``docs/models.md``); ``LeNetClassifier`` is its LeNet preset.
 
-``NetworkClassifier.fit`` stages the DataFrame's rows as shard files (``staging``) and trains them
-with ``SyncSGD`` (``mode='async'``: ``AsyncSGD``): the training set never passes through the driver. ``transform`` adds
+``NetworkClassifier.fit`` turns its Params into a ``fit.FitPlan`` and runs the one fit the job runs too: the rows
+are staged as shard files (``staging``) and trained by ``SyncSGD`` (``mode='async'``: ``AsyncSGD``); the training
+set never passes through the driver. ``transform`` adds
 ``prediction``, ``probability`` and ``rawPrediction`` (log-probabilities) columns, computed on the
 executors in Arrow batches. Defaults come from ``config``.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -39,14 +39,13 @@ from pyspark.ml.util import (
     MLWriter,
 )
 
-from mnist_lenet_spark import data, models, readers, tracking
+from mnist_lenet_spark import data, fit, models, readers, tracking
 from mnist_lenet_spark.cluster import paths, staging
 from mnist_lenet_spark.config import BackupConfig, ConfigError, SGDConfig, TrainingConf
 from mnist_lenet_spark.executor import inference, rows
 from mnist_lenet_spark.executor.straggler import StragglerModel
-from mnist_lenet_spark.loop import training
+from mnist_lenet_spark.loop import update
 from mnist_lenet_spark.models import base, definitions
-from mnist_lenet_spark.spark import SyncSGD
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +143,7 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
             shape = shape if self.isSet(self.imageShape) else None
             classes = classes if classes_given else None
         try:
-            return models.by_name(name, shape, classes)
+            return models.network_from(name, shape, classes)
         except ValueError as e:
             raise ConfigError(f"model: {e}") from None
 
@@ -178,14 +177,6 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
             if name is None:
                 raise
             raise ConfigError(f"{name}: {str(e)[len(f'backup_{_BACKUP_FIELDS[name]} '):]}") from None
-
-
-def _param_name(key: str) -> str:
-    """The Param that sets a setting a checkpoint records: ``batch_size`` is ``batchSize``."""
-    if key == "data":
-        return "training data"
-    first, *rest = key.split("_")
-    return first + "".join(word.title() for word in rest)
 
 
 #: Param name: the BackupConfig field it sets
@@ -251,167 +242,85 @@ class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, Defaul
         return self._set(**self._input_kwargs)
 
     def _fit(self, dataset) -> NetworkClassificationModel:
-        from pyspark.sql import functions as F
-        spark = dataset.sparkSession
+        plan = self._plan()
         pixel_range = self._pixel_range()
-        mode = self._mode()
-        workers, backup = self.getOrDefault(self.workers), self.backup_config()
-        straggler = StragglerModel(self.getOrDefault(self.stragglerProb), self.getOrDefault(self.stragglerDelay))
-        if mode == "async":
-            from mnist_lenet_spark.async_sgd import AsyncSGD
-            staleness = self.getOrDefault(self.maxStaleness) if self.isDefined(self.maxStaleness) else None
-            try:
-                sgd = AsyncSGD(spark, workers, config=self.sgd_config(), straggler=straggler, max_staleness=staleness,
-                               lr_scaling=self.getOrDefault(self.lrScaling), model=self._network())
-            except ConfigError as e:
-                if str(e).startswith("max_staleness "):
-                    raise ConfigError(f"maxStaleness: {str(e)[len('max_staleness '):]}") from None
-                raise
-        else:
-            sgd = SyncSGD(spark, workers, config=self.sgd_config(), backup=backup, straggler=straggler,
-                          lr_scaling=self.getOrDefault(self.lrScaling), model=self._network())
-        features, label = self.getFeaturesCol(), self.getLabelCol()
-        train_df, val_df = dataset, None
-        has_indicator = self.isDefined(self.validationIndicatorCol) and bool(self.getValidationIndicatorCol())
-        if sgd.config.early_stopping_patience and not has_indicator:
-            raise ConfigError(f"earlyStoppingPatience {sgd.config.early_stopping_patience} needs validation rows: "
+        fit.check(plan)
+        train_rows, validation_rows = dataset, None
+        indicator = self.getValidationIndicatorCol() if self.isDefined(self.validationIndicatorCol) else ""
+        if plan.config.early_stopping_patience and not indicator:
+            raise ConfigError(f"earlyStoppingPatience {plan.config.early_stopping_patience} needs validation rows: "
                               f"set validationIndicatorCol")
-        if has_indicator:
-            indicator = self.getValidationIndicatorCol()
-            if indicator not in dataset.columns:
-                raise data.DataError(f"column '{indicator}' (validationIndicatorCol) not found")
-            is_val = F.coalesce(F.col(indicator).cast("boolean"), F.lit(False))
-            train_df, val_df = dataset.filter(~is_val), dataset.filter(is_val)
-        checkpointing = self._checkpointing(sgd)
-        state = self._start_state(sgd, spark)  # None: the network's initialisation
+        if indicator:
+            train_rows, validation_rows = fit.split_validation(dataset, indicator, "validationIndicatorCol")
+        state = self._start_state(plan, dataset.sparkSession)  # None: the network's initialisation
+        sgd = fit.trainer(dataset.sparkSession, plan)
         tracker = tracking.tracker(self.getOrDefault(self.mlflowTracking), "mlflowTracking")
-        on_step = self._progress(sgd)
+        features, label = self.getFeaturesCol(), self.getLabelCol()
         if tracker:
             tracker.start()
-            progress = on_step
-            on_step = (lambda record: (progress(record), tracker.on_step(record))) if progress else tracker.on_step
         try:
             if tracker:
-                tracker.log_training_params(sgd.config, sgd.backup, workers, sgd.model, self.getOrDefault(self.model),
-                                            lr_scaling=self.getOrDefault(self.lrScaling), estimator=type(self).__name__,
-                                            pixel_range=pixel_range, features_col=features, label_col=label,
-                                            mode=mode, resumed_from_step=state.step if state else 0,
-                                            initial_model=self.getOrDefault(self.initialModel) or "none")
-            result, staging_seconds = staging.fit_dataframes(
-                sgd, train_df, val_df, features, label, self.getOrDefault(self.stagingDir), pixel_range,
-                **checkpointing, state=state, on_step=on_step)
-            if checkpointing:  # the final state too, whatever the interval
-                checkpointing["checkpoint"](result.state)
-            model = self._model_class(result.params, numClasses=sgd.model.classes)  # the network's own
+                fit.track_start(tracker, plan, sgd, estimator=type(self).__name__, pixel_range=pixel_range,
+                                features_col=features, label_col=label, resumed_from_step=state.step if state else 0,
+                                initial_model=self.getOrDefault(self.initialModel) or "none")
+            source = fit.Frames(train_rows, validation_rows, features, label, self.getOrDefault(self.stagingDir),
+                                pixel_range)
+            fitted = fit.run(sgd, plan, source, state, fit.on_step_too(tracker, self._progress()))
+            result = fitted.result
+            model = self._model_class(result.params, numClasses=plan.network.classes)  # the network's own
             self._copyValues(model)
-            model._set(imageShape=list(sgd.model.input_shape))
-            model._summary = TrainingSummary(result.history, result.validation, staging_seconds, result.stopped_early,
-                                             result.stopped_step, result.best_step, result.best_metric, mode=mode)
-            if mode == "async":
+            model._set(imageShape=list(plan.network.input_shape))
+            model._summary = TrainingSummary(result.history, result.validation, fitted.staging_seconds,
+                                             result.stopped_early, result.stopped_step, result.best_step,
+                                             result.best_metric, mode=plan.mode)
+            if plan.mode == "async":
                 model._summary.staleness = result.staleness_summary()
                 model._summary.updates_per_second = result.updates_per_second
             if tracker:
-                _track_fit(tracker, model, sgd, result)
+                summary = dict(fitted.figures)
+                fit.track_result(tracker, fitted, plan, model.weights, f"{plan.workers} + {plan.backup.workers} "
+                                 f"workers, {sgd.sc.master}", pixel_range, summary)
+                model._summary.mlflow_run_id = summary["mlflow_run_id"]
+                model._summary.mlflow_model_uri = summary["mlflow_model_uri"]
+                tracker_summary = {**summary, "early_stopping_metric": plan.config.early_stopping_metric,
+                                   "validation": result.validation, "history": result.history}
         except BaseException as e:
             if tracker:
                 tracker.fail(e)
             raise
+        if tracker:
+            fit.track_end(tracker, tracker_summary, None)
         return model
 
-    def _mode(self) -> str:
-        """The ``mode`` Param, checked with the Params the asynchronous mode has no use for (a ConfigError naming
-        the Param: they are refused, not ignored)."""
-        mode = self.getOrDefault(self.mode)
-        if mode not in ("sync", "async"):
-            raise ConfigError(f"mode: must be 'sync' or 'async', got {mode!r}")
-        if mode == "async":
-            if self.getOrDefault(self.backupWorkers):
-                raise ConfigError(f"backupWorkers {self.getOrDefault(self.backupWorkers)}: the asynchronous mode "
-                                  f"(mode='async') has no steps to drop stragglers from; set 0")
-            default = BackupConfig()
-            for name, value in (("backupMode", default.mode), ("backupCombine", default.combine)):
-                if self.getOrDefault(name) != value:
-                    raise ConfigError(f"{name} {self.getOrDefault(name)!r}: the asynchronous mode (mode='async') has "
-                                      f"no backup workers; leave it {value!r}")
-            if self.getOrDefault(self.earlyStoppingPatience):
-                raise ConfigError(f"earlyStoppingPatience {self.getOrDefault(self.earlyStoppingPatience)}: the "
-                                  f"asynchronous mode (mode='async') validates once, at the end; set 0")
-        elif self.isDefined(self.maxStaleness):
-            raise ConfigError(f"maxStaleness {self.getOrDefault(self.maxStaleness)}: only the asynchronous mode "
-                              f"(mode='async') has stale gradients; leave it unset")
-        return mode
+    def _plan(self) -> fit.FitPlan:
+        """The fit the Params ask for (each bad value a ConfigError naming its Param)."""
+        straggler = StragglerModel(self.getOrDefault(self.stragglerProb), self.getOrDefault(self.stragglerDelay))
+        return fit.FitPlan(self._network(), self.getOrDefault(self.model), self.getOrDefault(self.workers),
+                           self.getOrDefault(self.mode), self.sgd_config(), self.backup_config(),
+                           self.getOrDefault(self.lrScaling), straggler,
+                           self.getOrDefault(self.maxStaleness) if self.isDefined(self.maxStaleness) else None,
+                           spelling=fit.PARAMS, checkpoint_dir=self.getOrDefault(self.checkpointDir) or None,
+                           checkpoint_every=max(self.getOrDefault(self.checkpointInterval), 0))
 
-    def _checkpoint_settings(self, sgd: SyncSGD) -> dict:
-        """What a checkpoint records of the fit that wrote it, and a resumed fit must share (``resume``)."""
-        return {"mode": self.getOrDefault(self.mode), "seed": sgd.config.seed, "batch_size": sgd.config.batch_size,
-                "workers": sgd.workers, "backup_workers": sgd.backup.workers,
-                "model": models.identity(self.getOrDefault(self.model), sgd.model)}
-
-    def _checkpointing(self, sgd: SyncSGD) -> dict:
-        folder = self.getOrDefault(self.checkpointDir)
-        if not folder:
-            return {}
-        path, settings = Path(folder) / "checkpoint.npz", self._checkpoint_settings(sgd)
-        return {"checkpoint": lambda state: training.save_checkpoint(path, state, sgd.config, settings),
-                "checkpoint_every": max(self.getOrDefault(self.checkpointInterval), 0)}
-
-    def _start_state(self, sgd: SyncSGD, spark) -> training.TrainState | None:
+    def _start_state(self, plan: fit.FitPlan, spark) -> update.TrainState | None:
         """Where the fit starts: checkpointDir's checkpoint (``resume``), a saved model's weights (``initialModel``),
         or None: the network's initialisation. ConfigError naming the Param when they do not fit this fit."""
         initial, resume = self.getOrDefault(self.initialModel), self.getOrDefault(self.resume)
         if initial and resume:
             raise ConfigError(f"initialModel {initial!r} and resume: give one (resume goes on from checkpointDir's "
                               f"checkpoint; initialModel starts a new schedule from a model's weights)")
-        if resume:
-            folder = self.getOrDefault(self.checkpointDir)
-            if not folder:
-                raise ConfigError("resume: needs checkpointDir, the folder of the checkpoint.npz to go on from")
-            return training.resume_state(Path(folder) / "checkpoint.npz", self._checkpoint_settings(sgd), sgd.model,
-                                         sgd.config, _param_name)
-        if not initial:
-            return None
-        weights = NetworkClassificationModel.read().session(spark).load(initial).weights  # DataError: no model there
-        state = training.warm_state(weights, sgd.model, sgd.config.seed, f"initialModel {initial}")
-        if self.getOrDefault(self.mode) == "async":
-            state.positions = [0] * sgd.workers  # every shard from its start
-        log.info("starting from the weights of %s", initial)
-        return state
+        if resume and plan.checkpoint is None:
+            raise ConfigError("resume: needs checkpointDir, the folder of the checkpoint.npz to go on from")
+        weights = NetworkClassificationModel.read().session(spark).load(initial).weights if initial else None
+        return fit.start_state(plan, resume, (f"initialModel {initial}", weights) if initial else None)
 
-    def _progress(self, sgd: SyncSGD):
-        """Each step's progress: a bar in a notebook or on a terminal, else a log line now and then."""
+    def _progress(self):
+        """Each step's progress, when asked for: a bar in a notebook or on a terminal, else a log line now and
+        then."""
         if not self.getOrDefault(self.showProgress):
             return None
         from mnist_lenet_spark.progress import StepProgress
         return StepProgress().update
-
-
-def _track_fit(tracker: tracking.Tracker, model: NetworkClassificationModel, sgd: SyncSGD,
-               result: training.FitResult) -> None:
-    """A fit's validations, final numbers, summary, plots and model into its MLflow run, which then ends (unless
-    it is the caller's)."""
-    from mnist_lenet_spark.jobs.runs import step_statistics
-    s = model.summary
-    last = result.history[-1]["step"] if result.history else 0
-    final = {"final_loss": result.history[-1]["loss"] if result.history else None,
-             "staging_seconds": s.staging_seconds, "setup_seconds": result.setup_seconds,
-             **step_statistics(result.history), "stopped_early": s.stopped_early, "stopped_step": s.stopped_step,
-             "best_step": s.best_step, "best_metric": s.best_metric,
-             "validation_accuracy": result.params_validation_accuracy(sgd.config),  # the model's
-             "late_tasks_stopped_by_signal": result.late_tasks.get("stopped_by_signal", 0),
-             "late_tasks_killed_by_spark": result.late_tasks.get("killed_by_spark", 0)}
-    if s.mode == "async":
-        from mnist_lenet_spark.jobs.runs import async_statistics
-        final.update(async_statistics(result))
-    tracker.log_validation(result.validation)
-    tracker.log_final(final, step=last)
-    tracker.log_plots(result.history, result.validation,
-                      f"{sgd.workers} + {sgd.backup.workers} workers, {sgd.sc.master}")
-    tracker.log_model(sgd.model, model.weights, model.getPixelRange())
-    s.mlflow_run_id, s.mlflow_model_uri = tracker.run_id, tracker.model_info.model_uri
-    tracker.log_summary({**final, "early_stopping_metric": sgd.config.early_stopping_metric,
-                         "mlflow_run_id": s.mlflow_run_id, "mlflow_model_uri": s.mlflow_model_uri,
-                         "validation": result.validation, "history": result.history})
-    tracker.finish()
 
 
 #: Spark 4 hands an Arrow UDF over a columnar source (Parquet) every column of its input in Arrow, which has no
@@ -442,7 +351,7 @@ class NetworkClassificationModel(Model, _NetworkParams, MLReadable, MLWritable):
     def __init__(self, weights: base.Params | None = None, numClasses: int | None = None):
         self._num_classes = numClasses
         super().__init__()
-        # a LeNet from an earlier version names its weights W1 .. b4
+        # a LeNet saved by version 0.1.0 names its weights W1 .. b4
         self.weights = None if weights is None else definitions.legacy_lenet_weights(weights)
         self._summary: TrainingSummary | None = None
 
@@ -475,10 +384,8 @@ class NetworkClassificationModel(Model, _NetworkParams, MLReadable, MLWritable):
         return self._summary
 
     def networkSummary(self) -> str:
-        """Each layer of a composed network with its output shape and parameter count, and the total; a preset's
-        name."""
-        network = self._network()
-        return network.summary() if hasattr(network, "summary") else f"the preset '{self.getOrDefault(self.model)}'"
+        """Each layer of the network with its output shape and parameter count, and the total."""
+        return self._network().summary()
 
     def predict(self, images: np.ndarray, pixelRange: str | None = None) -> np.ndarray:
         """Classes (n,) of images (n, ...) of C x H x W pixels each (MNIST: (n, 28, 28)), on the driver; pixels as
@@ -538,7 +445,7 @@ class _ModelWriter(MLWriter):
     def saveImpl(self, path: str) -> None:
         paths.check_writable_together(self.sparkSession.sparkContext, path, "model path")
         params = {p.name: value for p, value in self.instance._paramMap.items()}
-        params["numClasses"] = self.instance.numClasses  # with the Params, where earlier versions read it
+        params["numClasses"] = self.instance.numClasses  # with the Params, where version 0.2.0 reads it
         DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession, paramMap=params)
         rows = [(i, name, list(value.shape), str(value.dtype), value.tobytes())
                 for i, (name, value) in enumerate(self.instance.weights.items())]
@@ -571,7 +478,7 @@ class _ModelReader(MLReader):
 
 
 class LeNetClassificationModel(NetworkClassificationModel):
-    """A trained LeNet (``LeNetClassifier``); models saved by earlier versions load as this class too."""
+    """A trained LeNet (``LeNetClassifier``); LeNet models saved by version 0.1.0 load as this class too."""
 
 
 class LeNetClassifier(NetworkClassifier):

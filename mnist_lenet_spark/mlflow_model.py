@@ -51,7 +51,7 @@ class NetworkModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         from mnist_lenet_spark import models
         definition = json.loads(Path(context.artifacts["network"]).read_text())
-        self.network = models.by_name(definition)
+        self.network = models.network_from(definition)
         contract = context.artifacts.get("input")  # absent in a model logged by 0.2.0: pixels 0..255
         self.pixel_range = json.loads(Path(contract).read_text())["pixel_range"] if contract else "0..255"
         with np.load(context.artifacts["weights"]) as z:

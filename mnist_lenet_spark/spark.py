@@ -1,5 +1,5 @@
-"""The Spark trainer, on the driver: each step broadcasts the parameters (with the step's batch indices),
-runs ``tasks.step_task`` in ``mapPartitions`` over an RDD of one partition per shard, made once per
+"""The Spark trainers' shared part (``SparkTrainer``) and the synchronous trainer, on the driver: each step
+broadcasts the parameters (with the step's batch indices), runs ``tasks.step_task`` in ``mapPartitions`` over an RDD of one partition per shard, made once per
 fit, and adds the ``GradientSum``s with ``treeReduce`` for ``training.fit_loop`` (with backup workers
 the step is ``backup.BackupStep``). The uint8 training set is broadcast once per ``fit`` and kept by
 the reused Python workers; a warm-up job readies those workers while the data is being staged.
@@ -23,57 +23,63 @@ from mnist_lenet_spark.executor import inference, rows, tasks
 from mnist_lenet_spark.executor.emulation import EmulatedCompute
 from mnist_lenet_spark.executor.shards import StagedShards
 from mnist_lenet_spark.executor.straggler import StragglerModel
-from mnist_lenet_spark.loop import sharding, training
+from mnist_lenet_spark.loop import sharding, training, update
+from mnist_lenet_spark.cluster import task_errors
 from mnist_lenet_spark import models, spark_conf
 from mnist_lenet_spark.models import base
 from mnist_lenet_spark.session import session  # noqa: F401  (the README's ``msp.session``)
 
 log = logging.getLogger(__name__)
 
-class SyncSGD:
-    """Synchronous SGD over ``workers`` Spark tasks per step; effective batch = batch_size x workers.
+class SparkTrainer:
+    """What the Spark trainers share (``SyncSGD``; ``async_sgd.AsyncSGD``): the session's checks, the model, the
+    settings, the warm-up job, arrays broadcast once per fit, and validation over the cluster. A trainer adds
+    ``fit_data`` and says how many shards it trains (``shards``).
 
     Parameters
     ----------
     spark : SparkSession or SparkContext
-    workers : gradient tasks (shards) per step
-    config : an ``SGDConfig`` (SystemML's schedule by default)
-    backup : a ``BackupConfig`` (no backup workers by default)
+    workers : gradient tasks (shards) of the trainer
+    config : an ``SGDConfig`` (SystemML's schedule by default), run as ``config.scaled_for(examples_per_update /
+        batch_size, lr_scaling)``
     model : any ``models.base.Model``; LeNet by default
     straggler : a ``straggler.StragglerModel`` that delays tasks, for experiments
     emulation : an ``emulation.EmulatedCompute``: tasks sleep a drawn time instead of computing (benchmarks)
-    lr_scaling : "linear" multiplies lr by (workers x batch_size / 64); pair it with warmup_steps
-    **options : any ``SGDConfig`` field (``batch_size=64, seed=0, lr=0.01, ...``), or ``backup_workers``,
-        ``backup_mode``, ``backup_grace``, ``backup_cancel``, ``backup_signal``, ``backup_combine`` (the
-        ``BackupConfig`` fields); they override ``config`` and ``backup``.
+    **options : any ``SGDConfig`` field (``batch_size=64, seed=0, lr=0.01, ...``); they override ``config``
     """
-
-    def __init__(self, spark, workers: int = 2, *, config: SGDConfig | None = None,
-                 backup: BackupConfig | None = None, model: base.Model | None = None,
+    def __init__(self, spark, workers: int = 2, *, config: SGDConfig | None = None, model: base.Model | None = None,
                  straggler: StragglerModel | None = None, lr_scaling: str = "none",
                  emulation: EmulatedCompute | None = None, **options):
         if type(workers) is not int or workers < 1:
             raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
-        sgd_options, backup_options, unknown = split_options(options)
+        unknown = set(options) - {f.name for f in dataclasses.fields(SGDConfig)}
         if unknown:
-            raise TypeError(f"SyncSGD() got an unexpected keyword argument {sorted(unknown)[0]!r}")
-        config = dataclasses.replace(config or SGDConfig(), **sgd_options)
-        self.config = config.scaled_for(workers, lr_scaling)
-        self.backup = dataclasses.replace(backup or BackupConfig(), **backup_options)
+            raise TypeError(f"{type(self).__name__}() got an unexpected keyword argument {sorted(unknown)[0]!r}")
+        config = dataclasses.replace(config or SGDConfig(), **options)
+        self.workers = workers
+        self.config = config.scaled_for(self._batches_per_update(), lr_scaling)
         self.sc = getattr(spark, "sparkContext", spark)
         spark_conf.check(self.sc)  # a session not made by session(): one warning per SparkContext
         probe.check_executors(self.sc)  # executors that cannot import the package: one ConfigError line
-        self.workers = workers
-        self.model = model if model is not None else models.by_name("lenet")
+        self.model = model if model is not None else models.network_from("lenet")
         self.straggler = straggler if straggler is not None and straggler.active else None
         if self.straggler:
-            self.straggler.check_partitions(workers + self.backup.workers)
+            self.straggler.check_partitions(self.shards)
         if emulation is not None:
             emulation.check()
         self.emulation = emulation
         self.threads = int(self.sc.getConf().get("spark.task.cpus", "1"))
         self._warm_up: tuple[threading.Thread, float] | None = None  # (job thread, when it started)
         self.warm_pids: list[int] = []  # the Python workers the last warm-up readied
+
+    @property
+    def shards(self) -> int:
+        """The shards the training set is split into: one task each."""
+        return self.workers
+
+    def _batches_per_update(self) -> int:
+        """How many mini-batches of ``batch_size`` one update applies (``lr_scaling``'s rule): one per worker."""
+        return self.workers
 
     def _context(self, spec: base.ParamSpec, dropout: bool = False) -> tasks.TaskContext:
         return tasks.TaskContext(self.model, spec, self.threads, dropout, self.straggler, self._max_attempts(),
@@ -101,7 +107,7 @@ class SyncSGD:
         params = self.model.init_params(0)
         spec = base.param_spec(params)
         ctx = self._context(spec)
-        shards = self.workers + self.backup.workers
+        shards = self.shards
 
         def run():
             self.sc.setJobDescription("warm-up: Python workers")
@@ -111,7 +117,7 @@ class SyncSGD:
                     partial(tasks.warm_task, ctx, source, bc, self.config.batch_size)).treeReduce(add)
                 self.warm_pids = sorted(set(report.pids))
             except Exception as e:  # only an optimisation: a real problem shows again in the first step
-                log.warning("warm-up job failed: %s", training.task_error(e))
+                log.warning("warm-up job failed: %s", task_errors.task_error(e))
             finally:
                 if self.sc._jsc is not None:  # not stopped meanwhile
                     bc.destroy(blocking=False)
@@ -128,31 +134,9 @@ class SyncSGD:
         self._warm_up = None
         return time.perf_counter() - started
 
-    # -- one given batch ---------------------------------------------------------------------------
-    def gradient(self, params: base.Params, X: np.ndarray, y: np.ndarray) -> tuple[float, base.Params]:
-        """Loss and gradients of one scaled batch X (n, C, H, W), y (n,) split over the workers, without dropout.
-        For a model without state it equals ``model.loss_and_grads(params, X, y, train=False,
-        l2=self.config.l2)``. A model with state (batch norm) computes in training mode on each worker's part:
-        each part is normalised with its own batch statistics, whose example-weighted mean is in the STATE slots;
-        so it equals ``train=True`` on the whole batch only with one worker. Keeps the dtype of params."""
-        if len(y) == 0 or len(X) != len(y):
-            raise ConfigError(f"gradient needs a non-empty batch with one label per example, "
-                              f"got {len(X)} examples and {len(y)} labels")
-        spec = base.param_spec(params)
-        flat = base.flatten(params, spec)  # (P,)
-        parts = [(X[a:b], y[a:b]) for a, b in sharding.shard_bounds(len(y), self.workers) if b > a]
-        bc = self.sc.broadcast(flat)
-        try:
-            report = self.sc.parallelize(parts, len(parts)).mapPartitions(
-                partial(tasks.given_batch_task, self._context(spec), bc)).treeReduce(add)
-        finally:
-            bc.destroy(blocking=False)
-        loss, grad = training.loss_and_gradient(report.sums, flat, spec, self.model, self.config.l2)
-        return loss, base.unflatten(grad, spec)
-
     # -- training ----------------------------------------------------------------------------------
     def fit(self, X_train: np.ndarray, y_train: np.ndarray, epochs: int | None = None, validation_data=None, *,
-            max_steps: int | None = None, on_step=None, state: training.TrainState | None = None,
+            max_steps: int | None = None, on_step=None, state: update.TrainState | None = None,
             checkpoint=None, checkpoint_every: int = 0, pixel_range: str | None = None) -> training.FitResult:
         """Train on images ``X_train`` (N, ...) of the model's C x H x W pixels each (MNIST: (N, 28, 28); else
         (N, C, H, W) or (N, C*H*W), channel-major) and labels ``y_train`` (N,).
@@ -183,9 +167,86 @@ class SyncSGD:
             if val_bc:
                 val_bc.destroy(blocking=False)
 
+    def _evaluate(self, spec, source, flat, chunk: int = 1000) -> dict[str, float]:
+        """{accuracy, loss} on the validation data (broadcast or staged), counted over the cluster; the loss is the
+        mean cross-entropy in inference mode, without the L2 term."""
+        sizes = source.sizes()
+        self.sc.setJobDescription("validation")
+        bc = self.sc.broadcast(flat)
+        try:
+            correct, loss_sum = source.ranges(self.sc, self.workers, chunk).mapPartitions(
+                partial(inference.correct_and_loss_task, self._context(spec), source, bc)).sum()
+        finally:
+            bc.destroy(blocking=False)
+        count = sum(n for _, n in sizes)
+        return {"accuracy": float(correct) / count, "loss": float(loss_sum) / count}
+
+    def predict(self, params: base.Params, images: np.ndarray, pixel_range: str | None = None) -> np.ndarray:
+        """Classes (N,) that ``params`` give ``images`` (N, ...) (uint8, or numbers in a declared ``pixel_range``, as
+        ``fit``), on the driver in batches of 500."""
+        images = rows.model_pixels(self.model, images, "images", pixel_range)
+        return np.argmax(inference.predict_images(self.model, params, images), axis=1)
+
+    def accuracy(self, params: base.Params, images: np.ndarray, labels: np.ndarray,
+                 pixel_range: str | None = None) -> float:
+        """Accuracy of ``params`` on ``images`` (N, ...) of C x H x W pixels each (uint8, or numbers in a declared
+        ``pixel_range``, as ``fit``), counted over the cluster."""
+        images = rows.model_pixels(self.model, images, "images", pixel_range)
+        spec = base.param_spec(params)
+        bc = self.sc.broadcast((images, np.asarray(labels)))
+        try:
+            return self._evaluate(spec, tasks.BroadcastData(bc), base.flatten(params, spec))["accuracy"]
+        finally:
+            bc.destroy(blocking=False)
+
+
+class SyncSGD(SparkTrainer):
+    """Synchronous SGD over ``workers`` Spark tasks per step; effective batch = batch_size x workers.
+
+    Takes ``SparkTrainer``'s parameters (``lr_scaling``: "linear" multiplies lr by workers x batch_size / 64; pair
+    it with warmup_steps) and:
+
+    backup : a ``BackupConfig`` (no backup workers by default)
+    **options : also ``backup_workers``, ``backup_mode``, ``backup_grace``, ``backup_cancel``, ``backup_signal``,
+        ``backup_combine`` (the ``BackupConfig`` fields); they override ``backup``.
+    """
+
+    def __init__(self, spark, workers: int = 2, *, backup: BackupConfig | None = None, **options):
+        _, backup_options, _ = split_options(options)
+        rest = {k: v for k, v in options.items()  # SparkTrainer's, checked there
+                if not (k.startswith("backup_") and k[len("backup_"):] in backup_options)}
+        self.backup = dataclasses.replace(backup or BackupConfig(), **backup_options)
+        super().__init__(spark, workers, **rest)
+
+    @property
+    def shards(self) -> int:
+        return self.workers + self.backup.workers
+
+    # -- one given batch ---------------------------------------------------------------------------
+    def gradient(self, params: base.Params, X: np.ndarray, y: np.ndarray) -> tuple[float, base.Params]:
+        """Loss and gradients of one scaled batch X (n, C, H, W), y (n,) split over the workers, without dropout.
+        For a model without state it equals ``model.loss_and_grads(params, X, y, train=False,
+        l2=self.config.l2)``. A model with state (batch norm) computes in training mode on each worker's part:
+        each part is normalised with its own batch statistics, whose example-weighted mean is in the STATE slots;
+        so it equals ``train=True`` on the whole batch only with one worker. Keeps the dtype of params."""
+        if len(y) == 0 or len(X) != len(y):
+            raise ConfigError(f"gradient needs a non-empty batch with one label per example, "
+                              f"got {len(X)} examples and {len(y)} labels")
+        spec = base.param_spec(params)
+        flat = base.flatten(params, spec)  # (P,)
+        parts = [(X[a:b], y[a:b]) for a, b in sharding.shard_bounds(len(y), self.workers) if b > a]
+        bc = self.sc.broadcast(flat)
+        try:
+            report = self.sc.parallelize(parts, len(parts)).mapPartitions(
+                partial(tasks.given_batch_task, self._context(spec), bc)).treeReduce(add)
+        finally:
+            bc.destroy(blocking=False)
+        loss, grad = update.loss_and_gradient(report.sums, flat, spec, self.model, self.config.l2)
+        return loss, base.unflatten(grad, spec)
+
     def fit_data(self, source: tasks.BroadcastData | StagedShards, num_examples: int,
                  epochs: int | None = None, validation: tasks.BroadcastData | StagedShards | None = None, *,
-                 max_steps: int | None = None, on_step=None, state: training.TrainState | None = None,
+                 max_steps: int | None = None, on_step=None, state: update.TrainState | None = None,
                  checkpoint=None, checkpoint_every: int = 0) -> training.FitResult:
         """``fit`` on data already on the executors: broadcast arrays, or shards staged from a DataFrame.
 
@@ -193,11 +254,11 @@ class SyncSGD:
         broadcast of the data) to the first step; steps are timed apart from it."""
         config = dataclasses.replace(self.config, epochs=epochs or self.config.epochs,
                                      max_steps=max_steps or self.config.max_steps)
-        shards = self.workers + self.backup.workers
+        shards = self.shards
         try:  # whatever fails before the first step, no warm-up job outlives the call
             config.check_data(num_examples, shards)
             self.start_warm_up()  # unless fit or fit_dataframes started it already
-            spec, fresh = training.new_state(self.model, config.seed)
+            spec, fresh = update.new_state(self.model, config.seed)
             if state is not None and state.positions is not None:
                 raise ConfigError("state: it is an asynchronous run's (AsyncSGD): a synchronous run cannot resume it")
             state = state or fresh
@@ -236,41 +297,9 @@ class SyncSGD:
         except Exception as e:  # Spark gave up on a task (it retried up to its max attempts)
             if "Py4J" not in type(e).__name__ and "PythonException" not in type(e).__name__:
                 raise
-            raise training.StepFailure(f"step {batches[0].key.step + 1}: a gradient task failed for good: "
-                                       f"{training.task_error(e)}") from None
+            raise task_errors.StepFailure(f"step {batches[0].key.step + 1}: a gradient task failed for good: "
+                                       f"{task_errors.task_error(e)}") from None
         finally:
             bc.destroy(blocking=False)  # or the executors fill up with old parameters
         return report.sums, {"step_seconds": time.perf_counter() - t0, "pids": sorted(report.pids),
                              "task_seconds": max(report.seconds), "each_task_seconds": list(report.seconds)}
-
-    def _evaluate(self, spec, source, flat, chunk: int = 1000) -> dict[str, float]:
-        """{accuracy, loss} on the validation data (broadcast or staged), counted over the cluster; the loss is the
-        mean cross-entropy in inference mode, without the L2 term."""
-        sizes = source.sizes()
-        self.sc.setJobDescription("validation")
-        bc = self.sc.broadcast(flat)
-        try:
-            correct, loss_sum = source.ranges(self.sc, self.workers, chunk).mapPartitions(
-                partial(inference.correct_and_loss_task, self._context(spec), source, bc)).sum()
-        finally:
-            bc.destroy(blocking=False)
-        count = sum(n for _, n in sizes)
-        return {"accuracy": float(correct) / count, "loss": float(loss_sum) / count}
-
-    def predict(self, params: base.Params, images: np.ndarray, pixel_range: str | None = None) -> np.ndarray:
-        """Classes (N,) that ``params`` give ``images`` (N, ...) (uint8, or numbers in a declared ``pixel_range``, as
-        ``fit``), on the driver in batches of 500."""
-        images = rows.model_pixels(self.model, images, "images", pixel_range)
-        return np.argmax(inference.predict_images(self.model, params, images), axis=1)
-
-    def accuracy(self, params: base.Params, images: np.ndarray, labels: np.ndarray,
-                 pixel_range: str | None = None) -> float:
-        """Accuracy of ``params`` on ``images`` (N, ...) of C x H x W pixels each (uint8, or numbers in a declared
-        ``pixel_range``, as ``fit``), counted over the cluster."""
-        images = rows.model_pixels(self.model, images, "images", pixel_range)
-        spec = base.param_spec(params)
-        bc = self.sc.broadcast((images, np.asarray(labels)))
-        try:
-            return self._evaluate(spec, tasks.BroadcastData(bc), base.flatten(params, spec))["accuracy"]
-        finally:
-            bc.destroy(blocking=False)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnist_lenet_spark import files
 from mnist_lenet_spark.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class Tracker:
         values = dict(dataclasses.asdict(config))
         values.update({f"backup_{k}": v for k, v in dataclasses.asdict(backup).items()})
         values.update({"workers": workers, "shards": workers + backup.workers,
-                       "model": models.identity(model_name, network) if isinstance(model_name, str) else "network",
+                       "model": models.fingerprint(model_name, network),
                        "model_definition_sha256": definition_hash(network),
                        "input_shape": "x".join(map(str, network.input_shape)), "classes": network.classes, **extra})
         self.log_params(values)
@@ -179,10 +180,9 @@ class Tracker:
 
     # -- artifacts -------------------------------------------------------------------------------------------------
     def log_summary(self, summary: dict, name: str = "summary.json") -> None:
-        from mnist_lenet_spark.jobs.runs import strict_json
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / name
-            path.write_text(strict_json(summary, indent=2) + "\n")
+            path.write_text(files.strict_json(summary, indent=2) + "\n")
             self.client.log_artifact(self.run_id, str(path))
 
     def log_plots(self, history: list[dict], validation: list[dict], title: str) -> None:

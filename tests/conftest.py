@@ -29,7 +29,7 @@ def spark(request):
 def tiny_problem(n, seed=0, dtype=np.float32):
     rng = np.random.default_rng(seed)
     from mnist_lenet_spark import models
-    params = {k: v.astype(dtype) for k, v in models.by_name("lenet").init_params(seed).items()}
+    params = {k: v.astype(dtype) for k, v in models.network_from("lenet").init_params(seed).items()}
     X = rng.uniform(-1, 1, (n, 1, 28, 28)).astype(dtype)
     return params, X, rng.integers(0, 10, n)
 

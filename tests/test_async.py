@@ -178,7 +178,7 @@ def test_batch_norm_statistics_travel_in_the_push_and_move_as_in_the_synchronous
     """ResNet, one task: the pushed sums carry the batch statistics in the state slots; the apply thread moves the
     running statistics as the single-process trainer does."""
     from threadpoolctl import threadpool_limits
-    model = models.by_name("resnet")
+    model = models.network_from("resnet")
     images, labels = mnist.train.images[:32], mnist.train.labels[:32]
     result = AsyncSGD(spark, workers=1, batch_size=8, seed=5, model=model).fit(images, labels, max_steps=3)
     with threadpool_limits(limits=1):
@@ -192,7 +192,7 @@ def test_batch_norm_statistics_travel_in_the_push_and_move_as_in_the_synchronous
 def test_two_workers_train_resnet_and_move_its_running_statistics(spark, mnist):
     """ResNet-8 under asynchrony (staleness about 1): the loss falls clearly from its start, and every batch norm's
     running statistics leave their initial (0, 1), staying finite with variances above 0."""
-    model = models.by_name("resnet")
+    model = models.network_from("resnet")
     images, labels = mnist.train.images[:1024], mnist.train.labels[:1024]
     result = AsyncSGD(spark, workers=2, batch_size=16, seed=0, model=model, lr=LR_RESNET).fit(
         images, labels, epochs=3, max_steps=STEPS_RESNET)
@@ -218,7 +218,7 @@ def test_two_workers_train_lenet_with_staleness_recorded(spark, mnist):
     assert {h["shard"] for h in result.history} == {0, 1}
     first, last = np.mean([h["loss"] for h in result.history[:20]]), np.mean([h["loss"] for h in result.history[-20:]])
     assert last < 0.6 * first, (first, last)
-    correct, _ = inference.correct_and_loss(models.by_name("lenet"), result.params, mnist.test.images[:1000],
+    correct, _ = inference.correct_and_loss(models.network_from("lenet"), result.params, mnist.test.images[:1000],
                                             mnist.test.labels[:1000])
     assert correct / 1000 > 0.8
 
@@ -226,8 +226,8 @@ def test_two_workers_train_lenet_with_staleness_recorded(spark, mnist):
 def test_bad_options_raise_config_errors(spark):
     with pytest.raises(ConfigError, match="max_staleness"):
         AsyncSGD(spark, workers=2, max_staleness=-1)
-    with pytest.raises(ConfigError, match="backup_workers"):
-        AsyncSGD(spark, workers=2, backup_workers=1)
+    with pytest.raises(TypeError, match=r"AsyncSGD\(\) got an unexpected keyword argument 'backup_workers'"):
+        AsyncSGD(spark, workers=2, backup_workers=1)  # it has none: not a setting it takes only to refuse
     with pytest.raises(ConfigError, match="finish_seconds"):
         AsyncSGD(spark, workers=2, finish_seconds=0)
     images = np.zeros((64, 28, 28), np.uint8)
@@ -238,7 +238,7 @@ def test_bad_options_raise_config_errors(spark):
 
 def test_a_lost_task_does_not_stall_the_end_and_losing_all_fails_the_fit(spark, mnist):
     from mnist_lenet_spark.executor.straggler import StragglerModel
-    from mnist_lenet_spark.loop.training import StepFailure
+    from mnist_lenet_spark.cluster.task_errors import StepFailure
     images, labels = mnist.train.images[:128], mnist.train.labels[:128]
     lose_one = StragglerModel(failing_partitions=(1,))  # every attempt of shard 1 fails (local[2]: one attempt)
     result = AsyncSGD(spark, workers=2, batch_size=16, straggler=lose_one).fit(images, labels, max_steps=6)

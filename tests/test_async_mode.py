@@ -11,7 +11,7 @@ from mnist_lenet_spark import models
 from mnist_lenet_spark.async_sgd import AsyncSGD
 from mnist_lenet_spark.config import ConfigError, SGDConfig
 from mnist_lenet_spark import local
-from mnist_lenet_spark.loop import training
+from mnist_lenet_spark.loop import checkpoint, update
 from mnist_lenet_spark.ml import LeNetClassificationModel, LeNetClassifier, NetworkClassifier
 from tests.conftest import ROOT, load_job, own_tracebacks
 
@@ -58,7 +58,7 @@ def test_the_job_in_async_mode_trains_and_reports_staleness_and_updates_per_seco
 
 @pytest.mark.parametrize("flags,message", [
     (["--backup-workers", "1"], "--backup-workers 1: the asynchronous mode (--mode async) has no steps to drop "
-                                "stragglers from; give 0"),
+                                "stragglers from; set 0"),
     (["--backup-mode", "wait-all"], "--backup-mode: not with --mode async"),
     (["--backup-combine", "executors"], "--backup-combine: not with --mode async"),
     (["--validate-every", "5"], "--validate-every: not with --mode async"),
@@ -80,18 +80,18 @@ def test_backup_workers_from_the_training_conf_with_async_is_one_line_and_status
     proc = run("--mode", "async", "--training-conf", str(conf), check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == ("train_lenet: error: --backup-workers 1: the asynchronous mode "
-                                                    "(--mode async) has no steps to drop stragglers from; give 0")
+                                                    "(--mode async) has no steps to drop stragglers from; set 0")
     assert not own_tracebacks(proc.stderr), proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize("written,resumed", [("sync", "async"), ("async", "sync")])
 def test_a_checkpoint_resumes_only_in_the_mode_that_wrote_it(tmp_path, written, resumed):
     """Refused before Spark starts: one line, status 2."""
-    _, state = training.new_state(models.by_name("lenet"), 0)
+    _, state = update.new_state(models.network_from("lenet"), 0)
     if written == "async":
         state.positions = [3, 2]
     state.step = 5
-    training.save_checkpoint(tmp_path / "checkpoint.npz", state, SGDConfig())
+    checkpoint.save_checkpoint(tmp_path / "checkpoint.npz", state, SGDConfig())
     proc = run("--mode", resumed, "--checkpoint-dir", str(tmp_path), "--resume", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
@@ -106,7 +106,7 @@ def test_the_job_resumes_an_async_run_with_its_update_count_continued(tmp_path):
     from mnist_lenet_spark import data
     common = ["--mode", "async", "--workers", "1", "--limit-train", "96", "--batch-size", "16", "--epochs", "2"]
     run(*common, "--max-steps", "4", "--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-every", "2")
-    state, meta = training.load_checkpoint(tmp_path / "ck" / "checkpoint.npz")
+    state, meta = checkpoint.load_checkpoint(tmp_path / "ck" / "checkpoint.npz")
     assert (state.step, state.positions, meta["mode"]) == (4, [4], "async")
     run(*common, "--max-steps", "9", "--checkpoint-dir", str(tmp_path / "ck"), "--resume",
         "--model-out", str(tmp_path / "resumed.npz"), "--metrics", str(tmp_path / "m.jsonl"))
@@ -131,10 +131,10 @@ def test_one_worker_resumed_from_a_checkpoint_equals_an_uninterrupted_run(spark,
 
     def save(state):
         written.append(state.step)
-        training.save_checkpoint(path, state, SGDConfig())
+        checkpoint.save_checkpoint(path, state, SGDConfig())
     AsyncSGD(spark, workers=1, batch_size=16, seed=3).fit(images, labels, epochs=2, max_steps=4, checkpoint=save,
                                                           checkpoint_every=2)
-    state, _ = training.load_checkpoint(path)
+    state, _ = checkpoint.load_checkpoint(path)
     assert written == [2, 4] and (state.step, state.epoch, state.positions) == (4, 0, [4])
     resumed = AsyncSGD(spark, workers=1, batch_size=16, seed=3).fit(images, labels, epochs=2, max_steps=9,
                                                                     state=state)
@@ -155,9 +155,9 @@ def test_two_workers_resume_with_the_count_and_each_shards_position_continued(sp
 
     def save(state):
         if state.step == 6:
-            training.save_checkpoint(path, state, SGDConfig())
+            checkpoint.save_checkpoint(path, state, SGDConfig())
     AsyncSGD(spark, workers=2, batch_size=16).fit(images, labels, max_steps=10, checkpoint=save, checkpoint_every=3)
-    state, _ = training.load_checkpoint(path)
+    state, _ = checkpoint.load_checkpoint(path)
     assert state.step == 6 and sum(state.positions) == 6 and len(state.positions) == 2
     before = list(state.positions)
     config = SGDConfig(batch_size=16, epochs=2)
@@ -171,7 +171,7 @@ def test_two_workers_resume_with_the_count_and_each_shards_position_continued(sp
 def test_a_state_of_the_other_mode_is_refused(spark, mnist):
     from mnist_lenet_spark.spark import SyncSGD
     images, labels = mnist.train.images[:64], mnist.train.labels[:64]
-    _, state = training.new_state(models.by_name("lenet"), 0)
+    _, state = update.new_state(models.network_from("lenet"), 0)
     with pytest.raises(ConfigError, match=r"state: it is a synchronous run's \(no shard positions\)"):
         AsyncSGD(spark, workers=2, batch_size=16).fit(images, labels, max_steps=2, state=state)
     state.positions = [0, 0, 0]
@@ -191,7 +191,7 @@ def test_the_estimator_in_async_mode_fits_transforms_saves_and_loads(spark, mnis
     assert s.mode == "async" and len(s.history) == 10 and s.updates_per_second > 0
     assert 0 <= s.staleness["mean"] <= s.staleness["max"] and 0 <= s.staleness["p90"] <= s.staleness["max"]
     assert s.staleness["max"] == max(h["staleness"] for h in s.history)
-    state, _ = training.load_checkpoint(tmp_path / "ck" / "checkpoint.npz")
+    state, _ = checkpoint.load_checkpoint(tmp_path / "ck" / "checkpoint.npz")
     assert state.step == 10 and sum(state.positions) == 10
     model.write().overwrite().save(str(tmp_path / "model"))
     loaded = LeNetClassificationModel.load(str(tmp_path / "model"))
@@ -204,11 +204,11 @@ def test_the_estimator_in_async_mode_fits_transforms_saves_and_loads(spark, mnis
 
 
 @pytest.mark.parametrize("params,message", [
-    ({"mode": "async", "backupWorkers": 1}, "backupWorkers 1: the asynchronous mode (mode='async') has no steps to "
+    ({"mode": "async", "backupWorkers": 1}, "backupWorkers 1: the asynchronous mode (mode async) has no steps to "
                                             "drop stragglers from; set 0"),
     ({"mode": "async", "earlyStoppingPatience": 2, "validationIndicatorCol": "v"},
-     "earlyStoppingPatience 2: the asynchronous mode (mode='async') validates once, at the end; set 0"),
-    ({"mode": "hogwild"}, "mode: must be 'sync' or 'async', got 'hogwild'"),
+     "earlyStoppingPatience 2: the asynchronous mode (mode async) validates once, at the end; set 0"),
+    ({"mode": "hogwild"}, "mode: must be one of sync, async, got 'hogwild'"),
 ])
 def test_the_estimator_refuses_what_the_async_mode_has_no_use_for(spark, mnist, params, message):
     df = binary_rows(spark, mnist.train.images[:32], mnist.train.labels[:32], slices=1)

@@ -10,14 +10,14 @@ from mnist_lenet_spark.cluster import backup
 from mnist_lenet_spark.config import BackupConfig, ConfigError, SGDConfig
 from mnist_lenet_spark.executor import tasks
 from mnist_lenet_spark.executor.straggler import StragglerModel
-from mnist_lenet_spark.loop import sharding, training
+from mnist_lenet_spark.loop import sharding, update
 from mnist_lenet_spark.loop.sharding import TaskKey
 from mnist_lenet_spark import models
 from mnist_lenet_spark.models import base
 from mnist_lenet_spark.loop.sums import GradientSum
 from tests.reference import rel_error
 
-lenet = models.by_name("lenet")  # the preset, as a model object
+lenet = models.network_from("lenet")  # the preset, as a model object
 
 # One task slot per task, as on a cluster where each worker is its own executor. On local[2] a
 # cancelled straggler keeps one of the two slots until PySpark's executor kills its Python worker
@@ -37,7 +37,7 @@ def kept_batch_gradient(mnist_images, mnist_labels, record, batches, params_flat
 @pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-4), (np.float64, 1e-10)])
 def test_step_gradient_equals_large_batch_over_the_kept_batches(spark, mnist, dtype, tol, combine):
     images, labels = mnist.train.images[:200], mnist.train.labels[:200]
-    spec, state = training.new_state(lenet, 5)
+    spec, state = update.new_state(lenet, 5)
     flat = state.params.astype(dtype)
     sc = spark.sparkContext
     data_bc = sc.broadcast((images, labels))

@@ -1,4 +1,5 @@
 """The same trainer on separate executor JVMs: local-cluster and a standalone master with two workers."""
+import contextlib
 import os
 import socket
 import subprocess
@@ -17,7 +18,7 @@ from mnist_lenet_spark import local
 from tests.conftest import tiny_problem
 from tests.reference import rel_error
 
-lenet = models.by_name("lenet")  # the preset, as a model object
+lenet = models.network_from("lenet")  # the preset, as a model object
 
 
 def check_trainer(session, mnist):
@@ -108,14 +109,17 @@ class Standalone(NamedTuple):
         return found
 
 
-@pytest.fixture
-def standalone(tmp_path):
-    """A standalone master and two one-core workers on 127.0.0.1, from the pyspark package."""
+@contextlib.contextmanager
+def standalone_cluster(tmp_path, workers: int, cores: int, python: str | None = sys.executable):
+    """A standalone master and ``workers`` workers of ``cores`` cores on 127.0.0.1, from the pyspark package
+    (``python``: the executors' PYSPARK_PYTHON; None: PySpark's default): (the master's URL, the workers' pids)."""
     import pyspark
     spark_home = Path(pyspark.__file__).parent
     spark_class = str(spark_home / "bin" / "spark-class")
     env = dict(os.environ, SPARK_HOME=str(spark_home), SPARK_LOG_DIR=str(tmp_path), SPARK_WORKER_DIR=str(tmp_path),
-               PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1")
+               SPARK_LOCAL_IP="127.0.0.1")
+    if python:
+        env["PYSPARK_PYTHON"] = python
     port = free_port()
     url = f"spark://127.0.0.1:{port}"
     procs = [subprocess.Popen([spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
@@ -123,12 +127,12 @@ def standalone(tmp_path):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
         wait_for_port(port)
-        for _ in range(2):
+        for _ in range(workers):
             procs.append(subprocess.Popen(
-                [spark_class, "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1", "--cores", "1",
-                 "--memory", "1g", "--webui-port", str(free_port()), "--work-dir", str(tmp_path)], env=env,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        yield Standalone(url, [p.pid for p in procs[1:]])
+                [spark_class, "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1", "--cores",
+                 str(cores), "--memory", "1g", "--webui-port", str(free_port()), "--work-dir", str(tmp_path)],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        yield url, [p.pid for p in procs[1:]]
     finally:
         for p in procs:
             p.terminate()
@@ -137,6 +141,13 @@ def standalone(tmp_path):
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+@pytest.fixture
+def standalone(tmp_path):
+    """A standalone master and two one-core workers on 127.0.0.1."""
+    with standalone_cluster(tmp_path, workers=2, cores=1) as (url, pids):
+        yield Standalone(url, pids)
 
 
 def test_standalone_master_with_two_workers(standalone, mnist):

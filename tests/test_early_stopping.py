@@ -12,7 +12,7 @@ from mnist_lenet_spark import models
 from mnist_lenet_spark.models import base
 from mnist_lenet_spark.config import ConfigError, SGDConfig, read_training_conf
 from mnist_lenet_spark import local
-from mnist_lenet_spark.loop import training
+from mnist_lenet_spark.loop import checkpoint
 from tests.conftest import ROOT, load_job
 
 #: dense layers with batch norm: its running statistics live in the parameter vector, so "the best parameters"
@@ -35,7 +35,7 @@ def fit(problem, net=BN_NET, **options):
     settings = {"batch_size": 16, "validate_every": 2, "epochs": 3, "seed": 1, "dropout": False, **options}
     kwargs = {k: settings.pop(k) for k in ("state", "checkpoint", "checkpoint_every", "validation") if k in settings}
     kwargs.setdefault("validation", validation)
-    return local.fit_local(images, labels, SGDConfig(**settings), model=models.by_name(net), **kwargs)
+    return local.fit_local(images, labels, SGDConfig(**settings), model=models.network_from(net), **kwargs)
 
 
 def expected_stop(validation: list[dict], metric: str, patience: int, min_delta: float):
@@ -153,7 +153,7 @@ def test_a_resumed_run_stops_at_the_same_step_with_the_same_parameters(problem, 
 
     def save(state):
         path = tmp_path / f"step{state.step}.npz"
-        training.save_checkpoint(path, state, SGDConfig(**{**options, "batch_size": 16}))
+        checkpoint.save_checkpoint(path, state, SGDConfig(**{**options, "batch_size": 16}))
         saved[state.step] = path
 
     straight = fit(problem, **options, checkpoint=save, checkpoint_every=1)
@@ -162,19 +162,19 @@ def test_a_resumed_run_stops_at_the_same_step_with_the_same_parameters(problem, 
     assert sorted(saved) == list(range(1, stop + 1))
     # from every checkpoint: before the best, at it, in the middle of the patience, at the stop itself
     for step in range(1, stop + 1):
-        state, _ = training.load_checkpoint(saved[step])
+        state, _ = checkpoint.load_checkpoint(saved[step])
         resumed = fit(problem, **options, state=state)
         assert (resumed.stopped_step, resumed.best_step, resumed.best_metric) == \
             (stop, straight.best_step, straight.best_metric), step
         assert same_params(resumed.params, straight.params), step
         assert [h["step"] for h in resumed.history] == list(range(step + 1, stop + 1))
-    mid = training.load_checkpoint(saved[straight.best_step + 3])[0].early_stopping
+    mid = checkpoint.load_checkpoint(saved[straight.best_step + 3])[0].early_stopping
     assert (mid.best_step, mid.bad_validations, mid.stopped_step) == (straight.best_step, 1, None)
     assert mid.best_params is not None
     # a run cut by max_steps between validations (its end validated apart), saved, then resumed
     cut = fit(problem, **options, max_steps=straight.best_step + 3)
-    training.save_checkpoint(tmp_path / "cut.npz", cut.state, SGDConfig(batch_size=16))
-    resumed = fit(problem, **options, state=training.load_checkpoint(tmp_path / "cut.npz")[0])
+    checkpoint.save_checkpoint(tmp_path / "cut.npz", cut.state, SGDConfig(batch_size=16))
+    resumed = fit(problem, **options, state=checkpoint.load_checkpoint(tmp_path / "cut.npz")[0])
     assert (resumed.stopped_step, resumed.best_step) == (stop, straight.best_step)
     assert same_params(resumed.params, straight.params)
 
@@ -187,8 +187,8 @@ def test_a_resume_that_watches_another_metric_is_refused(problem, tmp_path):
 
 def test_a_checkpoint_without_early_stopping_loads_as_before(problem, tmp_path):
     result = fit(problem, lr=0.2, max_steps=3)
-    training.save_checkpoint(tmp_path / "ck.npz", result.state, SGDConfig())
-    state, meta = training.load_checkpoint(tmp_path / "ck.npz")
+    checkpoint.save_checkpoint(tmp_path / "ck.npz", result.state, SGDConfig())
+    state, meta = checkpoint.load_checkpoint(tmp_path / "ck.npz")
     assert state.early_stopping is None and "early_stopping" not in meta
     with np.load(tmp_path / "ck.npz") as z:
         assert sorted(z.files) == ["meta", "params", "velocity"]

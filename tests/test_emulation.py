@@ -9,7 +9,7 @@ from mnist_lenet_spark.executor.emulation import EmulatedCompute
 from mnist_lenet_spark.loop.sharding import TaskKey
 from mnist_lenet_spark import models
 
-lenet = models.by_name("lenet")  # the preset, as a model object
+lenet = models.network_from("lenet")  # the preset, as a model object
 
 SPARK_MASTER = "local[8]"  # a slot per task: 6 + 2 emulated tasks sleep side by side on 2 cores
 

@@ -5,7 +5,7 @@ import pytest
 
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.executor.straggler import StragglerModel
-from mnist_lenet_spark.loop import training
+from mnist_lenet_spark.cluster import task_errors
 
 SPARK_MASTER = "local[3,4]"  # 3 slots, 4 attempts per task
 
@@ -25,7 +25,7 @@ def test_retried_failures_give_the_failure_free_result(spark, data):
 
 def test_without_backups_a_task_that_fails_for_good_ends_the_run_with_its_own_error(spark, data):
     broken = StragglerModel(failing_partitions=(1,))
-    with pytest.raises(training.StepFailure) as e:
+    with pytest.raises(task_errors.StepFailure) as e:
         msp.SyncSGD(spark, 2, batch_size=16, straggler=broken).fit(*data, max_steps=3)
     message = str(e.value)
     assert message.startswith("step 1: a gradient task failed for good: ")
@@ -44,7 +44,7 @@ def test_with_backups_a_task_that_fails_for_good_is_a_result_that_did_not_arrive
 
 def test_with_backups_a_step_that_cannot_get_n_results_fails_clearly(spark, data):
     broken = StragglerModel(failing_partitions=(0, 1))
-    with pytest.raises(training.StepFailure) as e:
+    with pytest.raises(task_errors.StepFailure) as e:
         msp.SyncSGD(spark, 2, batch_size=16, backup_workers=1, straggler=broken).fit(*data, max_steps=3)
     message = str(e.value)
     assert message.startswith("step 1: only 1 of the 2 gradients needed arrived, and no more can")

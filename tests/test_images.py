@@ -54,7 +54,7 @@ def read(spark, source, folder):
     return spark.read.format("binaryFile").option("pathGlobFilter", "*.png").load(str(folder)), "content"
 
 
-def by_name(df, column="features"):
+def network_from(df, column="features"):
     """{file name: features} of a DataFrame with a path or image.origin column."""
     origin = "image.origin" if "image" in df.columns else "path"
     return {row[0].rsplit("/", 1)[-1]: row[1] for row in df.select(origin, column).collect()}
@@ -65,10 +65,10 @@ def test_grayscale_features_equal_the_png_pixels(spark, folders, mnist, source):
     root, originals, _, _ = folders
     df, column = read(spark, source, root / "mnist")
     out = image_features(df, column, size=(28, 28), channels=1)
-    got = by_name(out)
+    got = network_from(out)
     assert sorted(got) == sorted(originals)
     assert all(got[name] == originals[name].tobytes() for name in originals)
-    labels = by_name(out, "label")  # from the folder names label=K
+    labels = network_from(out, "label")  # from the folder names label=K
     assert labels == {f"{i:02d}.png": int(y) for i, y in enumerate(mnist.train.labels[:COUNT])}
 
 
@@ -80,14 +80,14 @@ def test_colour_channel_order_layout_and_explicit_conversions(spark, folders, so
     df, column = read(spark, source, root / "colour")
     rgb, rgba, gray = colour["rgb.png"], colour["rgba.png"], colour["gray.png"]  # (4, 6, 3), (4, 6, 4), (4, 6)
     colour_only = df.filter((df["path"] if source == "binaryFile" else df["image.origin"]).endswith("/rgb.png"))
-    got = by_name(image_features(colour_only, column, channels=3))
+    got = network_from(image_features(colour_only, column, channels=3))
     assert got == {"rgb.png": channel_major(rgb)}
-    assert by_name(image_features(colour_only, column, channels=3, channel_order="bgr")) == \
+    assert network_from(image_features(colour_only, column, channels=3, channel_order="bgr")) == \
         {"rgb.png": channel_major(rgb[:, :, ::-1])}
-    converted = by_name(image_features(df, column, channels=3, convert_channels=True))
+    converted = network_from(image_features(df, column, channels=3, convert_channels=True))
     assert converted == {"rgb.png": channel_major(rgb), "rgba.png": channel_major(rgba[:, :, :3]),
                          "gray.png": channel_major(np.repeat(gray[:, :, np.newaxis], 3, axis=2))}
-    luma = by_name(image_features(df, column, channels=1, convert_channels=True))
+    luma = network_from(image_features(df, column, channels=1, convert_channels=True))
     assert luma["rgb.png"] == np.asarray(Image.fromarray(rgb).convert("L")).tobytes()
     assert luma["gray.png"] == gray.tobytes()
 
@@ -100,7 +100,7 @@ def test_fit_and_transform_on_the_image_source_and_binary_files(spark, folders, 
     assert len(model.summary.history) == 5
     predictions = model.transform(image_features(*read(spark, predict_on, root / "mnist"), size=(28, 28)))
     assert "prediction" in predictions.columns
-    got = by_name(predictions, "prediction")
+    got = network_from(predictions, "prediction")
     assert len(got) == predictions.count() == COUNT
     names = sorted(originals)
     assert [got[name] for name in names] == model.predict(np.stack([originals[name] for name in names])).tolist()
@@ -117,14 +117,14 @@ def test_a_size_not_asked_for_is_refused_in_one_line_naming_the_file(spark, fold
     assert "\n" not in message
     assert "tall.png" in message and "is 30 x 28 pixels (H x W), expected 28 x 28" in message
     assert "resize=True" in message
-    resized = by_name(image_features(df, column, size=(28, 28), resize=True))
+    resized = network_from(image_features(df, column, size=(28, 28), resize=True))
     assert resized["tall.png"] == np.asarray(Image.fromarray(odd).resize((28, 28), Image.Resampling.BILINEAR)).tobytes()
     assert resized["0.png"] == folders[1]["00.png"].tobytes()  # the right size: untouched
 
 
 @pytest.mark.parametrize("source", ["image", "binaryFile"])
 def test_a_channel_count_not_asked_for_is_refused_naming_the_file(spark, folders, source):
-    from mnist_lenet_spark.loop.training import task_error
+    from mnist_lenet_spark.cluster.task_errors import task_error
     root, _, _, _ = folders
     df, column = read(spark, source, root / "colour")
     df = df.filter((df["path"] if source == "binaryFile" else df["image.origin"]).endswith("/rgb.png"))
@@ -155,7 +155,7 @@ def test_channels_last_arrays_in_a_declared_layout_equal_channel_major_bytes(spa
         image_features(df, "nested", channels=3)
     with pytest.raises(Exception) as raised:  # 0..1 values read as 0..255: not whole numbers, refused
         image_features(df, "scaled", "f", size=(4, 6), channels=3, layout="HWC", origin_col="id").collect()
-    from mnist_lenet_spark.loop.training import task_error
+    from mnist_lenet_spark.cluster.task_errors import task_error
     line = task_error(raised.value)
     assert line.startswith("ImageError: image 1: has a value that is not a whole number"), line
     assert "pixel_range='0..1'" in line

@@ -120,9 +120,9 @@ def test_a_keras_json_file_is_a_model_spec_like_a_definition(tmp_path):
     keras.backend.clear_session()
     path = tmp_path / "keras.json"
     path.write_text(resnet_block_functional().to_json())
-    network = models.by_name(str(path))
+    network = models.network_from(str(path))
     assert network.classes == 3 and network.input_shape == (1, 16, 16)
     path.write_text(keras.Sequential([keras.Input((8, 8, 1)), layers.UpSampling2D(), layers.Flatten(),
                                       layers.Dense(2)]).to_json())
     with pytest.raises(ValueError, match=f"{path}: layer 'up_sampling2d' \\(UpSampling2D\\): not supported"):
-        models.by_name(str(path))
+        models.network_from(str(path))

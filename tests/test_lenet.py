@@ -8,7 +8,7 @@ from mnist_lenet_spark.executor import inference
 from mnist_lenet_spark.models import base, definitions
 from tests.reference import rel_error
 
-lenet = models.by_name("lenet")
+lenet = models.network_from("lenet")
 SHAPES = {"conv1.W": (32, 1, 5, 5), "conv1.b": (32,), "conv2.W": (64, 32, 5, 5), "conv2.b": (64,),
           "fc1.W": (3136, 512), "fc1.b": (512,), "fc2.W": (512, 10), "fc2.b": (10,)}
 BIASES = ("conv1.b", "conv2.b", "fc1.b", "fc2.b")
@@ -120,10 +120,10 @@ def test_lenet_satisfies_the_model_protocol():
 
 
 def test_the_preset_takes_other_shapes_and_refuses_ones_its_pools_cannot():
-    net = models.by_name("lenet", (3, 32, 32), 7)
+    net = models.network_from("lenet", (3, 32, 32), 7)
     assert net.init_params(0)["fc1.W"].shape == (64 * 8 * 8, 512) and net.classes == 7
     with pytest.raises(ValueError, match="lenet cannot take 1x30x30 images: layer 'max_pool_2'"):
-        models.by_name("lenet", (1, 30, 30))
+        models.network_from("lenet", (1, 30, 30))
 
 
 def test_weights_saved_under_the_legacy_names_are_renamed_and_others_are_not():

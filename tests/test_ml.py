@@ -185,9 +185,9 @@ def test_the_estimator_saves_and_loads_its_params(spark, tmp_path):  # MLlib wri
 
 
 def test_checkpoint_dir_gets_the_final_state(small, tmp_path):
-    from mnist_lenet_spark.loop import training
+    from mnist_lenet_spark.loop import checkpoint
     model = LeNetClassifier(batchSize=16, maxSteps=3, checkpointDir=str(tmp_path)).fit(small[2])
-    state, meta = training.load_checkpoint(tmp_path / "checkpoint.npz")
+    state, meta = checkpoint.load_checkpoint(tmp_path / "checkpoint.npz")
     assert state.step == 3 and meta["config"]["batch_size"] == 16
     assert np.array_equal(state.params[:10], model.weights["conv1.W"].reshape(-1)[:10])
 
@@ -198,7 +198,7 @@ def test_the_resnet_by_name_fits_transforms_saves_and_loads(spark, small, tmp_pa
     from mnist_lenet_spark import models
     images, labels, df = small
     fitted = NetworkClassifier(model="resnet", workers=2, batchSize=8, maxSteps=3, seed=3).fit(df)
-    arrays = msp.SyncSGD(spark, 2, batch_size=8, seed=3, model=models.by_name("resnet")).fit(images, labels, max_steps=3)
+    arrays = msp.SyncSGD(spark, 2, batch_size=8, seed=3, model=models.network_from("resnet")).fit(images, labels, max_steps=3)
     assert "block3.conv2.bn.running_var" in fitted.weights
     for k, v in arrays.params.items():
         np.testing.assert_allclose(fitted.weights[k], v, rtol=1e-6, atol=1e-7, err_msg=k)

@@ -170,9 +170,9 @@ def test_the_backup_mode_and_combine_reach_the_trainer(train, monkeypatch):
     ({"backupMode": "all"}, "backupMode: must be 'cancel' or 'wait-all', got 'all'"),
     ({"backupCombine": "workers"}, "backupCombine: must be 'driver' or 'executors', got 'workers'"),
     ({"mode": "async", "backupCombine": "executors"}, "backupCombine 'executors': the asynchronous mode "
-                                                      "(mode='async') has no backup workers; leave it 'driver'"),
+                                                      "(mode async) has no backup workers; leave it 'driver'"),
     ({"mode": "async", "backupMode": "wait-all"}, "backupMode 'wait-all': the asynchronous mode"),
-    ({"maxStaleness": 2}, "maxStaleness 2: only the asynchronous mode (mode='async') has stale gradients"),
+    ({"maxStaleness": 2}, "maxStaleness 2: only the asynchronous mode (mode async) has stale gradients"),
     ({"mode": "async", "maxStaleness": -1}, "maxStaleness: must be an integer >= 0 or None, got -1"),
 ])
 def test_backup_and_staleness_params_the_mode_has_no_use_for_are_refused(train, params, message):

@@ -168,7 +168,7 @@ def test_the_job_logs_a_run_to_its_experiment(tracking_uri, tmp_path, mnist):
     with np.load(tmp_path / "model.npz") as z:
         weights = {k: z[k] for k in z.files}
     images = mnist.test.images[:30]
-    expected = np.argmax(inference.predict_images(models.by_name(NET), weights, images), axis=1).tolist()
+    expected = np.argmax(inference.predict_images(models.network_from(NET), weights, images), axis=1).tolist()
     out = predict_in_a_fresh_process(tracking_uri, s["mlflow_model_uri"], images, tmp_path)
     assert out["flat"] == out["frame"] == expected
 
@@ -176,7 +176,7 @@ def test_the_job_logs_a_run_to_its_experiment(tracking_uri, tmp_path, mnist):
 def test_bad_model_input_is_one_clear_error():
     from mnist_lenet_spark import models
     from mnist_lenet_spark.mlflow_model import images_of
-    lenet = models.by_name("lenet")
+    lenet = models.network_from("lenet")
     with pytest.raises(ValueError, match=r"model input: shape \(2, 3\), expected \(N, ...\) of 784 pixels each"):
         images_of(np.zeros((2, 3)), lenet, "0..255")
     with pytest.raises(ValueError, match=r"model input: has values outside 0..255 \(min -1.0, max -1.0\)"):

@@ -144,18 +144,18 @@ def test_a_model_spec_is_a_preset_name_json_text_or_a_json_file(tmp_path):
     path = tmp_path / "net.json"
     path.write_text(json.dumps(SMALL_NET))
     for spec in (str(path), json.dumps(SMALL_NET), SMALL_NET):
-        assert models.by_name(spec).to_json() == Network(SMALL_NET).to_json()
-    assert models.identity(str(path), models.by_name(str(path))).startswith("network sha256 ")
-    assert models.identity("lenet", models.by_name("lenet")) == "lenet"
+        assert models.network_from(spec).to_json() == Network(SMALL_NET).to_json()
+    assert models.fingerprint(str(path), models.network_from(str(path))).startswith("network sha256 ")
+    assert models.fingerprint("lenet", models.network_from("lenet")) == "lenet"
     (tmp_path / "bad.json").write_text("{nope")
     for spec, message in [(str(tmp_path / "bad.json"), "bad.json: not JSON"),
                           (str(tmp_path / "none.json"), "none.json: cannot read it"),
                           (json.dumps({**SMALL_NET, "layers": SMALL_NET["layers"][:-2] + [{"type": "dense", "units": 3}]}),
                            "layer 'dense_1' (dense): input 4x7x7: needs flat input")]:
         with pytest.raises(ValueError, match=re.escape(message)):
-            models.by_name(spec)
+            models.network_from(spec)
     with pytest.raises(ValueError, match="takes 1x28x28 images, not 3x32x32"):
-        models.by_name(str(path), (3, 32, 32))
+        models.network_from(str(path), (3, 32, 32))
 
 
 def test_conv_relu_pool_runs_fused_and_a_pickled_network_computes_the_same():

@@ -13,7 +13,7 @@ from mnist_lenet_spark.config import ConfigError, SGDConfig
 from mnist_lenet_spark.executor import rows
 from mnist_lenet_spark.local import fit_local
 
-LENET = models.by_name("lenet")
+LENET = models.network_from("lenet")
 
 
 @pytest.fixture(scope="module")

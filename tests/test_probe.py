@@ -7,7 +7,6 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +15,7 @@ from mnist_lenet_spark import session
 from mnist_lenet_spark.cluster import probe
 from mnist_lenet_spark.config import ConfigError
 from tests.conftest import ROOT, own_tracebacks
-from tests.test_clusters import free_port, wait_for_port
+from tests.test_clusters import standalone_cluster
 
 BARE_SESSION = r"""
 import json, sys
@@ -171,38 +170,15 @@ def notebook_cell() -> str:
 
 @pytest.fixture
 def standalone(tmp_path):
-    """A standalone master and one two-core worker on 127.0.0.1, from the pyspark package (one worker: each
-    executor unpacks the 181 MB packed environment)."""
-    import pyspark
-    spark_class = str(Path(pyspark.__file__).parent / "bin" / "spark-class")
-    env = dict(os.environ, SPARK_HOME=str(Path(pyspark.__file__).parent), SPARK_LOG_DIR=str(tmp_path),
-               SPARK_WORKER_DIR=str(tmp_path), SPARK_LOCAL_IP="127.0.0.1")
-    port = free_port()
-    url = f"spark://127.0.0.1:{port}"
-    procs = [subprocess.Popen([spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port",
-                               str(port), "--webui-port", str(free_port())], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)]
-    try:
-        wait_for_port(port)
-        procs.append(subprocess.Popen([spark_class, "org.apache.spark.deploy.worker.Worker", url, "--host",
-                                       "127.0.0.1", "--cores", "2", "--memory", "1g", "--webui-port",
-                                       str(free_port()), "--work-dir", str(tmp_path)], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    """A standalone master and one two-core worker on 127.0.0.1 whose executors get PySpark's default Python (one
+    worker: each executor unpacks the 181 MB packed environment)."""
+    with standalone_cluster(tmp_path, workers=1, cores=2, python=None) as (url, _):
         yield url
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 def test_the_notebook_recipe_trains_on_a_standalone_cluster_with_the_packed_environment(standalone, tmp_path):
     packed = ROOT / "dist" / "mnist_lenet_spark_env.tar.gz"
-    if not packed.is_file():
-        pytest.skip(f"{packed} is missing (make pack)")
+    assert packed.is_file(), f"{packed} is missing: make test builds it (make pack)"
     cell = notebook_cell()
     assert "spark://HOST:7077" in cell and "/path/to/mnist_lenet_spark/dist/" in cell
     cell = cell.replace("spark://HOST:7077", standalone).replace("/path/to/mnist_lenet_spark/", f"{ROOT}/")

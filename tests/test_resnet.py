@@ -9,7 +9,7 @@ from mnist_lenet_spark import models
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.config import SGDConfig
 from mnist_lenet_spark import local
-from mnist_lenet_spark.loop import training
+from mnist_lenet_spark.loop import update
 from mnist_lenet_spark.models import base
 from mnist_lenet_spark.nn.network import STATE_MOMENTUM
 from tests.reference import rel_error
@@ -21,7 +21,7 @@ def float64(params):
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 6, 6)])  # grey and 3-channel; 6 -> 3 -> 2: odd sizes at stride 2
 def test_resnet_gradients_match_finite_differences(shape):
-    model = models.by_name("resnet", shape, 4)
+    model = models.network_from("resnet", shape, 4)
     rng = np.random.default_rng(21)
     params = float64(model.init_params(3))
     for k in params:  # batch norm away from gamma 1, beta 0, so its gradients are not special
@@ -46,7 +46,7 @@ def test_resnet_gradients_match_finite_differences(shape):
 
 
 def test_state_slots_carry_the_batch_statistics_and_predict_uses_the_running_ones():
-    model = models.by_name("resnet", (1, 8, 8), 3)
+    model = models.network_from("resnet", (1, 8, 8), 3)
     params = float64(model.init_params(0))
     X = np.random.default_rng(1).uniform(-1, 1, (5, 1, 8, 8))
     _, grads = model.loss_and_grads(params, X, np.zeros(5, np.int64), train=True, l2=0.0)
@@ -64,11 +64,11 @@ def test_state_slots_carry_the_batch_statistics_and_predict_uses_the_running_one
 
 def test_one_step_by_hand_equals_the_trainer_with_ghost_batches(mnist):
     """Two mini-batches of 8 in one step: gradient = their mean, running stats = (1 - m) x init + m x their mean."""
-    model = models.by_name("resnet")
+    model = models.network_from("resnet")
     images, labels = mnist.train.images[:16], mnist.train.labels[:16]
     config = SGDConfig(batch_size=8, seed=2, max_steps=1, momentum=0.0, l2=0.0)
     result = local.fit_local(images, labels, config, model=model, shards=2, dtype=np.float64)
-    spec, state = training.new_state(model, 2)
+    spec, state = update.new_state(model, 2)
     params = base.unflatten(state.params.astype(np.float64), spec)
     from mnist_lenet_spark import data
     from mnist_lenet_spark.loop import sharding
@@ -83,7 +83,7 @@ def test_one_step_by_hand_equals_the_trainer_with_ghost_batches(mnist):
 
 
 def test_resume_from_state_is_exact(mnist):
-    model = models.by_name("resnet")
+    model = models.network_from("resnet")
     images, labels = mnist.train.images[:96], mnist.train.labels[:96]
     config = SGDConfig(batch_size=8, seed=4, max_steps=4)
     whole = local.fit_local(images, labels, config, model=model, shards=2)
@@ -95,7 +95,7 @@ def test_resume_from_state_is_exact(mnist):
 
 def test_spark_trainer_equals_ghost_batches_in_one_process(spark, mnist):
     """N = 2 tasks of B = 8 on local[2] = one process whose batch norm normalises each B apart (float64)."""
-    model = models.by_name("resnet")
+    model = models.network_from("resnet")
     images, labels = mnist.train.images[:64], mnist.train.labels[:64]
     result = msp.SyncSGD(spark, 2, batch_size=8, seed=5, model=model).fit(images, labels, max_steps=3)
     with threadpool_limits(limits=1):  # as each task computes

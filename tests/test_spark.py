@@ -6,12 +6,12 @@ from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.config import BackupConfig, ConfigError, SGDConfig
 from mnist_lenet_spark.executor import inference, tasks
 from mnist_lenet_spark import local
-from mnist_lenet_spark.loop import training
+from mnist_lenet_spark.loop import checkpoint
 from mnist_lenet_spark import models
 from tests.conftest import tiny_problem
 from tests.reference import rel_error
 
-lenet = models.by_name("lenet")  # the preset, as a model object
+lenet = models.network_from("lenet")  # the preset, as a model object
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3, 4])
@@ -93,8 +93,8 @@ def test_resume_gives_identical_parameters(spark, mnist, tmp_path):
     straight = sgd.fit(images, labels, epochs=2, max_steps=20)
     path = tmp_path / "ckpt.npz"
     first = sgd.fit(images, labels, epochs=2, max_steps=10,
-                    checkpoint=lambda st: training.save_checkpoint(path, st, sgd.config), checkpoint_every=10)
-    state, meta = training.load_checkpoint(path)
+                    checkpoint=lambda st: checkpoint.save_checkpoint(path, st, sgd.config), checkpoint_every=10)
+    state, meta = checkpoint.load_checkpoint(path)
     assert meta["step"] == 10 and state.step == 10
     resumed = sgd.fit(images, labels, epochs=2, max_steps=20, state=state)
     assert [h["step"] for h in resumed.history] == list(range(11, 21))

@@ -48,7 +48,7 @@ def test_fit_with_an_s3_staging_url_equals_the_array_path_and_leaves_no_object(s
     images, labels = mnist.train.images[:300], mnist.train.labels[:300]
     clf = LeNetClassifier(workers=2, batchSize=16, maxSteps=4, seed=5, stagingDir="s3://lenet-test/staging")
     during = []
-    clf._progress = lambda sgd: lambda record: record["step"] == 1 and during.extend(objects(store, "lenet-test"))
+    clf._progress = lambda: lambda record: record["step"] == 1 and during.extend(objects(store, "lenet-test"))
     model = clf.fit(binary_rows(spark, images, labels))
     assert sorted(name.rsplit("/", 1)[1] for name in during) == [
         f"shard-0000{k}-{what}.npy" for k in (0, 1) for what in ("images", "labels")]

@@ -6,14 +6,14 @@ from mnist_lenet_spark import files
 from mnist_lenet_spark.config import ConfigError, SGDConfig
 from mnist_lenet_spark.executor import tasks
 from mnist_lenet_spark import local
-from mnist_lenet_spark.loop import sharding, training
+from mnist_lenet_spark.loop import checkpoint, sharding, update
 from mnist_lenet_spark import models
 from mnist_lenet_spark.models import base
 from mnist_lenet_spark.loop.sums import GradientSum
 from tests.conftest import tiny_problem
 from tests.reference import rel_error
 
-lenet = models.by_name("lenet")  # the preset, as a model object
+lenet = models.network_from("lenet")  # the preset, as a model object
 
 
 def test_gradient_sums_add_field_by_field():
@@ -30,7 +30,7 @@ def test_sums_of_uneven_parts_give_the_large_batch_loss_and_gradient():
     spec = base.param_spec(params)
     flat = base.flatten(params, spec)
     parts = [tasks.gradient_sum(lenet, spec, flat, X[a:b], y[a:b], rng=None) for a, b in [(0, 2), (2, 7)]]
-    loss, grad = training.loss_and_gradient(parts[0] + parts[1], flat, spec, lenet, SGDConfig.l2)
+    loss, grad = update.loss_and_gradient(parts[0] + parts[1], flat, spec, lenet, SGDConfig.l2)
     loss0, grads0 = lenet.loss_and_grads(params, X, y, train=False, l2=SGDConfig.l2)
     assert loss == pytest.approx(loss0, rel=1e-12)
     assert rel_error(grad, base.flatten(grads0, spec)) < 1e-12
@@ -40,7 +40,7 @@ def test_no_examples_gives_nan_loss_and_the_l2_gradient_only():
     params, _, _ = tiny_problem(1)
     spec = base.param_spec(params)
     flat = base.flatten(params, spec)
-    loss, grad = training.loss_and_gradient(GradientSum(np.zeros_like(flat), 0.0, 0), flat, spec, lenet, 0.1)
+    loss, grad = update.loss_and_gradient(GradientSum(np.zeros_like(flat), 0.0, 0), flat, spec, lenet, 0.1)
     assert np.isnan(loss)
     g = base.unflatten(grad, spec)
     assert np.allclose(g["fc1.W"], 0.1 * params["fc1.W"]) and not g["fc1.b"].any()
@@ -74,13 +74,13 @@ def test_checkpoint_round_trip_and_a_bad_file(tmp_path, mnist):
     config = SGDConfig(batch_size=8, max_steps=2)
     result = local.fit_local(mnist.train.images[:32], mnist.train.labels[:32], config)
     path = tmp_path / "ck.npz"
-    training.save_checkpoint(path, result.state, config, {"workers": 1})
-    state, meta = training.load_checkpoint(path)
+    checkpoint.save_checkpoint(path, result.state, config, {"workers": 1})
+    state, meta = checkpoint.load_checkpoint(path)
     assert state.step == 2 and meta["workers"] == 1 and meta["config"]["batch_size"] == 8
     assert np.array_equal(state.params, result.state.params)
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="not a checkpoint of this tool"):
-        training.load_checkpoint(path)
+        checkpoint.load_checkpoint(path)
 
 
 def test_the_math_and_the_executor_side_import_no_pyspark():

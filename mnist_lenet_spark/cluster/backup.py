@@ -25,7 +25,7 @@ import numpy as np
 from mnist_lenet_spark.cluster import step_signal
 from mnist_lenet_spark.config import BackupConfig, ConfigError
 from mnist_lenet_spark.executor import tasks
-from mnist_lenet_spark.loop import training
+from mnist_lenet_spark.cluster import task_errors
 from mnist_lenet_spark.loop.sharding import ShardBatch
 from mnist_lenet_spark.loop.sums import GradientSum
 
@@ -247,8 +247,8 @@ class BackupStep:
             bc.destroy(blocking=False)
             if cached is not None:
                 cached.unpersist(blocking=False)
-            cause = failed[0].error if failed else training.task_error(failure[0]) if failure else "its job ended"
-            raise training.StepFailure(f"step {step + 1}: only {len(kept)} of the {need} gradients needed arrived, "
+            cause = failed[0].error if failed else task_errors.task_error(failure[0]) if failure else "its job ended"
+            raise task_errors.StepFailure(f"step {step + 1}: only {len(kept)} of the {need} gradients needed arrived, "
                                        f"and no more can; a task failed: {cause}")
         if self.signal:
             self.signal.close_step(step)  # late tasks of this step now stop at their next check
@@ -287,10 +287,10 @@ class BackupStep:
             # tasks adds its group's sums (read locally where it can), and the driver adds those few
             total = RDD(pruned.toJavaRDD(), self.sc, cached._jrdd_deserializer).coalesce(groups).reduce(add)
         except Exception as e:
-            raise training.StepFailure(f"{description}: {training.task_error(e)}") from None
+            raise task_errors.StepFailure(f"{description}: {task_errors.task_error(e)}") from None
         expected = sum(r.examples for r in kept)
         if total.count != expected:  # a cached partition was lost, and its recomputation stopped (step closed)
-            raise training.StepFailure(f"{description}: {total.count} examples summed, {expected} kept: a kept "
+            raise task_errors.StepFailure(f"{description}: {total.count} examples summed, {expected} kept: a kept "
                                        f"task's cached sums were lost (an executor lost?) before they were added")
         return total
 

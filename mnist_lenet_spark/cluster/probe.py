@@ -69,7 +69,7 @@ def _task(package: str, dependencies: tuple[str, ...]):
 def _failure(e: BaseException) -> str:
     """The error of the probe's failed task: the worker's own Python error, else the JVM's reason for the task's
     loss (``Cannot run program ...``), else the first line."""
-    from mnist_lenet_spark.loop.training import task_error
+    from mnist_lenet_spark.cluster.task_errors import task_error
     own, text = task_error(e), str(e)
     lost = re.search(r"most recent failure: Lost task .*?\): (.+)", text)
     if own == text.strip().splitlines()[0].strip() and lost:

@@ -35,7 +35,8 @@ from mnist_lenet_spark.cluster import paths
 from mnist_lenet_spark.data import MNIST_CLASSES, MNIST_SHAPE, DataError
 from mnist_lenet_spark.executor import rows as row_conversion
 from mnist_lenet_spark.executor import shards
-from mnist_lenet_spark.loop import sharding, training
+from mnist_lenet_spark.loop import sharding
+from mnist_lenet_spark.cluster import task_errors
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def input_problem(e: BaseException) -> str | None:
     the input rows (a column of ``images.image_features``), out of Spark's wrapper; None for any other failure."""
     if "Py4J" not in type(e).__name__ and "PythonException" not in type(e).__name__:
         return None
-    name, _, message = training.task_error(e).partition(": ")
+    name, _, message = task_errors.task_error(e).partition(": ")
     return message if name in ("DataError", "ImageError") else None
 
 
@@ -186,7 +187,7 @@ def fit_dataframes(sgd, train_df, validation_df, features_col: str, label_col: s
     image = {"input_shape": sgd.model.input_shape, "classes": sgd.model.classes,  # what the model takes
              "pixel_range": pixel_range}
     try:
-        train = stage(train_df, features_col, label_col, sgd.workers + sgd.backup.workers, directory + "/train",
+        train = stage(train_df, features_col, label_col, sgd.shards, directory + "/train",
                       **image)
         staged.append(train.source)
         validation = (stage(validation_df, features_col, label_col, sgd.workers, directory + "/validation", **image)

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Walk:
+class ShardBatches:
     """How the shards are cut and walked: as ``sharding.epoch_batches(num_examples, shards, batch_size, seed, e)``."""
     num_examples: int
     shards: int
@@ -56,7 +56,7 @@ class AsyncReport:
     ended: str  # "budget" (told to stop), "superseded" (a newer attempt of its shard), or the error
 
 
-def async_task(ctx: tasks.TaskContext, source, endpoint: parameters.Endpoint, walk: Walk,
+def async_task(ctx: tasks.TaskContext, source, endpoint: parameters.Endpoint, walk: ShardBatches,
                partition: Iterator[int]) -> Iterator[AsyncReport]:
     """mapPartitions body: pull, gradient of the shard's next mini-batch, push, until told to stop. An error is
     raised for Spark to retry while attempts remain; on the last attempt the shard is reported lost instead, so the

@@ -139,7 +139,7 @@ def attempt_number() -> int:
 def gradient_sum(model: base.Model, spec: base.ParamSpec, flat_params: np.ndarray, X: np.ndarray, y: np.ndarray,
                  rng: np.random.Generator | None) -> GradientSum:
     """Sums over a scaled batch X (n, ...), y (n,); dropout on when ``rng`` is given. A model with state (batch
-    norm) always computes in training mode: its batch statistics are part of the sums (``training.update_state``)."""
+    norm) always computes in training mode: its batch statistics are part of the sums (``loop.update.update_state``)."""
     count = len(y)
     train = rng is not None or bool(getattr(model, "STATE", ()))
     loss, grads = model.loss_and_grads(base.unflatten(flat_params, spec), X, y, train=train, rng=rng, l2=0.0)

@@ -1,2 +1,3 @@
-"""What the spark-submit jobs in ``jobs/`` run: training runs (``runs``), the straggler experiment
-(``experiment``), their flag checks (``cli``) and plots (``plots``)."""
+"""What the command-line jobs (``jobs/``, the ``mnist-lenet-*`` commands) run: flags onto the one fit (``runs``,
+``train_lenet``), prediction (``predict``), the straggler experiment (``experiment``), the flag checks (``cli``) and
+the console entry points (``commands``)."""

@@ -13,12 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_lenet_spark import data, files
+from mnist_lenet_spark import data, files, fit, plots
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.config import BackupConfig, SGDConfig
 from mnist_lenet_spark.executor.straggler import StragglerModel
-from mnist_lenet_spark import plots
-from mnist_lenet_spark.jobs import runs
 
 log = logging.getLogger(__name__)
 #: Spark speculation tuned to react within a step (its defaults wait far longer than a step lasts)
@@ -58,7 +56,7 @@ def run_config(spark, exp: Experiment, mnist, backup_workers: int) -> dict:
     val = (mnist.validation.images[:exp.validation_size], mnist.validation.labels[:exp.validation_size])
     result = sgd.fit(mnist.train.images, mnist.train.labels, validation_data=val)
     wall = np.cumsum([h["seconds"] for h in result.history])
-    stats = runs.step_statistics(result.history)
+    stats = fit.step_statistics(result.history)
     return {"backup_workers": backup_workers, "step_seconds": [h["seconds"] for h in result.history],
             "step_seconds_mean": stats["step_seconds_mean"], "step_seconds_median": stats["step_seconds_median"],
             "step_seconds_p90": stats["step_seconds_p90"], "train_seconds": float(wall[-1]),

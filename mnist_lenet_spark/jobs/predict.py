@@ -17,7 +17,7 @@ from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.config import ConfigError
 from mnist_lenet_spark.executor.rows import PIXEL_RANGES
 from mnist_lenet_spark.jobs.cli import Parser
-from mnist_lenet_spark.loop import training
+from mnist_lenet_spark.cluster import task_errors
 
 
 def parse_args(argv=None):
@@ -89,7 +89,7 @@ def main(argv=None):
         print(f"predict: error: {e}", file=sys.stderr)
         return 2
     except PythonException as e:  # a row the model cannot read (rows.predict_pixels), found by an executor
-        found = training.task_error(e)
+        found = task_errors.task_error(e)
         if not found.startswith("ValueError: features "):
             raise
         print(f"predict: error: column '{args.features_col or 'features'}' {found[len('ValueError: features '):]} "

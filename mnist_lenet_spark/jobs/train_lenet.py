@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from mnist_lenet_spark import config, data, files
+from mnist_lenet_spark import config, data, files, fit
 from mnist_lenet_spark.executor.rows import PIXEL_RANGES
 from mnist_lenet_spark.executor.straggler import StragglerModel
 from mnist_lenet_spark.jobs import runs
@@ -26,7 +26,8 @@ from mnist_lenet_spark.jobs.cli import (
     positive_int,
     probability,
 )
-from mnist_lenet_spark.loop import training
+from mnist_lenet_spark.loop import update
+from mnist_lenet_spark.cluster import task_errors
 
 TRAINING_CONF = files.resource("conf", "training.json")  # the checkout's, or an installed wheel's copy
 
@@ -65,7 +66,7 @@ def parse_args(argv=None):
                         "model's (1,28,28 for the presets)")
     p.add_argument("--classes", type=positive_int, default=None,
                    help="labels are 0 .. classes - 1; default: the model's (10 for the presets)")
-    p.add_argument("--mode", choices=list(runs.MODES), default="sync",
+    p.add_argument("--mode", choices=list(fit.MODES), default="sync",
                    help="sync: synchronous SGD, one step of all workers' gradients at a time (default); async: "
                         "asynchronous SGD, each worker's gradient applied as it arrives (docs/async.md)")
     p.add_argument("--epochs", type=positive_int)
@@ -119,8 +120,11 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.mode == "async":  # what the asynchronous mode has no use for is refused, not ignored
         if args.backup_workers:
-            p.error(f"--backup-workers {args.backup_workers}: the asynchronous mode (--mode async) has no steps to "
-                    f"drop stragglers from; give 0")
+            try:
+                fit.check_mode(args.mode, config.BackupConfig(workers=args.backup_workers), config.SGDConfig(), None,
+                               fit.FLAGS)
+            except config.ConfigError as e:
+                p.error(str(e))
         for flag in ("backup_mode", "backup_combine", "validate_every", "early_stopping_patience",
                      "early_stopping_min_delta", "early_stopping_metric"):
             if getattr(args, flag) is not None:
@@ -196,10 +200,10 @@ def main(argv=None):
     except (data.DataError, config.ConfigError) as e:
         print(f"train_lenet: error: {e}", file=sys.stderr)
         return 2
-    except training.DivergenceError as e:
+    except update.DivergenceError as e:
         print(f"train_lenet: error: {e}", file=sys.stderr)
         return 3
-    except training.StepFailure as e:
+    except task_errors.StepFailure as e:
         print(f"train_lenet: error: {e}", file=sys.stderr)
         return 4
     if summary["mode"] == "async":

@@ -1,4 +1,4 @@
-"""Models trainable by this package: see ``base.Model`` for the interface; ``by_name`` picks one: a preset by name,
+"""Models trainable by this package: see ``base.Model`` for the interface; ``network_from`` picks one: a preset by name,
 or a network composed from the layers (``nn.network``) from its JSON definition."""
 from __future__ import annotations
 
@@ -45,14 +45,15 @@ def load_definition(spec) -> dict:
     return definition
 
 
-def by_name(name, input_shape: tuple[int, int, int] | None = None, classes: int | None = None):
-    """The network ``name`` gives: a preset (one of NAMES, ``definitions``) for (C, H, W) images and ``classes``
-    classes (MNIST's by default), or a network from a definition (``is_definition``), whose shapes are its own
-    (given ones must agree). ValueError for an unknown name, a bad definition or a shape the network cannot take."""
+def network_from(source, input_shape: tuple[int, int, int] | None = None, classes: int | None = None):
+    """The network ``source`` gives: a preset's name (one of NAMES, ``definitions``) for (C, H, W) images and
+    ``classes`` classes (MNIST's by default), or a definition (``is_definition``: a dict, JSON text, a .json path,
+    ours or a Keras model's), whose shapes are its own (given ones must agree). ValueError for an unknown name, a
+    bad definition or a shape the network cannot take."""
     from ..nn.network import Network
-    if is_definition(name):
-        definition = load_definition(name)
-        where = name if isinstance(name, str) and name.endswith(".json") else "the network definition"
+    if is_definition(source):
+        definition = load_definition(source)
+        where = source if isinstance(source, str) and source.endswith(".json") else "the network definition"
         try:
             network = Network(definition)
         except ValueError as e:
@@ -63,8 +64,8 @@ def by_name(name, input_shape: tuple[int, int, int] | None = None, classes: int 
         if classes is not None and classes != network.classes:
             raise ValueError(f"{where} gives {network.classes} classes, not {classes}")
         return network
-    if name not in NAMES:
-        raise ValueError(f"unknown model {name!r}: one of {', '.join(NAMES)}, or a network definition (PATH.json)")
+    if source not in NAMES:
+        raise ValueError(f"unknown model {source!r}: one of {', '.join(NAMES)}, or a network definition (PATH.json)")
     input_shape = tuple(int(n) for n in (input_shape or MNIST_SHAPE))
     classes = MNIST_CLASSES if classes is None else classes
     if len(input_shape) != 3 or min(input_shape) < 1 or classes < 2:
@@ -72,14 +73,14 @@ def by_name(name, input_shape: tuple[int, int, int] | None = None, classes: int 
                          f"got {input_shape} and {classes}")
     from . import definitions
     try:
-        return Network(getattr(definitions, PRESETS[name])(*input_shape, classes))
+        return Network(getattr(definitions, PRESETS[source])(*input_shape, classes))
     except ValueError as e:  # a shape the preset cannot take: its pools need other sizes
-        raise ValueError(f"{name} cannot take {'x'.join(map(str, input_shape))} images: {e}") from None
+        raise ValueError(f"{source} cannot take {'x'.join(map(str, input_shape))} images: {e}") from None
 
 
-def identity(name, model) -> str:
-    """What a checkpoint records of the model: a preset's name, or a hash of a network's definition (so that
-    resuming with another network is refused, wherever its file lies)."""
+def fingerprint(name, model) -> str:
+    """What a checkpoint (and MLflow) records of the model: a preset's name, or a hash of a network's definition (so
+    that resuming with another network is refused, wherever its file lies)."""
     if isinstance(name, str) and name in NAMES:
         return name
     text = json.dumps(model.to_json(), sort_keys=True)

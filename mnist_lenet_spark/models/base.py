@@ -20,7 +20,7 @@ class Model(Protocol):
     # Optional, for state that is not trained (batch norm's running statistics), kept in the parameter vector:
     # STATE names those entries; in training mode ``loss_and_grads`` puts the batch's statistics in their gradient
     # slots, and the trainer moves them by STATE_MOMENTUM towards the step's count-weighted average of those
-    # (``training.update_state``) instead of taking an SGD step. A model with STATE always trains in training mode.
+    # (``loop.update.update_state``) instead of taking an SGD step. A model with STATE always trains in training mode.
     # STATE: Sequence[str]; STATE_MOMENTUM: float
 
     def init_params(self, seed: int) -> Params:

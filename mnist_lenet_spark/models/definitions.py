@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..data import MNIST_CLASSES
 
-#: LeNet's parameters by their names in models saved by earlier versions (whose LeNet was written by hand)
+#: LeNet's parameters by their names in models saved by version 0.1.0 (its hand-written LeNet)
 LENET_LEGACY_NAMES = {"W1": "conv1.W", "b1": "conv1.b", "W2": "conv2.W", "b2": "conv2.b", "W3": "fc1.W",
                       "b3": "fc1.b", "W4": "fc2.W", "b4": "fc2.b"}
 

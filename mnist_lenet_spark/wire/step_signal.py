@@ -1,12 +1,7 @@
 """The step signal's protocol and its task side: a backup step's tasks ask the driver whether their step is
 closed, and push their gradients to it (the server: ``cluster.step_signal``).
 
-A task asks before each batch (and during an injected delay) and stops by itself when its step
-is closed, keeping its Python worker; Spark's cancel is the fallback (README, "Backup workers").
-A task that finished pushes its gradient here, so that only a note of it travels through Spark's
-accumulator: a gradient inside an accumulator update stays in the executor's JVM after the task
-ends, held by the task's context until Spark's Python-worker monitor thread next polls (every
-2 s), which in local mode is the driver's JVM (docs: "Driver memory").
+Why tasks ask and push at all: ``cluster.step_signal``.
 
 Protocol: a client first sends the fit's 32-byte token (it reaches the tasks inside their
 closure, through Spark's own task channel), then messages:
