@@ -116,7 +116,7 @@ def main():
             steps = 6 if SCENARIO == "dataframe" else 8
             clf = LeNetClassifier(workers=2, batchSize=16, maxSteps=steps, seed=3)
             if SCENARIO == "kill":
-                clf._progress = lambda sgd: act_at_step_3
+                clf._progress = lambda: act_at_step_3
             model = clf.fit(df)
             arrays = msp.SyncSGD(spark, 2, batch_size=16, seed=3).fit(images, labels, max_steps=steps)
             out["steps"] = [h["step"] for h in model.summary.history]
@@ -148,7 +148,7 @@ def main():
                 store.mkdir("lenet")  # the user's bucket
                 clf = LeNetClassifier(workers=2, batchSize=16, maxSteps=steps, seed=3, stagingDir="s3://lenet/staging")
                 during = []
-                clf._progress = lambda sgd: lambda record: record["step"] == 1 and during.extend(store.find("lenet"))
+                clf._progress = lambda: lambda record: record["step"] == 1 and during.extend(store.find("lenet"))
                 in_store = clf.fit(df)
                 out["s3_objects_during"] = len(during)
                 out["s3_objects_after"] = len(s3fs.S3FileSystem(skip_instance_cache=True).find("lenet"))

@@ -1,5 +1,6 @@
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -44,8 +45,11 @@ def load_job(name):
 
 def own_tracebacks(stderr: str) -> list[str]:
     """The tracebacks in a job's stderr, less PySpark's daemon reporting a worker's closed pipe at shutdown
-    (its known noise: ``daemon.py ... BrokenPipeError``, sometimes cut off after its first line by the exit,
-    so with no frame at all), which says nothing about our code."""
+    (its known noise: ``daemon.py ... BrokenPipeError``, sometimes cut off by the exit after its first line, so
+    with no frame at all, or after its first frame, so with no error line), which says nothing about our code."""
+    def daemon_noise(block: str) -> bool:
+        head = block.split("\n\n")[0]
+        errors = re.findall(r"^(\w+(?:Error|Exception))\b", head, re.M)  # a cut-off one names none
+        return "pyspark/daemon.py" in block and all(e == "BrokenPipeError" for e in errors)
     blocks = stderr.split("Traceback (most recent call last):")[1:]
-    return [b for b in blocks if 'File "' in b.split("\n\n")[0]
-            and not ("pyspark/daemon.py" in b and "BrokenPipeError" in b.split("\n\n")[0])]
+    return [b for b in blocks if 'File "' in b.split("\n\n")[0] and not daemon_noise(b)]
