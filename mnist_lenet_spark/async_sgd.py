@@ -15,12 +15,11 @@ from functools import partial
 
 import numpy as np
 
-from mnist_lenet_spark.cluster import async_service, step_signal
+from mnist_lenet_spark.cluster import async_service, step_signal, task_errors
 from mnist_lenet_spark.config import ConfigError, SGDConfig
 from mnist_lenet_spark.executor import async_task, tasks
 from mnist_lenet_spark.executor.shards import StagedShards
 from mnist_lenet_spark.loop import training, update
-from mnist_lenet_spark.cluster import task_errors
 from mnist_lenet_spark.loop.sums import GradientSum
 from mnist_lenet_spark.models import base
 from mnist_lenet_spark.nn.optim import sgd_nesterov

@@ -1,8 +1,9 @@
 """The Spark trainers' shared part (``SparkTrainer``) and the synchronous trainer, on the driver: each step
-broadcasts the parameters (with the step's batch indices), runs ``tasks.step_task`` in ``mapPartitions`` over an RDD of one partition per shard, made once per
-fit, and adds the ``GradientSum``s with ``treeReduce`` for ``training.fit_loop`` (with backup workers
-the step is ``backup.BackupStep``). The uint8 training set is broadcast once per ``fit`` and kept by
-the reused Python workers; a warm-up job readies those workers while the data is being staged.
+broadcasts the parameters (with the step's batch indices), runs ``tasks.step_task`` in ``mapPartitions`` over an
+RDD of one partition per shard, made once per fit, and adds the ``GradientSum``s with ``treeReduce`` for
+``training.fit_loop`` (with backup workers the step is ``backup.BackupStep``). The uint8 training set is
+broadcast once per ``fit`` and kept by the reused Python workers; a warm-up job readies those workers while the
+data is being staged.
 """
 from __future__ import annotations
 
@@ -17,14 +18,13 @@ from operator import add
 import numpy as np
 
 from mnist_lenet_spark.cluster.backup import BackupStep
-from mnist_lenet_spark.cluster import probe
+from mnist_lenet_spark.cluster import probe, task_errors
 from mnist_lenet_spark.config import BackupConfig, ConfigError, SGDConfig, split_options
 from mnist_lenet_spark.executor import inference, rows, tasks
 from mnist_lenet_spark.executor.emulation import EmulatedCompute
 from mnist_lenet_spark.executor.shards import StagedShards
 from mnist_lenet_spark.executor.straggler import StragglerModel
 from mnist_lenet_spark.loop import sharding, training, update
-from mnist_lenet_spark.cluster import task_errors
 from mnist_lenet_spark import models, spark_conf
 from mnist_lenet_spark.models import base
 from mnist_lenet_spark.session import session  # noqa: F401  (the README's ``msp.session``)

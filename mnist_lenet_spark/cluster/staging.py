@@ -31,12 +31,11 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from mnist_lenet_spark.cluster import paths
+from mnist_lenet_spark.cluster import paths, task_errors
 from mnist_lenet_spark.data import MNIST_CLASSES, MNIST_SHAPE, DataError
 from mnist_lenet_spark.executor import rows as row_conversion
 from mnist_lenet_spark.executor import shards
 from mnist_lenet_spark.loop import sharding
-from mnist_lenet_spark.cluster import task_errors
 
 log = logging.getLogger(__name__)
 

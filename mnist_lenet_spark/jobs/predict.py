@@ -14,10 +14,10 @@ import sys
 
 from mnist_lenet_spark import data, readers
 from mnist_lenet_spark import spark as msp
+from mnist_lenet_spark.cluster import task_errors
 from mnist_lenet_spark.config import ConfigError
 from mnist_lenet_spark.executor.rows import PIXEL_RANGES
 from mnist_lenet_spark.jobs.cli import Parser
-from mnist_lenet_spark.cluster import task_errors
 
 
 def parse_args(argv=None):

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from mnist_lenet_spark import config, data, files, fit
+from mnist_lenet_spark.cluster import task_errors
 from mnist_lenet_spark.executor.rows import PIXEL_RANGES
 from mnist_lenet_spark.executor.straggler import StragglerModel
 from mnist_lenet_spark.jobs import runs
@@ -27,7 +28,6 @@ from mnist_lenet_spark.jobs.cli import (
     probability,
 )
 from mnist_lenet_spark.loop import update
-from mnist_lenet_spark.cluster import task_errors
 
 TRAINING_CONF = files.resource("conf", "training.json")  # the checkout's, or an installed wheel's copy
 
