@@ -1,12 +1,10 @@
-"""Asynchronous SGD (Downpour-style) on Spark: one job of ``workers`` long tasks, one per shard; each loops pull
-parameters, gradient of its next mini-batch, push, against the driver's parameter service
-(``cluster.async_service``), whose one apply thread applies every push as it arrives with the synchronous
-mode's update (``update.loss_and_gradient`` + ``update.apply_update``: SGD-Nesterov, L2, batch norm's running
-statistics). The run ends on a global budget of updates the service announces. See docs/async.md.
+"""Asynchronous SGD (Downpour-style) on Spark: one job of ``workers`` long tasks, one per shard, each looping pull
+parameters, gradient of its next mini-batch, push, against the driver's parameter service (``cluster.async_service``),
+whose one apply thread applies every push as it arrives with the synchronous mode's update (SGD-Nesterov, L2, batch
+norm's running statistics). The run ends on a global budget of updates the service announces. See docs/async.md.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import uuid
@@ -27,7 +25,6 @@ from mnist_lenet_spark.spark import SparkTrainer
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.05
-ASYNC_OPTIONS = ("max_staleness", "finish_seconds", "stall_seconds")
 
 
 @dataclass
@@ -88,16 +85,12 @@ class Updater:
 
 
 class AsyncSGD(SparkTrainer):
-    """Asynchronous SGD over ``workers`` long Spark tasks (one per shard, each with mini-batches of
-    ``batch_size``). The constructor takes ``spark.SparkTrainer``'s (``config``, ``model``, ``straggler``,
-    ``emulation``, ``lr_scaling``, any ``SGDConfig`` field), and:
-
-    lr_scaling : "linear" multiplies lr by batch_size / 64: an update applies one task's mini-batch, so the
-        workers do not enter the rule as they do in the synchronous mode
+    """Asynchronous SGD over ``workers`` long Spark tasks (one per shard, each with mini-batches of ``batch_size``).
+    Takes ``spark.SparkTrainer``'s parameters (``lr_scaling``: "linear" multiplies lr by batch_size / 64: an update
+    applies one task's mini-batch, so the workers do not enter the rule as they do in the synchronous mode) and:
 
     max_staleness : refuse a gradient more than this many updates behind (None: off, the default)
-    finish_seconds : once the budget is spent, how long the driver waits for the tasks to end before Spark
-        cancels them
+    finish_seconds : once the budget is spent, how long the driver waits for the tasks to end before Spark cancels them
     stall_seconds : the run fails when no update is applied for this long while the job runs
     """
 
@@ -118,13 +111,11 @@ class AsyncSGD(SparkTrainer):
                  epochs: int | None = None, validation: tasks.BroadcastData | StagedShards | None = None, *,
                  max_steps: int | None = None, on_step=None, state: update.TrainState | None = None,
                  checkpoint=None, checkpoint_every: int = 0) -> AsyncFitResult:
-        """Train until ``epochs`` passes over the data (or ``max_steps`` updates in all) are applied. Each update is
-        one shard's mini-batch; ``on_step(record)`` is called from the apply thread. ``validation`` is evaluated
-        once, at the end. ``state`` (an asynchronous run's: ``state.positions`` set) resumes at its update count
-        with each shard at its position; ``checkpoint(state)`` is called from the apply thread every
-        ``checkpoint_every`` updates (docs/async.md). Early stopping is not supported in this mode."""
-        config = dataclasses.replace(self.config, epochs=epochs or self.config.epochs,
-                                     max_steps=max_steps or self.config.max_steps)
+        """Train until ``epochs`` passes over the data (or ``max_steps`` updates in all) are applied. Each update is one
+        shard's mini-batch; ``on_step(record)`` and, every ``checkpoint_every`` updates, ``checkpoint(state)`` are
+        called from the apply thread; ``validation`` is evaluated once, at the end. ``state`` (an asynchronous run's:
+        ``state.positions`` set) resumes at its update count with each shard at its position (docs/async.md)."""
+        config = self._fit_config(epochs, max_steps)
         shards = self.workers
         try:  # whatever fails before the job starts, no warm-up job outlives the call
             if config.early_stopping_patience:
@@ -142,13 +133,7 @@ class AsyncSGD(SparkTrainer):
             budget = per_epoch * config.epochs
             if config.max_steps is not None:
                 budget = min(budget, config.max_steps)
-            conf = self.sc.getConf()
-            try:
-                ports = step_signal.parse_ports(conf.get(step_signal.PORT_CONF, "0"))
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
-            host = conf.get("spark.driver.host", "127.0.0.1")
-            bind = conf.get("spark.driver.bindAddress", host)
+            bind, host, ports = step_signal.driver_address(self.sc.getConf())
             updater = Updater(self.model, spec, state, config, budget, per_epoch, on_step)
 
             def after_apply(version: int, positions: dict[int, int]) -> None:  # in the apply thread
@@ -158,10 +143,9 @@ class AsyncSGD(SparkTrainer):
             if state.step:
                 log.info("asynchronous run resumed at update %d of %d; shards at mini-batches %s", state.step,
                          budget, state.positions)
-            server = async_service.ParameterServer(state.params, updater, budget, shards, bind=bind, host=host,
-                                                   ports=ports, max_staleness=self.max_staleness,
-                                                   version=state.step, positions=dict(enumerate(state.positions)),
-                                                   after_apply=after_apply)
+            server = async_service.ParameterServer(
+                state.params, updater, budget, shards, bind=bind, host=host, ports=ports, version=state.step,
+                max_staleness=self.max_staleness, positions=dict(enumerate(state.positions)), after_apply=after_apply)
         finally:
             setup_seconds = self._finish_warm_up()
         try:
@@ -196,29 +180,18 @@ class AsyncSGD(SparkTrainer):
              walk: async_task.ShardBatches) -> tuple[list[async_task.AsyncReport], float]:
         """The job of long tasks, until the budget is spent (or the run stops or stalls); bounded waits for its
         end. (the tasks' reports, seconds from the job's start to the budget spent)"""
-        from pyspark import InheritableThread
         group = f"mnist-lenet-async-{uuid.uuid4().hex[:8]}"
         rdd = source.partitions(self.sc, walk.shards).mapPartitions(
             partial(async_task.async_task, ctx, source, server.endpoint, walk))
         reports: list = []
-        failure: list = []
-
-        def run_job():
-            self.sc.setJobGroup(group, f"asynchronous SGD: {walk.shards} tasks, {server.budget} updates",
-                                interruptOnCancel=True)
-            try:
-                reports.extend(rdd.collect())
-            except Exception as e:  # a cancelled job raises too
-                failure.append(e)
-
         slots = self.sc.defaultParallelism // max(self.threads, 1)
         if walk.shards > slots:
             log.warning("asynchronous run: %d tasks but about %d task slots: the tasks without a slot start only "
                         "when others end, so they push nothing (use workers <= the slots)", walk.shards, slots)
         started = time.perf_counter()
         server.last_progress = time.monotonic()
-        thread = InheritableThread(target=run_job, daemon=True)
-        thread.start()
+        thread, failure = task_errors.start_job(self.sc, group, f"asynchronous SGD: {walk.shards} tasks, "
+                                                f"{server.budget} updates", lambda: reports.extend(rdd.collect()))
         try:
             while not server.done.wait(POLL_SECONDS):
                 if not thread.is_alive():
@@ -246,8 +219,7 @@ class AsyncSGD(SparkTrainer):
 
 
 def _resumable(state: update.TrainState, fresh: update.TrainState, shards: int) -> update.TrainState:
-    """``state`` if an asynchronous run of ``shards`` shards over the same model can go on from it, else a
-    ConfigError."""
+    """``state`` if an asynchronous run of ``shards`` shards over the same model can go on from it, else ConfigError."""
     if state.positions is None:
         raise ConfigError("state: it is a synchronous run's (no shard positions): the asynchronous mode cannot "
                           "resume it")

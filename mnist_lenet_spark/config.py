@@ -33,7 +33,8 @@ def _check_types(obj, prefix: str = "") -> None:
             raise ConfigError(f"{prefix}{f.name} must be {' or '.join(names)}, got {value!r}")
 
 
-def _raise_failed(obj, checks, prefix: str = "") -> None:
+def raise_failed(obj, checks, prefix: str = "") -> None:
+    """ConfigError for the first of ``checks`` (name, ok, rule) that failed, naming the setting and its value."""
     for name, ok, rule in checks:
         if not ok:
             raise ConfigError(f"{prefix}{name} {rule}, got {getattr(obj, name)!r}")
@@ -67,7 +68,7 @@ class SGDConfig:
 
     def __post_init__(self):
         _check_types(self)
-        checks = [
+        raise_failed(self, [
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
             ("lr", math.isfinite(self.lr) and self.lr > 0, "must be a positive finite number"),
             ("momentum", math.isfinite(self.momentum) and 0 <= self.momentum < 1, "must be in [0, 1)"),
@@ -84,8 +85,7 @@ class SGDConfig:
              and self.early_stopping_min_delta >= 0, "must be a finite number >= 0"),
             ("early_stopping_metric", self.early_stopping_metric in EARLY_STOPPING_METRICS,
              f"must be one of {', '.join(EARLY_STOPPING_METRICS)}"),
-        ]
-        _raise_failed(self, checks)
+        ])
 
     def learning_rate(self, epoch: int, step: int, total_steps: int) -> float:
         """The rate of global ``step`` (0-based) in ``epoch`` of a run of ``total_steps``, ramped linearly over
@@ -126,17 +126,14 @@ class SGDConfig:
 
 @dataclass(frozen=True)
 class BackupConfig:
-    """Backup workers (Chen et al. 2016): ``workers`` extra tasks per step whose slowest results are dropped.
-
-    ``mode``: "cancel" goes on at the N-th result (the feature); "wait-all" waits for all N + b
-    tasks and keeps the N that finished first (a comparison mode that saves no time).
-    ``grace``: seconds after the N-th result before Spark cancels the rest of the step; None
-    means twice the median task time so far. ``cancel``: False never cancels. ``signal``: tell a
-    closed step's late tasks to stop by themselves (``step_signal``). ``combine``: where the kept gradients
-    are added: "driver" (each arrives whole and joins a running sum) or "executors" (each task keeps its
-    sums in a cached partition and sends only a note; at the N-th note one more job over the kept
-    partitions adds them on the executors, so the driver receives ~sqrt(N) partial sums: for large N).
-    """
+    """Backup workers (Chen et al. 2016): ``workers`` extra tasks per step whose slowest results are dropped. ``mode``:
+    "cancel" goes on at the N-th result (the feature); "wait-all" waits for all N + b tasks and keeps the N that
+    finished first (a comparison mode that saves no time). ``grace``: seconds after the N-th result before Spark cancels
+    the rest of the step; None means twice the median task time so far. ``cancel``: False never cancels. ``signal``:
+    tell a closed step's late tasks to stop by themselves (``step_signal``). ``combine``: where the kept gradients are
+    added: "driver" (each arrives whole and joins a running sum) or "executors" (each task keeps its sums in a cached
+    partition and sends only a note; at the N-th note one more job over the kept partitions adds them on the executors,
+    so the driver receives ~sqrt(N) partial sums: for large N)."""
     workers: int = 0
     mode: str = "cancel"
     grace: float | None = None
@@ -146,13 +143,12 @@ class BackupConfig:
 
     def __post_init__(self):
         _check_types(self, prefix="backup_")
-        checks = [
+        raise_failed(self, [
             ("workers", self.workers >= 0, "must be an integer >= 0"),
             ("mode", self.mode in ("cancel", "wait-all"), "must be 'cancel' or 'wait-all'"),
             ("combine", self.combine in ("driver", "executors"), "must be 'driver' or 'executors'"),
             ("grace", self.grace is None or (math.isfinite(self.grace) and self.grace >= 0), "must be >= 0"),
-        ]
-        _raise_failed(self, checks, prefix="backup_")
+        ], prefix="backup_")
 
 
 @dataclass(frozen=True)
@@ -180,11 +176,9 @@ def split_options(options: dict) -> tuple[dict, dict, dict]:
 
 
 def read_training_conf(path: str | os.PathLike) -> TrainingConf:
-    """A JSON object of ``workers``, any ``SGDConfig`` field, and ``backup_`` + any ``BackupConfig`` field.
-
-    Keys left out keep the defaults above; an unknown key or a value of the wrong type is a
-    ConfigError naming the file and the key.
-    """
+    """A JSON object of ``workers``, any ``SGDConfig`` field, and ``backup_`` + any ``BackupConfig`` field. Keys
+    left out keep the defaults above; an unknown key or a value of the wrong type is a ConfigError naming the file
+    and the key."""
     path = Path(path)
     try:
         values = json.loads(path.read_text())

@@ -1,9 +1,6 @@
-"""MNIST readers (IDX, gzip or raw; SystemML's CSV), validation split and batch scaling.
-
-Images stay uint8 ``(N, 28, 28)`` and labels int64 ``(N,)`` until a batch is used: 4x less
-memory and 4x less to ship to Spark executors than float32. ``scale_batch`` turns a batch
-into the float32 ``(N, 1, 28, 28)`` in [-1, 1] the model expects.
-"""
+"""MNIST readers (IDX, gzip or raw; SystemML's CSV), validation split and batch scaling. Images stay uint8 ``(N, 28,
+28)`` and labels int64 ``(N,)`` until a batch is used: 4x less memory and 4x less to ship to Spark executors than
+float32. ``scale_batch`` turns a batch into the float32 ``(N, 1, 28, 28)`` in [-1, 1] the model expects."""
 from __future__ import annotations
 
 import gzip
@@ -25,10 +22,8 @@ log = logging.getLogger(__name__)
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
 VALIDATION_SIZE = 5000  # SystemML: the first 5,000 training images are the validation set
 BUNDLED_DIR = files.resource("data", "mnist")  # a checkout's data/mnist, or an installed wheel's copy
-FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
+FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+         "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 
 
 class DataError(ValueError):

@@ -9,10 +9,8 @@ from pathlib import Path
 
 
 def write_atomically(path: str | os.PathLike, content: bytes | str) -> Path:
-    """Write ``content`` to a temporary file beside ``path``, then rename it over ``path``.
-
-    A crash leaves either the old file or the new one, never a mix; the parent folder is created.
-    """
+    """Write ``content`` to a temporary file beside ``path``, then rename it over ``path``: a crash leaves either the
+    old file or the new one, never a mix. The parent folder is created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = content.encode() if isinstance(content, str) else content
@@ -45,22 +43,19 @@ BUNDLED_DIR = Path(__file__).resolve().parent / "_bundled"
 
 def resource_root() -> Path:
     """The folder holding ``conf/`` and ``data/mnist/``: the installed package's own copy (a wheel), else the
-    checkout's root (a checkout, an editable install, or the package zip in a checkout's ``dist/``)."""
-    return BUNDLED_DIR if (BUNDLED_DIR / "conf").is_dir() else checkout_root()
+    checkout's root (a checkout or an editable install: the package's parent; the package imported from
+    ``dist/NAME.zip``: the folder that holds ``dist/``)."""
+    if (BUNDLED_DIR / "conf").is_dir():
+        return BUNDLED_DIR
+    root = Path(__file__).resolve().parent.parent
+    if imported_from_zip():
+        root = root.parent.parent if root.parent.name == "dist" else root.parent
+    return root
 
 
 def resource(*parts: str) -> Path:
     """``resource("conf", "spark-defaults.conf")``: a file of the package's conf/ or data/ (``resource_root``)."""
     return resource_root().joinpath(*parts)
-
-
-def checkout_root() -> Path:
-    """The folder this package's checkout lives in (for its conf/ and data/): the package's parent, or, when the
-    package is imported from ``dist/NAME.zip``, the folder that holds ``dist/``."""
-    root = Path(__file__).resolve().parent.parent
-    if imported_from_zip():
-        root = root.parent.parent if root.parent.name == "dist" else root.parent
-    return root
 
 
 def strict_json(value, indent: int | None = None) -> str:

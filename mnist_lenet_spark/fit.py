@@ -74,7 +74,6 @@ class FitPlan:
 
 
 def check(plan: FitPlan) -> None:
-    """``check_mode`` of ``plan``."""
     check_mode(plan.mode, plan.backup, plan.config, plan.max_staleness, plan.spelling)
 
 
@@ -106,8 +105,7 @@ def check_mode(mode: str, backup: BackupConfig, config: SGDConfig, max_staleness
 
 def trainer(spark, plan: FitPlan) -> SyncSGD | AsyncSGD:
     """The trainer of ``plan``'s mode (after ``check``)."""
-    options = {"config": plan.config, "straggler": plan.straggler, "lr_scaling": plan.lr_scaling,
-               "model": plan.network}
+    options = {"config": plan.config, "straggler": plan.straggler, "lr_scaling": plan.lr_scaling, "model": plan.network}
     if plan.mode == "sync":
         return SyncSGD(spark, plan.workers, backup=plan.backup, **options)
     try:
@@ -129,8 +127,7 @@ def split_validation(rows, column: str, name: str):
 
 
 def checkpoint_settings(plan: FitPlan) -> dict:
-    """What a checkpoint records of the fit that wrote it, and a resumed fit must share to go on with the same
-    schedule."""
+    """What a checkpoint records of its fit, which a resumed fit must share to go on with the same schedule."""
     settings = {"mode": plan.mode, "seed": plan.config.seed, "batch_size": plan.config.batch_size,
                 "workers": plan.workers, "backup_workers": plan.backup.workers,
                 "model": models.fingerprint(plan.model, plan.network)}
@@ -165,7 +162,7 @@ class Arrays(NamedTuple):
 
 
 class Frames(NamedTuple):
-    """Training data as DataFrame rows, staged on the executors (``cluster.staging``)."""
+    """Training data as DataFrame rows, staged on the executors: ``staging.fit_dataframes``'s arguments, in order."""
     train: object  # DataFrame
     validation: object | None  # DataFrame, or None
     features_col: str = "features"
@@ -193,14 +190,11 @@ def run(sgd: SyncSGD | AsyncSGD, plan: FitPlan, source: Arrays | Frames, state: 
         settings = checkpoint_settings(plan)
         save = lambda st: checkpoint.save_checkpoint(path, st, sgd.config, settings)  # noqa: E731
     options = {"on_step": on_step, "state": state, "checkpoint": save, "checkpoint_every": plan.checkpoint_every}
-    t0 = time.perf_counter()
+    t0, staging_seconds = time.perf_counter(), 0.0
     if isinstance(source, Arrays):
-        result, staging_seconds = sgd.fit(source.images, source.labels, validation_data=source.validation,
-                                          **options), 0.0
+        result = sgd.fit(source.images, source.labels, validation_data=source.validation, **options)
     else:
-        result, staging_seconds = staging.fit_dataframes(sgd, source.train, source.validation, source.features_col,
-                                                         source.label_col, source.staging_dir, source.pixel_range,
-                                                         **options)
+        result, staging_seconds = staging.fit_dataframes(sgd, *source, **options)
     train_seconds = time.perf_counter() - t0 - staging_seconds
     if save:  # the final state too, whatever the interval
         save(result.state)
@@ -257,13 +251,14 @@ def track_start(tracker: tracking.Tracker, plan: FitPlan, sgd: SyncSGD | AsyncSG
                                 lr_scaling=plan.lr_scaling, mode=plan.mode, **extra)
 
 
-def on_step_too(tracker: tracking.Tracker | None, on_step: Callable[[dict], None] | None):
-    """``on_step`` that also sends each step's record to ``tracker``."""
-    if tracker is None:
-        return on_step
-    if on_step is None:
-        return tracker.on_step
-    return lambda record: (on_step(record), tracker.on_step(record))
+def each(*hooks: Callable[[dict], None] | None) -> Callable[[dict], None] | None:
+    """One ``on_step`` calling, in order, each of ``hooks`` that is not None; None when none is."""
+    hooks = [hook for hook in hooks if hook is not None]
+
+    def on_step(record: dict) -> None:
+        for hook in hooks:
+            hook(record)
+    return on_step if hooks else None
 
 
 def track_result(tracker: tracking.Tracker, fitted: Fitted, plan: FitPlan, weights: base.Params, title: str,

@@ -1,8 +1,7 @@
 """Your own images as the estimator's features column: ``image_features`` turns a column of Spark's image data
-source (``spark.read.format("image")``), of image file contents (``spark.read.format("binaryFile")``: PNG, JPEG,
-...) or of arrays of numbers in a declared layout into C x H x W uint8 bytes, channel-major, the features that
-``NetworkClassifier`` and its model read. The work runs on the executors, in Arrow batches
-(``executor.images``); nothing is collected. Resizing and converting channels happen only when asked for.
+source (``spark.read.format("image")``), of image files (``spark.read.format("binaryFile")``: PNG, JPEG, ...) or of
+arrays of numbers in a declared layout into C x H x W uint8 bytes, channel-major, the features ``NetworkClassifier``
+reads. The work runs on the executors, in Arrow batches (``executor.images``); nothing is collected.
 """
 from __future__ import annotations
 
@@ -48,58 +47,34 @@ def image_features(df, input_col: str = "image", output_col: str = "features", s
                    layout: str | None = None, pixel_range: str | None = None, origin_col: str | None = None):
     """``df`` with ``output_col`` holding each image of ``input_col`` as C x H x W uint8 bytes, channel-major (the
     features of ``NetworkClassifier``; set its ``imageShape`` to ``[channels, H, W]`` when that is not the model's
-    own), computed on the executors.
+    own), computed on the executors; the images are read when an action (``fit``, ``transform``, ``write``) runs.
 
-    Parameters
-    ----------
-    df : pyspark.sql.DataFrame
-    input_col : str
-        Spark's image struct (``spark.read.format("image")``: BGR(A), channels-last, any size, 1, 3 or 4 channels),
-        an image file's bytes (``spark.read.format("binaryFile")``'s ``content``: PNG, JPEG or any format Pillow
-        reads, 8 bits a channel), or an array of numbers in ``layout``.
-    output_col : str
-        The binary column to add (replaced if it exists).
-    size : (int, int) or None
-        (H, W) of every image; an image of another size is refused unless ``resize``. None: each image keeps its
+    input_col : Spark's image struct (``spark.read.format("image")``: BGR(A), channels-last, any size, 1, 3 or 4
+        channels), an image file's bytes (``spark.read.format("binaryFile")``'s ``content``: PNG, JPEG or any format
+        Pillow reads, 8 bits a channel), or an array of numbers in ``layout``.
+    output_col : the binary column to add (replaced if it exists).
+    size : (H, W) of every image; an image of another size is refused unless ``resize``. None: each image keeps its
         own size (they must then all match the estimator's ``imageShape``). A flat array needs it.
-    channels : int
-        1 (grayscale) or 3 (colour). An image with another channel count (RGB, RGBA, grayscale, ...) is refused
-        unless ``convert_channels``.
-    channel_order : str
-        'rgb' or 'bgr': the order of a 3-channel image's colours in the features. Spark's image struct is
-        reordered from BGR; files are decoded as RGB; an array's channels are taken to be in this order already.
-    resize : bool
-        Resize an image of another size to ``size`` (Pillow, bilinear; the aspect ratio is not kept).
-    convert_channels : bool
-        Convert another channel count: colour to grayscale by ITU-R 601-2 luma (Pillow's ``convert("L")``),
-        grayscale to RGB by copying, alpha dropped (not composited); also CMYK and other colour spaces to RGB.
-    layout : str or None
-        An array column's layout, which it must declare: 'HWC' (channels-last), 'CHW' (channel-major) or 'HW' (one
-        channel); flat (H x W x C numbers, H and W from ``size``) or nested to match. Only for arrays.
-    pixel_range : str or None
-        An array's numbers: '0..255' (default: whole numbers) or '0..1' (multiples of 1/255); never rounded. Only
-        for arrays: image files and Spark's images hold 8-bit pixels.
-    origin_col : str or None
-        A column naming each row in error messages. Default: the image struct's ``origin``, else a ``path``
-        column (``binaryFile`` has one) when there is one.
+    channels : 1 (grayscale) or 3 (colour). An image with another channel count (RGB, RGBA, grayscale, ...) is
+        refused unless ``convert_channels``.
+    channel_order : 'rgb' or 'bgr': the order of a 3-channel image's colours in the features. Spark's image struct
+        is reordered from BGR; files are decoded as RGB; an array's channels are taken to be in this order already.
+    resize : resize an image of another size to ``size`` (Pillow, bilinear; the aspect ratio is not kept).
+    convert_channels : convert another channel count: colour to grayscale by ITU-R 601-2 luma (Pillow's
+        ``convert("L")``), grayscale to RGB by copying, alpha dropped (not composited); also CMYK and other colour
+        spaces to RGB.
+    layout : an array column's layout, which it must declare: 'HWC' (channels-last), 'CHW' (channel-major) or 'HW'
+        (one channel); flat (H x W x C numbers, H and W from ``size``) or nested to match. Only for arrays.
+    pixel_range : an array's numbers: '0..255' (default: whole numbers) or '0..1' (multiples of 1/255); never
+        rounded. Only for arrays: image files and Spark's images hold 8-bit pixels.
+    origin_col : a column naming each row in error messages. Default: the image struct's ``origin``, else a
+        ``path`` column (``binaryFile`` has one) when there is one.
 
-    Returns
-    -------
-    pyspark.sql.DataFrame
-        ``df`` with ``output_col`` added; the images are read when an action (``fit``, ``transform``, ``write``)
-        runs.
-
-    Raises
-    ------
-    ValueError
-        An argument out of its range, or ``layout``/``pixel_range`` given for a column that is not an array, or
-        missing for one that is.
-    DataError
-        ``input_col`` or ``origin_col`` missing, or of a type not listed above.
-    executor.images.ImageError
-        From the task, when an action runs: an image whose size or channel count differs from the asked ones
-        without ``resize``/``convert_channels``, or that cannot be decoded; one line naming the image's path or
-        origin and the problem. ``fit`` raises it on the driver as a DataError of that line.
+    Raises ValueError for an argument out of its range, or ``layout``/``pixel_range`` given for a column that is not
+    an array, or missing for one that is; DataError when ``input_col`` or ``origin_col`` is missing, or of a type not
+    listed above. From the task, when an action runs: ``executor.images.ImageError`` for an image whose size or
+    channel count differs from the asked ones without ``resize``/``convert_channels``, or that cannot be decoded; one
+    line naming the image's path or origin and the problem (``fit`` raises it on the driver as a DataError).
     """
     from pyspark.sql import functions as F
     from pyspark.sql.functions import pandas_udf
@@ -142,11 +117,10 @@ def image_features(df, input_col: str = "image", output_col: str = "features", s
         origin_col = "path"
     origin = F.col(origin_col).cast("string") if origin_col else F.lit(None).cast("string")
     if kind == "image":
+        column = F.col(input_col)
         if origin_col:  # the named column, not the struct's own origin
-            column = F.struct(*[F.col(origin_col).cast("string").alias("origin") if f == "origin"
-                                else F.col(f"{input_col}.{f}") for f in IMAGE_FIELDS])
-        else:
-            column = F.col(input_col)
+            column = F.struct(*[origin.alias("origin") if f == "origin" else F.col(f"{input_col}.{f}")
+                                for f in IMAGE_FIELDS])
 
         @pandas_udf("binary")
         def from_images(structs: pd.DataFrame) -> pd.Series:

@@ -4,9 +4,8 @@ network's JSON definition, ``docs/models.md``); ``LeNetClassifier`` is its LeNet
 
 ``NetworkClassifier.fit`` turns its Params into a ``fit.FitPlan`` and runs the one fit the job runs too: the rows
 are staged as shard files (``staging``) and trained by ``SyncSGD`` (``mode='async'``: ``AsyncSGD``); the training
-set never passes through the driver. ``transform`` adds
-``prediction``, ``probability`` and ``rawPrediction`` (log-probabilities) columns, computed on the
-executors in Arrow batches. Defaults come from ``config``.
+set never passes through the driver. ``transform`` adds ``prediction``, ``probability`` and ``rawPrediction``
+(log-probabilities) columns, computed on the executors in Arrow batches. Defaults come from ``config``.
 """
 from __future__ import annotations
 
@@ -18,26 +17,10 @@ import pandas as pd
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
 from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.ml.param.shared import (
-    HasCheckpointInterval,
-    HasFeaturesCol,
-    HasLabelCol,
-    HasPredictionCol,
-    HasProbabilityCol,
-    HasRawPredictionCol,
-    HasSeed,
-    HasValidationIndicatorCol,
-)
-from pyspark.ml.util import (
-    DefaultParamsReadable,
-    DefaultParamsReader,
-    DefaultParamsWritable,
-    DefaultParamsWriter,
-    MLReadable,
-    MLReader,
-    MLWritable,
-    MLWriter,
-)
+from pyspark.ml.param.shared import (HasCheckpointInterval, HasFeaturesCol, HasLabelCol, HasPredictionCol,
+                                     HasProbabilityCol, HasRawPredictionCol, HasSeed, HasValidationIndicatorCol)
+from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, DefaultParamsWritable, DefaultParamsWriter,
+                             MLReadable, MLReader, MLWritable, MLWriter)
 
 from mnist_lenet_spark import data, fit, models, readers, tracking
 from mnist_lenet_spark.cluster import paths, staging
@@ -117,14 +100,12 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
     def __init__(self):
         super().__init__()
         sgd, backup = SGDConfig(), BackupConfig()
-        self._setDefault(model="lenet", imageShape=list(models.MNIST_SHAPE),
-                         pixelRange="0..255", mode="sync", workers=TrainingConf.workers, backupWorkers=backup.workers,
-                         backupMode=backup.mode, backupCombine=backup.combine, resume=False, initialModel="",
-                         batchSize=sgd.batch_size,
+        self._setDefault(model="lenet", imageShape=list(models.MNIST_SHAPE), pixelRange="0..255", mode="sync",
+                         workers=TrainingConf.workers, backupWorkers=backup.workers, backupMode=backup.mode,
+                         backupCombine=backup.combine, resume=False, initialModel="", batchSize=sgd.batch_size,
                          epochs=sgd.epochs, maxSteps=0, lr=sgd.lr, momentum=sgd.momentum, lrDecay=sgd.lr_decay,
                          l2=sgd.l2, warmupSteps=sgd.warmup_steps, lrSchedule=sgd.lr_schedule, lrScaling="none",
-                         seed=sgd.seed,
-                         checkpointInterval=0, checkpointDir="", stagingDir="", stragglerProb=0.0,
+                         seed=sgd.seed, checkpointInterval=0, checkpointDir="", stagingDir="", stragglerProb=0.0,
                          stragglerDelay=0.0, showProgress=False, earlyStoppingPatience=sgd.early_stopping_patience,
                          earlyStoppingMinDelta=sgd.early_stopping_min_delta,
                          earlyStoppingMetric=sgd.early_stopping_metric, mlflowTracking=False)
@@ -156,37 +137,35 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
     def sgd_config(self) -> SGDConfig:
         """The SGDConfig the Params give; a bad value is a ConfigError naming the Param (``earlyStoppingMetric:
         early_stopping_metric must be ...``)."""
-        values = {field: self.getOrDefault(getattr(self, name)) for name, field in _SGD_FIELDS.items()}
-        values["max_steps"] = values["max_steps"] or None
-        try:
-            return SGDConfig(**values)
-        except ConfigError as e:
-            name = next((n for n, f in _SGD_FIELDS.items() if str(e).startswith(f + " ")), None)
-            if name is None:
-                raise
-            raise ConfigError(f"{name}: {e}") from None
+        return self._config(SGDConfig, _SGD_FIELDS, "")
 
     def backup_config(self) -> BackupConfig:
         """The BackupConfig of ``backupWorkers``, ``backupMode`` and ``backupCombine``; a bad value is a ConfigError
-        naming the Param."""
-        values = {field: self.getOrDefault(getattr(self, name)) for name, field in _BACKUP_FIELDS.items()}
+        naming the Param (``backupMode: must be ...``, without the field's ``backup_mode``)."""
+        return self._config(BackupConfig, _BACKUP_FIELDS, "backup_")
+
+    def _config(self, cls, fields: dict[str, str], prefix: str):
+        """``cls`` of the Params ``fields`` names (Param: field); a ConfigError that names a field (``prefix`` +
+        field) names its Param, in place of the field when there is a ``prefix``."""
+        values = {field: self.getOrDefault(getattr(self, name)) for name, field in fields.items()}
+        if "max_steps" in values:
+            values["max_steps"] = values["max_steps"] or None  # maxSteps 0: no limit
         try:
-            return BackupConfig(**values)
+            return cls(**values)
         except ConfigError as e:
-            name = next((n for n, f in _BACKUP_FIELDS.items() if str(e).startswith(f"backup_{f} ")), None)
+            name = next((n for n, f in fields.items() if str(e).startswith(f"{prefix}{f} ")), None)
             if name is None:
                 raise
-            raise ConfigError(f"{name}: {str(e)[len(f'backup_{_BACKUP_FIELDS[name]} '):]}") from None
+            message = str(e)[len(prefix + fields[name]) + 1:] if prefix else str(e)
+            raise ConfigError(f"{name}: {message}") from None
 
 
-#: Param name: the BackupConfig field it sets
-_BACKUP_FIELDS = {"backupWorkers": "workers", "backupMode": "mode", "backupCombine": "combine"}
-
-#: Param name: the SGDConfig field it sets
-_SGD_FIELDS = {"batchSize": "batch_size", "lr": "lr", "momentum": "momentum", "lrDecay": "lr_decay", "l2": "l2",
-               "epochs": "epochs", "seed": "seed", "maxSteps": "max_steps", "warmupSteps": "warmup_steps",
-               "lrSchedule": "lr_schedule", "earlyStoppingPatience": "early_stopping_patience",
-               "earlyStoppingMinDelta": "early_stopping_min_delta", "earlyStoppingMetric": "early_stopping_metric"}
+#: Param name: the BackupConfig field it sets (backupMode: mode)
+_BACKUP_FIELDS = {fit.PARAMS("backup_" + f): f for f in ("workers", "mode", "combine")}
+#: Param name: the SGDConfig field it sets (lrDecay: lr_decay)
+_SGD_FIELDS = {fit.PARAMS(f): f for f in ("batch_size", "lr", "momentum", "lr_decay", "l2", "epochs", "seed",
+                                          "max_steps", "warmup_steps", "lr_schedule", "early_stopping_patience",
+                                          "early_stopping_min_delta", "early_stopping_metric")}
 
 
 def _add_accessors(cls, names: list[str]) -> None:
@@ -198,9 +177,8 @@ def _add_accessors(cls, names: list[str]) -> None:
         setattr(cls, "set" + title, lambda self, value, _n=name: self._set(**{_n: value}))
 
 
-_OWN_PARAMS = [n for n, v in vars(_NetworkParams).items() if isinstance(v, Param)]
-_SHARED_PARAMS = ["featuresCol", "labelCol", "predictionCol", "probabilityCol", "rawPredictionCol", "seed",
-                  "validationIndicatorCol", "checkpointInterval"]
+#: every Param of _NetworkParams: its own and those of the pyspark.ml.param.shared classes it mixes in
+_PARAMS = [n for c in _NetworkParams.__mro__ for n, v in vars(c).items() if isinstance(v, Param)]
 
 
 @dataclass
@@ -265,7 +243,7 @@ class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, Defaul
                                 initial_model=self.getOrDefault(self.initialModel) or "none")
             source = fit.Frames(train_rows, validation_rows, features, label, self.getOrDefault(self.stagingDir),
                                 pixel_range)
-            fitted = fit.run(sgd, plan, source, state, fit.on_step_too(tracker, self._progress()))
+            fitted = fit.run(sgd, plan, source, state, fit.each(self._progress(), tracker and tracker.on_step))
             result = fitted.result
             model = self._model_class(result.params, numClasses=plan.network.classes)  # the network's own
             self._copyValues(model)
@@ -315,8 +293,7 @@ class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, Defaul
         return fit.start_state(plan, resume, (f"initialModel {initial}", weights) if initial else None)
 
     def _progress(self):
-        """Each step's progress, when asked for: a bar in a notebook or on a terminal, else a log line now and
-        then."""
+        """Each step's progress (showProgress): a bar in a notebook or on a terminal, else a log line now and then."""
         if not self.getOrDefault(self.showProgress):
             return None
         from mnist_lenet_spark.progress import StepProgress
@@ -370,7 +347,6 @@ class NetworkClassificationModel(Model, _NetworkParams, MLReadable, MLWritable):
         return int(np.prod(self._network().input_shape))
 
     def getNumClasses(self) -> int:
-        """``numClasses``."""
         return self.numClasses
 
     @property
@@ -397,9 +373,8 @@ class NetworkClassificationModel(Model, _NetworkParams, MLReadable, MLWritable):
         as the model was trained to read them (its ``pixelRange``: uint8 bytes, numbers 0..255 or 0..1), unless
         ``pixelRange`` says otherwise; values outside it are a ConfigError, never rescaled."""
         network = self._network()
-        pixel_range = self._pixel_range() if pixelRange is None else pixelRange
-        return inference.predict_images(network, self.weights, rows.model_pixels(network, images, "images",
-                                                                                  pixel_range))
+        pixels = rows.model_pixels(network, images, "images", self._pixel_range() if pixelRange is None else pixelRange)
+        return inference.predict_images(network, self.weights, pixels)
 
     def _transform(self, dataset):
         from pyspark.ml.functions import array_to_vector, vector_to_array
@@ -417,8 +392,7 @@ class NetworkClassificationModel(Model, _NetworkParams, MLReadable, MLWritable):
 
         @pandas_udf("prediction double, probability array<double>, raw array<double>")
         def predict(batch: pd.Series) -> pd.DataFrame:
-            prediction, probability, raw = rows.predict_pixels(network, weights, batch,
-                                                                 pixel_range=pixel_range)
+            prediction, probability, raw = rows.predict_pixels(network, weights, batch, pixel_range=pixel_range)
             return pd.DataFrame({"prediction": prediction, "probability": list(probability), "raw": list(raw)})
 
         out = "__lenet_output"
@@ -486,19 +460,14 @@ class LeNetClassifier(NetworkClassifier):
     ``NetworkClassifier(model=...)``."""
 
     def _fit(self, dataset) -> LeNetClassificationModel:
-        if self.getOrDefault(self.model) != "lenet":
-            raise ConfigError(f"model: LeNetClassifier trains LeNet, not {_short(self.getOrDefault(self.model))}: "
-                              f"use NetworkClassifier(model=...)")
+        name = self.getOrDefault(self.model)
+        if name != "lenet":  # a definition's JSON can be long: its first 40 characters
+            shown = repr(name) if len(name) <= 40 else repr(name[:40] + "...")
+            raise ConfigError(f"model: LeNetClassifier trains LeNet, not {shown}: use NetworkClassifier(model=...)")
         return super()._fit(dataset)
 
 
 NetworkClassifier._model_class, LeNetClassifier._model_class = NetworkClassificationModel, LeNetClassificationModel
 LeNetTrainingSummary = TrainingSummary  # its earlier name
-for _cls in (NetworkClassifier, NetworkClassificationModel):
-    _add_accessors(_cls, _OWN_PARAMS + _SHARED_PARAMS)
-del _cls
-_add_accessors(NetworkClassifier, ["numClasses"])
-
-
-def _short(text: str, limit: int = 40) -> str:
-    return repr(text) if len(text) <= limit else repr(text[:limit] + "...")
+_add_accessors(NetworkClassifier, _PARAMS + ["numClasses"])
+_add_accessors(NetworkClassificationModel, _PARAMS)

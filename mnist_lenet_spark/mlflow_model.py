@@ -1,13 +1,12 @@
 """A trained network as an MLflow model (``mlflow.pyfunc``): the one module of this package that imports mlflow,
 imported only when MLflow is asked for (``tracking``), and where a saved model is loaded.
 
-The model holds the weights (``weights.npz``) and the network's JSON definition (``network.json``) as artifacts,
-and a copy of this package's Python code, so ``mlflow.pyfunc.load_model(uri).predict(x)`` runs in any process with
-numpy, pandas and mlflow: no Spark, no install of this package. ``x``: a pandas DataFrame of C*H*W pixel columns
-(or of one column holding each image's pixels as a sequence or bytes), or a NumPy array (n, C*H*W) or
-(n, C, H, W) ((n, H, W) for one channel), channel-major as in training: uint8 pixels 0..255, or numbers in the
-pixel range the model was trained with (``input.json``; '0..255' whole numbers, or '0..1' multiples of 1/255). The result is a
-DataFrame: ``prediction`` (the class) and ``probability_0`` .. ``probability_{K-1}``.
+The model holds the weights (``weights.npz``), the network's JSON definition (``network.json``) and the pixel range
+it was trained with (``input.json``) as artifacts, and a copy of this package's Python code, so
+``mlflow.pyfunc.load_model(uri).predict(x)`` runs in any process with numpy, pandas and mlflow: no Spark, no install
+of this package. ``x``: a pandas DataFrame of C*H*W pixel columns (or of one column holding each image's pixels as a
+sequence or bytes), or a NumPy array (n, C*H*W) or (n, C, H, W) ((n, H, W) for one channel), read as ``images_of``
+reads it. The result is a DataFrame: ``prediction`` (the class) and ``probability_0`` .. ``probability_{K-1}``.
 """
 from __future__ import annotations
 

@@ -9,40 +9,39 @@ import numpy as np
 from mnist_lenet_spark import files
 
 
-def _figure():
+def _figure(**subplots):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    return plt
+    return plt.subplots(**subplots)
 
 
 def _save(fig, path) -> Path:
+    import matplotlib.pyplot as plt
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
     return files.write_atomically(path, buffer.getvalue())
 
 
-def _finish(plt, fig, ax, path, xlabel: str, ylabel: str, title: str) -> Path:
+def _finish(fig, ax, path, xlabel: str, ylabel: str, title: str) -> Path:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[1]:  # no lines (e.g. no validation points): no legend
         ax.legend(fontsize=8)
-    path = _save(fig, path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def step_time_distribution(runs: dict[str, list[float]], path, title: str) -> Path:
     """Empirical CDF of step times, one line per configuration (like the paper's Figure 3)."""
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6.4, 4))
+    fig, ax = _figure(figsize=(6.4, 4))
     for label, times in runs.items():
         t = np.sort(times)
         ax.step(t, np.arange(1, len(t) + 1) / len(t), where="post",
                 label=f"{label} (mean {np.mean(t):.2f} s, p90 {np.percentile(t, 90):.2f} s)")
-    return _finish(plt, fig, ax, path, "step time (s)", "fraction of steps", title)
+    return _finish(fig, ax, path, "step time (s)", "fraction of steps", title)
 
 
 #: The lowest error a log axis shows: an accuracy of exactly 1 (a small evaluation set) is drawn at this floor.
@@ -54,8 +53,7 @@ def accuracy_vs_time(runs: dict[str, list[tuple[float, float]]], path, title: st
     """Accuracy against training wall-clock time (or another x), one line per configuration, drawn as the error
     (1 - accuracy) on a log y axis: the range that matters, 97-99.5 % accuracy, is a decade of error instead of a
     sliver at the top of a 0-1 axis. ``runs`` maps a label to (x, accuracy) points; ``ylabel`` names the error."""
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6.4, 4))
+    fig, ax = _figure(figsize=(6.4, 4))
     for label, points in runs.items():
         if points:
             t, acc = zip(*points)
@@ -64,7 +62,7 @@ def accuracy_vs_time(runs: dict[str, list[tuple[float, float]]], path, title: st
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(_percent_formatter(minor=False))
     ax.yaxis.set_minor_formatter(_percent_formatter(minor=True))
-    return _finish(plt, fig, ax, path, xlabel, f"{ylabel} (1 - accuracy, log scale)", title)
+    return _finish(fig, ax, path, xlabel, f"{ylabel} (1 - accuracy, log scale)", title)
 
 
 def _percent_formatter(minor: bool):
@@ -82,30 +80,23 @@ def _percent_formatter(minor: bool):
 def scaling(batches: list[int], series: dict[str, list[float]], efficiency: dict[str, list[float]], path,
             title: str) -> Path:
     """Examples/s (left) and parallel efficiency (right) against the per-worker batch size."""
-    plt = _figure()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for label, values in series.items():
-        left.plot(batches, values, marker="o", label=label)
-    for label, values in efficiency.items():
-        right.plot(batches, values, marker="o", label=label)
-    for ax in (left, right):
+    fig, (left, right) = _figure(ncols=2, figsize=(10, 4))
+    for ax, lines, ylabel in ((left, series, "examples / s"), (right, efficiency, "speed-up over one process")):
+        for label, values in lines.items():
+            ax.plot(batches, values, marker="o", label=label)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("per-worker batch size")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    left.set_ylabel("examples / s")
-    right.set_ylabel("speed-up over one process")
     right.axhline(1.0, color="grey", lw=0.8)
     fig.suptitle(title)
-    path = _save(fig, path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def training_curves(history: list[dict], validation: list[dict], path, title: str) -> Path:
     """One run's training loss (left) and validation accuracy (right) against the step."""
-    plt = _figure()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right) = _figure(ncols=2, figsize=(10, 4))
     left.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1, label="training loss")
     right.plot([v["step"] for v in validation], [v["accuracy"] for v in validation], marker="o", markersize=3,
                label="validation accuracy")
@@ -114,6 +105,4 @@ def training_curves(history: list[dict], validation: list[dict], path, title: st
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    path = _save(fig, path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -115,8 +115,7 @@ def with_validation_fraction(spark, df, fraction: float, seed: int = 0, column: 
 def accuracy(predictions, label_col: str = "label", prediction_col: str = "prediction") -> float:
     """Fraction of rows whose prediction equals the label, counted by Spark."""
     from pyspark.sql import functions as F
-    row = predictions.select(F.avg((F.col(label_col) == F.col(prediction_col)).cast("double"))).first()
-    return float(row[0])
+    return float(predictions.select(F.avg((F.col(label_col) == F.col(prediction_col)).cast("double"))).first()[0])
 
 
 def confusion_matrix(predictions, label_col: str = "label", prediction_col: str = "prediction",

@@ -17,12 +17,11 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 #: the Spark settings the step needs to be cheap, each explained in the README ("Spark settings")
 SPARK_DEFAULTS = files.resource("conf", "spark-defaults.conf")
 LOG4J = files.resource("conf", "log4j2.properties")  # warnings and errors only
-#: Set on a cluster only (a user's own value wins). A staged step task that runs away from the executor holding
-#: its shard (that executor busy past spark.locality.wait) fails with ShardMissing; by default Spark may run the
-#: retry on the same wrong executor again, up to spark.task.maxFailures times (seen: 2 in a row). Task-level
-#: exclusion sends a retry to an executor it has not failed on; the stage and node limits are raised so that
-#: misses never exclude the executor that holds other shards. Not in local mode: its one executor would be
-#: excluded and a retry could run nowhere (Spark aborts after 120 s).
+#: Set on a cluster only (a user's own value wins). A staged step task that runs away from the executor holding its
+#: shard (busy past spark.locality.wait) fails with ShardMissing, and by default Spark may retry it on that same
+#: executor, up to spark.task.maxFailures times (seen: 2 in a row). Task-level exclusion sends a retry elsewhere; the
+#: stage and node limits are raised so that misses never exclude the executor holding other shards. Not in local
+#: mode: its one executor would be excluded and a retry could run nowhere (Spark aborts after 120 s).
 CLUSTER_DEFAULTS = {
     "spark.excludeOnFailure.taskAndStage.enabled": "true",
     "spark.excludeOnFailure.task.maxTaskAttemptsPerExecutor": "1",
@@ -52,9 +51,8 @@ def read_spark_conf(path: str | os.PathLike) -> dict[str, str]:
 
 def session(master: str | None = None, app_name: str = "mnist_lenet_spark", conf: dict | None = None,
             conf_file: str | os.PathLike | None = None):
-    """A SparkSession with the settings of ``conf_file`` (default: conf/spark-defaults.conf, the checkout's or
-    the installed wheel's copy), then ``conf`` on top; Spark logs through conf/log4j2.properties (warnings and
-    errors)."""
+    """A SparkSession with the settings of ``conf_file`` (default: conf/spark-defaults.conf, the checkout's or the
+    installed wheel's copy), then ``conf`` on top; Spark logs through conf/log4j2.properties (warnings and errors)."""
     from pyspark.sql import SparkSession
     if conf_file is None and SPARK_DEFAULTS.is_file():
         conf_file = SPARK_DEFAULTS
@@ -73,9 +71,7 @@ def session(master: str | None = None, app_name: str = "mnist_lenet_spark", conf
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
-    for key, value in settings.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    spark = builder.config(map=settings).getOrCreate()
     if not spark.sparkContext.master.startswith("local"):
         ship_package(spark.sparkContext)
     return spark
@@ -86,13 +82,11 @@ _defaulted: str | None = None  # the PYSPARK_PYTHON that session() chose by itse
 
 def executor_python(master: str, settings: dict[str, str], chosen: str | None) -> str | None:
     """The interpreter the Python workers of a session on ``master`` run (its PYSPARK_PYTHON): the settings'
-    ``spark.pyspark.python`` (as with spark-submit, it wins; PySpark itself reads only the variable in a process
-    that spark-submit did not start), else the user's PYSPARK_PYTHON ``chosen``, else, on a local master (local,
-    local[N], local-cluster: executors on this host), this interpreter. None on a cluster master where the user
-    chose none: PySpark's default, ``python3`` on the executors' PATH; the driver's interpreter path means nothing
-    on another host."""
-    return (settings.get("spark.pyspark.python") or chosen
-            or (sys.executable if master.startswith("local") else None))
+    ``spark.pyspark.python`` (as with spark-submit, it wins; PySpark itself reads only the variable in a process that
+    spark-submit did not start), else the user's PYSPARK_PYTHON ``chosen``, else, on a local master (local, local[N],
+    local-cluster: executors on this host), this interpreter. None on a cluster master where the user chose none:
+    PySpark's default, ``python3`` on the executors' PATH; the driver's interpreter path means nothing elsewhere."""
+    return settings.get("spark.pyspark.python") or chosen or (sys.executable if master.startswith("local") else None)
 
 
 def _set_executor_python(master: str, settings: dict[str, str]) -> None:

@@ -1,12 +1,12 @@
 """The Spark trainers' shared part (``SparkTrainer``) and the synchronous trainer, on the driver: each step
-broadcasts the parameters (with the step's batch indices), runs ``tasks.step_task`` in ``mapPartitions`` over an
-RDD of one partition per shard, made once per fit, and adds the ``GradientSum``s with ``treeReduce`` for
-``training.fit_loop`` (with backup workers the step is ``backup.BackupStep``). The uint8 training set is
-broadcast once per ``fit`` and kept by the reused Python workers; a warm-up job readies those workers while the
-data is being staged.
+broadcasts the parameters (with the step's batch indices), runs ``tasks.step_task`` in ``mapPartitions`` over an RDD
+of one partition per shard, made once per fit, and adds the ``GradientSum``s with ``treeReduce`` for
+``training.fit_loop`` (with backup workers the step is ``backup.BackupStep``). The uint8 training set is broadcast
+once per ``fit`` and kept by the reused Python workers; a warm-up job readies those workers while data is staged.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
@@ -31,13 +31,12 @@ from mnist_lenet_spark.session import session  # noqa: F401  (the README's ``msp
 
 log = logging.getLogger(__name__)
 
+
 class SparkTrainer:
     """What the Spark trainers share (``SyncSGD``; ``async_sgd.AsyncSGD``): the session's checks, the model, the
     settings, the warm-up job, arrays broadcast once per fit, and validation over the cluster. A trainer adds
-    ``fit_data`` and says how many shards it trains (``shards``).
+    ``fit_data`` and says how many shards it trains (``shards``). Parameters:
 
-    Parameters
-    ----------
     spark : SparkSession or SparkContext
     workers : gradient tasks (shards) of the trainer
     config : an ``SGDConfig`` (SystemML's schedule by default), run as ``config.scaled_for(examples_per_update /
@@ -86,15 +85,13 @@ class SparkTrainer:
                                  self.emulation)
 
     def _max_attempts(self) -> int:
-        """How often Spark runs a failing task: F of local[N,F] (local masters default to 1), else
-        spark.task.maxFailures (4)."""
+        """How often Spark runs a failing task: F of local[N,F] (local masters: 1), else spark.task.maxFailures (4)."""
         master = self.sc.master
         if master == "local" or master.startswith("local["):  # local-cluster[...] retries as a cluster does
             found = re.fullmatch(r"local\[[^,\]]+,\s*(\d+)\]", master)
             return int(found.group(1)) if found else 1
         return int(self.sc.getConf().get("spark.task.maxFailures", "4"))
 
-    # -- start-up ----------------------------------------------------------------------------------------
     def start_warm_up(self, source: tasks.BroadcastData | StagedShards | None = None, *,
                       since: float | None = None) -> None:
         """Ready the Python workers in the background (``tasks.warm_task``: imports, BLAS, the allocator, the
@@ -134,20 +131,29 @@ class SparkTrainer:
         self._warm_up = None
         return time.perf_counter() - started
 
-    # -- training ----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _broadcast(self, value):
+        """A broadcast of ``value``, destroyed on leaving (or the executors fill up with old parameters)."""
+        bc = self.sc.broadcast(value)
+        try:
+            yield bc
+        finally:
+            bc.destroy(blocking=False)
+
+    def _fit_config(self, epochs: int | None, max_steps: int | None) -> SGDConfig:
+        return dataclasses.replace(self.config, epochs=epochs or self.config.epochs,
+                                   max_steps=max_steps or self.config.max_steps)
+
     def fit(self, X_train: np.ndarray, y_train: np.ndarray, epochs: int | None = None, validation_data=None, *,
             max_steps: int | None = None, on_step=None, state: update.TrainState | None = None,
             checkpoint=None, checkpoint_every: int = 0, pixel_range: str | None = None) -> training.FitResult:
         """Train on images ``X_train`` (N, ...) of the model's C x H x W pixels each (MNIST: (N, 28, 28); else
-        (N, C, H, W) or (N, C*H*W), channel-major) and labels ``y_train`` (N,).
-
-        Pixels are uint8 0..255; numbers of another dtype need ``pixel_range``: '0..255' (whole numbers) or '0..1'
-        (multiples of 1/255); anything else is a ConfigError naming the argument, its dtype and its values (never
-        rescaled or rounded). ``epochs`` and ``max_steps`` override the config's. ``validation_data``: (images,
-        labels), images as ``X_train``, evaluated over the cluster every ``validate_every`` steps and at each
-        epoch's end. ``state`` resumes from a checkpoint; ``checkpoint(state)`` is called every
-        ``checkpoint_every`` steps.
-        """
+        (N, C, H, W) or (N, C*H*W), channel-major) and labels ``y_train`` (N,). Pixels are uint8 0..255; numbers of
+        another dtype need ``pixel_range``: '0..255' (whole numbers) or '0..1' (multiples of 1/255); anything else is a
+        ConfigError naming the argument, its dtype and its values (never rescaled or rounded). ``epochs`` and
+        ``max_steps`` override the config's. ``validation_data``: (images, labels), images as ``X_train``, evaluated
+        over the cluster every ``validate_every`` steps and at each epoch's end. ``state`` resumes from a checkpoint;
+        ``checkpoint(state)`` is called every ``checkpoint_every`` steps."""
         X_train = rows.model_pixels(self.model, X_train, "X_train", pixel_range)
         if validation_data is not None:
             validation_data = (rows.model_pixels(self.model, validation_data[0], "validation_data images",
@@ -159,9 +165,8 @@ class SparkTrainer:
         val_bc = self.sc.broadcast(validation_data) if validation_data is not None else None
         try:
             return self.fit_data(tasks.BroadcastData(data_bc), len(y_train), epochs,
-                                 tasks.BroadcastData(val_bc) if val_bc else None, max_steps=max_steps,
-                                 on_step=on_step, state=state, checkpoint=checkpoint,
-                                 checkpoint_every=checkpoint_every)
+                                 tasks.BroadcastData(val_bc) if val_bc else None, max_steps=max_steps, on_step=on_step,
+                                 state=state, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
         finally:
             data_bc.destroy(blocking=False)
             if val_bc:
@@ -172,12 +177,9 @@ class SparkTrainer:
         mean cross-entropy in inference mode, without the L2 term."""
         sizes = source.sizes()
         self.sc.setJobDescription("validation")
-        bc = self.sc.broadcast(flat)
-        try:
+        with self._broadcast(flat) as bc:
             correct, loss_sum = source.ranges(self.sc, self.workers, chunk).mapPartitions(
                 partial(inference.correct_and_loss_task, self._context(spec), source, bc)).sum()
-        finally:
-            bc.destroy(blocking=False)
         count = sum(n for _, n in sizes)
         return {"accuracy": float(correct) / count, "loss": float(loss_sum) / count}
 
@@ -193,18 +195,14 @@ class SparkTrainer:
         ``pixel_range``, as ``fit``), counted over the cluster."""
         images = rows.model_pixels(self.model, images, "images", pixel_range)
         spec = base.param_spec(params)
-        bc = self.sc.broadcast((images, np.asarray(labels)))
-        try:
+        with self._broadcast((images, np.asarray(labels))) as bc:
             return self._evaluate(spec, tasks.BroadcastData(bc), base.flatten(params, spec))["accuracy"]
-        finally:
-            bc.destroy(blocking=False)
 
 
 class SyncSGD(SparkTrainer):
-    """Synchronous SGD over ``workers`` Spark tasks per step; effective batch = batch_size x workers.
-
-    Takes ``SparkTrainer``'s parameters (``lr_scaling``: "linear" multiplies lr by workers x batch_size / 64; pair
-    it with warmup_steps) and:
+    """Synchronous SGD over ``workers`` Spark tasks per step; effective batch = batch_size x workers. Takes
+    ``SparkTrainer``'s parameters (``lr_scaling``: "linear" multiplies lr by workers x batch_size / 64; pair it with
+    warmup_steps) and:
 
     backup : a ``BackupConfig`` (no backup workers by default)
     **options : also ``backup_workers``, ``backup_mode``, ``backup_grace``, ``backup_cancel``, ``backup_signal``,
@@ -222,7 +220,6 @@ class SyncSGD(SparkTrainer):
     def shards(self) -> int:
         return self.workers + self.backup.workers
 
-    # -- one given batch ---------------------------------------------------------------------------
     def gradient(self, params: base.Params, X: np.ndarray, y: np.ndarray) -> tuple[float, base.Params]:
         """Loss and gradients of one scaled batch X (n, C, H, W), y (n,) split over the workers, without dropout.
         For a model without state it equals ``model.loss_and_grads(params, X, y, train=False,
@@ -235,12 +232,9 @@ class SyncSGD(SparkTrainer):
         spec = base.param_spec(params)
         flat = base.flatten(params, spec)  # (P,)
         parts = [(X[a:b], y[a:b]) for a, b in sharding.shard_bounds(len(y), self.workers) if b > a]
-        bc = self.sc.broadcast(flat)
-        try:
+        with self._broadcast(flat) as bc:
             report = self.sc.parallelize(parts, len(parts)).mapPartitions(
                 partial(tasks.given_batch_task, self._context(spec), bc)).treeReduce(add)
-        finally:
-            bc.destroy(blocking=False)
         loss, grad = update.loss_and_gradient(report.sums, flat, spec, self.model, self.config.l2)
         return loss, base.unflatten(grad, spec)
 
@@ -249,11 +243,9 @@ class SyncSGD(SparkTrainer):
                  max_steps: int | None = None, on_step=None, state: update.TrainState | None = None,
                  checkpoint=None, checkpoint_every: int = 0) -> training.FitResult:
         """``fit`` on data already on the executors: broadcast arrays, or shards staged from a DataFrame.
-
         ``FitResult.setup_seconds``: from the start of the warm-up (``start_warm_up``; ``fit`` counts from its
         broadcast of the data) to the first step; steps are timed apart from it."""
-        config = dataclasses.replace(self.config, epochs=epochs or self.config.epochs,
-                                     max_steps=max_steps or self.config.max_steps)
+        config = self._fit_config(epochs, max_steps)
         shards = self.shards
         try:  # whatever fails before the first step, no warm-up job outlives the call
             config.check_data(num_examples, shards)
@@ -288,18 +280,15 @@ class SyncSGD(SparkTrainer):
         return result
 
     def _step(self, ctx, source, describe, shard_rdd, flat, batches):
-        """One plain synchronous step: broadcast, mapPartitions, treeReduce."""
         self.sc.setJobDescription(describe(batches[0].key))
         t0 = time.perf_counter()
-        bc = self.sc.broadcast((flat, batches))
-        try:
-            report = shard_rdd.mapPartitions(partial(tasks.step_task, ctx, source, bc)).treeReduce(add)
-        except Exception as e:  # Spark gave up on a task (it retried up to its max attempts)
-            if "Py4J" not in type(e).__name__ and "PythonException" not in type(e).__name__:
-                raise
-            raise task_errors.StepFailure(f"step {batches[0].key.step + 1}: a gradient task failed for good: "
-                                       f"{task_errors.task_error(e)}") from None
-        finally:
-            bc.destroy(blocking=False)  # or the executors fill up with old parameters
+        with self._broadcast((flat, batches)) as bc:
+            try:
+                report = shard_rdd.mapPartitions(partial(tasks.step_task, ctx, source, bc)).treeReduce(add)
+            except Exception as e:  # Spark gave up on a task (it retried up to its max attempts)
+                if "Py4J" not in type(e).__name__ and "PythonException" not in type(e).__name__:
+                    raise
+                raise task_errors.StepFailure(f"step {batches[0].key.step + 1}: a gradient task failed for good: "
+                                              f"{task_errors.task_error(e)}") from None
         return report.sums, {"step_seconds": time.perf_counter() - t0, "pids": sorted(report.pids),
                              "task_seconds": max(report.seconds), "each_task_seconds": list(report.seconds)}

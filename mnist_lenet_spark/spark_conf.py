@@ -1,19 +1,12 @@
 """Any SparkSession: check the live session against the Spark settings training relies on.
 
-``session.session()`` starts Spark with conf/spark-defaults.conf (and, on a cluster master, ``CLUSTER_DEFAULTS``).
-A session made elsewhere (a notebook's, Databricks', ``SparkSession.builder...getOrCreate()``, or an older
-session that ``getOrCreate`` handed back) may lack them. ``check`` runs when a ``SyncSGD`` is made (every fit:
-``NetworkClassifier.fit`` too) and logs ONE warning per SparkContext naming each setting the session lacks and
-what that costs.
-
-Which of them can be applied to a running session? None of the core settings: Spark reads them when the
-SparkContext (its DAG scheduler and map output tracker, its status store, the driver JVM) or an executor (its
-result size limit, its Python runner settings) starts, ``spark.conf.set`` refuses them (CANNOT_MODIFY_CONFIG), and
-none of them is carried by a job's local properties. The one SQL setting of the file,
-``spark.sql.execution.arrow.pythonUDF.columnarInput.enabled``, is runtime-modifiable; fitting runs no Arrow UDF,
-and the model's ``transform``, which does, sets it in its session itself when its input needs it (logged), so it
-is not checked here. What the step does set per job (job group with interrupt on cancel, descriptions) it sets
-on any session already.
+``session.session()`` starts Spark with conf/spark-defaults.conf (and, on a cluster master, ``CLUSTER_DEFAULTS``). A
+session made elsewhere (a notebook's, Databricks', ``getOrCreate()`` handing back an older one) may lack them.
+``check`` runs when a ``SyncSGD`` is made and logs ONE warning per SparkContext naming each setting lacking and its
+cost. No core setting can be applied to a running session: Spark reads them when the SparkContext or an executor
+starts, ``spark.conf.set`` refuses them (CANNOT_MODIFY_CONFIG), and no job's local properties carry them. The file's
+one SQL setting, ``spark.sql.execution.arrow.pythonUDF.columnarInput.enabled``, is runtime-modifiable; fitting runs
+no Arrow UDF, and ``transform``, which does, sets it itself when its input needs it, so it is not checked here.
 """
 from __future__ import annotations
 
@@ -80,8 +73,7 @@ NEEDS: dict[str, Need] = {
     "spark.excludeOnFailure.task.maxTaskAttemptsPerNode": Need(
         "at least", "2", "a shard's retries exclude its node after 2 misses", _CLUSTER),
     "spark.excludeOnFailure.stage.maxFailedTasksPerExecutor": Need(
-        "at least", "2", "two missed tasks exclude the executor holding other shards from the step's stage",
-        _CLUSTER),
+        "at least", "2", "two missed tasks exclude the executor holding other shards from the step's stage", _CLUSTER),
     "spark.excludeOnFailure.stage.maxFailedExecutorsPerNode": Need(
         "at least", "2", "two excluded executors exclude their whole node from the step's stage", _CLUSTER),
 }

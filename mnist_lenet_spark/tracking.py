@@ -33,16 +33,6 @@ BATCH_METRICS = 1000  # MLflow's limit per log_batch call
 FLUSH_SECONDS = 10.0
 
 
-def _mlflow(option: str):
-    """The mlflow module; ConfigError naming ``option`` when it is not installed."""
-    try:
-        import mlflow
-    except ImportError:
-        raise ConfigError(f"{option}: mlflow is not installed (pip install mlflow, or this package's "
-                          f"'mlflow' extra)") from None
-    return mlflow
-
-
 def active_run_requested() -> bool:
     """Whether the caller has an MLflow run active: one started in this process (only if it imported mlflow, so
     this imports nothing) or ``MLFLOW_RUN_ID`` in the environment."""
@@ -50,12 +40,6 @@ def active_run_requested() -> bool:
     if mlflow is not None and getattr(mlflow, "active_run", None) and mlflow.active_run() is not None:
         return True
     return bool(os.environ.get("MLFLOW_RUN_ID"))
-
-
-def definition_hash(network) -> str:
-    """sha256 of a network's JSON definition (sorted keys), 16 hex digits."""
-    text = json.dumps(network.to_json(), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _number(value) -> float | None:
@@ -71,21 +55,23 @@ def step_metrics(record: dict) -> dict[str, float]:
     timed it), step_seconds, task_seconds, close_seconds, pushed, epoch, and kept/dropped/failed_tasks."""
     out = {}
     for key, value in record.items():
-        if key in _NOT_METRICS:
-            continue
         if key in _COUNTED and isinstance(value, (list, tuple)):
             out[_COUNTED[key]] = float(len(value))
-        elif (number := _number(value)) is not None:
+        elif key not in _NOT_METRICS and (number := _number(value)) is not None:
             out[key] = number
     return out
 
 
 class Tracker:
-    """One fit's MLflow run: ``start``, ``log_params``, ``on_step`` per step, ``finish`` (or ``fail``)."""
+    """One fit's MLflow run: ``start``, ``log_training_params``, ``on_step`` per step, ``finish`` (or ``fail``)."""
 
-    def __init__(self, option: str, experiment: str | None = None, run_name: str | None = None):
-        self.mlflow = _mlflow(option)
-        self.option, self.experiment, self.run_name = option, experiment, run_name
+    def __init__(self, option: str, experiment: str | None = None):
+        try:
+            import mlflow
+        except ImportError:  # ConfigError naming the option that asked for it
+            raise ConfigError(f"{option}: mlflow is not installed (pip install mlflow, or this package's "
+                              f"'mlflow' extra)") from None
+        self.mlflow, self.experiment = mlflow, experiment
         self.run_id: str | None = None
         self.owned = False  # started here (ended here), or the caller's run
         self.pending: list = []
@@ -99,7 +85,7 @@ class Tracker:
         if run is None:
             if self.experiment:
                 mlflow.set_experiment(self.experiment)
-            run = mlflow.start_run(run_name=self.run_name)  # MLFLOW_RUN_ID, if set, is resumed
+            run = mlflow.start_run()  # MLFLOW_RUN_ID, if set, is resumed
             self.owned = True
         elif self.experiment:
             log.warning("logging into the active MLflow run %s, not a run of experiment %r", run.info.run_id,
@@ -110,49 +96,35 @@ class Tracker:
         return self
 
     # -- params ------------------------------------------------------------------------------------------------
-    def log_params(self, values: dict) -> None:
-        """Settings as params (text; None as 'None'); nested dicts flatten to ``outer.inner``."""
-        flat = {}
-        for key, value in values.items():
-            if isinstance(value, dict):
-                flat.update({f"{key}.{k}": v for k, v in value.items()})
-            else:
-                flat[key] = value
-        Param = self.mlflow.entities.Param
-        params = [Param(k, str(v)) for k, v in flat.items()]
-        for i in range(0, len(params), 100):  # MLflow takes up to 100 params a batch
-            self.client.log_batch(self.run_id, params=params[i:i + 100])
-
     def log_training_params(self, config, backup, workers: int, network, model_name, **extra) -> None:
-        """The SGDConfig and BackupConfig (``backup_`` + field), the workers, the model's name or identity and
-        its definition's hash, and ``extra``."""
+        """As params (text; None as 'None'): the SGDConfig and BackupConfig (``backup_`` + field), the workers, the
+        model's name or identity and its JSON definition's sha256 (sorted keys, 16 hex digits), and ``extra``."""
         from mnist_lenet_spark import models
+        definition = json.dumps(network.to_json(), sort_keys=True)
         values = dict(dataclasses.asdict(config))
         values.update({f"backup_{k}": v for k, v in dataclasses.asdict(backup).items()})
         values.update({"workers": workers, "shards": workers + backup.workers,
                        "model": models.fingerprint(model_name, network),
-                       "model_definition_sha256": definition_hash(network),
+                       "model_definition_sha256": hashlib.sha256(definition.encode()).hexdigest()[:16],
                        "input_shape": "x".join(map(str, network.input_shape)), "classes": network.classes, **extra})
-        self.log_params(values)
+        params = [self.mlflow.entities.Param(k, str(v)) for k, v in values.items()]
+        for i in range(0, len(params), 100):  # MLflow takes up to 100 params a batch
+            self.client.log_batch(self.run_id, params=params[i:i + 100])
 
     # -- metrics -------------------------------------------------------------------------------------------------
+    def _queue(self, values: dict, step: int) -> None:
+        """``values``' numbers (``_number``; others left out) as metrics at ``step``, for the next ``flush``."""
+        now = int(time.time() * 1000)
+        self.pending.extend(self.mlflow.entities.Metric(k, n, now, step) for k, v in values.items()
+                            if (n := _number(v)) is not None)
+
     def on_step(self, record: dict) -> None:
         """A step record's numbers, sent with others in one ``log_batch`` every 10 s (or 1,000 metrics)."""
-        Metric = self.mlflow.entities.Metric
-        now = int(time.time() * 1000)
-        step = int(record.get("step", 0))
         values = step_metrics(record)
         self.step_keys.update(values)
-        self.pending.extend(Metric(k, v, now, step) for k, v in values.items())
+        self._queue(values, int(record.get("step", 0)))
         if len(self.pending) >= BATCH_METRICS or time.monotonic() - self.last_flush >= FLUSH_SECONDS:
             self.flush()
-
-    def log_metrics(self, values: dict, step: int = 0, prefix: str = "") -> None:
-        Metric = self.mlflow.entities.Metric
-        now = int(time.time() * 1000)
-        self.pending.extend(Metric(prefix + k, n, now, step) for k, v in values.items()
-                            if (n := _number(v)) is not None)
-        self.flush()
 
     def log_final(self, values: dict, step: int) -> None:
         """The run's final numbers (a summary's) at its last ``step``; a name that a per-step or validation
@@ -161,15 +133,13 @@ class Tracker:
             if key.startswith("validation_"):
                 return "final_" + key
             return "total_" + key if key in self.step_keys else key
-        self.log_metrics({name(k): v for k, v in values.items()}, step=step)
+        self._queue({name(k): v for k, v in values.items()}, step)
+        self.flush()
 
     def log_validation(self, validation: list[dict]) -> None:
         """Each validation as ``validation_accuracy`` and ``validation_loss`` at its step."""
-        Metric = self.mlflow.entities.Metric
-        now = int(time.time() * 1000)
         for v in validation:
-            self.pending.extend(Metric(f"validation_{k}", float(v[k]), now, int(v["step"]))
-                                for k in ("accuracy", "loss") if _number(v.get(k)) is not None)
+            self._queue({f"validation_{k}": v.get(k) for k in ("accuracy", "loss")}, int(v["step"]))
         self.flush()
 
     def flush(self) -> None:
@@ -179,9 +149,9 @@ class Tracker:
         self.last_flush = time.monotonic()
 
     # -- artifacts -------------------------------------------------------------------------------------------------
-    def log_summary(self, summary: dict, name: str = "summary.json") -> None:
+    def log_summary(self, summary: dict) -> None:
         with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / name
+            path = Path(folder) / "summary.json"
             path.write_text(files.strict_json(summary, indent=2) + "\n")
             self.client.log_artifact(self.run_id, str(path))
 
@@ -225,11 +195,11 @@ class Tracker:
             log.warning("MLflow: could not close the run %s: %s", self.run_id, e)
 
 
-def tracker(requested: bool, option: str, experiment: str | None = None, run_name: str | None = None) -> Tracker | None:
+def tracker(requested: bool, option: str, experiment: str | None = None) -> Tracker | None:
     """A Tracker (``start`` it) when MLflow is ``requested`` (by ``option``) or the caller has a run active, else
     None; a ConfigError naming ``option`` when mlflow is not installed."""
     if not (requested or experiment or active_run_requested()):
         return None
     if not (requested or experiment):
         option = "an active MLflow run (MLFLOW_RUN_ID)"
-    return Tracker(option, experiment, run_name)
+    return Tracker(option, experiment)

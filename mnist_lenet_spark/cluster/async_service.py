@@ -1,15 +1,12 @@
-"""The driver's parameter service of the asynchronous mode (Downpour-style, ``async_sgd``; protocol and client:
-``wire.parameters``).
-
-Each of the job's long tasks keeps one connection and loops: pull the parameters and their version, compute
-the gradient of its next mini-batch, push it with the version it used. ONE apply thread applies every push as
-it arrives (the ``apply`` function given: SGD-Nesterov, L2, batch norm's running statistics, as the
-synchronous update) and publishes the next version; staleness is the number of versions applied between a
-push's pull and its apply. Every read has a deadline; the connections are bounded (``max_clients``); no pyspark
-import.
+"""The driver's parameter service of the asynchronous mode (Downpour-style, ``async_sgd``; protocol, client and the
+tasks' pull-compute-push loop: ``wire.parameters``). ONE apply thread applies every push as it arrives (the ``apply``
+function given: SGD-Nesterov, L2, batch norm's running statistics, as the synchronous update) and publishes the next
+version; staleness is the number of versions applied between a push's pull and its apply. Every read has a deadline; the
+connections are bounded (``max_clients``); no pyspark import.
 """
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import queue
@@ -25,8 +22,7 @@ import numpy as np
 
 from mnist_lenet_spark.wire.common import TOKEN_BYTES, Endpoint, listen, recv_exact
 from mnist_lenet_spark.wire.parameters import (ANSWER, APPLIED, BUDGET, FAILED, HELLO, OLD_ATTEMPT, PULL, PUSH,
-                                               PUSH_HEADER, REPLY_SECONDS, STALE, STATUS_NAMES, WELCOME, WIRE,
-                                               to_wire)
+                                               PUSH_HEADER, REPLY_SECONDS, STALE, STATUS_NAMES, WELCOME, WIRE, to_wire)
 
 log = logging.getLogger(__name__)
 #: apply(gradient sum (P,), loss sum, example count, staleness, partition, params (P,)) -> next params (P,)
@@ -46,13 +42,12 @@ class _Push:
 
 
 class ParameterServer:
-    """Driver side: serves ``params`` (P,) float32 and their version to ``partitions`` tasks that know the token,
-    and applies their pushes in one thread with ``apply`` until ``budget`` updates are applied (``done`` is set
-    then, or when the run stops on an error: ``error``). ``max_staleness``: refuse pushes more versions behind
-    (None: off). ``bind``/``host``/``ports`` as ``step_signal.StepServer``'s. A resumed run starts at ``version``
-    (updates applied before; ``budget`` counts them too) with each partition's ``positions``. ``after_apply(version,
-    positions)`` runs in the apply thread after each update is published (checkpoints); if it raises, the run
-    stops with that error."""
+    """Driver side: serves ``params`` (P,) float32 and their version to ``partitions`` tasks that know the token, and
+    applies their pushes in one thread with ``apply`` until ``budget`` updates are applied (``done`` is set then, or
+    when the run stops on an error: ``error``). ``max_staleness``: refuse pushes more versions behind (None: off).
+    ``bind``/``host``/``ports`` as ``step_signal.StepServer``'s. A resumed run starts at ``version`` (updates applied
+    before; ``budget`` counts them too) with each partition's ``positions``. ``after_apply(version, positions)`` runs in
+    the apply thread after each update is published (checkpoints); if it raises, the run stops with that error."""
     AUTH_SECONDS = 2.0  # a new connection must present the token and its hello within this
     IDLE_SECONDS = 600.0  # a task silent this long between messages (a gradient, with any injected delay) is dropped
     PAYLOAD_SECONDS = 60.0  # a push's gradient must arrive within this after its header
@@ -92,7 +87,6 @@ class ParameterServer:
         if budget <= version:
             self.done.set()
 
-    # -- the driver's controls ------------------------------------------------------------------------
     @property
     def applied(self) -> int:
         return self.version
@@ -114,10 +108,8 @@ class ParameterServer:
         with self._lock:
             clients = list(self._clients.items())
         for conn, _ in clients:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         for _, thread in clients:
             thread.join(timeout)
         self._listener.close()
@@ -127,7 +119,6 @@ class ParameterServer:
             except queue.Empty:
                 break
 
-    # -- serving --------------------------------------------------------------------------------------
     def _accept(self) -> None:
         while not self._closing.is_set():
             try:
@@ -177,8 +168,7 @@ class ParameterServer:
             if not accepted:
                 self._count_refusal(OLD_ATTEMPT, partition)
                 return
-            log.info("async service: partition %d attempt %d connected at mini-batch %d", partition, attempt,
-                     position)
+            log.info("async service: partition %d attempt %d connected at mini-batch %d", partition, attempt, position)
             while not self._closing.is_set():
                 kind = recv_exact(conn, 1, time.monotonic() + self.IDLE_SECONDS)
                 if kind == PULL:

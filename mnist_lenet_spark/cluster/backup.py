@@ -1,12 +1,11 @@
 """The backup-worker policy (Chen et al. 2016): launch N + b gradient tasks a step, use the first N, stop waiting.
 
-Results arrive through a custom accumulator as each task finishes and are added into one running
-sum as they arrive (as TensorFlow's SyncReplicasOptimizer does with its ConditionalAccumulator), so
-the driver holds one gradient whatever N is and the summing overlaps the wait; at the N-th the step
-closes, the late tasks are told so (``step_signal``) and, after a grace period, Spark cancels what
-is still running. With ``combine="executors"`` (for tens of workers and more) only a note of each result
-arrives: the tasks' sums stay in their cached partitions, and at the N-th note one more job adds the kept
-ones on the executors (``BackupStep._sum_kept``). README, "Backup workers", explains why each piece.
+Results arrive through a custom accumulator as each task finishes and are added into one running sum (as
+TensorFlow's SyncReplicasOptimizer does with its ConditionalAccumulator): the driver holds one gradient whatever N
+is, and the summing overlaps the wait. At the N-th the step closes, the late tasks are told so (``step_signal``) and,
+after a grace period, Spark cancels what still runs. With ``combine="executors"`` (tens of workers and more) only a
+note of each result arrives: the sums stay in their cached partitions, and at the N-th note one more job adds the
+kept ones on the executors (``BackupStep._sum_kept``). README, "Backup workers", explains why each piece.
 """
 from __future__ import annotations
 
@@ -22,10 +21,9 @@ from operator import add
 
 import numpy as np
 
-from mnist_lenet_spark.cluster import step_signal
+from mnist_lenet_spark.cluster import step_signal, task_errors
 from mnist_lenet_spark.config import BackupConfig, ConfigError
 from mnist_lenet_spark.executor import tasks
-from mnist_lenet_spark.cluster import task_errors
 from mnist_lenet_spark.loop.sharding import ShardBatch
 from mnist_lenet_spark.loop.sums import GradientSum
 
@@ -35,15 +33,13 @@ STOP_SECONDS = 1.0  # at close, how long signalled tasks get to stop by themselv
 
 
 class StepResults:
-    """The driver's value of the backup accumulator: the running sum of the first ``need`` gradients of the open
-    step, what they came from, and its failures (tasks whose last attempt failed; they carry no gradient).
-
-    A gradient arrives pushed over the step signal (``push``, ahead of its task's note) or inside its note
-    (``add``); either way it is added at once if fewer than ``need`` were taken, and its shard counts as kept
-    when its note arrives. Results of any other step (a task that finished after its step closed) and
-    gradients past the first ``need`` are dropped on arrival: one gradient is held, whatever N is. Added to
-    by the step signal's thread and PySpark's accumulator thread, read by the step's loop: under a lock.
-    """
+    """The driver's value of the backup accumulator: the running sum of the first ``need`` gradients of the open step,
+    what they came from, and its failures (tasks whose last attempt failed; they carry no gradient). A gradient
+    arrives pushed over the step signal (``push``, ahead of its task's note) or inside its note (``add``); either way
+    it is added at once if fewer than ``need`` were taken, and its shard counts as kept when its note arrives. Results
+    of any other step (a task that finished after its step closed) and gradients past the first ``need`` are dropped
+    on arrival: one gradient is held, whatever N is. Added to by the step signal's thread and PySpark's accumulator
+    thread, read by the step's loop: under a lock."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -66,11 +62,7 @@ class StepResults:
                 return False
             if shard in self.taken:  # a retried task's second push: it is in already
                 return True
-            if len(self.taken) >= self.need:
-                return False
-            self._add(GradientSum(grad, loss_sum, count))
-            self.taken.add(shard)
-            return True
+            return self._take(shard, GradientSum(grad, loss_sum, count))
 
     def add(self, result: tasks.BackupResult) -> None:
         with self._lock:
@@ -82,10 +74,8 @@ class StepResults:
             if len(self.kept) >= self.need or result.delivery == "unwanted":
                 return
             if result.delivery == "inline" and result.shard not in self.taken:
-                if len(self.taken) >= self.need:
+                if not self._take(result.shard, result.sums):
                     return
-                self._add(result.sums)
-                self.taken.add(result.shard)
             elif result.delivery == "pushed" and result.shard not in self.taken:  # a push is answered once added
                 log.error("step %d: shard %d's pushed gradient is missing; its result is dropped", self.step,
                           result.shard)
@@ -95,8 +85,10 @@ class StepResults:
             # "cached": a note only, the sums stay on its executor (combine="executors")
             self.kept.append(dataclasses.replace(result, sums=None))
 
-    def _add(self, sums: GradientSum) -> None:
-        """Add ``sums`` into the running sum (under the lock)."""
+    def _take(self, shard: int, sums: GradientSum) -> bool:
+        """Add ``shard``'s ``sums`` into the running sum unless ``need`` were taken already (under the lock)."""
+        if len(self.taken) >= self.need:
+            return False
         if self.sums is None:  # just unpickled or received: ours to add into (copied if read-only)
             grad = sums.grad_sum if sums.grad_sum.flags.writeable else sums.grad_sum.copy()
             self.sums = dataclasses.replace(sums, grad_sum=grad)
@@ -104,6 +96,8 @@ class StepResults:
             np.add(self.sums.grad_sum, sums.grad_sum, out=self.sums.grad_sum)  # (P,) in place
             self.sums = GradientSum(self.sums.grad_sum, self.sums.loss_sum + sums.loss_sum,
                                           self.sums.count + sums.count)
+        self.taken.add(shard)
+        return True
 
     def counts(self) -> tuple[int, int]:
         """(gradients kept, failures) of the open step so far."""
@@ -152,9 +146,7 @@ def check_result_size(sc, tasks_per_step: int, gradient_bytes: int) -> None:
 
 class BackupStep:
     """The ``gradient`` function of ``training.fit_loop`` for ``workers`` tasks plus ``backup.workers`` more.
-
-    ``describe(key)`` names a step's job in the Spark UI; ``gradient_bytes``: the size of one gradient.
-    """
+    ``describe(key)`` names a step's job in the Spark UI; ``gradient_bytes``: the size of one gradient."""
 
     def __init__(self, sc, ctx: tasks.TaskContext, source, workers: int, backup: BackupConfig, describe,
                  gradient_bytes: int = 0):
@@ -169,11 +161,7 @@ class BackupStep:
         self.on_executors = backup.combine == "executors"
         if not self.on_executors:  # else only notes and ~sqrt(N) partial sums reach the driver
             check_result_size(sc, shards, gradient_bytes)  # every check before anything is created
-        conf = sc.getConf()
-        try:
-            ports = step_signal.parse_ports(conf.get(step_signal.PORT_CONF, "0"))
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        bind, host, ports = step_signal.driver_address(sc.getConf())
         self.shard_rdd = source.partitions(sc, shards)  # one partition per shard: every step's tasks
         self.wait_all = backup.mode == "wait-all"
         self.results = StepResults()
@@ -187,8 +175,6 @@ class BackupStep:
         self.killed_by_spark = 0  # tasks of those that had not finished: killed by Spark (or failed)
         self.signal = None
         if backup.signal and not self.wait_all:
-            host = conf.get("spark.driver.host", "127.0.0.1")
-            bind = conf.get("spark.driver.bindAddress", host)  # listen where Spark listens
             try:
                 self.signal = step_signal.StepServer(bind, host, ports=ports, on_push=self.results.push,
                                                      push_bytes=gradient_bytes)
@@ -210,26 +196,14 @@ class BackupStep:
                        self.signal.endpoint if self.signal else None, self.stopped, keep=self.on_executors)
         need = min(self.n, sum(1 for b in batches if len(b.index)))
         self.results.open(step, need)
-        failure = []
         cached = None
         if self.on_executors:  # each task's sums stay in its cached partition (on disk if memory is short)
             from pyspark import StorageLevel
             cached = self.shard_rdd.mapPartitions(task).persist(StorageLevel.MEMORY_AND_DISK)
-
-        def run_job():
-            sc.setJobGroup(group, f"{self.describe(batches[0].key)} (backup workers)", interruptOnCancel=True)
-            try:
-                if cached is not None:
-                    cached._jrdd.count()  # a JVM action: the cached sums go to no second Python worker
-                else:
-                    self.shard_rdd.mapPartitions(task).count()
-            except Exception as e:  # a cancelled job raises here too
-                failure.append(e)
-
-        from pyspark import InheritableThread
+        # with cached sums a JVM action, so that they go to no second Python worker
+        job = cached._jrdd.count if cached is not None else self.shard_rdd.mapPartitions(task).count
         t0 = time.perf_counter()
-        thread = InheritableThread(target=run_job, daemon=True)
-        thread.start()
+        thread, failure = task_errors.start_job(sc, group, f"{self.describe(batches[0].key)} (backup workers)", job)
         if self.wait_all:
             thread.join()
         while True:
@@ -239,9 +213,9 @@ class BackupStep:
             time.sleep(POLL_SECONDS)
         arrived = time.perf_counter()
         sums, kept, failed = self.results.close()
+        if self.signal:
+            self.signal.close_step(step)  # late tasks of this step now stop at their next check
         if len(kept) < need:
-            if self.signal:
-                self.signal.close_step(step)
             self._cancel(group)
             thread.join()
             bc.destroy(blocking=False)
@@ -250,8 +224,6 @@ class BackupStep:
             cause = failed[0].error if failed else task_errors.task_error(failure[0]) if failure else "its job ended"
             raise task_errors.StepFailure(f"step {step + 1}: only {len(kept)} of the {need} gradients needed arrived, "
                                        f"and no more can; a task failed: {cause}")
-        if self.signal:
-            self.signal.close_step(step)  # late tasks of this step now stop at their next check
         self.task_seconds.extend(r.seconds for r in kept)
         timer = None
         if thread.is_alive() and self.options.cancel:

@@ -1,12 +1,10 @@
 """Whether the executors' Python can run this package, asked with one small task before any job that needs it.
 
-A session whose executors cannot import the package (a notebook's session started in a virtualenv without
-``PYSPARK_PYTHON``, a cluster without the wheel or the packed environment) would otherwise fail inside its first
-job (staging or the warm-up) with a Python worker's traceback. ``check_executors`` runs when a ``SyncSGD`` is made,
-once per SparkContext (its report is kept; a failed check is asked again, so a fix made on the live session, such
-as ``sc.addPyFile``, counts): one task on one executor imports the package and looks up its executor dependencies,
-and a lack is one ``ConfigError`` line naming what is missing, the executors' interpreter and the fixes. The task
-body uses the standard library only and travels by value, so it runs where the package does not.
+Executors that cannot import the package (a notebook's session in a virtualenv without ``PYSPARK_PYTHON``, a
+cluster without the wheel or the packed environment) would otherwise fail the first job with a worker's traceback.
+``check_executors`` runs when a ``SyncSGD`` is made, once per SparkContext (a failed check is asked again, so a fix
+on the live session, such as ``sc.addPyFile``, counts). The task body uses the standard library only and travels by
+value, so it runs where the package does not.
 """
 from __future__ import annotations
 
@@ -77,17 +75,9 @@ def _failure(e: BaseException) -> str:
     return own
 
 
-def _context_key(sc) -> str:
-    return f"{sc.applicationId}@{sc.startTime}"
-
-
-def _local(master: str) -> bool:
-    return master.startswith("local")  # local, local[N] and local-cluster[...]: executors on the driver's host
-
-
 def fixes(missing: list[str], master: str) -> str:
     """How to give the executors what they lack, for a session on ``master``."""
-    if _local(master):
+    if master.startswith("local"):  # local, local[N] and local-cluster[...]: executors on the driver's host
         return (f"start the session with PYSPARK_PYTHON set to an interpreter that has the package and its "
                 f"dependencies, such as this driver's {sys.executable} (mnist_lenet_spark.session.session() sets "
                 f"it so on a local master)")
@@ -101,17 +91,13 @@ def fixes(missing: list[str], master: str) -> str:
 
 
 def check_executors(spark) -> dict:
-    """Run the probe task on one executor, once per SparkContext (``spark``: a SparkSession or SparkContext), and
-    return its report: ``host``, ``python`` (the executors' interpreter), ``python_version``, ``versions``
-    (the package and each of ``DEPENDENCIES``), ``seconds`` (the probe job, as the driver waited for it).
-
-    Raises
-    ------
-    ConfigError
-        one line, when the executors lack the package or a dependency, or cannot run a Python task at all.
-    """
+    """Run the probe task on one executor, once per SparkContext (``spark``: a SparkSession or SparkContext), and return
+    its report: ``host``, ``python`` (the executors' interpreter), ``python_version``, ``versions`` (the package and
+    each of ``DEPENDENCIES``), ``seconds`` (the probe job, as the driver waited for it). ConfigError, one line naming
+    what is missing, the executors' interpreter and the fixes, when the executors lack the package or a dependency, or
+    cannot run a Python task at all."""
     sc = getattr(spark, "sparkContext", spark)
-    key = _context_key(sc)
+    key = f"{sc.applicationId}@{sc.startTime}"
     with _lock:
         if key in _reports:
             return _reports[key]

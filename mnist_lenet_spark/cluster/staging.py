@@ -1,20 +1,17 @@
 """Staging a DataFrame's training rows as shard files on the executors' side, without the driver holding them.
 
-Row ``i`` (in the DataFrame's order) goes to shard ``k`` when it falls in ``sharding.shard_bounds``'
-block ``k``: the same contiguous blocks ``SyncSGD.fit`` cuts from arrays, so both train on the
-same batches. One job counts each input partition; one more converts and checks every row where
-it lies, shuffles the rows (C x H x W bytes each: 784 for MNIST) to their shard, and writes each shard once as two
-``.npy`` files (``shards.write_shard``). Only per-shard reports (or the first bad row) come back to
-the driver.
+Row ``i`` (in the DataFrame's order) goes to shard ``k`` when it falls in ``sharding.shard_bounds``' block ``k``,
+the blocks ``SyncSGD.fit`` cuts from arrays: both train on the same batches. One job counts each input partition;
+one more converts and checks every row where it lies, shuffles the rows (C x H x W bytes each) to their shard and
+writes each shard once as two ``.npy`` files (``shards.write_shard``); only per-shard reports (or the first bad row)
+reach the driver.
 
-Where the files go: by default into the local directory of the executor that wrote them, which
-needs no shared filesystem. The RDD of reports is cached, so every step's task for shard ``k`` is
-sent where report ``k`` is cached, that is where the files are; an executor that is lost takes its
-cached reports with it, and Spark recomputes them (re-reading the rows from lineage) on another
-executor, which writes the files again. A task that still runs elsewhere (its executor stayed busy
-past ``spark.locality.wait``) raises ``shards.ShardMissing`` and Spark runs it again. A
-``staging_dir`` puts the files in a folder every executor mounts instead, or in a store every executor
-reaches, given by URL (``s3://bucket/prefix``; written and read by the executors through fsspec).
+By default the files go into the local directory of the executor that wrote them: no shared filesystem needed. The
+RDD of reports is cached, so every step's task for shard ``k`` is sent where report ``k`` is cached, where the files
+are; a lost executor takes its cached reports along, and Spark recomputes them (from lineage) on another executor,
+which writes the files again. A task that runs elsewhere (its executor busy past ``spark.locality.wait``) raises
+``shards.ShardMissing`` and Spark runs it again. A ``staging_dir`` puts the files in a folder every executor mounts,
+or in a store every executor reaches by URL (``s3://bucket/prefix``, through fsspec).
 """
 from __future__ import annotations
 
@@ -60,9 +57,8 @@ def check_columns(df, features_col: str, label_col: str | None, pixels: int = in
         if name not in fields:
             raise DataError(f"column '{name}' ({kind}) not found; the DataFrame has {', '.join(fields) or 'none'}")
         t = fields[name]
-        ok = (isinstance(t, NumericType) if kind == "label" else
-              isinstance(t, (VectorUDT, BinaryType)) or isinstance(t, ArrayType) and isinstance(t.elementType,
-                                                                                                NumericType))
+        ok = (isinstance(t, NumericType) if kind == "label" else isinstance(t, (VectorUDT, BinaryType))
+              or isinstance(t, ArrayType) and isinstance(t.elementType, NumericType))
         if not ok:
             expected = (f"an integer or double 0..{classes - 1}" if kind == "label" else
                         f"a Vector, an array of numbers or binary ({pixels} pixels)")
@@ -144,8 +140,7 @@ def stage(df, features_col: str, label_col: str, shard_count: int, directory: st
         raise
     seconds = time.perf_counter() - t0
     places = tuple(sorted(Counter(r.place for r in reports).values(), reverse=True))
-    log.info("staged %d rows as %d shards in %.1f s; shards per executor: %s", n, shard_count, seconds,
-             list(places))
+    log.info("staged %d rows as %d shards in %.1f s; shards per executor: %s", n, shard_count, seconds, list(places))
     starts, counts = tuple(int(a) for a in edges[:-1]), tuple(r.count for r in reports)
     return StagedData(shards.StagedShards(directory, starts, counts, tokens), n, seconds, places)
 
@@ -186,8 +181,7 @@ def fit_dataframes(sgd, train_df, validation_df, features_col: str, label_col: s
     image = {"input_shape": sgd.model.input_shape, "classes": sgd.model.classes,  # what the model takes
              "pixel_range": pixel_range}
     try:
-        train = stage(train_df, features_col, label_col, sgd.shards, directory + "/train",
-                      **image)
+        train = stage(train_df, features_col, label_col, sgd.shards, directory + "/train", **image)
         staged.append(train.source)
         validation = (stage(validation_df, features_col, label_col, sgd.workers, directory + "/validation", **image)
                       if validation_df is not None else None)

@@ -1,14 +1,11 @@
 """The driver's side of the step signal (protocol and task side: ``wire.step_signal``): it serves a backup step's
-tasks the newest closed step, and takes their gradients.
+tasks the newest closed step, and takes their gradients. No pyspark import.
 
-A task asks before each batch (and during an injected delay) and stops by itself when its step
-is closed, keeping its Python worker; Spark's cancel is the fallback (README, "Backup workers").
-A task that finished pushes its gradient here, so that only a note of it travels through Spark's
-accumulator: a gradient inside an accumulator update stays in the executor's JVM after the task
-ends, held by the task's context until Spark's Python-worker monitor thread next polls (every
-2 s), which in local mode is the driver's JVM (docs: "Driver memory").
-One thread and a selector serve every connection; their number is bounded, a client that does
-not authenticate in time, goes idle or does not read its answers is dropped. No pyspark import.
+A task asks before each batch (and during an injected delay) and stops by itself when its step is closed, keeping
+its Python worker; Spark's cancel is the fallback (README, "Backup workers"). A task that finished pushes its
+gradient here, so that only a note of it travels through Spark's accumulator: a gradient inside an accumulator
+update stays in the executor's JVM (in local mode the driver's) after the task ends, held by the task's context
+until Spark's Python-worker monitor thread next polls, every 2 s (docs: "Driver memory").
 """
 from __future__ import annotations
 
@@ -25,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from mnist_lenet_spark.config import ConfigError
 from mnist_lenet_spark.wire.common import TOKEN_BYTES, Endpoint, listen
 from mnist_lenet_spark.wire.step_signal import PUSH, REPLY
 
@@ -42,10 +40,17 @@ def parse_ports(value: str | None) -> range:
         low, _, high = text.partition("-")
         low, high = int(low), int(high or low)
     except ValueError:
-        raise ValueError(f"{PORT_CONF}: expected a port or LOW-HIGH, got {text!r}") from None
+        raise ConfigError(f"{PORT_CONF}: expected a port or LOW-HIGH, got {text!r}") from None
     if not (0 <= low <= high <= 65535) or (low == 0 and high != 0):
-        raise ValueError(f"{PORT_CONF}: expected ports in 1..65535 (LOW <= HIGH) or 0, got {text!r}")
+        raise ConfigError(f"{PORT_CONF}: expected ports in 1..65535 (LOW <= HIGH) or 0, got {text!r}")
     return range(low, high + 1)
+
+
+def driver_address(conf) -> tuple[str, str, range]:
+    """(address to listen on, host the tasks connect to, ports) of a driver service, from a SparkConf: where Spark
+    listens (``spark.driver.bindAddress``, ``spark.driver.host``) and ``PORT_CONF``. ConfigError on bad ports."""
+    host = conf.get("spark.driver.host", "127.0.0.1")
+    return conf.get("spark.driver.bindAddress", host), host, parse_ports(conf.get(PORT_CONF, "0"))
 
 
 @dataclass
@@ -60,14 +65,9 @@ class _Client:
 
 
 class StepServer:
-    """Driver side: serves the number of the newest closed step to the tasks that know the token, and hands
-    their pushed gradients to ``on_push`` (gradients of ``push_bytes`` bytes; without ``on_push``, a push
-    drops its connection).
-
-    ``bind``: the address to listen on (Spark's ``spark.driver.bindAddress``); ``host``: the one
-    the tasks connect to (``spark.driver.host``; default: ``bind``); ``ports``: where to listen
-    (``parse_ports``).
-    """
+    """Driver side: serves the number of the newest closed step to the tasks that know the token, and hands their
+    pushed gradients to ``on_push`` (gradients of ``push_bytes`` bytes; without ``on_push``, a push drops its
+    connection). ``bind``, ``host`` (default: ``bind``) and ``ports``: as ``driver_address`` gives them."""
     AUTH_SECONDS = 2.0  # a new connection must present the token within this
     IDLE_SECONDS = 60.0  # an authenticated connection silent this long is closed (its task reconnects)
 

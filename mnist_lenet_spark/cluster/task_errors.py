@@ -1,8 +1,10 @@
 """A gradient task that failed for good, as the driver reports it: ``StepFailure``, and the task's own error line
-out of the Py4J / PythonException text Spark wraps it in."""
+out of the Py4J / PythonException text Spark wraps it in; ``start_job`` runs a job whose failure is reported so."""
 from __future__ import annotations
 
 import re
+import threading
+from typing import Callable
 
 
 class StepFailure(RuntimeError):
@@ -18,3 +20,21 @@ def task_error(e: BaseException) -> str:
         return lines[0] if lines else type(e).__name__
     name, message = own[-1].split(": ", 1)
     return f"{name.rsplit('.', 1)[-1]}: {message}"  # InjectedFailure, not mnist_lenet_spark.executor.straggler.Inj...
+
+
+def start_job(sc, group: str, description: str, action: Callable[[], object]) -> tuple[threading.Thread, list]:
+    """Run the Spark action ``action()`` in a background thread as job group ``group``, which a cancel interrupts;
+    (the thread, the list that receives the action's exception, if it raises)."""
+    from pyspark import InheritableThread  # keeps the job's thread paired with a JVM thread
+    failure: list[BaseException] = []
+
+    def run():
+        sc.setJobGroup(group, description, interruptOnCancel=True)
+        try:
+            action()
+        except Exception as e:  # a cancelled job raises too
+            failure.append(e)
+
+    thread = InheritableThread(target=run, daemon=True)
+    thread.start()
+    return thread, failure

@@ -1,10 +1,8 @@
 """The long task of the asynchronous mode (``async_sgd``): one per shard, it loops pull, gradient, push against the
-driver's parameter service (``cluster.async_service``) until the service says the run's budget is spent.
-
-A shard is walked as the synchronous mode walks it (``sharding.epoch_batches``: the same mini-batches, keys,
-dropout masks and straggler draws), epoch after epoch; the empty batches a short shard has at an epoch's end are
-skipped. No pyspark import here.
-"""
+driver's parameter service (``cluster.async_service``) until the service says the run's budget is spent. A shard is
+walked as the synchronous mode walks it (``sharding.epoch_batches``: the same mini-batches, keys, dropout masks and
+straggler draws), epoch after epoch; the empty batches a short shard has at an epoch's end are skipped. No pyspark
+import here."""
 from __future__ import annotations
 
 import itertools

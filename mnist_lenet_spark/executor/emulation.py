@@ -1,22 +1,19 @@
-"""Emulated compute, for measuring the system at the paper's scale on one machine (off by default).
+"""Emulated compute, for measuring the system at the paper's scale on one machine (off by default): each gradient task
+sleeps for a time drawn from its ``TaskKey`` instead of computing, and returns a gradient of the real size (zeros) and
+its batch's example count. Everything else runs for real: the parameter broadcast, the scheduler, the task results, the
+backup accumulator, the step signal and the driver's update. So ``local[N + b]`` on a 2-core machine holds ~136 tasks a
+step, their Python workers mostly asleep; ``benchmarks/scale.py`` measures what the machine itself still adds.
 
-Each gradient task sleeps for a time drawn from its ``TaskKey`` instead of computing, and returns a
-gradient of the real size (zeros) and its batch's example count. Everything else runs for real: the
-parameter broadcast, the scheduler, the task results, the backup accumulator, the step signal and
-the driver's update. So ``local[N + b]`` on a 2-core machine holds ~136 tasks a step, their Python
-workers mostly asleep; ``benchmarks/scale.py`` measures what the machine itself still adds.
-
-A task's time is ``shift + tail``: ``shift`` the compute every task needs, ``tail`` random with mean
-``tail_mean``: exponential (the default), lognormal (``sigma``) or Pareto II/Lomax (``alpha`` > 1, a
-heavy tail). Imports no pyspark.
-"""
+A task's time is ``shift + tail``: ``shift`` the compute every task needs, ``tail`` random with mean ``tail_mean``:
+exponential (the default), lognormal (``sigma``) or Pareto II/Lomax (``alpha`` > 1, a heavy tail). Imports no
+pyspark."""
 from __future__ import annotations
 
 import math
 from statistics import NormalDist
 from typing import NamedTuple
 
-from mnist_lenet_spark.config import ConfigError
+from mnist_lenet_spark.config import raise_failed
 from mnist_lenet_spark.loop.sharding import TaskKey
 
 DISTRIBUTIONS = ("exponential", "lognormal", "pareto")
@@ -39,9 +36,7 @@ class EmulatedCompute(NamedTuple):
                     ("tail_mean", math.isfinite(self.tail_mean) and self.tail_mean >= 0, "must be >= 0 seconds"),
                     ("sigma", math.isfinite(self.sigma) and self.sigma > 0, "must be > 0"),
                     ("alpha", math.isfinite(self.alpha) and self.alpha > 1, "must be > 1 (a finite mean)")]
-        for name, ok, rule in problems:
-            if not ok:
-                raise ConfigError(f"emulated compute: {name} {rule}, got {getattr(self, name)!r}")
+        raise_failed(self, problems, prefix="emulated compute: ")
 
     def tail(self, u: float) -> float:
         """The random part for a uniform ``u`` in [0, 1): the inverse of its distribution function."""

@@ -1,13 +1,10 @@
-"""A user's images as the trainer's features: C x H x W uint8 bytes, channel-major, from Spark's image data source
-(its ``image`` struct: BGR(A), channels-last, row-major), from PNG/JPEG file contents (``binaryFile``, decoded with
-Pillow) or from arrays of numbers in a declared layout. Sizes and channel counts are checked against what was
-asked; an image is resized or its channels converted only when the caller asked for it, else it is refused with
-an ``ImageError`` of one line naming the image and the problem. Runs in Spark's Python workers (the pandas UDFs of
-``mnist_lenet_spark.images``); imports no pyspark.
-
-Pixels travel as (H, W, C) uint8 arrays in their natural channel order (gray; gray and alpha; RGB; RGBA) until
-``to_features`` converts, resizes, orders and transposes them.
-"""
+"""A user's images as the trainer's features: C x H x W uint8 bytes, channel-major, from Spark's image data source (its
+``image`` struct: BGR(A), channels-last, row-major), from PNG/JPEG file contents (``binaryFile``, decoded with Pillow)
+or from arrays of numbers in a declared layout. Sizes and channel counts are checked against what was asked; an image is
+resized or its channels converted only when the caller asked for it, else it is refused with an ``ImageError`` of one
+line naming the image and the problem. Pixels travel as (H, W, C) uint8 arrays in their natural channel order (gray;
+gray and alpha; RGB; RGBA) until ``to_features`` converts, resizes, orders and transposes them. Runs in Spark's Python
+workers (the pandas UDFs of ``mnist_lenet_spark.images``); imports no pyspark."""
 from __future__ import annotations
 
 import io
@@ -37,11 +34,10 @@ class ImageError(DataError):
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """What the features hold, and which changes the caller allowed.
-
-    size: (H, W), or None to keep each image's own; channels: 1 or 3; channel_order: 'rgb' or 'bgr' (of 3-channel
-    features); resize: resize an image of another size to ``size``; convert_channels: convert an image of another
-    channel count (colour to grayscale by ITU-R 601-2 luma, grayscale to RGB by copying, alpha dropped)."""
+    """What the features hold, and which changes the caller allowed. size: (H, W), or None to keep each image's own;
+    channels: 1 or 3; channel_order: 'rgb' or 'bgr' (of 3-channel features); resize: resize an image of another size
+    to ``size``; convert_channels: convert an image of another channel count (colour to grayscale by ITU-R 601-2
+    luma, grayscale to RGB by copying, alpha dropped)."""
     size: tuple[int, int] | None = None
     channels: int = 1
     channel_order: str = "rgb"
@@ -192,10 +188,8 @@ def _origins(origins: pd.Series | None, count: int, fallback: str) -> list[str]:
 
 
 def image_struct_batch(images: pd.DataFrame, spec: FeatureSpec) -> pd.Series:
-    """The features (binary) of a batch of Spark image structs (columns origin, height, width, nChannels, mode,
-    data)."""
-    columns = zip(images["origin"], images["height"], images["width"], images["nChannels"], images["mode"],
-                  images["data"])
+    """The features (binary) of a batch of Spark image structs (columns named as Spark's image data source does)."""
+    columns = zip(*(images[name] for name in ("origin", "height", "width", "nChannels", "mode", "data")))
     return pd.Series([to_features(from_image_struct(*row), row[0], spec) for row in columns], dtype=object)
 
 

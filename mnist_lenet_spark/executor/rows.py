@@ -33,8 +33,7 @@ def check_pixel_range(pixel_range: str) -> str:
     return pixel_range
 
 
-def as_pixels(values: np.ndarray, pixel_range: str | None, declare=lambda r: f"pixelRange '{r}'"
-              ) -> np.ndarray | str:
+def as_pixels(values: np.ndarray, pixel_range: str | None, declare=lambda r: f"pixelRange '{r}'") -> np.ndarray | str:
     """uint8 pixels of the same shape as ``values``, or the problem with them. uint8 values are pixels 0..255 as
     they are (with ``pixel_range`` '0..1': bytes 0 or 1, binarized images); numbers of another dtype need a declared
     ``pixel_range``: whole numbers 0..255, or multiples of 1/255 in 0..1. Nothing is rounded into range or onto the
@@ -126,11 +125,9 @@ def row_label(label, classes: int = MNIST_CLASSES) -> int | str:
 
 def convert_rows(features_col: str, label_col: str, edges: np.ndarray, first_index: list[int], pixels: int,
                  classes: int, pixel_range: str, partition: int, rows: Iterator) -> Iterator[tuple[int, tuple]]:
-    """(shard, (global row index, label, ``pixels`` pixel bytes | error)) for each row of one input partition.
-
-    Row ``i`` of the DataFrame belongs to shard ``k`` when ``edges[k] <= i < edges[k + 1]``; the
-    global index is this partition's ``first_index`` plus the row's position in it.
-    """
+    """(shard, (global row index, label, ``pixels`` pixel bytes | error)) for each row of one input partition. Row
+    ``i`` of the DataFrame belongs to shard ``k`` when ``edges[k] <= i < edges[k + 1]``; the global index is this
+    partition's ``first_index`` plus the row's position in it."""
     for i, row in enumerate(rows, first_index[partition]):
         shard = int(np.searchsorted(edges, i, side="right")) - 1
         image, label = row_pixels(row[features_col], pixels, pixel_range), row_label(row[label_col], classes)
@@ -146,8 +143,7 @@ def convert_rows(features_col: str, label_col: str, edges: np.ndarray, first_ind
             yield shard, (i, label, image.tobytes())
 
 
-def predict_pixels(model: base.Model, params: base.Params, features, chunk: int = 500,
-                   pixel_range: str = "0..255"):
+def predict_pixels(model: base.Model, params: base.Params, features, chunk: int = 500, pixel_range: str = "0..255"):
     """(prediction (n,), probability (n, classes), log-probability (n, classes)) for a pandas Series of
     features (Vectors as arrays, number sequences in ``pixel_range`` or binaries of the model's C x H x W pixels)."""
     shape = tuple(model.input_shape)  # (C, H, W)

@@ -1,15 +1,11 @@
-"""Staged shards on the executors' side: one fit's rows as a pair of ``.npy`` files per shard, which the
-gradient tasks memory-map. Imports no pyspark.
-
-By default a shard's files live in the local directory of the executor that wrote them (Spark's
-``SPARK_LOCAL_DIRS``, which Spark itself removes with the application); ``StagedShards.directory`` is
-then a relative name, resolved on each executor. The cached RDD of ``ShardWritten`` reports
-(``StagedShards.tokens``, driver side) keeps each shard's tasks on that executor (cache locality),
-and Spark recomputes a lost executor's shard from lineage on another one. With an absolute
-``directory`` (a folder every executor mounts) or a URL of a store every executor reaches (``s3://``,
-``gs://``, ``hdfs://``: read and written through fsspec, as Horovod's Store and Petastorm do) the
-files are wherever a task runs.
-"""
+"""Staged shards on the executors' side: one fit's rows as a pair of ``.npy`` files per shard, which the gradient tasks
+memory-map; imports no pyspark. By default a shard's files live in the local directory of the executor that wrote them
+(Spark's ``SPARK_LOCAL_DIRS``, which Spark itself removes with the application); ``StagedShards.directory`` is then a
+relative name, resolved on each executor. The cached RDD of ``ShardWritten`` reports (``StagedShards.tokens``, driver
+side) keeps each shard's tasks on that executor (cache locality), and Spark recomputes a lost executor's shard from
+lineage on another one. With an absolute ``directory`` (a folder every executor mounts) or a URL of a store every
+executor reaches (``s3://``, ``gs://``, ``hdfs://``: read and written through fsspec, as Horovod's Store and Petastorm
+do) the files are wherever a task runs."""
 from __future__ import annotations
 
 import io
@@ -102,8 +98,7 @@ def write_shard(directory: str, shape: tuple[int, int, int], k: int,
 def remove_local(top: str, partition: Iterator) -> Iterator:
     """Task body: delete one fit's shard folder ``top`` from this executor (the cleanup job's tasks run
     where the shards are)."""
-    for _ in partition:
-        pass
+    list(partition)  # drained: the Python worker is reused
     shutil.rmtree(resolve(top), ignore_errors=True)
     _open_shards.clear()
     return iter(())
@@ -138,10 +133,6 @@ def open_shard(directory: str, k: int) -> tuple[np.ndarray, np.ndarray]:
     return _open_shards[key]
 
 
-def _shard_number(report: ShardWritten) -> int:
-    return report.shard
-
-
 @dataclass(frozen=True)
 class StagedShards:
     """Training data staged as one pair of .npy files per shard (``staging.stage``), memory-mapped by tasks."""
@@ -164,7 +155,7 @@ class StagedShards:
         """An RDD of shard numbers, partition k = shard k, whose tasks Spark runs where shard k is cached."""
         if shards != len(self.counts):
             raise ValueError(f"{len(self.counts)} shards staged, {shards} asked for")
-        return self.tokens.map(_shard_number)
+        return self.tokens.map(lambda report: report.shard)
 
     def ranges(self, sc, slices: int, chunk: int):
         """(shard, start, stop) row ranges for an evaluation, each shard's in the task that runs where it is."""

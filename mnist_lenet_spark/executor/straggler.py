@@ -1,11 +1,8 @@
-"""Seeded straggler injection for experiments and tests.
-
-A task is delayed by ``delay`` seconds with probability ``prob`` (drawn from its ``TaskKey``, so a
-run is reproducible), and always when its shard is in ``slow_partitions``. With ``tail``, every task also waits a
-time drawn from that distribution's random part (``emulation.EmulatedCompute.tail``; its shift is not used, the
-task computes for real): the fitted LeNet spread, or a heavy tail. To the driver a real
-straggler (a slow executor, a long GC) looks the same: a task that finishes late.
-"""
+"""Seeded straggler injection for experiments and tests: a task is delayed by ``delay`` seconds with probability
+``prob`` (drawn from its ``TaskKey``, so a run is reproducible), and always when its shard is in ``slow_partitions``.
+With ``tail``, every task also waits a time drawn from that distribution's random part
+(``emulation.EmulatedCompute.tail``; its shift is not used, the task computes for real): the fitted LeNet spread, or a
+heavy tail. To the driver a real straggler (a slow executor, a long GC) looks the same: a task that finishes late."""
 from __future__ import annotations
 
 import time

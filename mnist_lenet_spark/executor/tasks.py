@@ -1,9 +1,6 @@
-"""What runs inside Spark's Python workers: the gradient sum of a shard's mini-batch and the training task
-bodies (staging's half is ``shards`` and ``rows``; predictions are ``inference``).
-
-The single-process trainer calls the same functions in its own process. No pyspark import here:
-broadcasts and accumulators arrive as arguments.
-"""
+"""What runs inside Spark's Python workers: the gradient sum of a shard's mini-batch and the training task bodies
+(staging's half is ``shards`` and ``rows``; predictions are ``inference``). The single-process trainer calls the same
+functions in its own process. No pyspark import here: broadcasts and accumulators arrive as arguments."""
 from __future__ import annotations
 
 import ctypes
@@ -65,8 +62,7 @@ class BroadcastData:
 
     def shard(self, k: int) -> tuple[np.ndarray, np.ndarray, int]:
         """(images, labels, offset of shard k's first row): here the whole set, offset 0."""
-        images, labels = self.bc.value
-        return images, labels, 0
+        return (*self.bc.value, 0)
 
     def sizes(self) -> list[tuple[int, int]]:
         """[(shard, rows)] to walk for an evaluation: the whole set as one."""
@@ -100,12 +96,9 @@ _limiter = None
 
 
 def tune_process(blas_threads: int) -> None:
-    """Once per process: cap BLAS threads (N tasks on N cores must not oversubscribe); keep freed blocks.
-
-    glibc returns every freed block above its mmap threshold to the kernel, so each step's
-    40 MB of temporaries page-fault again (~5 ms per 40 MB here). Raising the threshold keeps
-    them in the heap; measured in benchmarks/kernel.py.
-    """
+    """Once per process: cap BLAS threads (N tasks on N cores must not oversubscribe); keep freed blocks. glibc
+    returns every freed block above its mmap threshold to the kernel, so each step's 40 MB of temporaries page-fault
+    again (~5 ms per 40 MB here). Raising the threshold keeps them in the heap; measured in benchmarks/kernel.py."""
     global _tuned, _limiter
     if _tuned == blas_threads:
         return

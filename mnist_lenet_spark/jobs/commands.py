@@ -19,15 +19,12 @@ def _run(job: str, argv: list[str] | None) -> None:
 
 
 def train(argv: list[str] | None = None) -> None:
-    """``mnist-lenet-train``: what jobs/train_lenet.py does."""
     _run("train_lenet", argv)
 
 
 def predict(argv: list[str] | None = None) -> None:
-    """``mnist-lenet-predict``: what jobs/predict.py does."""
     _run("predict", argv)
 
 
 def experiment(argv: list[str] | None = None) -> None:
-    """``mnist-lenet-experiment``: what jobs/straggler_experiment.py does."""
     _run("straggler_experiment", argv)

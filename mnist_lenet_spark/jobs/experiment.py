@@ -1,7 +1,7 @@
 """The straggler experiment: backup worker counts b = 0, 1, 2, ... and Spark speculation, side by side.
 
-Writes ``straggler_experiment.json`` (step-time distributions, validation accuracy against
-wall-clock time) and two PNG plots in the spirit of Chen et al. 2016, figures 3 and 4.
+Writes ``straggler_experiment.json`` (step-time distributions, validation accuracy against wall-clock time) and two
+PNG plots in the spirit of Chen et al. 2016, figures 3 and 4.
 """
 from __future__ import annotations
 
@@ -49,9 +49,8 @@ class Experiment:
 
 def run_config(spark, exp: Experiment, mnist, backup_workers: int) -> dict:
     """One configuration's step times, dropped tasks and accuracy against time."""
-    sgd = msp.SyncSGD(spark, exp.workers, straggler=exp.straggler,
-                      config=SGDConfig(batch_size=exp.batch_size, seed=exp.seed, validate_every=exp.validate_every,
-                                       max_steps=exp.steps),
+    config = SGDConfig(batch_size=exp.batch_size, seed=exp.seed, validate_every=exp.validate_every, max_steps=exp.steps)
+    sgd = msp.SyncSGD(spark, exp.workers, straggler=exp.straggler, config=config,
                       backup=BackupConfig(workers=backup_workers, signal=exp.step_signal))
     val = (mnist.validation.images[:exp.validation_size], mnist.validation.labels[:exp.validation_size])
     result = sgd.fit(mnist.train.images, mnist.train.labels, validation_data=val)
@@ -86,8 +85,7 @@ def run(exp: Experiment) -> dict:
     out = Path(exp.out_dir)
     title = f"N={exp.workers}, p={exp.straggler.prob}, delay {exp.straggler.delay:g} s, {exp.master}"
     plots.step_time_distribution({k: r["step_seconds"] for k, r in result.items()}, out / "step_times.png", title)
-    plots.accuracy_vs_time({k: r["accuracy_vs_time"] for k, r in result.items()}, out / "accuracy_vs_time.png",
-                           title)
+    plots.accuracy_vs_time({k: r["accuracy_vs_time"] for k, r in result.items()}, out / "accuracy_vs_time.png", title)
     payload = {"settings": exp.settings(), "runs": result}
     files.write_atomically(out / "straggler_experiment.json", json.dumps(payload, indent=1))
     return payload

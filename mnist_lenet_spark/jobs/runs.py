@@ -97,10 +97,9 @@ def plan_of(run: TrainRun, network, data_id: str | None) -> fit.FitPlan:
 
 
 def train(run: TrainRun) -> dict:
-    """Train, test and write the outputs of ``run``; returns the summary. Errors in the data, the
-    settings or a checkpoint raise DataError or ConfigError before Spark starts where possible; a
-    diverging run raises update.DivergenceError. The summary (with ``status``) and the metrics
-    are written also when the run stops on an error."""
+    """Train, test and write the outputs of ``run``; returns the summary. Bad data, settings or checkpoint: a
+    DataError or ConfigError, before Spark starts where possible; a diverging run: update.DivergenceError. The
+    summary (with ``status``) and the metrics are written also when the run stops on an error."""
     try:
         network = models.network_from(run.model, run.image_shape, run.classes)
     except ValueError as e:
@@ -148,16 +147,8 @@ def train(run: TrainRun) -> dict:
         if tracker:
             fit.track_start(tracker, plan, sgd, data=plan.data, resumed_from_step=state.step if state else 0,
                             straggler_prob=run.straggler.prob, straggler_delay=run.straggler.delay)
-
-        def on_step(record):
-            history.append(record)
-            if metrics:
-                metrics.write(record)
-            if progress is not None:
-                progress.update(record)
-            if tracker:
-                tracker.on_step(record)
-
+        on_step = fit.each(history.append, metrics and metrics.write, progress and progress.update,
+                           tracker and tracker.on_step)
         if mnist is not None:
             source = fit.Arrays(train_split.images, train_split.labels, mnist.validation)
         else:
@@ -193,10 +184,8 @@ def train(run: TrainRun) -> dict:
             fit.track_result(tracker, fitted, plan, result.params, f"{run.model}, {run.workers} + "
                              f"{run.backup.workers} workers, {spark.sparkContext.master}", run.pixel_range, summary)
     except BaseException as e:  # the summary tells how the run ended, then the error goes on to the caller
-        status = "diverged" if isinstance(e, update.DivergenceError) else "failed"
-        summary = {"status": status, "mode": run.mode,
-                   "error": str(e).splitlines()[0] if str(e) else type(e).__name__,
-                   **fit.step_statistics(history)}
+        summary = {"status": "diverged" if isinstance(e, update.DivergenceError) else "failed", "mode": run.mode,
+                   "error": str(e).splitlines()[0] if str(e) else type(e).__name__, **fit.step_statistics(history)}
         if tracker:
             summary["mlflow_run_id"] = tracker.run_id
         failure = e
@@ -217,8 +206,7 @@ def train(run: TrainRun) -> dict:
 
 
 def with_flags(run: TrainRun, **flags) -> TrainRun:
-    """``run`` with the non-None ``flags`` set: ``TrainRun`` fields, ``SGDConfig`` fields, or
-    ``backup_`` + a ``BackupConfig`` field."""
+    """``run`` with the non-None ``flags`` set: TrainRun, SGDConfig or (``backup_`` + field) BackupConfig fields."""
     sgd, backup, rest = split_options({k: v for k, v in flags.items() if v is not None})
     return dataclasses.replace(run, config=dataclasses.replace(run.config, **sgd),
                                backup=dataclasses.replace(run.backup, **backup), **rest)

@@ -1,7 +1,7 @@
 """Backup workers against stragglers: b = 0, 1, 2, ... and Spark speculation, side by side.
 
-Writes OUT/straggler_experiment.json (step-time distributions, validation accuracy against
-wall-clock time) and two PNG plots in the spirit of Chen et al. 2016, figures 3 and 4.
+Writes OUT/straggler_experiment.json (step-time distributions, validation accuracy against wall-clock time) and two
+PNG plots in the spirit of Chen et al. 2016, figures 3 and 4.
 
     python jobs/straggler_experiment.py --workers 4 --backup 0,1,2 --straggler-prob 0.1 \
         --straggler-delay 2 --steps 40 --out-dir out/straggler
@@ -45,10 +45,9 @@ def parse_args(argv=None):
 def experiment_of(args) -> experiment.Experiment:
     return experiment.Experiment(
         master=args.master, workers=args.workers, backup=args.backup, speculation=not args.no_speculation,
-        step_signal=not args.no_step_signal, batch_size=args.batch_size, steps=args.steps,
+        step_signal=not args.no_step_signal, batch_size=args.batch_size, steps=args.steps, seed=args.seed,
         straggler=StragglerModel(args.straggler_prob, args.straggler_delay, args.slow_partitions),
-        validate_every=args.validate_every, validation_size=args.validation_size, seed=args.seed,
-        out_dir=args.out_dir)
+        validate_every=args.validate_every, validation_size=args.validation_size, out_dir=args.out_dir)
 
 
 def main(argv=None):

@@ -18,18 +18,13 @@ from mnist_lenet_spark.cluster import task_errors
 from mnist_lenet_spark.executor.rows import PIXEL_RANGES
 from mnist_lenet_spark.executor.straggler import StragglerModel
 from mnist_lenet_spark.jobs import runs
-from mnist_lenet_spark.jobs.cli import (
-    Parser,
-    finite_float,
-    int_list,
-    non_negative_float,
-    non_negative_int,
-    positive_int,
-    probability,
-)
+from mnist_lenet_spark.jobs.cli import (Parser, finite_float, int_list, non_negative_float, non_negative_int,
+                                        positive_int, probability)
 from mnist_lenet_spark.loop import update
 
 TRAINING_CONF = files.resource("conf", "training.json")  # the checkout's, or an installed wheel's copy
+#: the exit status of each error the job reports in one line: bad data or settings, divergence, a failed step
+EXIT_STATUS = {data.DataError: 2, config.ConfigError: 2, update.DivergenceError: 3, task_errors.StepFailure: 4}
 
 
 def parse_args(argv=None):
@@ -45,33 +40,28 @@ def parse_args(argv=None):
     p.add_argument("--format", choices=["idx", "csv", "parquet"], default="idx", help="of --train and --test")
     p.add_argument("--staging-dir", default=None, help="with --train: where the staged shards go, a folder every "
                         "executor mounts or a store's URL (s3://bucket/prefix); default: each executor's local disk")
-    p.add_argument("--pixel-range", choices=PIXEL_RANGES, default=None,
-                   help="with --train: numeric features hold whole numbers 0..255 (default) or values 0..1 "
-                        "(multiples of 1/255; never rounded)")
+    p.add_argument("--pixel-range", choices=PIXEL_RANGES, default=None, help="with --train: numeric features hold "
+                   "whole numbers 0..255 (default) or values 0..1 (multiples of 1/255; never rounded)")
     p.add_argument("--features-col", default=None, help="with --train --format parquet: the images' column "
                    "(default features)")
     p.add_argument("--label-col", default=None,
                    help="with --train --format parquet: the labels' column (default label)")
-    p.add_argument("--validation-fraction", type=float, default=None,
-                   help="with --train: validate on this fraction of the rows (spread evenly, the same for a seed) "
-                        "instead of the first 5,000")
+    p.add_argument("--validation-fraction", type=float, default=None, help="with --train: validate on this fraction of "
+                   "the rows (spread evenly, the same for a seed) instead of the first 5,000")
     p.add_argument("--validation-col", default=None,
                    help="with --train --format parquet: validate on the rows this boolean column marks")
     p.add_argument("--save-model", default=None, help="write the Spark ML model directory here (any Hadoop path)")
-    p.add_argument("--model", default="lenet", metavar="NAME|PATH.json",
-                   help="lenet (SystemML's LeNet), resnet (ResNet-8 with batch norm), or a network definition "
-                        "composed from the layers (docs/models.md)")
-    p.add_argument("--image-shape", type=int_list, default=None, metavar="C,H,W",
-                   help="channels,height,width of the --train rows' images (pixels channel-major); default: the "
-                        "model's (1,28,28 for the presets)")
+    p.add_argument("--model", default="lenet", metavar="NAME|PATH.json", help="lenet (SystemML's LeNet), resnet "
+                   "(ResNet-8 with batch norm), or a network definition composed from the layers (docs/models.md)")
+    p.add_argument("--image-shape", type=int_list, default=None, metavar="C,H,W", help="channels,height,width of the "
+                   "--train rows' images (pixels channel-major); default: the model's (1,28,28 for the presets)")
     p.add_argument("--classes", type=positive_int, default=None,
                    help="labels are 0 .. classes - 1; default: the model's (10 for the presets)")
     p.add_argument("--mode", choices=list(fit.MODES), default="sync",
                    help="sync: synchronous SGD, one step of all workers' gradients at a time (default); async: "
                         "asynchronous SGD, each worker's gradient applied as it arrives (docs/async.md)")
-    p.add_argument("--epochs", type=positive_int)
-    p.add_argument("--max-steps", type=positive_int)
-    p.add_argument("--workers", type=positive_int)
+    for flag in ("--epochs", "--max-steps", "--workers"):
+        p.add_argument(flag, type=positive_int)
     p.add_argument("--backup-workers", type=non_negative_int)
     p.add_argument("--backup-mode", choices=["cancel", "wait-all"],
                    help="cancel: go on at the N-th result; wait-all: wait for every task, keep the first N")
@@ -79,10 +69,8 @@ def parse_args(argv=None):
                    help="where kept gradients are added: driver (a running sum) or executors (a job over "
                         "the kept tasks' cached results; for tens of workers and more)")
     p.add_argument("--batch-size", type=positive_int, help="per worker")
-    p.add_argument("--lr", type=finite_float)
-    p.add_argument("--momentum", type=finite_float)
-    p.add_argument("--lr-decay", type=finite_float)
-    p.add_argument("--l2", type=finite_float)
+    for flag in ("--lr", "--momentum", "--lr-decay", "--l2"):
+        p.add_argument(flag, type=finite_float)
     p.add_argument("--warmup-steps", type=non_negative_int)
     p.add_argument("--lr-schedule", choices=["exponential", "cosine"],
                    help="exponential: lr x lr-decay per epoch (default); cosine: per step, to 0 at the last step")
@@ -111,10 +99,9 @@ def parse_args(argv=None):
     p.add_argument("--task-failure-prob", type=probability, default=0.0,
                    help="experiments: each gradient task attempt fails with this probability (Spark retries it)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--mlflow", action="store_true",
-                   help="log the run to MLflow (needs mlflow; MLFLOW_TRACKING_URI says where): params, step and "
-                        "validation metrics, the summary, plots and the model; a run already active (MLFLOW_RUN_ID) "
-                        "is logged into without the flag")
+    p.add_argument("--mlflow", action="store_true", help="log the run to MLflow (needs mlflow; MLFLOW_TRACKING_URI "
+                   "says where): params, step and validation metrics, the summary, plots and the model; a run already "
+                   "active (MLFLOW_RUN_ID) is logged into without the flag")
     p.add_argument("--mlflow-experiment", default=None, metavar="NAME",
                    help="the MLflow experiment of the run (implies --mlflow)")
     args = p.parse_args(argv)
@@ -166,29 +153,24 @@ def parse_args(argv=None):
     return args
 
 
+#: the flags that set the TrainRun, SGDConfig or BackupConfig field (``backup_`` + field) of their own name
+SAME_NAME = ("model", "classes", "epochs", "max_steps", "workers", "batch_size", "lr", "momentum", "lr_decay", "l2",
+             "warmup_steps", "lr_schedule", "seed", "validate_every", "backup_workers", "mode",
+             "early_stopping_patience", "early_stopping_min_delta", "early_stopping_metric", "backup_mode",
+             "backup_combine", "lr_scaling", "master", "data_dir", "limit_train", "save_model", "staging_dir",
+             "pixel_range", "features_col", "label_col", "validation_fraction", "validation_col", "checkpoint_dir",
+             "checkpoint_every", "resume", "metrics", "summary", "model_out", "mlflow", "mlflow_experiment")
+
+
 def train_run(args) -> runs.TrainRun:
     """conf/training.json, then the flags given on the command line."""
     conf = config.read_training_conf(args.training_conf)
     base = runs.TrainRun(config=conf.sgd, backup=conf.backup, workers=conf.workers)
-    return runs.with_flags(
-        base, model=args.model, image_shape=tuple(args.image_shape) if args.image_shape else None,
-        classes=args.classes, epochs=args.epochs,
-        max_steps=args.max_steps, workers=args.workers, batch_size=args.batch_size,
-        lr=args.lr, momentum=args.momentum, lr_decay=args.lr_decay, l2=args.l2, warmup_steps=args.warmup_steps,
-        lr_schedule=args.lr_schedule,
-        seed=args.seed, validate_every=args.validate_every, backup_workers=args.backup_workers, mode=args.mode,
-        early_stopping_patience=args.early_stopping_patience,
-        early_stopping_min_delta=args.early_stopping_min_delta, early_stopping_metric=args.early_stopping_metric,
-        backup_mode=args.backup_mode, backup_combine=args.backup_combine, lr_scaling=args.lr_scaling,
-        straggler=StragglerModel(args.straggler_prob, args.straggler_delay, args.slow_partitions,
-                                 args.task_failure_prob),
-        master=args.master, spark_conf=args.conf, data_dir=args.data_dir, limit_train=args.limit_train,
-        train_path=args.train, test_path=args.test, data_format=args.format, save_model=args.save_model,
-        staging_dir=args.staging_dir, pixel_range=args.pixel_range, features_col=args.features_col,
-        label_col=args.label_col, validation_fraction=args.validation_fraction, validation_col=args.validation_col,
-        checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
-        metrics=args.metrics, summary=args.summary, model_out=args.model_out, progress=not args.no_progress,
-        mlflow=args.mlflow, mlflow_experiment=args.mlflow_experiment)
+    straggler = StragglerModel(args.straggler_prob, args.straggler_delay, args.slow_partitions, args.task_failure_prob)
+    return runs.with_flags(base, **{name: getattr(args, name) for name in SAME_NAME}, straggler=straggler,
+                           image_shape=tuple(args.image_shape) if args.image_shape else None, spark_conf=args.conf,
+                           train_path=args.train, test_path=args.test, data_format=args.format,
+                           progress=not args.no_progress)
 
 
 def main(argv=None):
@@ -197,15 +179,9 @@ def main(argv=None):
     logging.getLogger("py4j").setLevel(logging.WARNING)  # its connection chatter is not for users
     try:
         summary = runs.train(train_run(args))
-    except (data.DataError, config.ConfigError) as e:
+    except tuple(EXIT_STATUS) as e:
         print(f"train_lenet: error: {e}", file=sys.stderr)
-        return 2
-    except update.DivergenceError as e:
-        print(f"train_lenet: error: {e}", file=sys.stderr)
-        return 3
-    except task_errors.StepFailure as e:
-        print(f"train_lenet: error: {e}", file=sys.stderr)
-        return 4
+        return next(status for error, status in EXIT_STATUS.items() if isinstance(e, error))
     if summary["mode"] == "async":
         staleness = ("" if summary["staleness_mean"] is None else f", staleness mean {summary['staleness_mean']:.2f} "
                      f"p90 {summary['staleness_p90']:.0f} max {summary['staleness_max']}")

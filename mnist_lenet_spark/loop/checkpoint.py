@@ -69,11 +69,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[TrainState, dict[str, Any]
 def resume_state(path: str | os.PathLike, expected: dict, model: base.Model, config: SGDConfig,
                  name: Callable[[str], str]) -> TrainState:
     """The state of the checkpoint at ``path``, refused (ConfigError naming the file and the setting) unless it
-    continues the run that ``expected`` describes: what ``save_checkpoint``'s ``extra`` recorded (``mode``,
-    ``seed``, ``batch_size``, ``workers``, ``backup_workers``, ``model``, ``data``, as far as the caller knows them)
-    over ``model``, with ``config`` (the run's, learning rate scaled). ``name(key)`` spells a setting as the
-    caller's user sets it (the job: ``--batch-size``; the estimator: ``batchSize``). A changed learning rate is
-    allowed and logged."""
+    continues the run that ``expected`` describes: what ``save_checkpoint``'s ``extra`` recorded (``mode``, ``seed``,
+    ``batch_size``, ``workers``, ``backup_workers``, ``model``, ``data``, as far as the caller knows them) over
+    ``model``, with ``config`` (the run's, learning rate scaled). ``name(key)`` spells a setting as the caller's user
+    sets it (the job: ``--batch-size``; the estimator: ``batchSize``). A changed learning rate is allowed and logged."""
     state, meta = load_checkpoint(path)
     saved = {**meta.get("config", {}), **meta}
     saved_mode = "async" if state.positions is not None else "sync"  # checkpoints from before the mode are sync

@@ -1,11 +1,8 @@
-"""How the training set is split into shards, each shard walked in mini-batches, and every random draw keyed.
-
-Shard ``k`` of ``W`` is a contiguous block of the training indices (sizes differ by at most
-one). Every epoch each shard is reshuffled and walked once in batches of ``batch_size``; the
-last batch of a shard may be short. Shuffling, dropout and straggler draws all come from one
-``TaskKey`` (seed, epoch, step, shard), so the driver, a re-executed task and a resumed run
-see the same batches and the same masks.
-"""
+"""How the training set is split into shards, each shard walked in mini-batches, and every random draw keyed. Shard
+``k`` of ``W`` is a contiguous block of the training indices (sizes differ by at most one). Every epoch each shard is
+reshuffled and walked once in batches of ``batch_size``; the last batch of a shard may be short. Shuffling, dropout and
+straggler draws all come from one ``TaskKey`` (seed, epoch, step, shard), so the driver, a re-executed task and a
+resumed run see the same batches and the same masks."""
 from __future__ import annotations
 
 from typing import NamedTuple

@@ -1,10 +1,8 @@
-"""The driver's loop of synchronous SGD, with no Spark in it.
-
-A trainer (``spark.SyncSGD``, or ``local.fit_local`` in one process) supplies one function,
-``gradient(flat_params, shard_batches) -> (GradientSum, info)``; this loop turns the sum into the step's update
-(``update``), decays the learning rate, validates, keeps early stopping's memory, records history and calls
-for checkpoints (``checkpoint`` writes them). Every trainer therefore runs exactly the same mathematics.
-"""
+"""The driver's loop of synchronous SGD, with no Spark in it. A trainer (``spark.SyncSGD``, or ``local.fit_local`` in
+one process) supplies one function, ``gradient(flat_params, shard_batches) -> (GradientSum, info)``; this loop turns the
+sum into the step's update (``update``), decays the learning rate, validates, keeps early stopping's memory, records
+history and calls for checkpoints (``checkpoint`` writes them). Every trainer therefore runs exactly the same
+mathematics."""
 from __future__ import annotations
 
 import logging
@@ -58,10 +56,8 @@ def fit_loop(model: base.Model, spec: base.ParamSpec, state: update.TrainState, 
              checkpoint: Callable[[update.TrainState], None] | None = None, checkpoint_every: int = 0) -> FitResult:
     """Run synchronous SGD from ``state`` until ``config.epochs`` (or ``max_steps``) are done, or until early
     stopping (``config.early_stopping_patience`` validations in a row without improvement) stops it.
-
     ``evaluate(flat_params)`` -> {"accuracy": ..., "loss": ...} on the validation data, run every
-    ``config.validate_every`` steps and at each epoch's end.
-    """
+    ``config.validate_every`` steps and at each epoch's end."""
     result = FitResult(params={}, state=state)
     opt = sgd_nesterov.NesterovState(state.velocity)
     total_steps = config.total_steps(num_examples, shards)
@@ -128,8 +124,7 @@ def _best_params(stopping: update.EarlyStopping, state: update.TrainState, evalu
     if stopping.stopped_step is None and validated_step != state.step and state.step > best_step:
         scores = evaluate(state.params)
         result.validation.append({"step": state.step, "epoch": state.epoch, **scores, "final": True})
-        log.info("step %d (last): validation accuracy %.4f, loss %.4f", state.step, scores["accuracy"],
-                 scores["loss"])
+        log.info("step %d (last): validation accuracy %.4f, loss %.4f", state.step, scores["accuracy"], scores["loss"])
         if params is None or stopping.improves(scores[stopping.metric], config.early_stopping_min_delta):
             best, best_step, params = scores[stopping.metric], state.step, state.params
     result.stopped_early = stopping.stopped_step is not None

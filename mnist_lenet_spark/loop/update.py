@@ -69,10 +69,8 @@ def new_state(model: base.Model, seed: int) -> tuple[base.ParamSpec, TrainState]
 
 def loss_and_gradient(sums: GradientSum, flat_params: np.ndarray, spec: base.ParamSpec, model: base.Model,
                       l2: float) -> tuple[float, np.ndarray]:
-    """The step's mean loss and gradient (P,) from the summed ones, plus the L2 term, added once, here.
-
-    With no examples (every mini-batch empty) the loss is NaN and only the L2 gradient remains.
-    """
+    """The step's mean loss and gradient (P,) from the summed ones, plus the L2 term, added once, here. With no
+    examples (every mini-batch empty) the loss is NaN and only the L2 gradient remains."""
     if sums.count == 0:
         grad, loss = np.zeros_like(flat_params), float("nan")
     else:
@@ -86,9 +84,9 @@ def loss_and_gradient(sums: GradientSum, flat_params: np.ndarray, spec: base.Par
 def update_state(model: base.Model, spec: base.ParamSpec, flat_params: np.ndarray, grad: np.ndarray,
                  count: int) -> dict[str, np.ndarray]:
     """The next values of the model's state that is not trained (``model.STATE``, e.g. batch norm's running
-    statistics), which lives in the parameter vector. Its gradient slots hold the step's statistics averaged
-    over its mini-batches weighted by example count (sums / count, as for the gradient); the state moves
-    towards them by ``model.STATE_MOMENTUM``. Those slots of ``grad`` are zeroed: no SGD step for state."""
+    statistics), which lives in the parameter vector. Its gradient slots hold the step's statistics averaged over its
+    mini-batches weighted by example count (sums / count, as for the gradient); the state moves towards them by
+    ``model.STATE_MOMENTUM``. Those slots of ``grad`` are zeroed: no SGD step for state."""
     names = getattr(model, "STATE", ())
     if not names:
         return {}
@@ -103,9 +101,8 @@ def update_state(model: base.Model, spec: base.ParamSpec, flat_params: np.ndarra
 
 def apply_update(model: base.Model, spec: base.ParamSpec, flat_params: np.ndarray, grad: np.ndarray, count: int,
                  opt: sgd_nesterov.NesterovState, lr: float, momentum: float):
-    """One step from the step's gradient ``grad`` (sums / count): SGD with Nesterov momentum for the trained
-    parameters, and the model's untrained state moved towards the step's statistics (``update_state``).
-    Returns (next flat parameters, next optimiser state)."""
+    """(next flat parameters, next optimiser state) from the step's gradient ``grad`` (sums / count): SGD with Nesterov
+    momentum for the trained parameters, the untrained state moved towards the step's statistics (``update_state``)."""
     model_state = update_state(model, spec, flat_params, grad, count)
     new_params, opt = sgd_nesterov.update(flat_params, grad, opt, lr=lr, momentum=momentum)
     if model_state:

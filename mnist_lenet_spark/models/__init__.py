@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..data import MNIST_CLASSES, MNIST_SHAPE
+from ..nn.layer import shape_text
 
 PRESETS = {"lenet": "lenet", "resnet": "resnet8"}  # preset name: its function in ``definitions``
 NAMES = tuple(PRESETS)
@@ -59,8 +60,7 @@ def network_from(source, input_shape: tuple[int, int, int] | None = None, classe
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
         if input_shape is not None and tuple(int(n) for n in input_shape) != network.input_shape:
-            raise ValueError(f"{where} takes {'x'.join(map(str, network.input_shape))} images, not "
-                             f"{'x'.join(map(str, input_shape))}")
+            raise ValueError(f"{where} takes {shape_text(network.input_shape)} images, not {shape_text(input_shape)}")
         if classes is not None and classes != network.classes:
             raise ValueError(f"{where} gives {network.classes} classes, not {classes}")
         return network
@@ -75,7 +75,7 @@ def network_from(source, input_shape: tuple[int, int, int] | None = None, classe
     try:
         return Network(getattr(definitions, PRESETS[source])(*input_shape, classes))
     except ValueError as e:  # a shape the preset cannot take: its pools need other sizes
-        raise ValueError(f"{source} cannot take {'x'.join(map(str, input_shape))} images: {e}") from None
+        raise ValueError(f"{source} cannot take {shape_text(input_shape)} images: {e}") from None
 
 
 def fingerprint(name, model) -> str:

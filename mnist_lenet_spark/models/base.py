@@ -27,8 +27,7 @@ class Model(Protocol):
         """Fresh float32 parameters, the same for the same seed."""
 
     def loss_and_grads(self, params: Params, X: np.ndarray, y: np.ndarray, *, train: bool = True,
-                       rng: np.random.Generator | None = None,
-                       l2: float = 0.0) -> tuple[float, Params]:
+                       rng: np.random.Generator | None = None, l2: float = 0.0) -> tuple[float, Params]:
         """Mean loss over the batch plus ``0.5 * l2 * sum(W**2)`` over REGULARIZED, and its gradients."""
 
     def predict(self, params: Params, X: np.ndarray) -> np.ndarray:

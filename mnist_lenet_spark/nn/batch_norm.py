@@ -1,17 +1,14 @@
-"""Batch normalisation over every axis but the last (the channels): spatial batch norm for HNWC activations
-``(H, N, W, C)``, plain batch norm for ``(N, C)``.
+"""Batch normalisation over every axis but the last (the channels): spatial batch norm for HNWC activations ``(H, N, W,
+C)``, plain batch norm for ``(N, C)``. Training normalises with the mini-batch's own mean and (biased) variance, as
+SystemDS's ``batch_norm2d`` and PyTorch do; inference uses running estimates. The batch's statistics are returned beside
+the output, so that the caller (a model, and in data-parallel training the driver, which combines them across tasks
+weighted by example count) keeps the running ones.
 
-Training normalises with the mini-batch's own mean and (biased) variance, as SystemDS's
-``batch_norm2d`` and PyTorch do; inference uses running estimates. The batch's statistics are
-returned beside the output, so that the caller (a model, and in data-parallel training the
-driver, which combines them across tasks weighted by example count) keeps the running ones.
-
-Speed. With few channels (a ResNet's 16), a per-channel vector broadcast over an ``(M, C)`` matrix
-runs ~3x slower than over the same memory viewed as ``(H * N, W * C)`` with the vector tiled W times
-(longer inner loops), so every pass here works on that "tiled" view; per-channel sums are products
-with ones (several times faster than ``sum(axis=0)``) folded over the W tiles. Every pass is written
-as ``x * a + b`` per channel with the constants worked out on (C,) vectors first.
-"""
+Speed. With few channels (a ResNet's 16), a per-channel vector broadcast over an ``(M, C)`` matrix runs ~3x slower than
+over the same memory viewed as ``(H * N, W * C)`` with the vector tiled W times (longer inner loops), so every pass here
+works on that "tiled" view; per-channel sums are products with ones (several times faster than ``sum(axis=0)``) folded
+over the W tiles. Every pass is written as ``x * a + b`` per channel with the constants worked out on (C,) vectors
+first."""
 from __future__ import annotations
 
 import numpy as np
@@ -78,13 +75,11 @@ def backward_inference(dout: np.ndarray, x: np.ndarray, gamma: np.ndarray, runni
 
 
 def backward(dout: np.ndarray, cache):
-    """dout (..., C) -> dx (..., C), dgamma (C,), dbeta (C,).
-
-    With m values per channel, xhat = centred * inv_std and dxhat = dout * gamma:
+    """dout (..., C) -> dx (..., C), dgamma (C,), dbeta (C,). With m values per channel, xhat = centred * inv_std
+    and dxhat = dout * gamma:
     dx = inv_std / m * (m * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat)), sums over all but the last axis;
     sum(dxhat) = gamma * dbeta and sum(dxhat * xhat) = gamma * dgamma, so per channel
-    dx = k * (dout - dbeta / m) - (k * inv_std * dgamma / m) * centred with k = gamma * inv_std.
-    """
+    dx = k * (dout - dbeta / m) - (k * inv_std * dgamma / m) * centred with k = gamma * inv_std."""
     centred, gamma, inv_std = cache  # centred (R, T*C), gamma (C,), inv_std (C,) float64
     c = len(gamma)
     rows = _tiled(dout)  # (R, T*C)

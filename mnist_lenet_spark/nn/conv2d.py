@@ -1,22 +1,19 @@
 """2-D convolution, zero padding, stride 1 or more, as matrix products over a column matrix.
 
-Layout. Activations are row-major "HNWC", ``(H, N, W, C)``, not NCHW: with the image row
-outermost, the column matrix only needs the ``WW`` horizontal taps of each kernel row
-(``WW * C`` columns, 5x smaller than a full im2col), and the ``HH`` kernel rows become ``HH``
-matrix products over row-shifted, contiguous slices of that one matrix. Measured on these
-machines for LeNet's conv2 this halves the non-GEMM time of a step (see benchmarks/kernel.py).
-When ``WW * C`` is small (a first layer on grey images: 5 columns) a product that thin runs
-badly, so all kernel rows are folded into the columns instead (the classic full im2col).
-A stride s above 1 builds columns at the strided places only (a ResNet's downsampling convolutions: 4x fewer
-products and columns than computing stride 1 and dropping three outputs in four). In row mode it stores the
-column rows of input rows 0, s, 2s, ... first, then 1, s + 1, ..., and so on ("phases"): kernel row g of output
-row a reads input row s*a + g - pad, so each kernel row's product still reads one contiguous slice. Weights keep
-the project convention ``(F, C, HH, WW)``.
+Layout. Activations are row-major "HNWC", ``(H, N, W, C)``, not NCHW: with the image row outermost, the column
+matrix only needs the ``WW`` horizontal taps of each kernel row (``WW * C`` columns, 5x smaller than a full im2col),
+and the ``HH`` kernel rows become ``HH`` matrix products over row-shifted, contiguous slices of that one matrix (for
+LeNet's conv2 this halves the non-GEMM time of a step here, benchmarks/kernel.py). When ``WW * C`` is small (a first
+layer on grey images: 5 columns) a product that thin runs badly, so all kernel rows are folded into the columns
+instead (the classic full im2col). A stride s above 1 builds columns at the strided places only (a ResNet's
+downsampling convolutions: 4x fewer products and columns than stride 1 and dropping three outputs in four). In row
+mode it stores the column rows of input rows 0, s, 2s, ... first, then 1, s + 1, ..., and so on ("phases"): kernel
+row g of output row a reads input row s*a + g - pad, so each kernel row's product still reads one contiguous slice.
+Weights keep the project convention ``(F, C, HH, WW)``.
 
-The forward pass caches the column matrix, so the backward pass never builds it again. Its
-pieces (``columns``, ``output_rows``, ``add_weight_grads``, ``input_grad``) work on any band
-of output rows, which ``conv2d_pool`` uses to pool each band while it is still in cache.
-"""
+The forward pass caches the column matrix, so the backward pass never builds it again. Its pieces (``columns``,
+``output_rows``, ``add_weight_grads``, ``input_grad``) work on any band of output rows, which ``conv2d_pool`` uses to
+pool each band while it is still in cache."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -59,13 +56,10 @@ class Columns(NamedTuple):
     phases: int = 1  # row mode with stride s: s (the column rows are stored phase by phase); else 1
 
     def row_ranges(self, lo: int, hi: int):
-        """For each kernel-row group g touching output rows [lo, hi): (g, first, end, shift).
-
-        Output row i reads column row ``i + shift``: ``shift = g*fold + pad_h - pad`` with one phase; with s
-        phases, kernel row g reads input row s*i + g - pad, which is row i + (g - pad) // s of phase
-        (g - pad) % s. Column rows outside the stored ones (or outside the phase) are padding rows: not stored,
-        they add nothing.
-        """
+        """For each kernel-row group g touching output rows [lo, hi): (g, first, end, shift). Output row i reads
+        column row ``i + shift``: ``shift = g*fold + pad_h - pad`` with one phase; with s phases, kernel row g reads
+        input row s*i + g - pad, which is row i + (g - pad) // s of phase (g - pad) % s. Column rows outside the
+        stored ones (or outside the phase) are padding rows: not stored, they add nothing."""
         for g in range(len(self.w_rows)):
             if self.phases == 1:
                 shift, stored_lo, stored_hi = g * self.fold + self.pad_h - self.pad, 0, self.cols.shape[0]
@@ -108,11 +102,11 @@ def _band_rows(cache: Columns, itemsize: int) -> int:
 class _RowBuilder:
     """Builds row mode's column matrix a band ahead of the products that read it, so that they read rows that are
     still in cache: here a product over a whole 25 MB column matrix runs at ~60 GFLOP/s, over a few MB of cached
-    rows at ~90."""
+    rows at ~90. Without ``x_pad``, ``cols`` is complete already (full im2col, or strided row mode)."""
 
-    def __init__(self, x_pad: np.ndarray, cols: np.ndarray, ww: int, last_shift: int):
+    def __init__(self, cols: np.ndarray, x_pad: np.ndarray | None = None, ww: int = 0, last_shift: int = 0):
         self.x_pad, self.cols, self.ww, self.last_shift = x_pad, cols, ww, last_shift
-        self.done = 0  # column rows built
+        self.done = 0 if x_pad is not None else len(cols)  # column rows built
 
     def for_outputs(self, hi: int) -> None:
         """Build every column row that output rows below ``hi`` read."""
@@ -125,16 +119,6 @@ class _RowBuilder:
 
     def finish(self) -> None:
         self.for_outputs(len(self.cols))
-
-
-class _Built:
-    """The column matrix is complete already (full im2col)."""
-
-    def for_outputs(self, hi: int) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
 
 
 def columns(x: np.ndarray, w: np.ndarray, pad: int, stride: int = 1):
@@ -152,24 +136,25 @@ def columns(x: np.ndarray, w: np.ndarray, pad: int, stride: int = 1):
     pad_h = pad if fold > 1 else 0
     x_pad = np.pad(x, ((pad_h, pad_h), (0, 0), (pad, pad), (0, 0)))  # (H + 2*pad_h, N, Wp, C)
     w_rows = w.transpose(2, 3, 1, 0).reshape(hh // fold, fold * ww * c, f)  # (HH/fold, K, F)
+    builder = None
     if fold == 1 and stride == 1:
         cols = np.empty((h, n, w_out, ww * c), x.dtype)  # (H, N, Wout, WW*C), built by the builder
-        builder = _RowBuilder(x_pad, cols, ww, hh - 1 - pad)  # output row i reads column rows up to i + HH-1-pad
+        builder = _RowBuilder(cols, x_pad, ww, hh - 1 - pad)  # output row i reads column rows up to i + HH-1-pad
     elif fold == 1:  # row mode, stride s > 1: the column rows of input rows ph, ph + s, ... for each phase ph
         windows = _windows(x_pad, 1, ww, w_out, 1, stride)  # (H, N, Wout, 1, WW, C): every row, places s apart
         cols = np.concatenate([windows[p::stride] for p in range(stride)]).reshape(h, n, w_out, ww * c)
-        builder = _Built()
     elif c == 1 and stride == 1:
-        cols, builder = _tap_major_columns(x_pad[..., 0], hh, ww, h_out, w_out), _Built()  # (Hout, N, Wout, HH*WW)
+        cols = _tap_major_columns(x_pad[..., 0], hh, ww, h_out, w_out)  # (Hout, N, Wout, HH*WW)
     else:
-        cols, builder = _im2col(x_pad, fold, ww, w_out, stride), _Built()  # (Hc, N, Wout, fold*WW*C)
+        cols = _im2col(x_pad, fold, ww, w_out, stride)  # (Hc, N, Wout, fold*WW*C)
     phases = stride if fold == 1 else 1
-    return Columns(cols, w_rows, fold, pad_h, pad, (h_out, n, w_out, f), x.shape, w.shape, stride, phases), builder
+    cache = Columns(cols, w_rows, fold, pad_h, pad, (h_out, n, w_out, f), x.shape, w.shape, stride, phases)
+    return cache, builder or _RowBuilder(cols)
 
 
 def output_rows(cache: Columns, b: np.ndarray | None, lo: int, hi: int, out: np.ndarray) -> None:
     """Write output rows [lo, hi) of the convolution into ``out`` (hi - lo, N, Wout, F)."""
-    k, f = cache.w_rows.shape[1:]
+    f = cache.w_rows.shape[2]
     ranges = list(cache.row_ranges(lo, hi))
     # Without a bias, a group that reaches every output row (the centre kernel row; the one group of a full
     # im2col) goes first and writes instead of adding, which spares filling ``out`` with zeros (a pass over it).
@@ -187,7 +172,7 @@ def output_rows(cache: Columns, b: np.ndarray | None, lo: int, hi: int, out: np.
 
 def add_weight_grads(cache: Columns, dout: np.ndarray, lo: int, hi: int, dw_rows: np.ndarray) -> None:
     """dw_rows (HH/fold, K, F) += the filter gradient from output rows [lo, hi), dout (hi - lo, N, Wout, F)."""
-    k, f = cache.w_rows.shape[1:]
+    f = cache.w_rows.shape[2]
     for g, first, end, shift in cache.row_ranges(lo, hi):
         rows = _row_matrix(cache.cols, first + shift, end + shift)  # (M', K), a view
         # (K, M') @ (M', F): NumPy's own product (~10% faster than SciPy's sgemm on this shape here)
@@ -245,8 +230,8 @@ def input_grad(dout: np.ndarray, cache: Columns) -> np.ndarray:
     k, f = cache.w_rows.shape[1:]
     ranges = list(cache.row_ranges(0, dout.shape[0]))
     dcols = np.empty(cache.cols.shape, dout.dtype)  # (Hc, N, Wout, K)
-    # A group that writes every column row (row mode: the centre kernel row) goes first and
-    # overwrites instead of adding, which spares zeroing ~10 MB; the others then add to it.
+    # A group that writes every column row (row mode: the centre kernel row) goes first and overwrites instead of
+    # adding, which spares zeroing ~10 MB; the others then add to it.
     covering = next((r for r in ranges if r[1] + r[3] == 0 and r[2] + r[3] == len(dcols)), None)  # first, end + shift
     if covering:
         ranges.remove(covering)
@@ -295,11 +280,8 @@ def backward_1x1(dout: np.ndarray, cache, need_dx: bool = True, need_db: bool = 
 
 def _matmul_add(a: np.ndarray, b: np.ndarray, out: np.ndarray, add: bool = True) -> None:
     """out += a @ b in one BLAS call (beta = 1), with no temporary and no extra pass over ``out``; with ``add``
-    False, out = a @ b (beta = 0).
-
-    BLAS is column-major: for C-contiguous arrays, out.T += b.T @ a.T is the same product on
-    Fortran-contiguous views, so nothing is copied. Anything else takes the plain NumPy path.
-    """
+    False, out = a @ b (beta = 0). BLAS is column-major: for C-contiguous arrays, out.T += b.T @ a.T is the same
+    product on Fortran-contiguous views, so nothing is copied. Anything else takes the plain NumPy path."""
     blas_ready = (out.dtype in (np.float32, np.float64) and a.dtype == b.dtype == out.dtype
                   and b.flags.c_contiguous and out.flags.c_contiguous)
     gemm = blas.sgemm if out.dtype == np.float32 else blas.dgemm
@@ -328,8 +310,8 @@ def _windows(x_pad: np.ndarray, fold: int, ww: int, w_out: int, stride: int = 1,
 def _im2col(x_pad: np.ndarray, fold: int, ww: int, w_out: int, stride: int = 1) -> np.ndarray:
     """(Hp, N, Wp, C) -> (Hc, N, Wout, fold*WW*C), the patches of ``_windows`` as a matrix's rows."""
     windows = _windows(x_pad, fold, ww, w_out, stride)  # (Hc, N, Wout, fold, WW, C)
-    # An explicit copy: with fold == 1 a reshape alone would return an overlapping view, and
-    # every product would then copy its rows again.
+    # An explicit copy: with fold == 1 a reshape alone would return an overlapping view, and every product would
+    # then copy its rows again.
     return np.ascontiguousarray(windows).reshape(*windows.shape[:3], -1)
 
 
@@ -356,15 +338,11 @@ def _row_matrix(cols: np.ndarray, a: int, b: int) -> np.ndarray:
 
 def _col2im(dcols: np.ndarray, fold: int, x_shape, ww: int, pad_h: int, pad: int, stride: int = 1,
             stride_w: int | None = None) -> np.ndarray:
-    """Scatter-add (Hc, N, Wout, fold*WW*C) column gradients back to (H, N, W, C).
-
-    The column rows cover the input padded by ``pad_h`` rows and ``pad`` columns on each side;
-    place (a, b)'s patch starts at padded row a * stride, column b * stride_w (default: stride).
-
-    Places whose indices step by ``ceil(fold / stride)`` rows and ``ceil(WW / stride_w)`` columns
-    have patches that do not overlap, so each such class is one vectorised ``+=`` into a
-    strided view of the padded gradient (at stride 1 with inner runs of WW*C contiguous values).
-    """
+    """Scatter-add (Hc, N, Wout, fold*WW*C) column gradients back to (H, N, W, C). The column rows cover the input
+    padded by ``pad_h`` rows and ``pad`` columns on each side; place (a, b)'s patch starts at padded row a * stride,
+    column b * stride_w (default: stride). Places whose indices step by ``ceil(fold / stride)`` rows and
+    ``ceil(WW / stride_w)`` columns have patches that do not overlap, so each such class is one vectorised ``+=``
+    into a strided view of the padded gradient (at stride 1 with inner runs of WW*C contiguous values)."""
     h, n, wd, c = x_shape
     hc, _, w_out, _ = dcols.shape
     dcols6 = dcols.reshape(hc, n, w_out, fold, ww, c)

@@ -1,12 +1,9 @@
-"""A convolution followed by max pooling, computed in bands of output rows.
-
-Mathematically ``max_pool2d(conv2d(x))``, layout (H, N, W, C). Done layer by layer, the
-convolution's full output (LeNet's conv1: 6.4 MB at batch 64) is written to memory, read back
-by the pool, and its gradient is written and read again in the backward pass; on one core
-here that traffic, not arithmetic, dominates those layers. In bands of a few output rows
-(a multiple of the pool size) the band's output stays in cache between the product and the
-pool, and its gradient between the pool's routing and the filter-gradient product.
-"""
+"""A convolution followed by max pooling, computed in bands of output rows: mathematically ``max_pool2d(conv2d(x))``,
+layout (H, N, W, C). Done layer by layer, the convolution's full output (LeNet's conv1: 6.4 MB at batch 64) is
+written to memory, read back by the pool, and its gradient is written and read again in the backward pass; on one
+core here that traffic, not arithmetic, dominates those layers. In bands of a few output rows (a multiple of the
+pool size) the band's output stays in cache between the product and the pool, and its gradient between the pool's
+routing and the filter-gradient product."""
 from __future__ import annotations
 
 from typing import NamedTuple

@@ -7,11 +7,8 @@ from .layer import Layer
 
 
 def forward(x: np.ndarray, keep_prob: float, rng: np.random.Generator):
-    """x any shape -> out same shape, cache (the scaled mask).
-
-    ``rng`` is passed in, never global, so a Spark task re-executed with the same seed drops
-    the same units.
-    """
+    """x any shape -> out same shape, cache (the scaled mask). ``rng`` is passed in, never global, so a Spark task
+    re-executed with the same seed drops the same units."""
     if not 0.0 < keep_prob <= 1.0:
         raise ValueError(f"dropout: keep_prob must be in (0, 1], got {keep_prob}")
     dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float64

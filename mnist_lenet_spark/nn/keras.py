@@ -1,18 +1,15 @@
 """A Keras model's architecture (``model.to_json()``: Sequential or functional, Keras 2 or Keras 3) as a network
-definition for ``nn.network`` (what SystemML's Keras2DML did for its users). Reads JSON only: Keras is not
-imported, and no weights come along (the network trains from its own initialisation).
+definition for ``nn.network`` (what SystemML's Keras2DML did for its users). Reads JSON only: Keras is not imported, and
+no weights come along (the network trains from its own initialisation). Supported: ``SUPPORTED`` (Conv2D's and Dense's
+``activation`` too; pooling with non-overlapping windows; Add of two paths from one tensor, in functional models, as a
+residual block). A softmax on the last layer is the loss's own (softmax cross-entropy); anywhere else it is refused.
+Anything else is a ``KerasError`` naming the layer and what is not supported.
 
-Supported: ``SUPPORTED`` (Conv2D's and Dense's ``activation`` too; pooling with non-overlapping windows; Add of two
-paths from one tensor, in functional models, as a residual block). A softmax on the last layer is the loss's own
-(softmax cross-entropy); anywhere else it is refused. Anything else is a ``KerasError`` naming the layer and what is
-not supported.
-
-Layouts: Keras defaults to channels-last, (H, W, C) images; ours are channel-major, (C, H, W). The input shape
-is turned around (``data_format`` says which a model uses) and the layers' options keep their meaning; only
-the order in which Flatten lists its values differs, which matters to imported weights, and there are none.
-Batch norm keeps this package's epsilon (1e-5) and running-statistics momentum (0.1, Keras's 0.9 or 0.99):
-the definition's options are noted in the log, not copied.
-"""
+Layouts: Keras defaults to channels-last, (H, W, C) images; ours are channel-major, (C, H, W). The input shape is turned
+around (``data_format`` says which a model uses) and the layers' options keep their meaning; only the order in which
+Flatten lists its values differs, which matters to imported weights, and there are none. Batch norm keeps this package's
+epsilon (1e-5) and running-statistics momentum (0.1, Keras's 0.9 or 0.99): the definition's options are noted in the
+log, not copied."""
 from __future__ import annotations
 
 import json
@@ -159,15 +156,10 @@ def definition_from_keras(text) -> dict:
     layers = config.get("layers")
     if kind not in ("Sequential", "Functional", "Model") or not isinstance(layers, list) or not layers:
         raise KerasError(f"expected a Keras Sequential or functional model's to_json(), got class {kind!r}")
-    converter = _Converter()
-    for layer in layers:  # the data format first: it decides how the input shape reads
-        fmt = layer.get("config", {}).get("data_format")
-        if fmt:
-            converter.channels_first = fmt == "channels_first"
-            break
-    if kind == "Sequential":
-        return _sequential(converter, layers, config)
-    return _functional(converter, layers, config)
+    converter = _Converter()  # the first data format decides how the input shape reads
+    formats = (layer.get("config", {}).get("data_format") for layer in layers)
+    converter.channels_first = next((fmt for fmt in formats if fmt), None) == "channels_first"
+    return (_sequential if kind == "Sequential" else _functional)(converter, layers, config)
 
 
 def _sequential(converter: _Converter, layers: list[dict], config: dict) -> dict:
@@ -195,31 +187,27 @@ def _functional(converter: _Converter, layers: list[dict], config: dict) -> dict
         raise KerasError(f"a functional model with {len(outputs)} outputs is not supported (one output)")
     input_shape = converter.input_shape(_input_shape_of(by_name[inputs[0]]), inputs[0])
 
-    def layer_of(name: str, last: bool) -> list[dict]:
+    def layer_of(name: str) -> list[dict]:
         layer = by_name[name]
-        return converter.layer(layer.get("class_name"), layer.get("config", {}), last)
+        return converter.layer(layer.get("class_name"), layer.get("config", {}), last=name == outputs[0])
 
-    def chain(start: str, stop: str | None) -> tuple[list[dict], str]:
-        """Our layers from ``start``'s output up to (not including) ``stop`` or the model's output; returns them
-        and the name of the last layer consumed."""
-        ours, current = [], start
+    def chain(current: str) -> tuple[list[dict], str]:
+        """Our layers from ``current``'s output up to (not including) an Add or the model's output; returns them and
+        the name of the last layer consumed."""
+        ours = []
         while True:
             nexts = consumers.get(current, [])
-            if not nexts or (stop is not None and nexts == [stop]):
+            if not nexts or (len(nexts) == 1 and by_name[nexts[0]].get("class_name") == "Add"):
                 return ours, current
             if len(nexts) == 1:
-                nxt = nexts[0]
-                if by_name[nxt].get("class_name") == "Add":
-                    return ours, current
-                ours += layer_of(nxt, last=nxt == outputs[0])
-                current = nxt
+                ours += layer_of(nexts[0])
+                current = nexts[0]
                 continue
             if len(nexts) != 2:
                 raise KerasError(f"layer '{current}': its output feeds {len(nexts)} layers; only two paths "
                                  f"joined by an Add (a residual block) are supported")
-            block = _residual(current, nexts)
-            ours.append(block[0])
-            current = block[1]
+            block, current = _residual(current, nexts)
+            ours.append(block)
 
     def _residual(fork: str, nexts: list[str]) -> tuple[dict, str]:
         paths = []
@@ -227,8 +215,9 @@ def _functional(converter: _Converter, layers: list[dict], config: dict) -> dict
             if by_name[first].get("class_name") == "Add":  # the identity shortcut
                 paths.append(([], first))
                 continue
-            layers_, last = chain_from(first)
-            paths.append((layers_, consumers[last][0] if consumers.get(last) else None))
+            ours = layer_of(first)  # before its followers: a layer's data_format applies to those after it
+            rest, last = chain(first)
+            paths.append((ours + rest, consumers[last][0] if consumers.get(last) else None))
         (branch, add_a), (shortcut, add_b) = sorted(paths, key=lambda p: -len(p[0]))
         if add_a is None or add_a != add_b or by_name[add_a].get("class_name") != "Add":
             raise KerasError(f"layer '{fork}': its two paths do not meet in one Add (only residual blocks are "
@@ -237,12 +226,7 @@ def _functional(converter: _Converter, layers: list[dict], config: dict) -> dict
             raise KerasError(f"layer '{add_a}' (Add): adds {len(_inbound(by_name[add_a]))} tensors, not 2")
         return {"type": "residual", "name": add_a, "branch": branch, "shortcut": shortcut}, add_a
 
-    def chain_from(first: str) -> tuple[list[dict], str]:
-        ours = layer_of(first, last=first == outputs[0])
-        rest, last = chain(first, None)
-        return ours + rest, last
-
-    ours, last = chain(inputs[0], None)
+    ours, last = chain(inputs[0])
     if last != outputs[0]:
         raise KerasError(f"layer '{last}': the model's graph is not a chain of layers and residual blocks")
     return {"input_shape": input_shape, "layers": ours}

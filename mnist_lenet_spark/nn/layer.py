@@ -175,8 +175,7 @@ def backward_chain(ops: Sequence[Layer], params: dict, dout: np.ndarray, caches:
     """dout -> dx through a chain, gradients into ``grads`` by the network's names. ``overwrite``: dout is the chain's
     own temporary (not a residual's branch's while its shortcut needs it), as a layer's new dx is; ``need_dx`` False:
     the first layer skips dx (no one needs the network's input's)."""
-    for k in range(len(ops) - 1, -1, -1):
-        op = ops[k]
+    for k, op in reversed(list(enumerate(ops))):
         dx, op_grads = op.backward(op.own(params), dout, caches[k], need_dx=need_dx or k > 0, overwrite=overwrite)
         overwrite = overwrite or (dx is not None and not np.may_share_memory(dx, dout))
         dout = dx

@@ -1,11 +1,8 @@
-"""Max pooling over non-overlapping ``size x size`` windows (stride = size), layout (H, N, W, C).
-
-Pooling is separable: the max over a window is the max over its rows of the max over its
-columns. The row pass works on runs of N*W*C contiguous values and the column pass on half
-the data; both are far cheaper than ``size**2`` strided passes. Each pass records which input
-won (uint8), so the backward pass routes every gradient to exactly one input (the first
-maximum on ties), with no equality masks.
-"""
+"""Max pooling over non-overlapping ``size x size`` windows (stride = size), layout (H, N, W, C). Pooling is separable:
+the max over a window is the max over its rows of the max over its columns. The row pass works on runs of N*W*C
+contiguous values and the column pass on half the data; both are far cheaper than ``size**2`` strided passes. Each pass
+records which input won (uint8), so the backward pass routes every gradient to exactly one input (the first maximum on
+ties), with no equality masks."""
 from __future__ import annotations
 
 import numpy as np
@@ -51,11 +48,9 @@ def _max_along(v: np.ndarray, axis: int):
 
 
 def _route(dout: np.ndarray, beats: list, size: int, axis: int, out: np.ndarray | None = None) -> np.ndarray:
-    """Inverse of ``_max_along``: dout placed at the winning index of a new ``axis`` of length ``size``.
-
-    The winner is the last k whose mask is set (k = 0 if none), so walk k downwards and keep
-    what no later entry claimed. Masks multiply: np.where is ~10x slower on random masks here.
-    """
+    """Inverse of ``_max_along``: dout placed at the winning index of a new ``axis`` of length ``size``. The winner
+    is the last k whose mask is set (k = 0 if none), so walk k downwards and keep what no later entry claimed. Masks
+    multiply: np.where is ~10x slower on random masks here."""
     shape = list(dout.shape)
     shape.insert(axis, size)
     dv = np.empty(shape, dout.dtype) if out is None else out

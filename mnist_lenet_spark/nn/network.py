@@ -1,6 +1,5 @@
-"""A network from a plain JSON-able definition, its layers run in order (as ``nn.plan`` says); no pyspark import.
-
-A definition is ``{"input_shape": [C, H, W], "layers": [LAYER, ...]}``; a LAYER is a dict with a ``type`` (one of
+"""A network from a plain JSON-able definition, its layers run in order (as ``nn.plan`` says); no pyspark import. A
+definition is ``{"input_shape": [C, H, W], "layers": [LAYER, ...]}``; a LAYER is a dict with a ``type`` (one of
 ``LAYER_TYPES``, a module each), its options, and an optional ``name`` (default: the type and a count, ``conv2d_1``).
 The last layer gives (N, classes) scores; the loss is softmax cross-entropy. Parameters are named ``LAYER.W``, ... .
 Shapes are worked out when the network is built: one that does not fit is a ``ShapeError`` naming the layer."""

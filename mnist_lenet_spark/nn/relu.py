@@ -7,12 +7,10 @@ from .layer import Layer
 
 
 def forward(x: np.ndarray):
-    """out = max(x, 0), same shape as x; the cache is ``out`` itself.
-
-    Computed on the floats' bits viewed as signed integers of the same width: a float is negative
-    exactly when its integer is (the sign bit), and the integer max skips the float max's NaN
-    handling, ~2x faster here. Same values, -0.0 becomes 0.0; a NaN with its sign bit set becomes 0.
-    """
+    """out = max(x, 0), same shape as x; the cache is ``out`` itself. Computed on the floats' bits viewed as signed
+    integers of the same width: a float is negative exactly when its integer is (the sign bit), and the integer max
+    skips the float max's NaN handling, ~2x faster here. Same values, -0.0 becomes 0.0; a NaN with its sign bit set
+    becomes 0."""
     as_int = np.dtype(f"i{x.dtype.itemsize}")
     out = np.maximum(x.view(as_int), 0).view(x.dtype)
     return out, out

@@ -1,14 +1,12 @@
 """The protocol of the asynchronous mode's parameter service (Downpour-style, ``async_sgd``; the server:
-``cluster.async_service``) and its task-side client.
-
-Each of the job's long tasks keeps one connection and loops: pull the parameters and their version, compute
-the gradient of its next mini-batch, push it with the version it used.
+``cluster.async_service``) and its task-side client. Each of the job's long tasks keeps one connection and loops:
+pull the parameters and their version, compute the gradient of its next mini-batch, push it with the version it used.
 
 Protocol (TCP; headers big-endian; every float is a little-endian float32, never pickle):
 - hello: the fit's 32-byte token (``wire.common``) + ``HELLO`` (partition, attempt number). A wrong token closes
-  the connection with nothing sent; otherwise ``WELCOME`` (accepted, position, parameter count): refused (0, then closed) when a newer attempt of
-  the partition has said hello; ``position`` is how many mini-batches the partition's attempts have pushed, so a
-  retried attempt goes on from there.
+  the connection with nothing sent; otherwise ``WELCOME`` (accepted, position, parameter count): refused (0, then
+  closed) when a newer attempt of the partition has said hello; ``position`` is how many mini-batches the
+  partition's attempts have pushed, so a retried attempt goes on from there.
 - ``P`` (pull): ``ANSWER`` (go, version), then, when go = 1, the parameters. go = 0: the run's budget is spent
   (or the driver stopped it): the task ends.
 - ``G`` + ``PUSH_HEADER`` (version pulled, example count, loss sum, payload bytes) + the gradient sum (its state
@@ -16,8 +14,7 @@ Protocol (TCP; headers big-endian; every float is a little-endian float32, never
   apply thread has applied it (APPLIED) or refused it (OLD_ATTEMPT: a newer attempt of the partition said hello;
   BUDGET: the run's budget is spent; STALE: more than ``max_staleness`` versions behind; FAILED: the update
   failed, the run stops). A payload of another size than the parameters' drops the connection.
-Every read has a deadline. No pyspark import.
-"""
+Every read has a deadline. No pyspark import."""
 from __future__ import annotations
 
 import logging
@@ -49,11 +46,10 @@ def to_wire(values: np.ndarray) -> memoryview:
 
 
 class AsyncClient:
-    """Task side: one authenticated connection to the parameter service for one task attempt.
-
-    ``accepted`` is False when a newer attempt of the partition has said hello (this one must end);
-    ``position``: how many mini-batches the partition has pushed before (a retried attempt goes on from there).
-    A failure to connect (CONNECT_TRIES tries, with back-off) or any broken exchange raises OSError."""
+    """Task side: one authenticated connection to the parameter service for one task attempt. ``accepted`` is False
+    when a newer attempt of the partition has said hello (this one must end); ``position``: how many mini-batches the
+    partition has pushed before (a retried attempt goes on from there). A failure to connect (CONNECT_TRIES tries,
+    with back-off) or any broken exchange raises OSError."""
 
     def __init__(self, endpoint: Endpoint, partition: int, attempt: int):
         error = None
@@ -95,8 +91,7 @@ class AsyncClient:
         payload = to_wire(grad_sum)
         self.conn.sendall(PUSH + PUSH_HEADER.pack(version, count, loss_sum, payload.nbytes))
         self.conn.sendall(payload)
-        status, after = ANSWER.unpack(recv_exact(self.conn, ANSWER.size, time.monotonic() + REPLY_SECONDS))
-        return status, after
+        return ANSWER.unpack(recv_exact(self.conn, ANSWER.size, time.monotonic() + REPLY_SECONDS))
 
     def close(self) -> None:
         self.conn.close()

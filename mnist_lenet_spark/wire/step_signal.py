@@ -1,19 +1,15 @@
-"""The step signal's protocol and its task side: a backup step's tasks ask the driver whether their step is
-closed, and push their gradients to it (the server: ``cluster.step_signal``).
+"""The step signal's protocol and its task side: a backup step's tasks ask the driver whether their step is closed,
+and push their gradients to it (the server, and why tasks ask and push at all: ``cluster.step_signal``).
 
-Why tasks ask and push at all: ``cluster.step_signal``.
-
-Protocol: a client first sends the fit's 32-byte token (it reaches the tasks inside their
-closure, through Spark's own task channel), then messages:
-- ``?``: a question; the server answers each read with the closed step as a signed 64-bit
-  big-endian integer (-1 before any step closed);
-- ``G`` + ``PUSH`` header (step, shard, example count, loss sum, bytes per float, payload bytes) +
-  the gradient's floats (native byte order, never pickle): answered with 1 (the driver holds it)
-  or 0 (not wanted: its step is over or has its gradients). A payload of another size than the
-  server expects drops the connection.
-One thread and a selector serve every connection; their number is bounded, a client that does
-not authenticate in time, goes idle or does not read its answers is dropped. No pyspark import.
-"""
+Protocol: a client first sends the fit's 32-byte token (it reaches the tasks inside their closure, through Spark's
+own task channel), then messages:
+- ``?``: a question; the server answers each read with the closed step as a signed 64-bit big-endian integer (-1
+  before any step closed);
+- ``G`` + ``PUSH`` header (step, shard, example count, loss sum, bytes per float, payload bytes) + the gradient's
+  floats (native byte order, never pickle): answered with 1 (the driver holds it) or 0 (not wanted: its step is over
+  or has its gradients). A payload of another size than the server expects drops the connection.
+One thread and a selector serve every connection; their number is bounded, a client that does not authenticate in
+time, goes idle or does not read its answers is dropped. No pyspark import."""
 from __future__ import annotations
 
 import logging
@@ -23,7 +19,7 @@ import time
 
 import numpy as np
 
-from mnist_lenet_spark.wire.common import Endpoint
+from mnist_lenet_spark.wire.common import Endpoint, recv_exact
 
 log = logging.getLogger(__name__)
 TIMEOUT_SECONDS = 1.0  # the client's connect and read timeout
@@ -70,8 +66,8 @@ def _connection(endpoint: Endpoint) -> socket.socket | None:
 
 
 def _ask(endpoint: Endpoint, *message, timeout: float = TIMEOUT_SECONDS) -> int | None:
-    """Send the parts of ``message`` (bytes-like) and read the server's answer; None on any failure (a cached connection that turns out
-    stale, its server gone, is replaced once by a fresh one)."""
+    """Send the parts of ``message`` (bytes-like) and read the server's answer within ``timeout``; None on any failure
+    (a cached connection that turns out stale, its server gone, is replaced once by a fresh one)."""
     for _ in range(2):
         fresh = endpoint not in _connections
         conn = _connection(endpoint)
@@ -81,12 +77,7 @@ def _ask(endpoint: Endpoint, *message, timeout: float = TIMEOUT_SECONDS) -> int 
             conn.settimeout(timeout)
             for part in message:
                 conn.sendall(part)
-            reply = b""
-            while len(reply) < REPLY.size:
-                chunk = conn.recv(REPLY.size - len(reply))
-                if not chunk:
-                    raise ConnectionError("the step signal server closed the connection")
-                reply += chunk
+            reply = recv_exact(conn, REPLY.size, time.monotonic() + timeout)
             conn.settimeout(TIMEOUT_SECONDS)
             return REPLY.unpack(reply)[0]
         except OSError as e:

@@ -4,9 +4,8 @@
     v = momentum * v - lr * dw
     w = w - momentum * v_prev + (1 + momentum) * v
 
-Works on any array (the trainers pass one flat parameter vector). Pure: the inputs are not
-modified; state goes in and comes back out.
-"""
+Works on any array (the trainers pass one flat parameter vector). Pure: the inputs are not modified; state goes in
+and comes back out."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -21,7 +20,6 @@ class NesterovState(NamedTuple):
 
 
 def init(w: np.ndarray) -> NesterovState:
-    """Zero velocity, same shape and dtype as w."""
     return NesterovState(np.zeros_like(w))
 
 
