@@ -116,50 +116,89 @@ class AsyncSGD(SparkTrainer):
         called from the apply thread; ``validation`` is evaluated once, at the end. ``state`` (an asynchronous run's:
         ``state.positions`` set) resumes at its update count with each shard at its position (docs/async.md)."""
         config = self._fit_config(epochs, max_steps)
-        shards = self.workers
         try:  # whatever fails before the job starts, no warm-up job outlives the call
-            if config.early_stopping_patience:
-                raise ConfigError("early_stopping_patience: not supported by the asynchronous mode")
-            config.check_data(num_examples, shards)
+            config.check_data(num_examples, self.workers)
             spec, fresh = update.new_state(self.model, config.seed)
-            state = fresh if state is None else _resumable(state, fresh, shards)
+            options, updater, state = self._updates(config, spec, fresh, state, num_examples, on_step, checkpoint,
+                                                    checkpoint_every)
             self.start_warm_up()
-            state.params = state.params.astype(np.float32, copy=False)  # the wire carries float32
-            state.velocity = state.velocity.astype(np.float32, copy=False)
-            if state.positions is None:
-                state.positions = [0] * shards
-            walk = async_task.ShardBatches(num_examples, shards, config.batch_size, config.seed)
-            per_epoch = walk.per_epoch()
-            budget = per_epoch * config.epochs
-            if config.max_steps is not None:
-                budget = min(budget, config.max_steps)
             bind, host, ports = step_signal.driver_address(self.sc.getConf())
-            updater = Updater(self.model, spec, state, config, budget, per_epoch, on_step)
-
-            def after_apply(version: int, positions: dict[int, int]) -> None:  # in the apply thread
-                state.positions = [positions.get(k, 0) for k in range(shards)]
-                if checkpoint is not None and checkpoint_every and version % checkpoint_every == 0:
-                    checkpoint(state)
-            if state.step:
-                log.info("asynchronous run resumed at update %d of %d; shards at mini-batches %s", state.step,
-                         budget, state.positions)
-            server = async_service.ParameterServer(
-                state.params, updater, budget, shards, bind=bind, host=host, ports=ports, version=state.step,
-                max_staleness=self.max_staleness, positions=dict(enumerate(state.positions)), after_apply=after_apply)
+            server = async_service.ParameterServer(bind=bind, host=host, ports=ports, **options)
         finally:
             setup_seconds = self._finish_warm_up()
         try:
+            walk = async_task.ShardBatches(num_examples, self.workers, config.batch_size, config.seed)
             reports, run_seconds = self._run(server, self._context(spec, config.dropout), source, walk)
         finally:
             server.shutdown()
-        state.positions = [server.positions.get(k, 0) for k in range(shards)]  # with any refused as too stale
+        result = self._result(server, updater, state, spec, reports, run_seconds, setup_seconds)
+        if validation is not None:
+            self._validated(result, self._evaluate(spec, validation, state.params))
+        return result
+
+    def _one_job(self, start, config, spec, fresh, state, count, evaluate, on_step, checkpoint,
+                 checkpoint_every) -> AsyncFitResult:
+        """``fit_frame``'s run: the coordinator applies each push as it comes."""
+        options, updater, state = self._updates(config, spec, fresh, state, count, on_step, checkpoint,
+                                                checkpoint_every)
+        started = time.perf_counter()
+        server, job = start(options)
+        try:
+            while not server.done.wait(POLL_SECONDS):
+                job.check()
+        except BaseException:
+            job.interrupt()
+            raise
+        finally:
+            run_seconds = time.perf_counter() - started
+            job.finish(self.finish_seconds)
+            server.shutdown()
+        reports = [async_task.AsyncReport(**r) for r in job.reports]
+        result = self._result(server, updater, state, spec, reports, run_seconds, 0.0)
+        if evaluate is not None:
+            self._validated(result, evaluate(state.params))
+        return result
+
+    def _updates(self, config: SGDConfig, spec, fresh: update.TrainState, state: update.TrainState | None,
+                 count: int, on_step, checkpoint, checkpoint_every: int):
+        """(the coordinator's arguments, the apply thread's ``Updater``, the state) of a run from ``state`` (None: from
+        ``fresh``) on ``count`` examples."""
+        shards = self.workers
+        if config.early_stopping_patience:
+            raise ConfigError("early_stopping_patience: not supported by the asynchronous mode")
+        state = fresh if state is None else _resumable(state, fresh, shards)
+        state.params = state.params.astype(np.float32, copy=False)  # the wire carries float32
+        state.velocity = state.velocity.astype(np.float32, copy=False)
+        if state.positions is None:
+            state.positions = [0] * shards
+        per_epoch = async_task.ShardBatches(count, shards, config.batch_size, config.seed).per_epoch()
+        budget = per_epoch * config.epochs
+        if config.max_steps is not None:
+            budget = min(budget, config.max_steps)
+        updater = Updater(self.model, spec, state, config, budget, per_epoch, on_step)
+
+        def after_apply(version: int, positions: dict[int, int]) -> None:  # in the apply thread
+            state.positions = [positions.get(k, 0) for k in range(shards)]
+            if checkpoint is not None and checkpoint_every and version % checkpoint_every == 0:
+                checkpoint(state)
+        if state.step:
+            log.info("asynchronous run resumed at update %d of %d; shards at mini-batches %s", state.step, budget,
+                     state.positions)
+        return ({"params": state.params, "apply": updater, "budget": budget, "partitions": shards,
+                 "version": state.step, "max_staleness": self.max_staleness,
+                 "positions": dict(enumerate(state.positions)), "after_apply": after_apply}, updater, state)
+
+    def _result(self, server: async_service.ParameterServer, updater: Updater, state: update.TrainState, spec,
+                reports: list[async_task.AsyncReport], run_seconds: float, setup_seconds: float) -> AsyncFitResult:
+        """The run's result once its job has ended; its error, or a StepFailure when the budget was not spent."""
+        state.positions = [server.positions.get(k, 0) for k in range(self.workers)]  # with any refused as too stale
         if server.error is not None:
             raise server.error
-        if server.applied < budget:
+        if server.applied < server.budget:
             lost = [r.ended for r in reports if r.ended not in ("budget", "superseded")]
             cause = lost[0] if lost else "the job ended"
-            raise task_errors.StepFailure(f"the asynchronous run ended after {server.applied} of {budget} updates: "
-                                       f"{cause}")
+            raise task_errors.StepFailure(f"the asynchronous run ended after {server.applied} of {server.budget} "
+                                          f"updates: {cause}")
         result = AsyncFitResult(params={k: v.copy() for k, v in base.unflatten(state.params, spec).items()},
                                 history=updater.history, state=state, setup_seconds=setup_seconds,
                                 refused=dict(server.refused), tasks=reports, run_seconds=run_seconds)
@@ -170,11 +209,13 @@ class AsyncSGD(SparkTrainer):
         log.info("asynchronous run: %d updates in %.1f s, staleness mean %.2f max %d, refused %s", len(staleness),
                  run_seconds, float(np.mean(staleness)) if staleness else 0.0, max(staleness, default=0),
                  result.refused)
-        if validation is not None:
-            scores = self._evaluate(spec, validation, state.params)
-            result.validation.append({"step": state.step, "epoch": state.epoch, **scores})
-            log.info("step %d: validation accuracy %.4f, loss %.4f", state.step, scores["accuracy"], scores["loss"])
         return result
+
+    @staticmethod
+    def _validated(result: AsyncFitResult, scores: dict) -> None:
+        state = result.state
+        result.validation.append({"step": state.step, "epoch": state.epoch, **scores})
+        log.info("step %d: validation accuracy %.4f, loss %.4f", state.step, scores["accuracy"], scores["loss"])
 
     def _run(self, server: async_service.ParameterServer, ctx: tasks.TaskContext, source,
              walk: async_task.ShardBatches) -> tuple[list[async_task.AsyncReport], float]:

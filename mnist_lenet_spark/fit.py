@@ -26,6 +26,7 @@ from mnist_lenet_spark.spark import SyncSGD
 
 log = logging.getLogger(__name__)
 MODES = ("sync", "async")
+ENGINES = ("auto", "per-step", "one-job")  # auto: one-job on Spark Connect, else per-step
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class FitPlan:
     straggler: StragglerModel = StragglerModel()
     max_staleness: int | None = None  # the asynchronous mode's; None: off
     spelling: Spelling = PARAMS
+    engine: str = "auto"  # ENGINES: how DataFrame rows train (arrays train per step)
     checkpoint_dir: str | Path | None = None  # checkpoint.npz goes there
     checkpoint_every: int = 0  # steps (0: only at the end)
     data: str | None = None  # what a checkpoint records of the training data (a resumed run must have the same)
@@ -75,6 +77,11 @@ class FitPlan:
 
 def check(plan: FitPlan) -> None:
     check_mode(plan.mode, plan.backup, plan.config, plan.max_staleness, plan.spelling)
+    if plan.engine not in ENGINES:
+        raise ConfigError(f"{plan.spelling('engine')}: must be one of {', '.join(ENGINES)}, got {plan.engine!r}")
+    if plan.engine == "one-job" and plan.mode == "sync" and plan.backup.mode != BackupConfig().mode:
+        raise ConfigError(f"{plan.spelling('backup_mode')} {plan.backup.mode!r}: the one-job engine keeps the first "
+                          f"{plan.spelling('workers')} pushes of each version; leave it {BackupConfig().mode!r}")
 
 
 def check_mode(mode: str, backup: BackupConfig, config: SGDConfig, max_staleness: int | None, name: Spelling) -> None:
@@ -191,8 +198,15 @@ def run(sgd: SyncSGD | AsyncSGD, plan: FitPlan, source: Arrays | Frames, state: 
         save = lambda st: checkpoint.save_checkpoint(path, st, sgd.config, settings)  # noqa: E731
     options = {"on_step": on_step, "state": state, "checkpoint": save, "checkpoint_every": plan.checkpoint_every}
     t0, staging_seconds = time.perf_counter(), 0.0
+    engine = plan.engine if plan.engine != "auto" else "one-job" if sgd.connect else "per-step"
+    if engine == "per-step" and sgd.connect:
+        raise ConfigError(f"{plan.spelling('engine')} per-step: a Spark Connect session has no SparkContext to run a "
+                          f"job a step on; use one-job (or auto)")
     if isinstance(source, Arrays):
         result = sgd.fit(source.images, source.labels, validation_data=source.validation, **options)
+    elif engine == "one-job":
+        result = sgd.fit_frame(source.train, source.validation, source.features_col, source.label_col,
+                               source.pixel_range, **options)
     else:
         result, staging_seconds = staging.fit_dataframes(sgd, *source, **options)
     train_seconds = time.perf_counter() - t0 - staging_seconds

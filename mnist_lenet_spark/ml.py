@@ -23,7 +23,7 @@ from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, Default
                              MLReadable, MLReader, MLWritable, MLWriter)
 
 from mnist_lenet_spark import data, fit, models, readers, tracking
-from mnist_lenet_spark.cluster import paths, staging
+from mnist_lenet_spark.cluster import one_job, paths, staging
 from mnist_lenet_spark.config import BackupConfig, ConfigError, SGDConfig, TrainingConf
 from mnist_lenet_spark.executor import inference, rows
 from mnist_lenet_spark.executor.straggler import StragglerModel
@@ -51,6 +51,9 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
     mode = _param("mode", "'sync': synchronous SGD, each step applies the workers' gradients together; 'async': "
                   "asynchronous SGD (Downpour-style), each worker's gradient applied as it arrives (docs/async.md)",
                   TypeConverters.toString)
+    engine = _param("engine", "'auto' (one-job on Spark Connect, else per-step), 'per-step' (a Spark job a step: "
+                    "broadcast, mapPartitions, treeReduce) or 'one-job' (one job of long-lived tasks around a "
+                    "coordinator in this process; DataFrame operations only)", TypeConverters.toString)
     workers = _param("workers", "gradient tasks (shards) per step; effective batch = batchSize x workers",
                      TypeConverters.toInt)
     backupWorkers = _param("backupWorkers", "extra gradient tasks per step whose slowest results are dropped",
@@ -100,7 +103,7 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
     def __init__(self):
         super().__init__()
         sgd, backup = SGDConfig(), BackupConfig()
-        self._setDefault(model="lenet", imageShape=list(models.MNIST_SHAPE), pixelRange="0..255", mode="sync",
+        self._setDefault(model="lenet", imageShape=list(models.MNIST_SHAPE), pixelRange="0..255", mode="sync", engine="auto",
                          workers=TrainingConf.workers, backupWorkers=backup.workers, backupMode=backup.mode,
                          backupCombine=backup.combine, resume=False, initialModel="", batchSize=sgd.batch_size,
                          epochs=sgd.epochs, maxSteps=0, lr=sgd.lr, momentum=sgd.momentum, lrDecay=sgd.lr_decay,
@@ -257,7 +260,7 @@ class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, Defaul
             if tracker:
                 summary = dict(fitted.figures)
                 fit.track_result(tracker, fitted, plan, model.weights, f"{plan.workers} + {plan.backup.workers} "
-                                 f"workers, {sgd.sc.master}", pixel_range, summary)
+                                 f"workers, {sgd.master}", pixel_range, summary)
                 model._summary.mlflow_run_id = summary["mlflow_run_id"]
                 model._summary.mlflow_model_uri = summary["mlflow_model_uri"]
                 tracker_summary = {**summary, "early_stopping_metric": plan.config.early_stopping_metric,
@@ -277,7 +280,8 @@ class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, Defaul
                            self.getOrDefault(self.mode), self.sgd_config(), self.backup_config(),
                            self.getOrDefault(self.lrScaling), straggler,
                            self.getOrDefault(self.maxStaleness) if self.isDefined(self.maxStaleness) else None,
-                           spelling=fit.PARAMS, checkpoint_dir=self.getOrDefault(self.checkpointDir) or None,
+                           spelling=fit.PARAMS, engine=self.getOrDefault(self.engine),
+                           checkpoint_dir=self.getOrDefault(self.checkpointDir) or None,
                            checkpoint_every=max(self.getOrDefault(self.checkpointInterval), 0))
 
     def _start_state(self, plan: fit.FitPlan, spark) -> update.TrainState | None:
@@ -417,7 +421,8 @@ class _ModelWriter(MLWriter):
         self.instance = instance
 
     def saveImpl(self, path: str) -> None:
-        paths.check_writable_together(self.sparkSession.sparkContext, path, "model path")
+        if not one_job.is_connect(self.sparkSession):  # the check runs tasks through a SparkContext
+            paths.check_writable_together(self.sparkSession.sparkContext, path, "model path")
         params = {p.name: value for p, value in self.instance._paramMap.items()}
         params["numClasses"] = self.instance.numClasses  # with the Params, where version 0.2.0 reads it
         DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession, paramMap=params)
@@ -434,7 +439,8 @@ class _ModelReader(MLReader):
 
     def load(self, path: str) -> NetworkClassificationModel:
         from pyspark.errors import AnalysisException
-        if not readers.hadoop_files(self.sparkSession, f"{path.rstrip('/')}/metadata/part-*"):
+        if not one_job.is_connect(self.sparkSession) and \
+                not readers.hadoop_files(self.sparkSession, f"{path.rstrip('/')}/metadata/part-*"):
             raise data.DataError(f"{path}: not a saved model (no metadata/ in it)")
         try:
             metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)

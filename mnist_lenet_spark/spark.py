@@ -1,8 +1,13 @@
-"""The Spark trainers' shared part (``SparkTrainer``) and the synchronous trainer, on the driver: each step
-broadcasts the parameters (with the step's batch indices), runs ``tasks.step_task`` in ``mapPartitions`` over an RDD
-of one partition per shard, made once per fit, and adds the ``GradientSum``s with ``treeReduce`` for
-``training.fit_loop`` (with backup workers the step is ``backup.BackupStep``). The uint8 training set is broadcast
-once per ``fit`` and kept by the reused Python workers; a warm-up job readies those workers while data is staged.
+"""The Spark trainers' shared part (``SparkTrainer``) and the synchronous trainer, on the driver, with two engines.
+
+- per-step (``fit``, ``fit_data``): each step broadcasts the parameters (with the step's batch indices), runs
+  ``tasks.step_task`` in ``mapPartitions`` over an RDD of one partition per shard, made once per fit, and adds the
+  ``GradientSum``s with ``treeReduce`` for ``training.fit_loop`` (with backup workers the step is
+  ``backup.BackupStep``). The uint8 training set is broadcast once per ``fit`` and kept by the reused Python workers;
+  a warm-up job readies those workers while data is staged.
+- one-job (``fit_frame``; the only one on Spark Connect): one Spark job of long-lived tasks, each holding its shard,
+  around a coordinator of parameter versions in this process (``cluster.one_job``); ``training.fit_loop`` publishes
+  each version and takes the sum of its first N pushes.
 """
 from __future__ import annotations
 
@@ -17,10 +22,13 @@ from operator import add
 
 import numpy as np
 
+from mnist_lenet_spark.cluster.async_service import ParameterServer
 from mnist_lenet_spark.cluster.backup import BackupStep
-from mnist_lenet_spark.cluster import probe, task_errors
+from mnist_lenet_spark.cluster import one_job, probe, task_errors
 from mnist_lenet_spark.config import BackupConfig, ConfigError, SGDConfig, split_options
 from mnist_lenet_spark.executor import inference, rows, tasks
+from mnist_lenet_spark.executor.async_task import ShardBatches
+from mnist_lenet_spark.executor.one_job import JobPlan
 from mnist_lenet_spark.executor.emulation import EmulatedCompute
 from mnist_lenet_spark.executor.shards import StagedShards
 from mnist_lenet_spark.executor.straggler import StragglerModel
@@ -37,7 +45,7 @@ class SparkTrainer:
     settings, the warm-up job, arrays broadcast once per fit, and validation over the cluster. A trainer adds
     ``fit_data`` and says how many shards it trains (``shards``). Parameters:
 
-    spark : SparkSession or SparkContext
+    spark : SparkSession (classic or Spark Connect: then only ``fit_frame`` trains) or SparkContext
     workers : gradient tasks (shards) of the trainer
     config : an ``SGDConfig`` (SystemML's schedule by default), run as ``config.scaled_for(examples_per_update /
         batch_size, lr_scaling)``
@@ -57,9 +65,12 @@ class SparkTrainer:
         config = dataclasses.replace(config or SGDConfig(), **options)
         self.workers = workers
         self.config = config.scaled_for(self._batches_per_update(), lr_scaling)
-        self.sc = getattr(spark, "sparkContext", spark)
-        spark_conf.check(self.sc)  # a session not made by session(): one warning per SparkContext
-        probe.check_executors(self.sc)  # executors that cannot import the package: one ConfigError line
+        self.connect = one_job.is_connect(spark)
+        self.spark = spark if hasattr(spark, "conf") else None  # a session (None: a SparkContext was given)
+        self.sc = None if self.connect else getattr(spark, "sparkContext", spark)
+        if self.sc is not None:
+            spark_conf.check(self.sc)  # a session not made by session(): one warning per SparkContext
+            probe.check_executors(self.sc)  # executors that cannot import the package: one ConfigError line
         self.model = model if model is not None else models.network_from("lenet")
         self.straggler = straggler if straggler is not None and straggler.active else None
         if self.straggler:
@@ -67,7 +78,7 @@ class SparkTrainer:
         if emulation is not None:
             emulation.check()
         self.emulation = emulation
-        self.threads = int(self.sc.getConf().get("spark.task.cpus", "1"))
+        self.threads = int(self._conf().get("spark.task.cpus", "1"))
         self._warm_up: tuple[threading.Thread, float] | None = None  # (job thread, when it started)
         self.warm_pids: list[int] = []  # the Python workers the last warm-up readied
 
@@ -84,13 +95,28 @@ class SparkTrainer:
         return tasks.TaskContext(self.model, spec, self.threads, dropout, self.straggler, self._max_attempts(),
                                  self.emulation)
 
+    def _conf(self):
+        """The settings, read with ``.get(key, default)``: the SparkContext's, or a Connect session's."""
+        return self.spark.conf if self.connect else self.sc.getConf()
+
+    @property
+    def master(self) -> str:
+        return self._conf().get("spark.master", "")
+
+    def _session(self):
+        """A SparkSession of the trainer's Spark (the one-job engine's DataFrames)."""
+        if self.spark is None:
+            from pyspark.sql import SparkSession
+            self.spark = SparkSession(self.sc)
+        return self.spark
+
     def _max_attempts(self) -> int:
         """How often Spark runs a failing task: F of local[N,F] (local masters: 1), else spark.task.maxFailures (4)."""
-        master = self.sc.master
+        master = self._conf().get("spark.master", "local")
         if master == "local" or master.startswith("local["):  # local-cluster[...] retries as a cluster does
             found = re.fullmatch(r"local\[[^,\]]+,\s*(\d+)\]", master)
             return int(found.group(1)) if found else 1
-        return int(self.sc.getConf().get("spark.task.maxFailures", "4"))
+        return int(self._conf().get("spark.task.maxFailures", "4"))
 
     def start_warm_up(self, source: tasks.BroadcastData | StagedShards | None = None, *,
                       since: float | None = None) -> None:
@@ -198,6 +224,48 @@ class SparkTrainer:
         with self._broadcast((images, np.asarray(labels))) as bc:
             return self._evaluate(spec, tasks.BroadcastData(bc), base.flatten(params, spec))["accuracy"]
 
+    def fit_frame(self, df, validation=None, features_col: str = "features", label_col: str = "label",
+                  pixel_range: str = "0..255", *, epochs: int | None = None, max_steps: int | None = None, on_step=None,
+                  state: update.TrainState | None = None, checkpoint=None, checkpoint_every: int = 0,
+                  start_seconds: float = 120.0, stall_seconds: float = 600.0) -> training.FitResult:
+        """Train on DataFrame rows with the one-job engine: one Spark job of long-lived tasks, each holding its shard
+        (cut as staging cuts it), around a coordinator in this process; DataFrame operations only, so a Spark Connect
+        session trains as a classic one. Features and labels as staging reads them (``pixel_range``; a bad row is a
+        DataError naming it). ``validation``: rows of the same columns, brought to this process and evaluated here
+        (the job holds the task slots). Every shard's task must start within ``start_seconds``; the run fails when
+        nothing arrives for ``stall_seconds``. The rest as ``fit``."""
+        config = self._fit_config(epochs, max_steps)
+        model = self.model
+        frame, count = one_job.shard_frame(df, features_col, label_col, self.shards)
+        config.check_data(count, self.shards)
+        walk = ShardBatches(count, self.shards, config.batch_size, config.seed)
+        plan = JobPlan(features_col, label_col, tuple(model.input_shape), model.classes, pixel_range, walk,
+                       synchronous=isinstance(self, SyncSGD))
+        spec, fresh = update.new_state(model, config.seed)
+        evaluate = None  # the validation rows, here: the job holds every task slot
+        if validation is not None:
+            evaluate = partial(_evaluate_here, model, spec, *one_job.collect_rows(validation, plan))
+        bind, host, ports = one_job.coordinator_address(self._session())
+        ctx = self._context(spec, config.dropout)
+
+        def start(server_options: dict, **options) -> tuple[ParameterServer, one_job.OneJob]:
+            server = ParameterServer(bind=bind, host=host, ports=ports, **server_options, **options)
+            try:
+                return server, one_job.OneJob(self._session(), frame, ctx, server, plan, start_seconds=start_seconds,
+                                              stall_seconds=stall_seconds)
+            except BaseException:
+                server.shutdown()
+                raise
+        return self._one_job(start, config, spec, fresh, state, count, evaluate, on_step, checkpoint,
+                             checkpoint_every)
+
+
+def _evaluate_here(model: base.Model, spec: base.ParamSpec, images: np.ndarray, labels: np.ndarray,
+                   flat: np.ndarray) -> dict[str, float]:
+    """{accuracy, loss} of parameters (P,) on uint8 ``images`` (n, C, H, W) and ``labels`` (n,), in this process."""
+    correct, loss_sum = inference.correct_and_loss(model, base.unflatten(flat, spec), images, labels)
+    return {"accuracy": correct / len(labels), "loss": loss_sum / len(labels)}
+
 
 class SyncSGD(SparkTrainer):
     """Synchronous SGD over ``workers`` Spark tasks per step; effective batch = batch_size x workers. Takes
@@ -251,9 +319,7 @@ class SyncSGD(SparkTrainer):
             config.check_data(num_examples, shards)
             self.start_warm_up()  # unless fit or fit_dataframes started it already
             spec, fresh = update.new_state(self.model, config.seed)
-            if state is not None and state.positions is not None:
-                raise ConfigError("state: it is an asynchronous run's (AsyncSGD): a synchronous run cannot resume it")
-            state = state or fresh
+            state = self._sync_state(state, fresh)
             total = config.total_steps(num_examples, shards)
 
             def describe(key: sharding.TaskKey) -> str:
@@ -278,6 +344,40 @@ class SyncSGD(SparkTrainer):
         if self.backup.workers:
             result.late_tasks = gradient.late_tasks()
         return result
+
+    def _one_job(self, start, config, spec, fresh, state, count, evaluate, on_step, checkpoint,
+                 checkpoint_every) -> training.FitResult:
+        """``fit_frame``'s run: ``fit_loop`` publishes each version and takes the sum of its first N pushes."""
+        state = self._sync_state(state, fresh)
+        server, job = start({"params": state.params, "apply": None, "budget": config.total_steps(count, self.shards),
+                             "partitions": self.shards}, keep=self.workers, version=-1)
+        try:
+            result = training.fit_loop(self.model, spec, state, count, self.shards, partial(self._kept_sum, job),
+                                       config, evaluate, on_step, checkpoint, checkpoint_every)
+        except BaseException:
+            job.interrupt()
+            raise
+        finally:
+            job.finish(30.0)
+            server.shutdown()
+        result.late_tasks = {"refused_late": server.refused["late"]}
+        return result
+
+    def _kept_sum(self, job: one_job.OneJob, flat: np.ndarray, batches):
+        """One step of the one-job engine: publish the version, wait for its first N pushes."""
+        t0 = time.perf_counter()
+        job.server.publish(batches[0].key.step, flat)
+        while not job.server.kept.wait(one_job.POLL_SECONDS):
+            job.check()
+        sums, kept = job.server.take()
+        return sums, {"step_seconds": time.perf_counter() - t0, "kept": kept,
+                      "dropped": sorted(set(range(self.shards)) - set(kept))}
+
+    @staticmethod
+    def _sync_state(state: update.TrainState | None, fresh: update.TrainState) -> update.TrainState:
+        if state is not None and state.positions is not None:
+            raise ConfigError("state: it is an asynchronous run's (AsyncSGD): a synchronous run cannot resume it")
+        return state or fresh
 
     def _step(self, ctx, source, describe, shard_rdd, flat, batches):
         self.sc.setJobDescription(describe(batches[0].key))

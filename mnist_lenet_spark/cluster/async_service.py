@@ -1,8 +1,11 @@
-"""The driver's parameter service of the asynchronous mode (Downpour-style, ``async_sgd``; protocol, client and the
-tasks' pull-compute-push loop: ``wire.parameters``). ONE apply thread applies every push as it arrives (the ``apply``
-function given: SGD-Nesterov, L2, batch norm's running statistics, as the synchronous update) and publishes the next
-version; staleness is the number of versions applied between a push's pull and its apply. Every read has a deadline; the
-connections are bounded (``max_clients``); no pyspark import.
+"""The driver's coordinator of parameter versions (protocol and client: ``wire.parameters``), with two policies:
+- asynchronous (Downpour-style, ``async_sgd``): ONE apply thread applies every push as it arrives (the ``apply``
+  function given: SGD-Nesterov, L2, batch norm's running statistics, as the synchronous update) and publishes the next
+  version; staleness is the number of versions applied between a push's pull and its apply;
+- synchronous (the one-job engine, ``keep`` = N): the driver's loop publishes each version and takes the sum of its
+  first N pushes (TensorFlow's SyncReplicasOptimizer with backup workers); a later push of that version is refused
+  as late, and its task pulls the next version at once.
+Every read has a deadline; the connections are bounded (``max_clients``); no pyspark import.
 """
 from __future__ import annotations
 
@@ -20,9 +23,12 @@ from typing import Callable
 
 import numpy as np
 
+from mnist_lenet_spark.data import DataError
+from mnist_lenet_spark.loop.sums import GradientSum
 from mnist_lenet_spark.wire.common import TOKEN_BYTES, Endpoint, listen, recv_exact
-from mnist_lenet_spark.wire.parameters import (ANSWER, APPLIED, BUDGET, FAILED, HELLO, OLD_ATTEMPT, PULL, PUSH,
-                                               PUSH_HEADER, REPLY_SECONDS, STALE, STATUS_NAMES, WELCOME, WIRE, to_wire)
+from mnist_lenet_spark.wire.parameters import (AFTER, AGAIN, ANSWER, APPLIED, BUDGET, FAIL, FAIL_HEADER, FAILED, GO,
+                                               HELLO, KEPT, LATE, OLD_ATTEMPT, PULL, PUSH, PUSH_HEADER, REPLY_SECONDS,
+                                               STALE, STATUS_NAMES, STOP, WAIT_SECONDS, WELCOME, WIRE, to_wire)
 
 log = logging.getLogger(__name__)
 #: apply(gradient sum (P,), loss sum, example count, staleness, partition, params (P,)) -> next params (P,)
@@ -47,16 +53,20 @@ class ParameterServer:
     when the run stops on an error: ``error``). ``max_staleness``: refuse pushes more versions behind (None: off).
     ``bind``/``host``/``ports`` as ``step_signal.StepServer``'s. A resumed run starts at ``version`` (updates applied
     before; ``budget`` counts them too) with each partition's ``positions``. ``after_apply(version, positions)`` runs in
-    the apply thread after each update is published (checkpoints); if it raises, the run stops with that error."""
+    the apply thread after each update is published (checkpoints); if it raises, the run stops with that error.
+
+    ``keep`` = N makes it synchronous: ``apply`` is not used; the driver ``publish``es each version and ``take``s the
+    sum of its first N pushes. A task's ``FAIL`` message (a bad row) stops the run with a DataError."""
     AUTH_SECONDS = 2.0  # a new connection must present the token and its hello within this
     IDLE_SECONDS = 600.0  # a task silent this long between messages (a gradient, with any injected delay) is dropped
     PAYLOAD_SECONDS = 60.0  # a push's gradient must arrive within this after its header
+    MAX_FAILURE_BYTES = 64 << 10
 
     def __init__(self, params: np.ndarray, apply: Apply, budget: int, partitions: int, *, bind: str = "127.0.0.1",
                  host: str | None = None, ports: range = range(0, 1), token: bytes | None = None,
                  max_clients: int | None = None, max_staleness: int | None = None, version: int = 0,
                  positions: dict[int, int] | None = None,
-                 after_apply: Callable[[int, dict[int, int]], None] | None = None):
+                 after_apply: Callable[[int, dict[int, int]], None] | None = None, keep: int | None = None):
         self.params = np.ascontiguousarray(params, np.float32)  # published: never written in place
         self.apply, self.budget, self.partitions = apply, budget, partitions
         self.max_staleness, self.after_apply = max_staleness, after_apply
@@ -74,6 +84,11 @@ class ParameterServer:
         self._stopped = False
         self._queued = 0  # pushes accepted, not applied yet (they count against the budget)
         self._lock = threading.Lock()
+        self._new_version = threading.Condition(self._lock)  # synchronous pulls wait on it
+        self.keep = keep
+        self.kept = threading.Event()  # synchronous: the published version has its ``keep`` pushes
+        self._sums: GradientSum | None = None  # synchronous: the running sum of the published version's kept pushes
+        self._kept_shards: list[int] = []
         self._queue: queue.Queue[_Push] = queue.Queue()
         self._clients: dict[socket.socket, threading.Thread] = {}
         self._closing = threading.Event()
@@ -97,7 +112,22 @@ class ParameterServer:
             self._stopped = True
             if error is not None and self.error is None:
                 self.error = error
+            self._new_version.notify_all()
         self.done.set()
+
+    def publish(self, version: int, params: np.ndarray) -> None:
+        """Synchronous: serve ``params`` (P,) as ``version``; from now on its first ``keep`` pushes are summed."""
+        with self._lock:
+            self.params, self.version = np.ascontiguousarray(params, np.float32), version
+            self._sums, self._kept_shards = None, []
+            self.kept.clear()
+            self._new_version.notify_all()
+
+    def take(self) -> tuple[GradientSum, list[int]]:
+        """Synchronous, once ``kept`` is set: (the sum of the published version's first ``keep`` pushes, their
+        partitions in the order they arrived)."""
+        with self._lock:
+            return self._sums, list(self._kept_shards)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop, close every connection and wait (bounded) for the service's threads."""
@@ -175,6 +205,9 @@ class ParameterServer:
                     self._pull(conn)
                 elif kind == PUSH:
                     self._push(conn, partition, attempt)
+                elif kind == FAIL:
+                    self._fail(conn, partition)
+                    return
                 else:
                     log.warning("async service: partition %d sent an unknown message %r; dropped", partition, kind)
                     self.dropped += 1
@@ -192,12 +225,25 @@ class ParameterServer:
                 self._clients.pop(conn, None)
 
     def _pull(self, conn: socket.socket) -> None:
-        with self._lock:
-            go = not self._stopped and self.version < self.budget
+        (after,) = AFTER.unpack(recv_exact(conn, AFTER.size, time.monotonic() + self.PAYLOAD_SECONDS))
+        with self._new_version:  # a synchronous task waits (bounded) for the next version
+            self._new_version.wait_for(lambda: self._stopped or self.version > after, WAIT_SECONDS)
+            if self._stopped or self.version >= self.budget:
+                go = STOP
+            else:
+                go = GO if self.version > after else AGAIN
             version, params = self.version, self.params
-        conn.sendall(ANSWER.pack(int(go), version))
-        if go:
+        conn.sendall(ANSWER.pack(go, version))
+        if go == GO:
             conn.sendall(to_wire(params))
+
+    def _fail(self, conn: socket.socket, partition: int) -> None:
+        (size,) = FAIL_HEADER.unpack(recv_exact(conn, FAIL_HEADER.size, time.monotonic() + self.PAYLOAD_SECONDS))
+        if size > self.MAX_FAILURE_BYTES:
+            raise ConnectionError(f"a failure of {size} bytes")
+        text = recv_exact(conn, size, time.monotonic() + self.PAYLOAD_SECONDS).decode(errors="replace")
+        log.error("coordinator: partition %d cannot train: %s", partition, text)
+        self.stop(DataError(text))
 
     def _push(self, conn: socket.socket, partition: int, attempt: int) -> None:
         pulled, count, loss_sum, size = PUSH_HEADER.unpack(recv_exact(conn, PUSH_HEADER.size,
@@ -209,6 +255,12 @@ class ParameterServer:
         grad = np.empty(self.params.size, WIRE)
         recv_exact(conn, size, time.monotonic() + self.PAYLOAD_SECONDS, into=grad)
         item = _Push(grad.astype(np.float32, copy=False), loss_sum, count, pulled, partition, attempt)
+        if self.keep is not None:
+            status = self._keep(item)
+            if status != KEPT:
+                self._count_refusal(status, partition)
+            conn.sendall(ANSWER.pack(status, self.version))
+            return
         with self._lock:
             status = self._admit(item)
             if status == APPLIED:
@@ -229,6 +281,24 @@ class ParameterServer:
         if self._stopped or self.version + self._queued >= self.budget:
             return BUDGET
         return APPLIED
+
+    def _keep(self, item: _Push) -> int:
+        """Synchronous: add a push to its version's sum if it is among the first ``keep``, or say why not."""
+        with self._lock:
+            if item.attempt < self.newest_attempt.get(item.partition, -1):
+                return OLD_ATTEMPT
+            if self._stopped:
+                return BUDGET
+            if item.pulled != self.version or len(self._kept_shards) >= self.keep:
+                return LATE
+            sums = GradientSum(item.grad, item.loss_sum, item.count)
+            self._sums = sums if self._sums is None else self._sums + sums
+            self._kept_shards.append(item.partition)
+            self.positions[item.partition] = self.positions.get(item.partition, 0) + 1
+            self.last_progress = time.monotonic()
+            if len(self._kept_shards) == self.keep:
+                self.kept.set()
+            return KEPT
 
     def _count_refusal(self, status: int, partition: int) -> None:
         with self._lock:

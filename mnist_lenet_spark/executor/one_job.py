@@ -1,0 +1,212 @@
+"""The long task of the one-job engine (``cluster.one_job``): one per shard, in one Spark job of ``mapInArrow``, it
+holds its input partition (its shard: ``cluster.one_job.shard_frame`` cut it) and loops pull, gradient, push
+against the coordinator (``cluster.async_service.ParameterServer``) until told to stop.
+
+- synchronous: the task waits for each new version, computes the mini-batch of that step (the per-step engine's
+  batch of its shard: ``sharding.epoch_batches``) and pushes; the coordinator keeps the first N of the N + b pushes
+  of a version and refuses the late ones, whose tasks go on at once with the next version.
+- asynchronous: as ``async_task``: its shard's next mini-batch at whatever version it pulled.
+A bad row is sent to the coordinator as the run's error (one line naming the row). No pyspark import here.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from mnist_lenet_spark.executor import rows, tasks
+from mnist_lenet_spark.executor.async_task import ShardBatches
+from mnist_lenet_spark.loop import sharding
+from mnist_lenet_spark.wire import parameters
+
+log = logging.getLogger(__name__)
+ROW = "_row"  # the frame's column of global row numbers (its order, as staging numbers the rows)
+REPORT_SCHEMA = "shard int, attempt int, pushes long, refused long, pid long, ended string"
+
+
+@dataclass(frozen=True)
+class HeldShard:
+    """One shard's rows held in the task's memory: uint8 images (n, C, H, W), labels (n,), global row of the first."""
+    images: np.ndarray
+    labels: np.ndarray
+    offset: int
+
+    def shard(self, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+        return self.images, self.labels, self.offset
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What every task of the job is told: the columns, the shards' cut, the mode."""
+    features_col: str
+    label_col: str
+    input_shape: tuple[int, int, int]
+    classes: int
+    pixel_range: str
+    walk: ShardBatches  # how the shards are cut and walked (their count: walk.shards)
+    synchronous: bool
+
+    def step_batch(self, version: int, shard: int, cache: dict) -> sharding.ShardBatch:
+        """Shard ``shard``'s mini-batch of global step ``version``: the per-step engine's (one epoch kept in
+        ``cache``)."""
+        w = self.walk
+        epoch, s = divmod(version, sharding.steps_per_epoch(w.num_examples, w.shards, w.batch_size))
+        if cache.get("epoch") != epoch:
+            cache["epoch"] = epoch
+            cache["batches"] = sharding.epoch_batches(w.num_examples, w.shards, w.batch_size, w.seed, epoch)
+        return cache["batches"][s][shard]
+
+
+def hold_partition(plan: JobPlan, table) -> HeldShard | str:
+    """The partition's rows (a pyarrow Table of ROW, features and label) as its shard, sorted by row, or the problem
+    with them ("row I: column 'C' ..."); checks that they are exactly one shard's rows."""
+    table = table.take(np.argsort(table.column(ROW).to_numpy()))
+    row_numbers = table.column(ROW).to_numpy()  # (n,) ascending
+    arrays = table_arrays(plan, table, row_numbers)
+    if isinstance(arrays, str):
+        return arrays
+    start = int(row_numbers[0]) if len(row_numbers) else 0
+    if not np.array_equal(row_numbers, np.arange(start, start + len(row_numbers))):
+        raise RuntimeError(f"the partition's rows are not one shard's (rows {row_numbers[:3]}...)")
+    return HeldShard(*arrays, start)
+
+
+def table_arrays(plan: JobPlan, table, row_numbers) -> tuple[np.ndarray, np.ndarray] | str:
+    """(uint8 images (n, C, H, W), int64 labels (n,)) of a pyarrow Table's features and label columns, or the problem
+    of the first bad row found ("row I: column 'C' ...", I from ``row_numbers``)."""
+    pixels = int(np.prod(plan.input_shape))
+    labels = table.column(plan.label_col).combine_chunks()
+    features = table.column(plan.features_col).combine_chunks()
+    if labels.null_count:  # the first bad row's problem, as staging words it
+        i = int(np.flatnonzero(~np.asarray(labels.is_valid()))[0])
+        return f"row {row_numbers[i]}: column '{plan.label_col}' is null"
+    label_values = labels.to_numpy(zero_copy_only=False)
+    images = _pixels(features, pixels, plan.pixel_range)
+    if isinstance(images, tuple):
+        i, problem = images
+        return f"row {row_numbers[i]}: column '{plan.features_col}' {problem}"
+    for i, value in enumerate(label_values):
+        label = rows.row_label(value.item(), plan.classes)
+        if isinstance(label, str):
+            return f"row {row_numbers[i]}: column '{plan.label_col}' {label}"
+    return images.reshape(-1, *plan.input_shape), label_values.astype(np.int64)  # (n, C, H, W), (n,)
+
+
+def _pixels(features, pixels: int, pixel_range: str) -> np.ndarray | tuple[int, str]:
+    """uint8 (n, pixels) from an Arrow column of binaries or of number lists, or (row position, problem)."""
+    import pyarrow as pa
+    n = len(features)
+    if features.null_count:
+        return int(np.flatnonzero(~np.asarray(features.is_valid()))[0]), "is null"
+    if pa.types.is_binary(features.type) or pa.types.is_large_binary(features.type):
+        values = features.to_pylist()
+        for i, value in enumerate(values):
+            if len(value) != pixels:
+                return i, f"has {len(value)} bytes, expected {pixels}"
+        flat = np.frombuffer(b"".join(values), np.uint8) if n else np.empty(0, np.uint8)
+    else:
+        lengths = features.value_lengths().to_numpy(zero_copy_only=False)
+        wrong = np.flatnonzero(lengths != pixels)
+        if wrong.size:
+            return int(wrong[0]), f"has {lengths[wrong[0]]} values, expected {pixels}"
+        values = features.flatten()
+        if values.null_count:
+            return int(np.flatnonzero(~np.asarray(values.is_valid()))[0]) // pixels, "holds a null or a non-number"
+        flat = values.to_numpy(zero_copy_only=False)
+    grid = flat.reshape(n, pixels)  # (n, pixels)
+    result = rows.as_pixels(grid, pixel_range)
+    if not isinstance(result, str):
+        return result
+    for i in range(n):  # which row: the first one that fails alone
+        problem = rows.as_pixels(grid[i], pixel_range)
+        if isinstance(problem, str):
+            return i, problem
+    return 0, result
+
+
+def one_job_task(ctx: tasks.TaskContext, endpoint: parameters.Endpoint, plan: JobPlan,
+                 batches: Iterator) -> Iterator:
+    """mapInArrow body: hold the partition's shard, then pull, gradient, push until told to stop; one report row
+    (REPORT_SCHEMA). An error is raised for Spark to retry while attempts remain; on the last attempt the shard is
+    reported lost instead and the job goes on (sync goes on while N pushes a version can still arrive)."""
+    import pyarrow as pa
+    table = pa.Table.from_batches(list(batches))  # drained: the whole partition is the shard
+    attempt = tasks.attempt_number()
+    shard, pushes, refused, ended = -1, 0, 0, "budget"
+    client = None
+    try:
+        tasks.tune_process(ctx.threads)
+        if table.num_rows == 0:
+            return
+        first = int(np.min(table.column(ROW).to_numpy()))
+        bounds = sharding.shard_bounds(plan.walk.num_examples, plan.walk.shards)
+        shard = next(k for k, (a, b) in enumerate(bounds) if a <= first < b)
+        held = hold_partition(plan, table)
+        del table
+        client = parameters.AsyncClient(endpoint, shard, attempt)
+        if isinstance(held, str):
+            client.fail(held)
+            ended = held
+        elif not client.accepted:
+            ended = "superseded"
+        elif plan.synchronous:
+            pushes, refused, ended = _synchronous(ctx, plan, client, held, shard)
+        else:
+            pushes, refused, ended = _asynchronous(ctx, plan, client, held, shard)
+    except Exception as e:
+        if attempt + 1 < ctx.max_attempts:
+            raise  # Spark runs it again; it rejoins at the coordinator's current version
+        ended = f"{type(e).__name__}: {e}"
+        log.error("one-job task of shard %d, attempt %d (the last): %s; the shard is lost", shard, attempt, ended)
+    finally:
+        if client is not None:
+            client.close()
+    yield pa.RecordBatch.from_pydict({"shard": [shard], "attempt": [attempt], "pushes": [pushes],
+                                      "refused": [refused], "pid": [os.getpid()], "ended": [ended]},
+                                     schema=pa.schema([("shard", pa.int32()), ("attempt", pa.int32()),
+                                                       ("pushes", pa.int64()), ("refused", pa.int64()),
+                                                       ("pid", pa.int64()), ("ended", pa.string())]))
+
+
+def _synchronous(ctx, plan: JobPlan, client: parameters.AsyncClient, held: HeldShard, shard: int):
+    """Each new version: its step's mini-batch of this shard, pushed with the version. (pushes kept, refused, end)"""
+    pushes = refused = 0
+    after, cache = -1, {}
+    while True:
+        go, version, flat = client.pull(after)  # waits for a version newer than ``after``
+        if not go:
+            return pushes, refused, "budget"
+        total = tasks.shard_gradient(ctx, held, flat, [plan.step_batch(version, shard, cache)])
+        status, _ = client.push(version, total.grad_sum, total.loss_sum, total.count)
+        after = version
+        if status == parameters.APPLIED:
+            pushes += 1
+            continue
+        refused += 1
+        if status == parameters.OLD_ATTEMPT:
+            return pushes, refused, "superseded"
+        if status in (parameters.BUDGET, parameters.FAILED):
+            return pushes, refused, "budget"
+
+
+def _asynchronous(ctx, plan: JobPlan, client: parameters.AsyncClient, held: HeldShard, shard: int):
+    """The shard's next mini-batch at whatever version was pulled, as ``async_task``. (pushes, refused, end)"""
+    pushes = refused = 0
+    for batch in plan.walk.batches(shard, client.position):
+        go, version, flat = client.pull()
+        if not go:
+            break
+        total = tasks.shard_gradient(ctx, held, flat, [batch])
+        status, _ = client.push(version, total.grad_sum, total.loss_sum, total.count)
+        if status == parameters.APPLIED:
+            pushes += 1
+            continue
+        refused += 1
+        if status == parameters.OLD_ATTEMPT:
+            return pushes, refused, "superseded"
+        if status in (parameters.BUDGET, parameters.FAILED):
+            break
+    return pushes, refused, "budget"

@@ -1,0 +1,35 @@
+"""The one-job engine on a classic session: synchronous SGD at b = 0 gives the per-step engine's parameters for the
+same batches in the same order (two workers: the same two sums, so bit for bit), and the estimator takes it by Param."""
+import numpy as np
+import pytest
+
+from mnist_lenet_spark.cluster import staging
+from mnist_lenet_spark.config import ConfigError
+from mnist_lenet_spark.ml import NetworkClassifier
+from mnist_lenet_spark.spark import SyncSGD
+
+
+def mnist_frame(spark, mnist, rows, partitions=3):
+    from pyspark.ml.linalg import Vectors
+    X, y = mnist.train.images[:rows], mnist.train.labels[:rows]
+    data = [(Vectors.dense(x.reshape(-1).astype(float)), int(label)) for x, label in zip(X, y)]
+    return spark.createDataFrame(data, ["features", "label"]).repartition(partitions)
+
+
+def test_sync_at_b0_gives_the_per_step_engines_parameters(spark, mnist, tmp_path):
+    df = mnist_frame(spark, mnist, 500).cache()
+    one = SyncSGD(spark, 2, batch_size=16, seed=3).fit_frame(df, max_steps=8)
+    per_step, _ = staging.fit_dataframes(SyncSGD(spark, 2, batch_size=16, seed=3), df, None, "features", "label",
+                                          max_steps=8)
+    assert len(one.history) == len(per_step.history) == 8
+    assert [h["examples"] for h in one.history] == [h["examples"] for h in per_step.history]
+    for name, value in per_step.params.items():
+        np.testing.assert_array_equal(one.params[name], value, err_msg=name)
+
+
+def test_the_estimator_takes_the_engine_by_param(spark, mnist):
+    df = mnist_frame(spark, mnist, 320)
+    model = NetworkClassifier(engine="one-job", workers=2, batchSize=16, maxSteps=5).fit(df)
+    assert len(model.summary.history) == 5 and "kept" in model.summary.history[0]
+    with pytest.raises(ConfigError, match="^engine: must be one of auto, per-step, one-job, got 'fast'$"):
+        NetworkClassifier(engine="fast").fit(df)
