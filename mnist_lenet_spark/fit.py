@@ -16,7 +16,7 @@ import numpy as np
 
 from mnist_lenet_spark import models, tracking
 from mnist_lenet_spark.async_sgd import AsyncSGD
-from mnist_lenet_spark.cluster import staging
+from mnist_lenet_spark.cluster import one_job, staging
 from mnist_lenet_spark.config import BackupConfig, ConfigError, SGDConfig
 from mnist_lenet_spark.data import DataError
 from mnist_lenet_spark.executor.straggler import StragglerModel
@@ -202,7 +202,10 @@ def run(sgd: SyncSGD | AsyncSGD, plan: FitPlan, source: Arrays | Frames, state: 
     if engine == "per-step" and sgd.connect:
         raise ConfigError(f"{plan.spelling('engine')} per-step: a Spark Connect session has no SparkContext to run a "
                           f"job a step on; use one-job (or auto)")
-    if isinstance(source, Arrays):
+    if engine == "one-job" and isinstance(source, Arrays):
+        rows = one_job.frame_of(sgd.spark_session(), source.images, source.labels)
+        result = sgd.fit_frame(rows, source.validation, **options)
+    elif isinstance(source, Arrays):
         result = sgd.fit(source.images, source.labels, validation_data=source.validation, **options)
     elif engine == "one-job":
         result = sgd.fit_frame(source.train, source.validation, source.features_col, source.label_col,

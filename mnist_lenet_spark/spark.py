@@ -103,7 +103,7 @@ class SparkTrainer:
     def master(self) -> str:
         return self._conf().get("spark.master", "")
 
-    def _session(self):
+    def spark_session(self):
         """A SparkSession of the trainer's Spark (the one-job engine's DataFrames)."""
         if self.spark is None:
             from pyspark.sql import SparkSession
@@ -231,9 +231,9 @@ class SparkTrainer:
         """Train on DataFrame rows with the one-job engine: one Spark job of long-lived tasks, each holding its shard
         (cut as staging cuts it), around a coordinator in this process; DataFrame operations only, so a Spark Connect
         session trains as a classic one. Features and labels as staging reads them (``pixel_range``; a bad row is a
-        DataError naming it). ``validation``: rows of the same columns, brought to this process and evaluated here
-        (the job holds the task slots). Every shard's task must start within ``start_seconds``; the run fails when
-        nothing arrives for ``stall_seconds``. The rest as ``fit``."""
+        DataError naming it). ``validation``: rows of the same columns (brought to this process) or (images, labels)
+        as ``fit``'s, evaluated here (the job holds the task slots). Every shard's task must start within
+        ``start_seconds``; the run fails when nothing arrives for ``stall_seconds``. The rest as ``fit``."""
         config = self._fit_config(epochs, max_steps)
         model = self.model
         frame, count = one_job.shard_frame(df, features_col, label_col, self.shards)
@@ -243,16 +243,19 @@ class SparkTrainer:
                        synchronous=isinstance(self, SyncSGD))
         spec, fresh = update.new_state(model, config.seed)
         evaluate = None  # the validation rows, here: the job holds every task slot
-        if validation is not None:
+        if isinstance(validation, tuple):
+            images = rows.model_pixels(model, validation[0], "validation images", pixel_range)
+            evaluate = partial(_evaluate_here, model, spec, images, np.asarray(validation[1], np.int64))
+        elif validation is not None:
             evaluate = partial(_evaluate_here, model, spec, *one_job.collect_rows(validation, plan))
-        bind, host, ports = one_job.coordinator_address(self._session())
+        bind, host, ports = one_job.coordinator_address(self.spark_session())
         ctx = self._context(spec, config.dropout)
 
         def start(server_options: dict, **options) -> tuple[ParameterServer, one_job.OneJob]:
             server = ParameterServer(bind=bind, host=host, ports=ports, **server_options, **options)
             try:
-                return server, one_job.OneJob(self._session(), frame, ctx, server, plan, start_seconds=start_seconds,
-                                              stall_seconds=stall_seconds)
+                return server, one_job.OneJob(self.spark_session(), frame, ctx, server, plan,
+                                              start_seconds=start_seconds, stall_seconds=stall_seconds)
             except BaseException:
                 server.shutdown()
                 raise

@@ -3,8 +3,9 @@ same batches in the same order (two workers: the same two sums, so bit for bit),
 import numpy as np
 import pytest
 
+from mnist_lenet_spark import fit, models
 from mnist_lenet_spark.cluster import staging
-from mnist_lenet_spark.config import ConfigError
+from mnist_lenet_spark.config import ConfigError, SGDConfig
 from mnist_lenet_spark.ml import NetworkClassifier
 from mnist_lenet_spark.spark import SyncSGD
 
@@ -33,3 +34,18 @@ def test_the_estimator_takes_the_engine_by_param(spark, mnist):
     assert len(model.summary.history) == 5 and "kept" in model.summary.history[0]
     with pytest.raises(ConfigError, match="^engine: must be one of auto, per-step, one-job, got 'fast'$"):
         NetworkClassifier(engine="fast").fit(df)
+
+
+def test_arrays_on_the_one_job_engine_train_as_on_the_per_step_engine(spark, mnist):
+    images, labels = mnist.train.images[:400], mnist.train.labels[:400]
+    validation = (mnist.validation.images[:200], mnist.validation.labels[:200])
+    results = []
+    for engine in ("per-step", "one-job"):
+        plan = fit.FitPlan(models.network_from("lenet"), "lenet", 2, engine=engine,
+                           config=SGDConfig(batch_size=16, max_steps=6, validate_every=3))
+        results.append(fit.run(fit.trainer(spark, plan), plan, fit.Arrays(images, labels, validation)).result)
+    per_step, one = results
+    for name, value in per_step.params.items():
+        np.testing.assert_array_equal(one.params[name], value, err_msg=name)
+    assert [v["step"] for v in one.validation] == [v["step"] for v in per_step.validation] == [3, 6]
+    assert [v["accuracy"] for v in one.validation] == [v["accuracy"] for v in per_step.validation]

@@ -16,6 +16,8 @@ import time
 import uuid
 from functools import partial
 
+import numpy as np
+
 from mnist_lenet_spark.cluster import step_signal, task_errors
 from mnist_lenet_spark.config import ConfigError
 from mnist_lenet_spark.data import DataError
@@ -64,6 +66,16 @@ def shard_frame(df, features_col: str, label_col: str, shards: int):
              .withColumn("_key", F.element_at(keys, (shard + 1).cast("int")).cast("long"))  # hashed as the ids were
              .repartition(shards, "_key").drop("_key"))
     return frame, rows
+
+
+def frame_of(spark, images, labels):
+    """A DataFrame of uint8 ``images`` (N, ...) as 'features' binaries and ``labels`` (N,) as 'label', in the arrays'
+    order (so shard k holds the rows the per-step engine's shard k indexes), sent through Arrow."""
+    import pyarrow as pa
+    pixels = np.ascontiguousarray(images).reshape(len(images), -1)  # (N, C*H*W) uint8
+    features = pa.FixedSizeBinaryArray.from_buffers(pa.binary(pixels.shape[1]), len(pixels),
+                                                    [None, pa.py_buffer(pixels)]).cast(pa.binary())
+    return spark.createDataFrame(pa.table({"features": features, "label": np.asarray(labels, np.int64)}))
 
 
 def collect_rows(df, plan: one_job.JobPlan) -> tuple:

@@ -60,6 +60,9 @@ def parse_args(argv=None):
     p.add_argument("--mode", choices=list(fit.MODES), default="sync",
                    help="sync: synchronous SGD, one step of all workers' gradients at a time (default); async: "
                         "asynchronous SGD, each worker's gradient applied as it arrives (docs/async.md)")
+    p.add_argument("--engine", choices=list(fit.ENGINES), help="per-step: a Spark job a step (broadcast, "
+                   "mapPartitions, treeReduce); one-job: one job of long-lived tasks around a coordinator in the "
+                   "driver; auto (default): one-job on Spark Connect, else per-step")
     for flag in ("--epochs", "--max-steps", "--workers"):
         p.add_argument(flag, type=positive_int)
     p.add_argument("--backup-workers", type=non_negative_int)
@@ -155,7 +158,7 @@ def parse_args(argv=None):
 
 #: the flags that set the TrainRun, SGDConfig or BackupConfig field (``backup_`` + field) of their own name
 SAME_NAME = ("model", "classes", "epochs", "max_steps", "workers", "batch_size", "lr", "momentum", "lr_decay", "l2",
-             "warmup_steps", "lr_schedule", "seed", "validate_every", "backup_workers", "mode",
+             "warmup_steps", "lr_schedule", "seed", "validate_every", "backup_workers", "mode", "engine",
              "early_stopping_patience", "early_stopping_min_delta", "early_stopping_metric", "backup_mode",
              "backup_combine", "lr_scaling", "master", "data_dir", "limit_train", "save_model", "staging_dir",
              "pixel_range", "features_col", "label_col", "validation_fraction", "validation_col", "checkpoint_dir",
