@@ -107,3 +107,25 @@ def test_too_few_task_slots_is_one_line_naming_both_numbers(connect, mnist):
     with pytest.raises(ConfigError, match=r"needs 6 task slots at once .* only [0-5] started within 15 s"):
         SyncSGD(connect, 6, batch_size=16).fit_frame(mnist_frame(connect, mnist, 240), max_steps=3,
                                                       start_seconds=15)
+
+
+def test_early_stopping_validates_in_the_client_and_stops(connect, mnist):
+    from pyspark.sql import functions as F
+    df = mnist_frame(connect, mnist, 240).withColumn("isVal", F.rand(seed=1) < 0.25)
+    model = NetworkClassifier(workers=2, batchSize=16, lr=1e-9, validationIndicatorCol="isVal", epochs=10,
+                              earlyStoppingPatience=2, earlyStoppingMetric="accuracy",
+                              earlyStoppingMinDelta=0.01).fit(df)
+    summary = model.summary  # lr ~ 0: the accuracy never improves by 0.01, so patience 2 ends it at epoch 3
+    assert summary.stopped_early and summary.best_step == summary.validation[0]["step"]
+    assert summary.stopped_step == summary.validation[2]["step"] == len(summary.history)
+
+
+def test_a_resumed_fit_goes_on_to_the_straight_fits_parameters(connect, mnist, tmp_path):
+    df = mnist_frame(connect, mnist, 480)
+    settings = dict(workers=2, batchSize=16, seed=5, checkpointDir=str(tmp_path / "run"), checkpointInterval=3)
+    NetworkClassifier(maxSteps=3, **settings).fit(df)
+    resumed = NetworkClassifier(maxSteps=7, resume=True, **settings).fit(df)
+    assert [h["step"] for h in resumed.summary.history] == [4, 5, 6, 7]
+    straight = NetworkClassifier(maxSteps=7, **{**settings, "checkpointDir": str(tmp_path / "straight")}).fit(df)
+    for name, value in straight.weights.items():
+        np.testing.assert_array_equal(resumed.weights[name], value, err_msg=name)
