@@ -73,12 +73,15 @@ def test_sync_with_a_backup_worker_refuses_the_always_slow_partitions_late_pushe
 
 
 def test_the_estimator_fits_transforms_saves_and_loads_on_spark_connect(connect, mnist, tmp_path):
+    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
     train, test = mnist_frame(connect, mnist, 1920), mnist_frame(connect, mnist, 300, offset=5000, partitions=None)
     model = NetworkClassifier(workers=2, backupWorkers=1, batchSize=32, epochs=2, maxSteps=40, lr=0.02).fit(train)
     assert model.summary.mode == "sync" and len(model.summary.history) == 40
     predicted = model.transform(test).select("label", "prediction").collect()
     accuracy = np.mean([r["label"] == r["prediction"] for r in predicted])
     assert accuracy > 0.6, accuracy  # 40 steps of 64 images: far above chance (0.1)
+    evaluated = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(model.transform(test))
+    assert evaluated == pytest.approx(accuracy)
     model.write().save(str(tmp_path / "model"))
     loaded = NetworkClassificationModel.load(str(tmp_path / "model"))
     again = loaded.transform(test).select("prediction").collect()
@@ -87,10 +90,12 @@ def test_the_estimator_fits_transforms_saves_and_loads_on_spark_connect(connect,
         np.testing.assert_array_equal(loaded.weights[name], value)
 
 
-def test_the_estimator_trains_asynchronously_on_spark_connect(connect, mnist):
-    model = NetworkClassifier(mode="async", workers=2, batchSize=16, maxSteps=30).fit(
-        mnist_frame(connect, mnist, 480))
-    summary = model.summary
+def test_the_estimator_trains_asynchronously_in_a_pipeline_on_spark_connect(connect, mnist):
+    from pyspark.ml import Pipeline
+    pipeline = Pipeline(stages=[NetworkClassifier(mode="async", workers=2, batchSize=16, maxSteps=30)])
+    fitted = pipeline.fit(mnist_frame(connect, mnist, 480))
+    assert fitted.transform(mnist_frame(connect, mnist, 50, partitions=None)).count() == 50
+    summary = fitted.stages[0].summary
     assert summary.mode == "async" and len(summary.history) == 30
     assert summary.staleness["max"] is not None and summary.staleness["max"] >= 0
 
