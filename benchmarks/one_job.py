@@ -90,9 +90,11 @@ def one_job_fit(spark, df, workers: int, steps: int, **options) -> dict:
 
 
 def torch_fit(images, labels, steps: int) -> dict:
-    from peers import run_torch  # the same LeNet, shards, batches and dropout masks as ours
+    import peers  # the same LeNet, shards, batches and dropout masks as ours
+    from pyspark import cloudpickle
+    cloudpickle.register_pickle_by_value(peers)  # torchrun's processes cannot import benchmarks/peers.py
     t0 = time.perf_counter()
-    out = run_torch(2, images, labels, BATCH, steps)
+    out = peers.run_torch(2, images, labels, BATCH, steps)
     return {"steps": [float(s) for s in out["steps"][1:]], "wall": time.perf_counter() - t0}
 
 
@@ -119,8 +121,9 @@ def torch_from_peers() -> dict | None:
             "cpu": peers.get("cpu")}
 
 
-def lenet_2x64(df, images, labels, steps: int, rounds: int, with_torch: bool) -> dict:
+def lenet_2x64(data_path: str, images, labels, steps: int, rounds: int, with_torch: bool) -> dict:
     spark = msp.session("local[2]")
+    df = spark.read.parquet(data_path)
     runs = {"per_step": [], "one_job": [], **({"torch": []} if with_torch else {})}
     try:
         for r in range(rounds):
@@ -151,8 +154,9 @@ def lenet_2x64(df, images, labels, steps: int, rounds: int, with_torch: bool) ->
     return out
 
 
-def stragglers_4x64(df, steps: int, rounds: int) -> dict:
+def stragglers_4x64(data_path: str, steps: int, rounds: int) -> dict:
     spark = msp.session("local[5]")
+    df = spark.read.parquet(data_path)
     options = {"straggler": STRAGGLERS, "backup_workers": 1}
     runs = {"per_step": [], "one_job": []}
     try:
@@ -191,11 +195,13 @@ def connect_session(master: str):
     from pyspark.sql.connect.session import SparkSession as ConnectSession
     port = free_port()
     os.environ.setdefault("SPARK_CONNECT_AUTHENTICATE_TOKEN", str(uuid.uuid4()))  # the server and client share it
+    os.environ["SPARK_LOCAL_REMOTE"] = "1"  # as pyspark's local server: the client's stop() stops the server too
     server = msp.session(master, conf={
         "spark.plugins": "org.apache.spark.sql.connect.SparkConnectPlugin",
         "spark.connect.grpc.binding.port": str(port),
         "spark.sql.artifact.isolation.enabled": "true",  # as pyspark's own local server
         "spark.sql.artifact.isolation.alwaysApplyClassloader": "true"})
+    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"  # pyspark.sql.functions then build Connect columns
     client = ConnectSession.builder.remote(f"sc://localhost:{port}").getOrCreate()
     return server, client
 
@@ -215,8 +221,8 @@ def one(kind: str, data_path: str, steps: int) -> None:
         df = spark.read.parquet(data_path)
         fit = one_job_fit(spark, df, 2, steps)
     finally:
-        spark.stop()
-        if server is not None:
+        spark.stop()  # on Connect, the server's session too (SPARK_LOCAL_REMOTE)
+        if server is not None and server.sparkContext._jsc is not None:
             server.stop()
     print(json.dumps({"kind": kind, "session_seconds": session_seconds, "fit_wall_seconds": fit["wall"],
                       "median_step_seconds": statistics.median(fit["steps"]), "steps": steps}))
@@ -301,18 +307,11 @@ def main():
               "command": " ".join(["python benchmarks/one_job.py", *sys.argv[1:]])}
     try:
         data_path = write_rows(images, labels, folder)
-        from pyspark.sql import SparkSession
         print(f"(1) LeNet 2 x 64 on local[2]: per-step vs one-job{' vs TorchDistributor' if with_torch else ''}",
               flush=True)
-        spark = msp.session("local[2]")  # the same settings lenet_2x64 gets; read the rows with it there
-        spark.stop()
-        result["lenet_2x64_local2"] = run_on_rows(lambda df: lenet_2x64(df, images, labels, args.steps, args.rounds,
-                                                                          with_torch), data_path, "local[2]")
+        result["lenet_2x64_local2"] = lenet_2x64(data_path, images, labels, args.steps, args.rounds, with_torch)
         print("(2) 4 x 64 with stragglers, b = 1, on local[5]: per-step vs one-job", flush=True)
-        result["stragglers_4x64_b1_local5"] = run_on_rows(lambda df: stragglers_4x64(df, args.straggler_steps,
-                                                                                       args.rounds), data_path,
-                                                          "local[5]")
-        del SparkSession
+        result["stragglers_4x64_b1_local5"] = stragglers_4x64(data_path, args.straggler_steps, args.rounds)
         print("(3) Spark Connect vs classic, one-job engine, fresh processes", flush=True)
         result["connect_vs_classic_2x64"] = connect_vs_classic(data_path, args.epoch_steps, args.rounds)
     finally:

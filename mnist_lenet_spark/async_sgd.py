@@ -32,7 +32,6 @@ class AsyncFitResult(training.FitResult):
     """``FitResult`` plus the asynchronous run's own record: ``history`` has one record per applied update (its
     ``staleness``: versions applied between the gradient's pull and its apply; ``shard``)."""
     refused: dict = field(default_factory=dict)  # pushes not applied, by reason
-    tasks: list = field(default_factory=list)  # each task attempt's ``AsyncReport``
     updates_per_second: float = 0.0
     examples_per_second: float = 0.0
     run_seconds: float = 0.0  # from the job's start to the budget spent
@@ -153,8 +152,7 @@ class AsyncSGD(SparkTrainer):
             run_seconds = time.perf_counter() - started
             job.finish(self.finish_seconds)
             server.shutdown()
-        reports = [async_task.AsyncReport(**r) for r in job.reports]
-        result = self._result(server, updater, state, spec, reports, run_seconds, 0.0)
+        result = self._result(server, updater, state, spec, job.reports, run_seconds, 0.0)
         if evaluate is not None:
             self._validated(result, evaluate(state.params))
         return result

@@ -363,7 +363,7 @@ class SyncSGD(SparkTrainer):
         finally:
             job.finish(30.0)
             server.shutdown()
-        result.late_tasks = {"refused_late": server.refused["late"]}
+        result.late_tasks, result.tasks = {"refused_late": server.refused["late"]}, job.reports
         return result
 
     def _kept_sum(self, job: one_job.OneJob, flat: np.ndarray, batches):

@@ -6,8 +6,11 @@ import pytest
 from mnist_lenet_spark import fit, models
 from mnist_lenet_spark.cluster import staging
 from mnist_lenet_spark.config import ConfigError, SGDConfig
+from mnist_lenet_spark.executor.straggler import StragglerModel
 from mnist_lenet_spark.ml import NetworkClassifier
 from mnist_lenet_spark.spark import SyncSGD
+
+SPARK_MASTER = "local[4,8]"  # three tasks at once, and Spark retries a failed one up to 7 times
 
 
 def mnist_frame(spark, mnist, rows, partitions=3):
@@ -49,3 +52,14 @@ def test_arrays_on_the_one_job_engine_train_as_on_the_per_step_engine(spark, mni
         np.testing.assert_array_equal(one.params[name], value, err_msg=name)
     assert [v["step"] for v in one.validation] == [v["step"] for v in per_step.validation] == [3, 6]
     assert [v["accuracy"] for v in one.validation] == [v["accuracy"] for v in per_step.validation]
+
+
+def test_failed_task_attempts_are_retried_and_rejoin_while_sync_goes_on(spark, mnist):
+    flaky = StragglerModel(failure_prob=0.05)  # a task attempt fails at each step with this chance (injected)
+    result = SyncSGD(spark, 2, backup_workers=1, batch_size=16, straggler=flaky).fit_frame(
+        mnist_frame(spark, mnist, 1440), max_steps=30)
+    assert [h["step"] for h in result.history] == list(range(1, 31))
+    assert all(h["examples"] == 32 for h in result.history)
+    retried = [r for r in result.tasks if r.attempt > 0]
+    assert retried, result.tasks  # 3 tasks x 30 steps: no failure at all has a chance of about 1 %
+    assert sorted({r.shard for r in result.tasks if r.ended == "budget"}) == [0, 1, 2]  # every shard to the end

@@ -22,6 +22,7 @@ from mnist_lenet_spark.cluster import step_signal, task_errors
 from mnist_lenet_spark.config import ConfigError
 from mnist_lenet_spark.data import DataError
 from mnist_lenet_spark.executor import one_job, tasks
+from mnist_lenet_spark.executor.async_task import AsyncReport
 from mnist_lenet_spark.loop import sharding
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class OneJob:
         self.spark, self.server, self.plan = spark, server, plan
         self.start_seconds, self.stall_seconds = start_seconds, stall_seconds
         self.tag = f"mnist-lenet-{uuid.uuid4().hex[:8]}"
-        self.reports: list = []
+        self.reports: list[AsyncReport] = []  # each task attempt's, once the job has ended
         self.failure: list[BaseException] = []
         self._job = frame.mapInArrow(partial(one_job.one_job_task, ctx, server.endpoint, plan),
                                      one_job.REPORT_SCHEMA)
@@ -136,7 +137,7 @@ class OneJob:
     def _run(self) -> None:
         self.spark.addTag(self.tag)
         try:
-            self.reports.extend(row.asDict() for row in self._job.collect())
+            self.reports.extend(AsyncReport(**row.asDict()) for row in self._job.collect())
         except Exception as e:  # a cancelled job raises too
             self.failure.append(e)
         finally:
@@ -160,7 +161,7 @@ class OneJob:
                                           f"(at version {server.version})")
 
     def _lost(self) -> str:
-        lost = [r["ended"] for r in self.reports if r["ended"] not in ("budget", "superseded")]
+        lost = [r.ended for r in self.reports if r.ended not in ("budget", "superseded")]
         return lost[0] if lost else "every task ended"
 
     def finish(self, seconds: float) -> None:

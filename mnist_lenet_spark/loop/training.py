@@ -29,6 +29,7 @@ class FitResult:
     state: update.TrainState | None = None
     setup_seconds: float = 0.0  # before the first step: data to the executors, workers warmed (Spark)
     late_tasks: dict = field(default_factory=dict)  # backup workers: {stopped_by_signal, killed_by_spark}
+    tasks: list = field(default_factory=list)  # long tasks (async, one-job engine): each attempt's report
     # early stopping (config.early_stopping_patience > 0): ``params`` are those of the best validation
     stopped_early: bool = False  # the run stopped because the validation metric stopped improving
     stopped_step: int | None = None  # the step it stopped after
