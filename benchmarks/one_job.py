@@ -11,8 +11,9 @@ interleaved (A, B, A, B, ... for ``--rounds`` rounds; the figure is the median o
     batches and dropout) as a third arm in the same rounds, unless ``--no-torch`` (or PyTorch is missing): then
     peers.json's last 2 x 64 mean step is reported, labelled as read from that file.
 (2) 4 workers x 64 with stragglers (p = 0.1, 2 s) and one backup worker: the mean step over steps 2 .. N of the
-    two engines. The one-job engine holds N + b = 5 task slots at once, so this runs on ``local[5]`` (on a 2-core
-    machine: 5 slots sharing 2 cores, as peers.py's straggler row).
+    two engines, and beside them the steps where more than b of the 5 tasks draw a delay (held up in either engine).
+    The one-job engine holds N + b = 5 task slots at once, so this runs on ``local[5]`` (on a 2-core machine: 5
+    slots sharing 2 cores, as peers.py's straggler row).
 (3) An epoch-like run (``--epoch-steps`` steps of 2 x 64, one-job engine) on a Spark Connect session against a
     classic one, each the first fit of a fresh Python process (a Connect client and a classic session do not share
     a process reliably): the wall seconds of the ``fit_frame`` call, and Connect / classic. The Connect session is
@@ -48,6 +49,7 @@ from mnist_lenet_spark import data
 from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.cluster import staging
 from mnist_lenet_spark.executor.straggler import StragglerModel
+from mnist_lenet_spark.loop import sharding
 
 SEED = 0
 BATCH = 64
@@ -154,7 +156,21 @@ def lenet_2x64(data_path: str, images, labels, steps: int, rounds: int, with_tor
     return out
 
 
-def stragglers_4x64(data_path: str, steps: int, rounds: int) -> dict:
+def held_up_steps(rows: int, shards: int, steps: int, backup: int = 1) -> list[int]:
+    """The measured steps (2 .. ``steps``) where more than ``backup`` of the ``shards`` tasks draw a delay: held up in either engine.
+    (In the one-job engine a delayed task also sleeps past its version's end, so later steps can be held too.)"""
+    held, epoch = [], 0
+    while True:
+        for step in sharding.epoch_batches(rows, shards, BATCH, SEED, epoch):
+            number = step[0].key.step + 1
+            if number > steps:
+                return held
+            if number > 1 and sum(STRAGGLERS.delay_for(b.key) > 0 for b in step) > backup:
+                held.append(number)
+        epoch += 1
+
+
+def stragglers_4x64(data_path: str, rows: int, steps: int, rounds: int) -> dict:
     spark = msp.session("local[5]")
     df = spark.read.parquet(data_path)
     options = {"straggler": STRAGGLERS, "backup_workers": 1}
@@ -176,6 +192,7 @@ def stragglers_4x64(data_path: str, steps: int, rounds: int) -> dict:
         out[name] = {"mean_step_seconds": statistics.median(means), "each_round": means,
                      "fit_wall_seconds": statistics.median(f["wall"] for f in fits)}
     out["one_job"]["refused_late"] = [f["refused_late"] for f in runs["one_job"]]
+    out["steps_with_more_than_b_delayed"] = held_up_steps(rows, 5, steps + 1)
     out["one_job_over_per_step"] = out["one_job"]["mean_step_seconds"] / out["per_step"]["mean_step_seconds"]
     return out
 
@@ -273,7 +290,8 @@ def report(result: dict) -> None:
               f"{torch['mean_step_seconds'] * 1e3:.1f} ms | - |")
     print(f"(2) 4 x 64, stragglers p={STRAGGLERS.prob} x {STRAGGLERS.delay:g} s, b = 1, local[5], mean step over "
           f"steps {b['measured_steps']}: per-step {b['per_step']['mean_step_seconds']:.3f} s, one-job "
-          f"{b['one_job']['mean_step_seconds']:.3f} s = {b['one_job_over_per_step']:.2f}x")
+          f"{b['one_job']['mean_step_seconds']:.3f} s = {b['one_job_over_per_step']:.2f}x (steps where more than b "
+          f"tasks draw a delay: {b['steps_with_more_than_b_delayed']})")
     print(f"(3) {c['steps']} steps of 2 x 64, one-job engine, fit wall (fresh processes): classic "
           f"{c['classic']['fit_wall_seconds']:.1f} s, Spark Connect {c['connect']['fit_wall_seconds']:.1f} s = "
           f"{c['connect_over_classic']:.2f}x (session start {c['classic']['session_seconds']:.1f} / "
@@ -311,7 +329,7 @@ def main():
               flush=True)
         result["lenet_2x64_local2"] = lenet_2x64(data_path, images, labels, args.steps, args.rounds, with_torch)
         print("(2) 4 x 64 with stragglers, b = 1, on local[5]: per-step vs one-job", flush=True)
-        result["stragglers_4x64_b1_local5"] = stragglers_4x64(data_path, args.straggler_steps, args.rounds)
+        result["stragglers_4x64_b1_local5"] = stragglers_4x64(data_path, rows, args.straggler_steps, args.rounds)
         print("(3) Spark Connect vs classic, one-job engine, fresh processes", flush=True)
         result["connect_vs_classic_2x64"] = connect_vs_classic(data_path, args.epoch_steps, args.rounds)
     finally:

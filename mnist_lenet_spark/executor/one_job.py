@@ -10,21 +10,19 @@ A bad row is sent to the coordinator as the run's error (one line naming the row
 """
 from __future__ import annotations
 
-import logging
-import os
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 
 from mnist_lenet_spark.executor import rows, tasks
-from mnist_lenet_spark.executor.async_task import ShardBatches
+from mnist_lenet_spark.executor.async_task import ShardBatches, long_task, push_loop
 from mnist_lenet_spark.loop import sharding
 from mnist_lenet_spark.wire import parameters
 
-log = logging.getLogger(__name__)
 ROW = "_row"  # the frame's column of global row numbers (its order, as staging numbers the rows)
-REPORT_SCHEMA = "shard int, attempt int, pushes long, refused long, pid long, ended string"
+REPORT_SCHEMA = "shard long, attempt long, pushes long, refused long, pid long, ended string"  # AsyncReport's
 
 
 @dataclass(frozen=True)
@@ -129,84 +127,26 @@ def _pixels(features, pixels: int, pixel_range: str) -> np.ndarray | tuple[int, 
 
 def one_job_task(ctx: tasks.TaskContext, endpoint: parameters.Endpoint, plan: JobPlan,
                  batches: Iterator) -> Iterator:
-    """mapInArrow body: hold the partition's shard, then pull, gradient, push until told to stop; one report row
-    (REPORT_SCHEMA). An error is raised for Spark to retry while attempts remain; on the last attempt the shard is
-    reported lost instead and the job goes on (sync goes on while N pushes a version can still arrive)."""
+    """mapInArrow body: hold the partition's shard, then pull, gradient, push until told to stop
+    (``async_task.long_task``); one report row (REPORT_SCHEMA). A bad row is sent to the coordinator instead."""
     import pyarrow as pa
     table = pa.Table.from_batches(list(batches))  # drained: the whole partition is the shard
-    attempt = tasks.attempt_number()
-    shard, pushes, refused, ended = -1, 0, 0, "budget"
-    client = None
-    try:
-        tasks.tune_process(ctx.threads)
-        if table.num_rows == 0:
-            return
-        first = int(np.min(table.column(ROW).to_numpy()))
-        bounds = sharding.shard_bounds(plan.walk.num_examples, plan.walk.shards)
-        shard = next(k for k, (a, b) in enumerate(bounds) if a <= first < b)
-        held = hold_partition(plan, table)
-        del table
-        client = parameters.AsyncClient(endpoint, shard, attempt)
+    if table.num_rows == 0:
+        return
+    first = int(np.min(table.column(ROW).to_numpy()))
+    bounds = sharding.shard_bounds(plan.walk.num_examples, plan.walk.shards)
+    shard = next(k for k, (a, b) in enumerate(bounds) if a <= first < b)
+    held = hold_partition(plan, table)
+    del table
+
+    def work(client: parameters.AsyncClient) -> tuple[int, int, str]:
         if isinstance(held, str):
             client.fail(held)
-            ended = held
-        elif not client.accepted:
-            ended = "superseded"
-        elif plan.synchronous:
-            pushes, refused, ended = _synchronous(ctx, plan, client, held, shard)
-        else:
-            pushes, refused, ended = _asynchronous(ctx, plan, client, held, shard)
-    except Exception as e:
-        if attempt + 1 < ctx.max_attempts:
-            raise  # Spark runs it again; it rejoins at the coordinator's current version
-        ended = f"{type(e).__name__}: {e}"
-        log.error("one-job task of shard %d, attempt %d (the last): %s; the shard is lost", shard, attempt, ended)
-    finally:
-        if client is not None:
-            client.close()
-    yield pa.RecordBatch.from_pydict({"shard": [shard], "attempt": [attempt], "pushes": [pushes],
-                                      "refused": [refused], "pid": [os.getpid()], "ended": [ended]},
-                                     schema=pa.schema([("shard", pa.int32()), ("attempt", pa.int32()),
-                                                       ("pushes", pa.int64()), ("refused", pa.int64()),
-                                                       ("pid", pa.int64()), ("ended", pa.string())]))
-
-
-def _synchronous(ctx, plan: JobPlan, client: parameters.AsyncClient, held: HeldShard, shard: int):
-    """Each new version: its step's mini-batch of this shard, pushed with the version. (pushes kept, refused, end)"""
-    pushes = refused = 0
-    after, cache = -1, {}
-    while True:
-        go, version, flat = client.pull(after)  # waits for a version newer than ``after``
-        if not go:
-            return pushes, refused, "budget"
-        total = tasks.shard_gradient(ctx, held, flat, [plan.step_batch(version, shard, cache)])
-        status, _ = client.push(version, total.grad_sum, total.loss_sum, total.count)
-        after = version
-        if status == parameters.APPLIED:
-            pushes += 1
-            continue
-        refused += 1
-        if status == parameters.OLD_ATTEMPT:
-            return pushes, refused, "superseded"
-        if status in (parameters.BUDGET, parameters.FAILED):
-            return pushes, refused, "budget"
-
-
-def _asynchronous(ctx, plan: JobPlan, client: parameters.AsyncClient, held: HeldShard, shard: int):
-    """The shard's next mini-batch at whatever version was pulled, as ``async_task``. (pushes, refused, end)"""
-    pushes = refused = 0
-    for batch in plan.walk.batches(shard, client.position):
-        go, version, flat = client.pull()
-        if not go:
-            break
-        total = tasks.shard_gradient(ctx, held, flat, [batch])
-        status, _ = client.push(version, total.grad_sum, total.loss_sum, total.count)
-        if status == parameters.APPLIED:
-            pushes += 1
-            continue
-        refused += 1
-        if status == parameters.OLD_ATTEMPT:
-            return pushes, refused, "superseded"
-        if status in (parameters.BUDGET, parameters.FAILED):
-            break
-    return pushes, refused, "budget"
+            return 0, 0, held
+        if plan.synchronous:  # each new version's step batch
+            cache: dict = {}
+            return push_loop(ctx, held, client, lambda version: plan.step_batch(version, shard, cache), True)
+        walk = plan.walk.batches(shard, client.position)  # the shard's next mini-batch, whatever the version
+        return push_loop(ctx, held, client, lambda version: next(walk), False)
+    report = long_task(ctx, endpoint, shard, work)
+    yield pa.RecordBatch.from_pylist([dataclasses.asdict(report)])
