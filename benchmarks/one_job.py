@@ -17,9 +17,7 @@ interleaved (A, B, A, B, ... for ``--rounds`` rounds; the figure is the median o
 (3) An epoch-like run (``--epoch-steps`` steps of 2 x 64, one-job engine) on a Spark Connect session against a
     classic one, each the first fit of a fresh Python process (a Connect client and a classic session do not share
     a process reliably): the wall seconds of the ``fit_frame`` call, and Connect / classic. The Connect session is
-    a local Spark Connect server started in the child with the project's settings, as ``builder.remote("local[2]")``
-    starts one, but on a free port rather than 15002 (on a shared machine another user's server may hold 15002,
-    and the client would silently talk to it), and a client of it (``remote("sc://localhost:PORT")``).
+    ``session.local_connect``: a local server with the project's settings on a free port, and its client.
 
 Writes benchmarks/results/one_job.json (``--quick``: a smoke run of tiny sizes, to one_job_quick.json; its numbers
 are not a result).
@@ -33,13 +31,11 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +46,7 @@ from mnist_lenet_spark import spark as msp
 from mnist_lenet_spark.cluster import staging
 from mnist_lenet_spark.executor.straggler import StragglerModel
 from mnist_lenet_spark.loop import sharding
+from mnist_lenet_spark.session import local_connect
 
 SEED = 0
 BATCH = 64
@@ -199,36 +196,12 @@ def stragglers_4x64(data_path: str, rows: int, steps: int, rounds: int) -> dict:
 
 # -- (3): Spark Connect against classic, each in a fresh process --------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
-def connect_session(master: str):
-    """(server, client): a local Spark Connect server on ``master`` with the project's settings (a classic session
-    with Spark's Connect plugin, as ``SparkSession.builder.remote(master)`` starts one) on a free port, and a Spark
-    Connect client session of it."""
-    from pyspark.sql.connect.session import SparkSession as ConnectSession
-    port = free_port()
-    os.environ.setdefault("SPARK_CONNECT_AUTHENTICATE_TOKEN", str(uuid.uuid4()))  # the server and client share it
-    os.environ["SPARK_LOCAL_REMOTE"] = "1"  # as pyspark's local server: the client's stop() stops the server too
-    server = msp.session(master, conf={
-        "spark.plugins": "org.apache.spark.sql.connect.SparkConnectPlugin",
-        "spark.connect.grpc.binding.port": str(port),
-        "spark.sql.artifact.isolation.enabled": "true",  # as pyspark's own local server
-        "spark.sql.artifact.isolation.alwaysApplyClassloader": "true"})
-    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"  # pyspark.sql.functions then build Connect columns
-    client = ConnectSession.builder.remote(f"sc://localhost:{port}").getOrCreate()
-    return server, client
-
-
 def one(kind: str, data_path: str, steps: int) -> None:
     """One epoch-like fit with the one-job engine in this fresh process; prints a JSON line."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     t0 = time.perf_counter()
     if kind == "connect":
-        server, spark = connect_session("local[2]")
+        server, spark = local_connect("local[2]")
         from mnist_lenet_spark.cluster import one_job
         assert one_job.is_connect(spark), type(spark)
     else:

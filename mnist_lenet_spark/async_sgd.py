@@ -152,6 +152,7 @@ class AsyncSGD(SparkTrainer):
             run_seconds = time.perf_counter() - started
             job.finish(self.finish_seconds)
             server.shutdown()
+        job.raise_failure()
         result = self._result(server, updater, state, spec, job.reports, run_seconds, 0.0)
         if evaluate is not None:
             self._validated(result, evaluate(state.params))

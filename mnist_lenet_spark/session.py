@@ -77,6 +77,28 @@ def session(master: str | None = None, app_name: str = "mnist_lenet_spark", conf
     return spark
 
 
+def local_connect(master: str = "local[2]", conf: dict[str, str] | None = None):
+    """(server, client): a Spark Connect server in this process on ``master`` (a ``session()`` with Spark's Connect
+    plugin, as ``SparkSession.builder.remote(master)`` starts one) on a free port rather than 15002, which another
+    user's server may hold, and a Spark Connect client of it; they share a token. For tests, benchmarks and notebooks
+    on one machine; the client's ``stop()`` stops the server too."""
+    import socket
+    import uuid
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.setdefault("SPARK_CONNECT_AUTHENTICATE_TOKEN", str(uuid.uuid4()))  # the server's and the client's
+    os.environ["SPARK_LOCAL_REMOTE"] = "1"  # as pyspark's own local server: the client's stop() stops it
+    server = session(master, conf={**(conf or {}), "spark.plugins": "org.apache.spark.sql.connect.SparkConnectPlugin",
+                                   "spark.connect.grpc.binding.address": "127.0.0.1",
+                                   "spark.connect.grpc.binding.port": str(port),
+                                   "spark.sql.artifact.isolation.enabled": "true",
+                                   "spark.sql.artifact.isolation.alwaysApplyClassloader": "true"})
+    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"  # pyspark.sql.functions then build Connect columns
+    return server, ConnectSession.builder.remote(f"sc://127.0.0.1:{port}").getOrCreate()
+
+
 _defaulted: str | None = None  # the PYSPARK_PYTHON that session() chose by itself (a local master's), if any
 
 

@@ -70,7 +70,7 @@ class SparkTrainer:
         self.sc = None if self.connect else getattr(spark, "sparkContext", spark)
         if self.sc is not None:
             spark_conf.check(self.sc)  # a session not made by session(): one warning per SparkContext
-            probe.check_executors(self.sc)  # executors that cannot import the package: one ConfigError line
+        probe.check_executors(spark if self.connect else self.sc)  # executors without the package: one line
         self.model = model if model is not None else models.network_from("lenet")
         self.straggler = straggler if straggler is not None and straggler.active else None
         if self.straggler:
@@ -363,6 +363,7 @@ class SyncSGD(SparkTrainer):
         finally:
             job.finish(30.0)
             server.shutdown()
+        job.raise_failure()
         result.late_tasks, result.tasks = {"refused_late": server.refused["late"]}, job.reports
         return result
 

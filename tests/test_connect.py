@@ -19,11 +19,11 @@ from mnist_lenet_spark.spark import SyncSGD
 
 @pytest.fixture(scope="module")
 def connect():
-    from pyspark.sql import SparkSession
-    session = SparkSession.builder.remote("local[4]").config("spark.sql.shuffle.partitions", "4").getOrCreate()
-    assert one_job.is_connect(session)
-    yield session
-    session.stop()
+    from mnist_lenet_spark.session import local_connect
+    server, client = local_connect("local[4]", {"spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false"})
+    assert one_job.is_connect(client) and not one_job.is_connect(server)
+    yield client
+    client.stop()  # and the server
 
 
 @pytest.fixture(autouse=True)
@@ -64,12 +64,14 @@ def test_the_shards_are_cut_as_staging_cuts_them_one_per_partition(connect, mnis
 
 
 def test_sync_with_a_backup_worker_refuses_the_always_slow_partitions_late_pushes(connect, mnist):
-    slow = StragglerModel(delay=0.3, slow_partitions=(2,))  # a step takes some 40 ms here
+    slow = StragglerModel(delay=0.5, slow_partitions=(2,))  # a step takes some 40 ms here
     sgd = SyncSGD(connect, 2, backup_workers=1, batch_size=16, straggler=slow)
     result = sgd.fit_frame(mnist_frame(connect, mnist, 1920), max_steps=40)
     assert [h["step"] for h in result.history] == list(range(1, 41))
-    assert all(h["examples"] == 32 and sorted(h["kept"]) == [0, 1] and h["dropped"] == [2] for h in result.history)
-    assert result.late_tasks["refused_late"] >= 1  # shard 2's pushes arrived after their versions had their 2
+    assert all(h["examples"] == 32 and len(h["kept"]) == 2 and len(h["dropped"]) == 1 for h in result.history)
+    assert sum(h["dropped"] == [2] for h in result.history) >= 30  # the slow shard's, but on a very slow step
+    slow = [r for r in result.tasks if r.shard == 2]  # it gives up each version that closes while it sleeps
+    assert sum(r.refused for r in slow) >= 10 and sum(r.pushes for r in slow) <= 10, slow
 
 
 def test_the_estimator_fits_transforms_saves_and_loads_on_spark_connect(connect, mnist, tmp_path):
@@ -134,3 +136,11 @@ def test_a_resumed_fit_goes_on_to_the_straight_fits_parameters(connect, mnist, t
     straight = NetworkClassifier(maxSteps=7, **{**settings, "checkpointDir": str(tmp_path / "straight")}).fit(df)
     for name, value in straight.weights.items():
         np.testing.assert_array_equal(resumed.weights[name], value, err_msg=name)
+
+
+def test_the_executors_are_probed_through_a_dataframe_job(connect):
+    from mnist_lenet_spark import __version__
+    from mnist_lenet_spark.cluster import probe
+    report = probe.check_executors(connect)
+    assert report["versions"]["mnist_lenet_spark"] == __version__ and not report["missing"]
+    assert probe.check_executors(connect) is report  # once per session

@@ -28,7 +28,8 @@ from mnist_lenet_spark.loop.sums import GradientSum
 from mnist_lenet_spark.wire.common import TOKEN_BYTES, Endpoint, listen, recv_exact
 from mnist_lenet_spark.wire.parameters import (AFTER, AGAIN, ANSWER, APPLIED, BUDGET, FAIL, FAIL_HEADER, FAILED, GO,
                                                HELLO, KEPT, LATE, OLD_ATTEMPT, PULL, PUSH, PUSH_HEADER, REPLY_SECONDS,
-                                               STALE, STATUS_NAMES, STOP, WAIT_SECONDS, WELCOME, WIRE, to_wire)
+                                               STALE, STATUS_NAMES, STOP, VERSION, WAIT_SECONDS, WELCOME, WIRE,
+                                               to_wire)
 
 log = logging.getLogger(__name__)
 #: apply(gradient sum (P,), loss sum, example count, staleness, partition, params (P,)) -> next params (P,)
@@ -205,6 +206,8 @@ class ParameterServer:
                     self._pull(conn)
                 elif kind == PUSH:
                     self._push(conn, partition, attempt)
+                elif kind == VERSION:
+                    conn.sendall(ANSWER.pack(0, self.version))
                 elif kind == FAIL:
                     self._fail(conn, partition)
                     return

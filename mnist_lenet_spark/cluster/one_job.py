@@ -130,6 +130,7 @@ class OneJob:
         self.failure: list[BaseException] = []
         self._job = frame.mapInArrow(partial(one_job.one_job_task, ctx, server.endpoint, plan),
                                      one_job.REPORT_SCHEMA)
+        self._interrupted = False
         self._thread = threading.Thread(target=self._run, name="one-job", daemon=True)
         self.started = time.monotonic()
         self._thread.start()
@@ -174,7 +175,13 @@ class OneJob:
             self.interrupt()
             self._thread.join(30.0)
 
+    def raise_failure(self) -> None:
+        """After ``finish``: a job that failed by itself fails the fit, even after its last step."""
+        if self.failure and not self._interrupted:
+            raise task_errors.StepFailure(f"the training job failed: {task_errors.task_error(self.failure[0])}")
+
     def interrupt(self) -> None:
+        self._interrupted = True
         try:
             self.spark.interruptTag(self.tag)
         except Exception as e:  # the session may be gone already

@@ -8,6 +8,7 @@ value, so it runs where the package does not.
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -64,6 +65,29 @@ def _task(package: str, dependencies: tuple[str, ...]):
     return probe
 
 
+def _ask(sc) -> dict:
+    """The probe's report, from one RDD task."""
+    description = sc.getLocalProperty("spark.job.description")
+    sc.setJobDescription(f"check that the executors can import {PACKAGE}")
+    try:
+        [report] = sc.parallelize([0], 1).mapPartitions(_task(PACKAGE, DEPENDENCIES)).collect()
+    finally:
+        sc.setJobDescription(description)
+    return report
+
+
+def _ask_frame(spark) -> dict:
+    """The probe's report, from one ``mapInArrow`` task (a Spark Connect session: its executors need pyarrow)."""
+    probe = _task(PACKAGE, DEPENDENCIES)
+
+    def task(batches):
+        import json
+        import pyarrow
+        [report] = probe(batches)
+        yield pyarrow.RecordBatch.from_pylist([{"report": json.dumps(report)}])
+    return json.loads(spark.range(1, numPartitions=1).mapInArrow(task, "report string").collect()[0][0])
+
+
 def _failure(e: BaseException) -> str:
     """The error of the probe's failed task: the worker's own Python error, else the JVM's reason for the task's
     loss (``Cannot run program ...``), else the first line."""
@@ -96,28 +120,26 @@ def check_executors(spark) -> dict:
     each of ``DEPENDENCIES``), ``seconds`` (the probe job, as the driver waited for it). ConfigError, one line naming
     what is missing, the executors' interpreter and the fixes, when the executors lack the package or a dependency, or
     cannot run a Python task at all."""
-    sc = getattr(spark, "sparkContext", spark)
-    key = f"{sc.applicationId}@{sc.startTime}"
+    connect = type(spark).__module__.startswith("pyspark.sql.connect")  # no SparkContext: a DataFrame job asks
+    sc = None if connect else getattr(spark, "sparkContext", spark)
+    key = f"connect:{spark.session_id}" if connect else f"{sc.applicationId}@{sc.startTime}"
     with _lock:
         if key in _reports:
             return _reports[key]
-    job = sc.parallelize([0], 1).mapPartitions(_task(PACKAGE, DEPENDENCIES))
-    description = sc.getLocalProperty("spark.job.description")
-    sc.setJobDescription(f"check that the executors can import {PACKAGE}")
+    master = spark.conf.get("spark.master", "") if connect else sc.master
     start = time.perf_counter()
     try:
-        [report] = job.collect()
+        report = _ask_frame(spark) if connect else _ask(sc)
     except Exception as e:  # the worker could not start or run: a wrong interpreter path, another Python version
-        raise ConfigError(f"the executors cannot run a Python task with PYSPARK_PYTHON={sc.pythonExec} "
-                          f"({_failure(e)}): {fixes([PACKAGE, *DEPENDENCIES], sc.master)}") from None
-    finally:
-        sc.setJobDescription(description)
+        python = spark.conf.get("spark.pyspark.python", "python3") if connect else sc.pythonExec
+        raise ConfigError(f"the executors cannot run a Python task with PYSPARK_PYTHON={python} "
+                          f"({_failure(e)}): {fixes([PACKAGE, *DEPENDENCIES], master)}") from None
     report["seconds"] = time.perf_counter() - start
     where = f"{report['python']} (Python {report['python_version']}) on {report['host']}"
     if report["missing"]:
         missing = list(report["missing"])
         raise ConfigError(f"the executors cannot import {', '.join(missing)} ({report['missing'][missing[0]]}) "
-                          f"with their Python, {where}: {fixes(missing, sc.master)}")
+                          f"with their Python, {where}: {fixes(missing, master)}")
     ours = report["versions"][PACKAGE]
     if ours != mnist_lenet_spark.__version__:
         log.warning("the executors run %s %s, the driver %s (their Python: %s): tasks run the executors' copy; give "

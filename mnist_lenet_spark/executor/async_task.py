@@ -97,16 +97,21 @@ def push_loop(ctx: tasks.TaskContext, source, client: parameters.AsyncClient,
               batch_at: Callable[[int], sharding.ShardBatch], wait_for_new: bool) -> tuple[int, int, str]:
     """Pull, the gradient of ``batch_at(version)``, push, until told to stop: (pushes taken, pushes refused, how the
     task ended: "budget" or "superseded"). ``wait_for_new``: each pull waits for a version newer than the one last
-    pushed (the synchronous policy); else it takes the newest at once."""
+    pushed (the synchronous policy: a version that closes meanwhile is given up, its straggler delay cut short);
+    else it takes the newest at once."""
     pushes = refused = 0
     after = -1
     while True:
         go, version, flat = client.pull(after)
         if not go:
             return pushes, refused, "budget"
-        total = tasks.shard_gradient(ctx, source, flat, [batch_at(version)])
-        status, _ = client.push(version, total.grad_sum, total.loss_sum, total.count)
+        closed = (lambda: client.version() > version) if wait_for_new else None
+        total = tasks.shard_gradient(ctx, source, flat, [batch_at(version)], closed)
         after = version if wait_for_new else -1
+        if total is None:  # its version closed: on to the next
+            refused += 1
+            continue
+        status, _ = client.push(version, total.grad_sum, total.loss_sum, total.count)
         if status == parameters.APPLIED:
             pushes += 1
             continue

@@ -17,6 +17,8 @@ Protocol (TCP; headers big-endian; every float is a little-endian float32, never
   BUDGET: the run's budget is spent; STALE: more than ``max_staleness`` versions behind; FAILED: the update
   failed, the run stops; synchronous: KEPT: one of the first N of its version, LATE: its version had its N).
   A payload of another size than the parameters' drops the connection.
+- ``V``: ``ANSWER`` (0, the newest version): a synchronous task asks it while it waits or computes, to give up a
+  version that has closed.
 - ``E`` + ``FAIL_HEADER`` (bytes) + UTF-8 text: the task's data cannot train (a bad row): the run fails with it.
 Every read has a deadline. No pyspark import."""
 from __future__ import annotations
@@ -38,7 +40,7 @@ ANSWER = struct.Struct("!Bq")  # go / status, version
 PUSH_HEADER = struct.Struct("!qqdQ")  # version pulled, example count, loss sum, payload bytes
 AFTER = struct.Struct("!q")  # a pull wants a version newer than this (-1: any)
 FAIL_HEADER = struct.Struct("!I")  # bytes of the failure's text
-PULL, PUSH, FAIL = b"P", b"G", b"E"
+PULL, PUSH, FAIL, VERSION = b"P", b"G", b"E", b"V"
 STOP, GO, AGAIN = 0, 1, 2  # a pull's answers
 APPLIED, OLD_ATTEMPT, BUDGET, STALE, FAILED, LATE = 1, 2, 3, 4, 5, 6
 KEPT = APPLIED  # synchronous: one of the first N pushes of its version
@@ -109,6 +111,11 @@ class AsyncClient:
         self.conn.sendall(PUSH + PUSH_HEADER.pack(version, count, loss_sum, payload.nbytes))
         self.conn.sendall(payload)
         return ANSWER.unpack(recv_exact(self.conn, ANSWER.size, time.monotonic() + REPLY_SECONDS))
+
+    def version(self) -> int:
+        """The coordinator's newest version."""
+        self.conn.sendall(VERSION)
+        return ANSWER.unpack(recv_exact(self.conn, ANSWER.size, time.monotonic() + REPLY_SECONDS))[1]
 
     def fail(self, problem: str) -> None:
         """Tell the coordinator that this task's data cannot train (``problem``: one line); the run fails with it."""
