@@ -42,6 +42,7 @@ bench: $(VENV)/.installed-bench check-java
 	$(PY) benchmarks/spark_step.py
 	$(PY) benchmarks/warmup.py
 	$(PY) benchmarks/peers.py
+	$(PY) benchmarks/one_job.py
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/scaling.py --model resnet --batches 64,256
 	$(PY) benchmarks/backup.py

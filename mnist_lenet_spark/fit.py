@@ -79,9 +79,21 @@ def check(plan: FitPlan) -> None:
     check_mode(plan.mode, plan.backup, plan.config, plan.max_staleness, plan.spelling)
     if plan.engine not in ENGINES:
         raise ConfigError(f"{plan.spelling('engine')}: must be one of {', '.join(ENGINES)}, got {plan.engine!r}")
-    if plan.engine == "one-job" and plan.mode == "sync" and plan.backup.mode != BackupConfig().mode:
-        raise ConfigError(f"{plan.spelling('backup_mode')} {plan.backup.mode!r}: the one-job engine keeps the first "
-                          f"{plan.spelling('workers')} pushes of each version; leave it {BackupConfig().mode!r}")
+
+
+def check_engine(plan: FitPlan, connect: bool) -> str:
+    """The engine that trains ``plan`` on a session (Spark Connect or not), or a ConfigError in the caller's spelling
+    for a setting it has no use for (refused, never ignored)."""
+    engine = plan.engine if plan.engine != "auto" else "one-job" if connect else "per-step"
+    if engine == "per-step" and connect:
+        raise ConfigError(f"{plan.spelling('engine')} per-step: a Spark Connect session has no SparkContext to run a "
+                          f"job a step on; use one-job (or auto)")
+    default = BackupConfig()
+    for key, why in (("mode", "keeps the first N pushes of each version"), ("combine", "adds them in the driver")):
+        if engine == "one-job" and getattr(plan.backup, key) != getattr(default, key):
+            raise ConfigError(f"{plan.spelling('backup_' + key)} {getattr(plan.backup, key)!r}: the one-job engine "
+                              f"{why}; leave it {getattr(default, key)!r}")
+    return engine
 
 
 def check_mode(mode: str, backup: BackupConfig, config: SGDConfig, max_staleness: int | None, name: Spelling) -> None:
@@ -198,10 +210,10 @@ def run(sgd: SyncSGD | AsyncSGD, plan: FitPlan, source: Arrays | Frames, state: 
         save = lambda st: checkpoint.save_checkpoint(path, st, sgd.config, settings)  # noqa: E731
     options = {"on_step": on_step, "state": state, "checkpoint": save, "checkpoint_every": plan.checkpoint_every}
     t0, staging_seconds = time.perf_counter(), 0.0
-    engine = plan.engine if plan.engine != "auto" else "one-job" if sgd.connect else "per-step"
-    if engine == "per-step" and sgd.connect:
-        raise ConfigError(f"{plan.spelling('engine')} per-step: a Spark Connect session has no SparkContext to run a "
-                          f"job a step on; use one-job (or auto)")
+    engine = check_engine(plan, sgd.connect)
+    if engine == "one-job" and isinstance(source, Frames) and source.staging_dir:
+        raise ConfigError(f"{plan.spelling('staging_dir')} {source.staging_dir}: the one-job engine stages nothing "
+                          f"(each task holds its partition); leave it unset")
     if engine == "one-job" and isinstance(source, Arrays):
         rows = one_job.frame_of(sgd.spark_session(), source.images, source.labels)
         result = sgd.fit_frame(rows, source.validation, **options)

@@ -91,12 +91,12 @@ def local_connect(master: str = "local[2]", conf: dict[str, str] | None = None):
     os.environ.setdefault("SPARK_CONNECT_AUTHENTICATE_TOKEN", str(uuid.uuid4()))  # the server's and the client's
     os.environ["SPARK_LOCAL_REMOTE"] = "1"  # as pyspark's own local server: the client's stop() stops it
     server = session(master, conf={**(conf or {}), "spark.plugins": "org.apache.spark.sql.connect.SparkConnectPlugin",
-                                   "spark.connect.grpc.binding.address": "127.0.0.1",
                                    "spark.connect.grpc.binding.port": str(port),
                                    "spark.sql.artifact.isolation.enabled": "true",
                                    "spark.sql.artifact.isolation.alwaysApplyClassloader": "true"})
     os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"  # pyspark.sql.functions then build Connect columns
-    return server, ConnectSession.builder.remote(f"sc://127.0.0.1:{port}").getOrCreate()
+    # "localhost": the client then sends the token without TLS, as to pyspark's own local server
+    return server, ConnectSession.builder.remote(f"sc://localhost:{port}").getOrCreate()
 
 
 _defaulted: str | None = None  # the PYSPARK_PYTHON that session() chose by itself (a local master's), if any

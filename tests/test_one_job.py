@@ -37,6 +37,9 @@ def test_the_estimator_takes_the_engine_by_param(spark, mnist):
     assert len(model.summary.history) == 5 and "kept" in model.summary.history[0]
     with pytest.raises(ConfigError, match="^engine: must be one of auto, per-step, one-job, got 'fast'$"):
         NetworkClassifier(engine="fast").fit(df)
+    with pytest.raises(ConfigError, match="^backupCombine 'executors': the one-job engine adds them in the driver; "
+                                          "leave it 'driver'$"):
+        NetworkClassifier(engine="one-job", backupWorkers=1, backupCombine="executors").fit(df)
 
 
 def test_arrays_on_the_one_job_engine_train_as_on_the_per_step_engine(spark, mnist):
