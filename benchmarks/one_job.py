@@ -154,7 +154,8 @@ def lenet_2x64(data_path: str, images, labels, steps: int, rounds: int, with_tor
 
 
 def held_up_steps(rows: int, shards: int, steps: int, backup: int = 1) -> list[int]:
-    """The measured steps (2 .. ``steps``) where more than ``backup`` of the ``shards`` tasks draw a delay: held up in either engine.
+    """The measured steps (2 .. ``steps``) where more than ``backup`` of the ``shards`` tasks draw a delay: held up
+    in either engine.
     (In the one-job engine a delayed task also sleeps past its version's end, so later steps can be held too.)"""
     held, epoch = [], 0
     while True:
@@ -183,7 +184,8 @@ def stragglers_4x64(data_path: str, rows: int, steps: int, rounds: int) -> dict:
     out = {"master": "local[5] (the one-job engine holds N + b = 5 task slots at once; 5 slots on "
                      f"{os.cpu_count()} cores)", "workers": 4, "backup_workers": 1, "batch": BATCH,
            "stragglers": {"prob": STRAGGLERS.prob, "delay_seconds": STRAGGLERS.delay},
-           "measured_steps": f"2-{steps + 1}", "statistic": "mean step seconds of each fit, then the median over rounds"}
+           "measured_steps": f"2-{steps + 1}",
+           "statistic": "mean step seconds of each fit, then the median over rounds"}
     for name, fits in runs.items():
         means = [statistics.mean(f["steps"]) for f in fits]
         out[name] = {"mean_step_seconds": statistics.median(means), "each_round": means,

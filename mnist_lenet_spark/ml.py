@@ -103,9 +103,10 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
     def __init__(self):
         super().__init__()
         sgd, backup = SGDConfig(), BackupConfig()
-        self._setDefault(model="lenet", imageShape=list(models.MNIST_SHAPE), pixelRange="0..255", mode="sync", engine="auto",
-                         workers=TrainingConf.workers, backupWorkers=backup.workers, backupMode=backup.mode,
-                         backupCombine=backup.combine, resume=False, initialModel="", batchSize=sgd.batch_size,
+        self._setDefault(model="lenet", imageShape=list(models.MNIST_SHAPE), pixelRange="0..255", mode="sync",
+                         engine="auto", workers=TrainingConf.workers, backupWorkers=backup.workers,
+                         backupMode=backup.mode, backupCombine=backup.combine, resume=False, initialModel="",
+                         batchSize=sgd.batch_size,
                          epochs=sgd.epochs, maxSteps=0, lr=sgd.lr, momentum=sgd.momentum, lrDecay=sgd.lr_decay,
                          l2=sgd.l2, warmupSteps=sgd.warmup_steps, lrSchedule=sgd.lr_schedule, lrScaling="none",
                          seed=sgd.seed, checkpointInterval=0, checkpointDir="", stagingDir="", stragglerProb=0.0,
@@ -381,17 +382,14 @@ class NetworkClassificationModel(Model, _NetworkParams, MLReadable, MLWritable):
         return inference.predict_images(network, self.weights, pixels)
 
     def _transform(self, dataset):
-        from pyspark.ml.functions import array_to_vector, vector_to_array
-        from pyspark.ml.linalg import VectorUDT
+        from pyspark.ml.functions import array_to_vector
         from pyspark.sql import functions as F
         from pyspark.sql.functions import pandas_udf
 
         features = self.getFeaturesCol()
         weights, network, pixel_range = self.weights, self._network(), self._pixel_range()
         staging.check_columns(dataset, features, None, int(np.prod(network.input_shape)), network.classes)
-        column = F.col(features)
-        if isinstance(dataset.schema[features].dataType, VectorUDT):  # Arrow carries arrays, not Vectors
-            column = vector_to_array(column)
+        column = one_job.arrow_features(dataset, features)
         _columnar_udf_input_off(dataset)
 
         @pandas_udf("prediction double, probability array<double>, raw array<double>")

@@ -37,17 +37,22 @@ def is_connect(spark) -> bool:
     return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
+def arrow_features(df, column: str):
+    """``df``'s features column as Arrow carries it: a Vector column as an array (Arrow has no type for Vectors)."""
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.ml.linalg import VectorUDT
+    from pyspark.sql import functions as F
+    if isinstance(df.schema[column].dataType, VectorUDT):
+        return vector_to_array(F.col(column))
+    return F.col(column)
+
+
 def shard_frame(df, features_col: str, label_col: str, shards: int):
     """(frame, rows): ``df``'s rows with their row number (``one_job.ROW``), features (Vectors as arrays: Arrow has
     no type for them) and label, in ``shards`` partitions, partition k holding exactly shard k's rows. Two small
     jobs: the rows of each input partition, and Spark's own hash of candidate keys."""
-    from pyspark.ml.functions import vector_to_array
-    from pyspark.ml.linalg import VectorUDT
     from pyspark.sql import functions as F
-    features = F.col(features_col)
-    if isinstance(df.schema[features_col].dataType, VectorUDT):
-        features = vector_to_array(features)
-    numbered = df.select(features.alias(features_col), F.col(label_col),
+    numbered = df.select(arrow_features(df, features_col).alias(features_col), F.col(label_col),
                          F.monotonically_increasing_id().alias("_id"))  # (input partition << 33) + position in it
     partition = F.shiftright(F.col("_id"), 33)
     counts = dict(numbered.groupBy(partition.alias("p")).count().collect())
@@ -82,13 +87,8 @@ def frame_of(spark, images, labels):
 def collect_rows(df, plan: one_job.JobPlan) -> tuple:
     """(uint8 images (n, C, H, W), labels (n,)) of ``df``'s rows, brought to this process (Arrow); DataError naming
     the first bad row."""
-    from pyspark.ml.functions import vector_to_array
-    from pyspark.ml.linalg import VectorUDT
     from pyspark.sql import functions as F
-    features = F.col(plan.features_col)
-    if isinstance(df.schema[plan.features_col].dataType, VectorUDT):
-        features = vector_to_array(features)
-    table = df.select(features.alias(plan.features_col), F.col(plan.label_col)).toArrow()
+    table = df.select(arrow_features(df, plan.features_col).alias(plan.features_col), F.col(plan.label_col)).toArrow()
     arrays = one_job.table_arrays(plan, table, range(table.num_rows))
     if isinstance(arrays, str):
         raise DataError(f"validation {arrays}")

@@ -16,6 +16,7 @@ import threading
 import time
 
 import mnist_lenet_spark
+from mnist_lenet_spark.cluster.one_job import is_connect
 from mnist_lenet_spark.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def check_executors(spark) -> dict:
     each of ``DEPENDENCIES``), ``seconds`` (the probe job, as the driver waited for it). ConfigError, one line naming
     what is missing, the executors' interpreter and the fixes, when the executors lack the package or a dependency, or
     cannot run a Python task at all."""
-    connect = type(spark).__module__.startswith("pyspark.sql.connect")  # no SparkContext: a DataFrame job asks
+    connect = is_connect(spark)  # no SparkContext: a DataFrame job asks
     sc = None if connect else getattr(spark, "sparkContext", spark)
     key = f"connect:{spark.session_id}" if connect else f"{sc.applicationId}@{sc.startTime}"
     with _lock:

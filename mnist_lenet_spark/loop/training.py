@@ -90,7 +90,8 @@ def fit_loop(model: base.Model, spec: base.ParamSpec, state: update.TrainState, 
                 log.warning("step %d: every mini-batch was empty; only the L2 term updates", state.step)
             loss, grad = update.loss_and_gradient(sums, state.params, spec, model, config.l2)
             update.check_finite(loss, grad, sums.count, state)
-            state.params, opt = update.apply_update(model, spec, state.params, grad, sums.count, opt, lr, config.momentum)
+            state.params, opt = update.apply_update(model, spec, state.params, grad, sums.count, opt, lr,
+                                                    config.momentum)
             state.velocity = opt.velocity
             state.step += 1
             state.step_in_epoch += 1
