@@ -13,7 +13,7 @@ from functools import partial
 
 import numpy as np
 
-from mnist_lenet_spark.cluster import async_service, step_signal, task_errors
+from mnist_lenet_spark.cluster import async_service, one_job, step_signal, task_errors
 from mnist_lenet_spark.config import ConfigError, SGDConfig
 from mnist_lenet_spark.executor import async_task, tasks
 from mnist_lenet_spark.executor.shards import StagedShards
@@ -130,33 +130,23 @@ class AsyncSGD(SparkTrainer):
             reports, run_seconds = self._run(server, self._context(spec, config.dropout), source, walk)
         finally:
             server.shutdown()
-        result = self._result(server, updater, state, spec, reports, run_seconds, setup_seconds)
+        result = self._result(server, updater.history, state, spec, reports, run_seconds, setup_seconds)
         if validation is not None:
             self._validated(result, self._evaluate(spec, validation, state.params))
         return result
 
-    def _one_job(self, start, config, spec, fresh, state, count, evaluate, on_step, checkpoint,
-                 checkpoint_every) -> AsyncFitResult:
-        """``fit_frame``'s run: the coordinator applies each push as it comes."""
+    def _coordination(self, config, spec, fresh, state, count, evaluate, on_step, checkpoint, checkpoint_every):
+        """The coordinator applies each push as it comes; ``evaluate`` runs here, once, at the end."""
         options, updater, state = self._updates(config, spec, fresh, state, count, on_step, checkpoint,
                                                 checkpoint_every)
-        started = time.perf_counter()
-        server, job = start(options)
-        try:
-            while not server.done.wait(POLL_SECONDS):
-                job.check()
-        except BaseException:
-            job.interrupt()
-            raise
-        finally:
-            run_seconds = time.perf_counter() - started
-            job.finish(self.finish_seconds)
-            server.shutdown()
-        job.raise_failure()
-        result = self._result(server, updater, state, spec, job.reports, run_seconds, 0.0)
-        if evaluate is not None:
-            self._validated(result, evaluate(state.params))
-        return result
+
+        def finish(outcome, reports: list) -> AsyncFitResult:
+            history, final, run_seconds = outcome.value or (updater.history, state, 0.0)
+            result = self._result(outcome, history, final, spec, reports, run_seconds, 0.0)
+            if evaluate is not None:
+                self._validated(result, evaluate(final.params))
+            return result
+        return one_job.Coordination(options, partial(_async_run, updater)), finish
 
     def _updates(self, config: SGDConfig, spec, fresh: update.TrainState, state: update.TrainState | None,
                  count: int, on_step, checkpoint, checkpoint_every: int):
@@ -187,9 +177,11 @@ class AsyncSGD(SparkTrainer):
                  "version": state.step, "max_staleness": self.max_staleness,
                  "positions": dict(enumerate(state.positions)), "after_apply": after_apply}, updater, state)
 
-    def _result(self, server: async_service.ParameterServer, updater: Updater, state: update.TrainState, spec,
-                reports: list[async_task.AsyncReport], run_seconds: float, setup_seconds: float) -> AsyncFitResult:
-        """The run's result once its job has ended; its error, or a StepFailure when the budget was not spent."""
+    def _result(self, server: async_service.ParameterServer | one_job.Outcome, history: list[dict],
+                state: update.TrainState, spec, reports: list[async_task.AsyncReport], run_seconds: float,
+                setup_seconds: float) -> AsyncFitResult:
+        """The run's result once its job has ended (``server``: the coordinator, or what it left); its error, or a
+        StepFailure when the budget was not spent."""
         state.positions = [server.positions.get(k, 0) for k in range(self.workers)]  # with any refused as too stale
         if server.error is not None:
             raise server.error
@@ -199,11 +191,11 @@ class AsyncSGD(SparkTrainer):
             raise task_errors.StepFailure(f"the asynchronous run ended after {server.applied} of {server.budget} "
                                           f"updates: {cause}")
         result = AsyncFitResult(params={k: v.copy() for k, v in base.unflatten(state.params, spec).items()},
-                                history=updater.history, state=state, setup_seconds=setup_seconds,
+                                history=history, state=state, setup_seconds=setup_seconds,
                                 refused=dict(server.refused), tasks=reports, run_seconds=run_seconds)
         if run_seconds > 0:
-            result.updates_per_second = len(updater.history) / run_seconds
-            result.examples_per_second = sum(r["examples"] for r in updater.history) / run_seconds
+            result.updates_per_second = len(history) / run_seconds
+            result.examples_per_second = sum(r["examples"] for r in history) / run_seconds
         staleness = result.staleness
         log.info("asynchronous run: %d updates in %.1f s, staleness mean %.2f max %d, refused %s", len(staleness),
                  run_seconds, float(np.mean(staleness)) if staleness else 0.0, max(staleness, default=0),
@@ -256,6 +248,16 @@ class AsyncSGD(SparkTrainer):
         if failure and server.applied < server.budget and server.error is None:
             reports.append(async_task.AsyncReport(-1, -1, 0, 0, 0, task_errors.task_error(failure[0])))
         return reports, run_seconds
+
+
+def _async_run(updater: Updater, server: async_service.ParameterServer, check) -> tuple[list[dict],
+                                                                                      update.TrainState, float]:
+    """The asynchronous coordinator's run (``one_job.Coordination.run``), in this process or in the job: until the
+    budget is spent. (the updates' records, the final state, seconds)"""
+    started = time.perf_counter()
+    while not server.done.wait(POLL_SECONDS):
+        check()
+    return updater.history, updater.state, time.perf_counter() - started
 
 
 def _resumable(state: update.TrainState, fresh: update.TrainState, shards: int) -> update.TrainState:

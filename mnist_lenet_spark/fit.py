@@ -61,6 +61,7 @@ class FitPlan:
     max_staleness: int | None = None  # the asynchronous mode's; None: off
     spelling: Spelling = PARAMS
     engine: str = "auto"  # ENGINES: how DataFrame rows train (arrays train per step)
+    coordinator: str = "auto"  # one_job.COORDINATOR_PLACES: where the one-job engine's coordinator runs
     checkpoint_dir: str | Path | None = None  # checkpoint.npz goes there
     checkpoint_every: int = 0  # steps (0: only at the end)
     data: str | None = None  # what a checkpoint records of the training data (a resumed run must have the same)
@@ -79,6 +80,9 @@ def check(plan: FitPlan) -> None:
     check_mode(plan.mode, plan.backup, plan.config, plan.max_staleness, plan.spelling)
     if plan.engine not in ENGINES:
         raise ConfigError(f"{plan.spelling('engine')}: must be one of {', '.join(ENGINES)}, got {plan.engine!r}")
+    if plan.coordinator not in one_job.COORDINATOR_PLACES:
+        raise ConfigError(f"{plan.spelling('coordinator')}: must be one of {', '.join(one_job.COORDINATOR_PLACES)}, "
+                          f"got {plan.coordinator!r}")
 
 
 def check_engine(plan: FitPlan, connect: bool) -> str:
@@ -88,6 +92,9 @@ def check_engine(plan: FitPlan, connect: bool) -> str:
     if engine == "per-step" and connect:
         raise ConfigError(f"{plan.spelling('engine')} per-step: a Spark Connect session has no SparkContext to run a "
                           f"job a step on; use one-job (or auto)")
+    if engine == "per-step" and plan.coordinator != "auto":
+        raise ConfigError(f"{plan.spelling('coordinator')} {plan.coordinator}: only the one-job engine has a "
+                          f"coordinator (the per-step engine's driver adds each step's gradients); leave it auto")
     default = BackupConfig()
     for key, why in (("mode", "keeps the first N pushes of each version"), ("combine", "adds them in the driver")):
         if engine == "one-job" and getattr(plan.backup, key) != getattr(default, key):
@@ -209,6 +216,7 @@ def run(sgd: SyncSGD | AsyncSGD, plan: FitPlan, source: Arrays | Frames, state: 
         settings = checkpoint_settings(plan)
         save = lambda st: checkpoint.save_checkpoint(path, st, sgd.config, settings)  # noqa: E731
     options = {"on_step": on_step, "state": state, "checkpoint": save, "checkpoint_every": plan.checkpoint_every}
+    one_job_options = {**options, "coordinator": plan.coordinator}
     t0, staging_seconds = time.perf_counter(), 0.0
     engine = check_engine(plan, sgd.connect)
     if engine == "one-job" and isinstance(source, Frames) and source.staging_dir:
@@ -216,12 +224,12 @@ def run(sgd: SyncSGD | AsyncSGD, plan: FitPlan, source: Arrays | Frames, state: 
                           f"(each task holds its partition); leave it unset")
     if engine == "one-job" and isinstance(source, Arrays):
         rows = one_job.frame_of(sgd.spark_session(), source.images, source.labels)
-        result = sgd.fit_frame(rows, source.validation, **options)
+        result = sgd.fit_frame(rows, source.validation, **one_job_options)
     elif isinstance(source, Arrays):
         result = sgd.fit(source.images, source.labels, validation_data=source.validation, **options)
     elif engine == "one-job":
         result = sgd.fit_frame(source.train, source.validation, source.features_col, source.label_col,
-                               source.pixel_range, **options)
+                               source.pixel_range, **one_job_options)
     else:
         result, staging_seconds = staging.fit_dataframes(sgd, *source, **options)
     train_seconds = time.perf_counter() - t0 - staging_seconds

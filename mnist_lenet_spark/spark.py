@@ -54,6 +54,8 @@ class SparkTrainer:
     emulation : an ``emulation.EmulatedCompute``: tasks sleep a drawn time instead of computing (benchmarks)
     **options : any ``SGDConfig`` field (``batch_size=64, seed=0, lr=0.01, ...``); they override ``config``
     """
+    finish_seconds = 30.0  # once a long-task job's run is over, how long its tasks get to end before Spark cancels them
+
     def __init__(self, spark, workers: int = 2, *, config: SGDConfig | None = None, model: base.Model | None = None,
                  straggler: StragglerModel | None = None, lr_scaling: str = "none",
                  emulation: EmulatedCompute | None = None, **options):
@@ -227,40 +229,65 @@ class SparkTrainer:
     def fit_frame(self, df, validation=None, features_col: str = "features", label_col: str = "label",
                   pixel_range: str = "0..255", *, epochs: int | None = None, max_steps: int | None = None, on_step=None,
                   state: update.TrainState | None = None, checkpoint=None, checkpoint_every: int = 0,
-                  start_seconds: float = 120.0, stall_seconds: float = 600.0) -> training.FitResult:
+                  start_seconds: float = 120.0, stall_seconds: float = 600.0,
+                  coordinator: str = "auto") -> training.FitResult:
         """Train on DataFrame rows with the one-job engine: one Spark job of long-lived tasks, each holding its shard
-        (cut as staging cuts it), around a coordinator in this process; DataFrame operations only, so a Spark Connect
-        session trains as a classic one. Features and labels as staging reads them (``pixel_range``; a bad row is a
-        DataError naming it). ``validation``: rows of the same columns (brought to this process) or (images, labels)
-        as ``fit``'s, evaluated here (the job holds the task slots). Every shard's task must start within
-        ``start_seconds``; the run fails when nothing arrives for ``stall_seconds``. The rest as ``fit``."""
+        (cut as staging cuts it), around a coordinator of parameter versions; DataFrame operations only, so a Spark
+        Connect session trains as a classic one. Features and labels as staging reads them (``pixel_range``; a bad
+        row is a DataError naming it). ``validation``: rows of the same columns (brought to this process) or
+        (images, labels) as ``fit``'s, evaluated by the coordinator (the job holds the task slots). Every shard's
+        task must start within ``start_seconds``; the run fails when nothing arrives for ``stall_seconds``.
+
+        ``coordinator`` (``one_job.COORDINATOR_PLACES``): 'client' runs it in this process, 'cluster' in one more
+        task of the job (for a Spark Connect client the executors cannot reach); 'auto' tries whether they reach
+        this process. In the cluster, ``on_step`` sees the steps once the job has ended, and only the final
+        checkpoint is written (``checkpoint_every`` must be 0). The rest as ``fit``."""
         config = self._fit_config(epochs, max_steps)
         model = self.model
-        frame, count = one_job.shard_frame(df, features_col, label_col, self.shards)
+        spark = self.spark_session()
+        place = one_job.place_of(spark, coordinator)
+        if place == "cluster" and checkpoint is not None and checkpoint_every:
+            raise ConfigError(f"checkpoint every {checkpoint_every} steps: with the coordinator in the cluster only "
+                              f"the final checkpoint is written (a task cannot reach this machine's folder); set 0")
+        frame, count = one_job.shard_frame(df, features_col, label_col, self.shards, int(place == "cluster"))
         config.check_data(count, self.shards)
         walk = ShardBatches(count, self.shards, config.batch_size, config.seed)
         plan = JobPlan(features_col, label_col, tuple(model.input_shape), model.classes, pixel_range, walk,
                        synchronous=isinstance(self, SyncSGD))
         spec, fresh = update.new_state(model, config.seed)
-        evaluate = None  # the validation rows, here: the job holds every task slot
+        evaluate = None  # the validation rows, with the coordinator: the job holds every task slot
         if isinstance(validation, tuple):
             images = rows.model_pixels(model, validation[0], "validation images", pixel_range)
             evaluate = partial(_evaluate_here, model, spec, images, np.asarray(validation[1], np.int64))
         elif validation is not None:
             evaluate = partial(_evaluate_here, model, spec, *one_job.collect_rows(validation, plan))
-        bind, host, ports = one_job.coordinator_address(self.spark_session())
         ctx = self._context(spec, config.dropout)
+        here = place == "client"
+        coordination, finish = self._coordination(config, spec, fresh, state, count, evaluate,
+                                                  on_step if here else None, checkpoint if here else None,
+                                                  checkpoint_every)
+        if here:
+            outcome, reports = one_job.run_here(spark, frame, ctx, plan, coordination, start_seconds=start_seconds,
+                                                stall_seconds=stall_seconds, finish_seconds=self.finish_seconds)
+        else:
+            outcome, reports = one_job.run_in_cluster(spark, frame, ctx, plan, coordination,
+                                                      stall_seconds=stall_seconds, attempts=self._max_attempts())
+        result = finish(outcome, reports)
+        if not here and on_step is not None:  # the steps, as they went, now that they have reached this process
+            for record in result.history:
+                on_step(record)
+        return result
 
-        def start(server_options: dict, **options) -> tuple[ParameterServer, one_job.OneJob]:
-            server = ParameterServer(bind=bind, host=host, ports=ports, **server_options, **options)
-            try:
-                return server, one_job.OneJob(self.spark_session(), frame, ctx, server, plan,
-                                              start_seconds=start_seconds, stall_seconds=stall_seconds)
-            except BaseException:
-                server.shutdown()
-                raise
-        return self._one_job(start, config, spec, fresh, state, count, evaluate, on_step, checkpoint,
-                             checkpoint_every)
+    def _coordination(self, config, spec, fresh, state, count, evaluate, on_step, checkpoint, checkpoint_every):
+        """(the coordinator's side of a one-job fit, finish(outcome, task reports) -> the fit's result)."""
+        raise NotImplementedError
+
+
+def _sync_run(model, spec, state, count, shards, config, evaluate, on_step, checkpoint, checkpoint_every,
+              server: ParameterServer, check) -> training.FitResult:
+    """The synchronous coordinator's run (``one_job.Coordination.run``), in this process or in the job."""
+    return training.fit_loop(model, spec, state, count, shards, partial(one_job.kept_sum, server, check, shards),
+                             config, evaluate, on_step, checkpoint, checkpoint_every)
 
 
 def _evaluate_here(model: base.Model, spec: base.ParamSpec, images: np.ndarray, labels: np.ndarray,
@@ -348,34 +375,21 @@ class SyncSGD(SparkTrainer):
             result.late_tasks = gradient.late_tasks()
         return result
 
-    def _one_job(self, start, config, spec, fresh, state, count, evaluate, on_step, checkpoint,
-                 checkpoint_every) -> training.FitResult:
-        """``fit_frame``'s run: ``fit_loop`` publishes each version and takes the sum of its first N pushes."""
+    def _coordination(self, config, spec, fresh, state, count, evaluate, on_step, checkpoint, checkpoint_every):
+        """``fit_loop`` publishes each version and takes the sum of its first N pushes (``one_job.kept_sum``)."""
         state = self._sync_state(state, fresh)
-        server, job = start({"params": state.params, "apply": None, "budget": config.total_steps(count, self.shards),
-                             "partitions": self.shards}, keep=self.workers, version=-1)
-        try:
-            result = training.fit_loop(self.model, spec, state, count, self.shards, partial(self._kept_sum, job),
-                                       config, evaluate, on_step, checkpoint, checkpoint_every)
-        except BaseException:
-            job.interrupt()
-            raise
-        finally:
-            job.finish(30.0)
-            server.shutdown()
-        job.raise_failure()
-        result.late_tasks, result.tasks = {"refused_late": server.refused["late"]}, job.reports
-        return result
+        options = {"params": state.params, "apply": None, "budget": config.total_steps(count, self.shards),
+                   "partitions": self.shards, "keep": self.workers, "version": -1}
+        run = partial(_sync_run, self.model, spec, state, count, self.shards, config, evaluate, on_step, checkpoint,
+                      checkpoint_every)
 
-    def _kept_sum(self, job: one_job.OneJob, flat: np.ndarray, batches):
-        """One step of the one-job engine: publish the version, wait for its first N pushes."""
-        t0 = time.perf_counter()
-        job.server.publish(batches[0].key.step, flat)
-        while not job.server.kept.wait(one_job.POLL_SECONDS):
-            job.check()
-        sums, kept = job.server.take()
-        return sums, {"step_seconds": time.perf_counter() - t0, "kept": kept,
-                      "dropped": sorted(set(range(self.shards)) - set(kept))}
+        def finish(outcome: one_job.Outcome, reports: list) -> training.FitResult:
+            if outcome.error is not None:
+                raise outcome.error
+            result = outcome.value
+            result.late_tasks, result.tasks = {"refused_late": outcome.refused["late"]}, reports
+            return result
+        return one_job.Coordination(options, run), finish
 
     @staticmethod
     def _sync_state(state: update.TrainState | None, fresh: update.TrainState) -> update.TrainState:

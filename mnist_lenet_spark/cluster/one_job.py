@@ -9,26 +9,37 @@ early or nothing arrives for ``stall_seconds``.
 """
 from __future__ import annotations
 
+import dataclasses
+import hmac
 import logging
+import os
+import pickle
+import secrets
 import socket
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from functools import partial
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from mnist_lenet_spark.cluster import step_signal, task_errors
+from mnist_lenet_spark.cluster.async_service import ParameterServer
 from mnist_lenet_spark.config import ConfigError
 from mnist_lenet_spark.data import DataError
 from mnist_lenet_spark.executor import one_job, tasks
 from mnist_lenet_spark.executor.async_task import AsyncReport
 from mnist_lenet_spark.loop import sharding
+from mnist_lenet_spark.wire.common import TOKEN_BYTES, Endpoint, listen, recv_exact
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.01
 #: the host the executors reach this process at, when it is not Spark's driver (a Spark Connect client)
 COORDINATOR_HOST_CONF = "spark.mnistLenet.coordinator.host"
+COORDINATOR_PLACES = ("auto", "client", "cluster")  # where the coordinator runs: see ``place_of``
+CLUSTER_SCHEMA = one_job.REPORT_SCHEMA + ", outcome binary"  # a barrier job's rows: the coordinator's has the outcome
 HASH_TRIES = 64  # candidate keys per shard when looking for keys that Spark's hash partitioning sends home
 
 
@@ -47,10 +58,11 @@ def arrow_features(df, column: str):
     return F.col(column)
 
 
-def shard_frame(df, features_col: str, label_col: str, shards: int):
+def shard_frame(df, features_col: str, label_col: str, shards: int, spare: int = 0):
     """(frame, rows): ``df``'s rows with their row number (``one_job.ROW``), features (Vectors as arrays: Arrow has
-    no type for them) and label, in ``shards`` partitions, partition k holding exactly shard k's rows. Two small
-    jobs: the rows of each input partition, and Spark's own hash of candidate keys."""
+    no type for them) and label, in ``shards`` + ``spare`` partitions, partition k < shards holding exactly shard k's
+    rows (the spare ones: none). Two small jobs: the rows of each input partition, and Spark's own hash of candidate
+    keys."""
     from pyspark.sql import functions as F
     numbered = df.select(arrow_features(df, features_col).alias(features_col), F.col(label_col),
                          F.monotonically_increasing_id().alias("_id"))  # (input partition << 33) + position in it
@@ -67,10 +79,10 @@ def shard_frame(df, features_col: str, label_col: str, shards: int):
            + F.col("_id").bitwiseAND(F.lit((1 << 33) - 1)))
     edges = [a for a, _ in sharding.shard_bounds(rows, shards)][1:]
     shard = sum((F.col(one_job.ROW) >= F.lit(e)).cast("int") for e in edges) if edges else F.lit(0)
-    keys = F.array(*[F.lit(k) for k in _home_keys(df.sparkSession, shards)])
+    keys = F.array(*[F.lit(k) for k in _home_keys(df.sparkSession, shards + spare)[:shards]])
     frame = (numbered.select(row.alias(one_job.ROW), F.col(features_col), F.col(label_col))
              .withColumn("_key", F.element_at(keys, (shard + 1).cast("int")).cast("long"))  # hashed as the ids were
-             .repartition(shards, "_key").drop("_key"))
+             .repartition(shards + spare, "_key").drop("_key"))
     return frame, rows
 
 
@@ -118,48 +130,163 @@ def _home_keys(spark, shards: int) -> list[int]:
     return [int(found[k]) for k in range(shards)]
 
 
-class OneJob:
-    """The fit's one Spark job: ``frame.mapInArrow(one_job_task)`` in a thread, over ``server``'s coordinator."""
+@dataclass(frozen=True)
+class Coordination:
+    """The coordinator's side of a fit, wherever it runs (this process, or the job's coordinator task): a
+    ``ParameterServer`` made with ``options`` (all but where it listens and its token), driven to the run's end by
+    ``run(server, check) -> value``; ``check()`` raises the run's error (the server's, a stall, the job's). Picklable:
+    in the cluster it travels in the job's closure."""
+    options: dict
+    run: Callable
 
-    def __init__(self, spark, frame, ctx: tasks.TaskContext, server, plan: one_job.JobPlan, *,
-                 start_seconds: float, stall_seconds: float):
-        self.spark, self.server, self.plan = spark, server, plan
+
+@dataclass
+class Outcome:
+    """What a coordinator leaves behind: its run's value and the server's counts (the names ``ParameterServer``
+    has, so that code reading either takes both)."""
+    value: Any
+    applied: int
+    budget: int
+    refused: dict
+    positions: dict
+    error: BaseException | None
+
+    @classmethod
+    def of(cls, server: ParameterServer, value: Any) -> "Outcome":
+        return cls(value, server.applied, server.budget, dict(server.refused), dict(server.positions), server.error)
+
+
+def kept_sum(server: ParameterServer, check: Callable[[], None], shards: int, flat: np.ndarray, batches):
+    """One synchronous step (``training.Gradient``) against a coordinator with ``keep`` = N: publish the version,
+    wait for its first N pushes, take their sum."""
+    t0 = time.perf_counter()
+    server.publish(batches[0].key.step, flat)
+    while not server.kept.wait(POLL_SECONDS):
+        check()
+    sums, kept = server.take()
+    return sums, {"step_seconds": time.perf_counter() - t0, "kept": kept,
+                  "dropped": sorted(set(range(shards)) - set(kept))}
+
+
+def server_check(server: ParameterServer, stall_seconds: float) -> None:
+    """Raise the coordinator's error, or a StepFailure when nothing arrived for ``stall_seconds``."""
+    if server.error is not None:
+        raise server.error
+    if time.monotonic() - server.last_progress > stall_seconds:
+        raise task_errors.StepFailure(f"the training job stalled: nothing arrived in {stall_seconds:g} s "
+                                      f"(at version {server.version})")
+
+
+def place_of(spark, coordinator: str) -> str:
+    """Where the coordinator of a fit on ``spark`` runs (COORDINATOR_PLACES): as asked, or for 'auto' this process
+    unless it is a Spark Connect client that the executors cannot reach (``reachable``)."""
+    if coordinator not in COORDINATOR_PLACES:
+        raise ConfigError(f"coordinator: must be one of {', '.join(COORDINATOR_PLACES)}, got {coordinator!r}")
+    if coordinator != "auto":
+        return coordinator
+    if not is_connect(spark):
+        return "client"  # the executors reach the driver: Spark itself needs them to
+    problem = reachable(spark)
+    if problem is None:
+        return "client"
+    log.info("one-job engine: the executors cannot reach this process (%s); the coordinator runs in the cluster",
+             problem)
+    return "cluster"
+
+
+def reachable(spark, seconds: float = 5.0) -> str | None:
+    """None when a task reaches this process at ``coordinator_address`` within ``seconds``, else why not. The task
+    presents a fresh token, checked here, and is answered "ok"."""
+    bind, host, ports = coordinator_address(spark)
+    token = secrets.token_bytes(TOKEN_BYTES)
+    listener = listen(bind, ports)
+    listener.settimeout(seconds + 5.0)
+
+    def answer():
+        try:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(seconds)
+                if hmac.compare_digest(recv_exact(conn, TOKEN_BYTES, time.monotonic() + seconds) or b"", token):
+                    conn.sendall(b"ok")
+        except OSError:
+            pass
+    thread = threading.Thread(target=answer, name="coordinator-probe", daemon=True)
+    thread.start()
+    try:
+        endpoint = Endpoint(host, listener.getsockname()[1], token)
+        [row] = spark.range(1, numPartitions=1).mapInArrow(partial(reach_task, endpoint, seconds),
+                                                           "problem string").collect()
+        return row["problem"]
+    finally:
+        listener.close()
+        thread.join(seconds + 5.0)
+
+
+def reach_task(endpoint: Endpoint, seconds: float, batches: Iterator) -> Iterator:
+    """mapInArrow body of ``reachable``: one row, None or why ``endpoint`` did not answer."""
+    import pyarrow as pa
+    for _ in batches:
+        pass
+    try:
+        with socket.create_connection((endpoint.host, endpoint.port), timeout=seconds) as conn:
+            conn.sendall(endpoint.token)
+            problem = None if recv_exact(conn, 2, time.monotonic() + seconds) == b"ok" else "no answer"
+    except OSError as e:
+        problem = f"{endpoint.host}:{endpoint.port}: {e}"
+    yield pa.RecordBatch.from_pylist([{"problem": problem}], schema=pa.schema([("problem", pa.string())]))
+
+
+class OneJob:
+    """The fit's one Spark job (``job_frame``: the training frame mapped by the tasks) collected in a thread,
+    tagged, watched: ``server`` is the coordinator when it is in this process (None: in the job)."""
+
+    def __init__(self, spark, job_frame, server: ParameterServer | None, shards: int, *, start_seconds: float,
+                 stall_seconds: float):
+        self.spark, self.server, self.shards = spark, server, shards
         self.start_seconds, self.stall_seconds = start_seconds, stall_seconds
         self.tag = f"mnist-lenet-{uuid.uuid4().hex[:8]}"
-        self.reports: list[AsyncReport] = []  # each task attempt's, once the job has ended
+        self.rows: list = []  # the job's rows, once it has ended
         self.failure: list[BaseException] = []
-        self._job = frame.mapInArrow(partial(one_job.one_job_task, ctx, server.endpoint, plan),
-                                     one_job.REPORT_SCHEMA)
+        self._job = job_frame
         self._interrupted = False
         self._thread = threading.Thread(target=self._run, name="one-job", daemon=True)
         self.started = time.monotonic()
         self._thread.start()
 
+    @property
+    def reports(self) -> list[AsyncReport]:
+        """Each task attempt's report."""
+        fields = {f.name for f in dataclasses.fields(AsyncReport)}
+        return [AsyncReport(**{k: v for k, v in row.asDict().items() if k in fields}) for row in self.rows
+                if row["shard"] >= 0]
+
     def _run(self) -> None:
         self.spark.addTag(self.tag)
         try:
-            self.reports.extend(AsyncReport(**row.asDict()) for row in self._job.collect())
+            self.rows.extend(self._job.collect())
         except Exception as e:  # a cancelled job raises too
             self.failure.append(e)
         finally:
             self.spark.removeTag(self.tag)
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def check(self) -> None:
         """Raise the run's error, if it has one: the coordinator's, the job's, too few tasks, or a stall."""
         server = self.server
-        if server.error is not None:
+        if server is not None and server.error is not None:
             raise server.error
         if not self._thread.is_alive():
             cause = task_errors.task_error(self.failure[0]) if self.failure else self._lost()
             raise task_errors.StepFailure(f"the training job ended at version {server.version}: {cause}")
-        shards = self.plan.walk.shards
-        if len(server.newest_attempt) < shards and time.monotonic() - self.started > self.start_seconds:
-            raise ConfigError(f"the training job needs {shards} task slots at once (one long task per shard); only "
-                              f"{len(server.newest_attempt)} started within {self.start_seconds:g} s: give the "
+        if len(server.newest_attempt) < self.shards and time.monotonic() - self.started > self.start_seconds:
+            raise ConfigError(f"the training job needs {self.shards} task slots at once (one long task per shard); "
+                              f"only {len(server.newest_attempt)} started within {self.start_seconds:g} s: give the "
                               f"job more slots, or fewer workers")
-        if time.monotonic() - server.last_progress > self.stall_seconds:
-            raise task_errors.StepFailure(f"the training job stalled: nothing arrived in {self.stall_seconds:g} s "
-                                          f"(at version {server.version})")
+        server_check(server, self.stall_seconds)
 
     def _lost(self) -> str:
         lost = [r.ended for r in self.reports if r.ended not in ("budget", "superseded")]
@@ -168,7 +295,8 @@ class OneJob:
     def finish(self, seconds: float) -> None:
         """Stop the coordinator (pulls answer stop: each task ends after its current mini-batch), wait up to
         ``seconds`` for the job, then interrupt it by its tag."""
-        self.server.stop()
+        if self.server is not None:
+            self.server.stop()
         self._thread.join(seconds)
         if self._thread.is_alive():
             log.warning("one-job engine: tasks still running %g s after the end; interrupting them", seconds)
@@ -186,3 +314,96 @@ class OneJob:
             self.spark.interruptTag(self.tag)
         except Exception as e:  # the session may be gone already
             log.warning("one-job engine: interrupting the job failed: %s", e)
+
+
+def run_here(spark, frame, ctx: tasks.TaskContext, plan: one_job.JobPlan, coordination: Coordination, *,
+             start_seconds: float, stall_seconds: float, finish_seconds: float) -> tuple[Outcome, list[AsyncReport]]:
+    """The fit with its coordinator in this process: the job's tasks connect here."""
+    bind, host, ports = coordinator_address(spark)
+    server = ParameterServer(bind=bind, host=host, ports=ports, **coordination.options)
+    try:
+        job = OneJob(spark, frame.mapInArrow(partial(one_job.one_job_task, ctx, server.endpoint, plan),
+                                             one_job.REPORT_SCHEMA),
+                     server, plan.walk.shards, start_seconds=start_seconds, stall_seconds=stall_seconds)
+        try:
+            value = coordination.run(server, job.check)
+        except BaseException:
+            job.interrupt()
+            raise
+        finally:
+            job.finish(finish_seconds)
+        job.raise_failure()
+        return Outcome.of(server, value), job.reports
+    finally:
+        server.shutdown()
+
+
+def run_in_cluster(spark, frame, ctx: tasks.TaskContext, plan: one_job.JobPlan, coordination: Coordination, *,
+                   stall_seconds: float, attempts: int) -> tuple[Outcome, list[AsyncReport]]:
+    """The fit with its coordinator in the job: one more task (the frame's last partition, empty) runs it, and the
+    job runs in barrier mode so that every task learns its address (``BarrierTaskContext.allGather``). Spark does
+    not retry a barrier job's task (the whole job fails): a job that fails, unless by the run's own error, is run
+    again from the fit's start, up to ``attempts`` times in all."""
+    token = secrets.token_bytes(TOKEN_BYTES)
+    task = partial(cluster_task, ctx, plan, token, coordination, stall_seconds)
+    for attempt in range(attempts):
+        job = OneJob(spark, frame.mapInArrow(task, CLUSTER_SCHEMA, barrier=True), None, plan.walk.shards,
+                     start_seconds=0.0, stall_seconds=stall_seconds)
+        try:
+            while job.running:
+                job._thread.join(POLL_SECONDS * 10)
+        except BaseException:
+            job.interrupt()
+            job.finish(30.0)
+            raise
+        if not job.failure:
+            [found] = [row["outcome"] for row in job.rows if row["shard"] < 0]
+            return pickle.loads(found), job.reports  # our own task's bytes, through Spark's result channel
+        cause = task_errors.task_error(job.failure[0])
+        if attempt + 1 == attempts:
+            raise task_errors.StepFailure(f"the training job failed {attempts} times, the coordinator in the "
+                                          f"cluster; the last: {cause}")
+        log.warning("one-job engine: the training job failed (%s); a barrier job is not retried by Spark: running it "
+                    "again from the fit's start (%d of %d)", cause, attempt + 2, attempts)
+    raise AssertionError("unreachable")
+
+
+def cluster_task(ctx: tasks.TaskContext, plan: one_job.JobPlan, token: bytes, coordination: Coordination,
+                 stall_seconds: float, batches: Iterator) -> Iterator:
+    """mapInArrow body of a barrier job: the last partition's task (empty) runs the coordinator, the others a shard's
+    long task (``executor.one_job.one_job_task``) against it; all wait for each other at the end, so that the
+    coordinator serves until the last task has its answer."""
+    import pyarrow as pa
+    from pyspark import BarrierTaskContext  # here only: this module is imported on the driver without a task
+    barrier = BarrierTaskContext.get()
+    me = barrier.partitionId()
+    if me < plan.walk.shards:
+        [address] = barrier.allGather("")[plan.walk.shards:]  # (the coordinator's message is the last)
+        host, port = address.rsplit(":", 1)
+        rows = list(one_job.one_job_task(ctx, Endpoint(host, int(port), token), plan, batches))
+        barrier.barrier()
+        for batch in rows:
+            yield pa.RecordBatch.from_arrays(batch.columns + [pa.nulls(batch.num_rows, pa.binary())],
+                                             schema=pa.schema(list(batch.schema) + [("outcome", pa.binary())]))
+        return
+    for _ in batches:
+        pass
+    host = barrier.getTaskInfos()[me].address.rsplit(":", 1)[0]  # this executor's host, as Spark reaches it
+    server = ParameterServer(bind="0.0.0.0", host=host, token=token, **coordination.options)
+    value = None
+    try:
+        barrier.allGather(f"{host}:{server.endpoint.port}")
+        value = coordination.run(server, partial(server_check, server, stall_seconds))
+    except Exception as e:  # the run's error is the fit's: it goes to the client
+        server.stop(e)
+    finally:
+        server.stop()
+        barrier.barrier()
+        server.shutdown()
+    outcome = Outcome.of(server, value)
+    yield pa.RecordBatch.from_pylist([{"shard": -1, "attempt": tasks.attempt_number(), "pushes": 0, "refused": 0,
+                                       "pid": os.getpid(), "ended": "coordinator", "outcome": pickle.dumps(outcome)}],
+                                     schema=pa.schema([("shard", pa.int64()), ("attempt", pa.int64()),
+                                                       ("pushes", pa.int64()), ("refused", pa.int64()),
+                                                       ("pid", pa.int64()), ("ended", pa.string()),
+                                                       ("outcome", pa.binary())]))

@@ -33,6 +33,7 @@ class TrainRun:
     workers: int = 2
     mode: str = "sync"  # fit.MODES: synchronous SGD (spark.SyncSGD) or asynchronous (async_sgd.AsyncSGD)
     engine: str = "auto"  # fit.ENGINES: a Spark job a step, or one job of long-lived tasks
+    coordinator: str = "auto"  # one_job.COORDINATOR_PLACES: where the one-job engine's coordinator runs
     lr_scaling: str = "none"
     straggler: StragglerModel = StragglerModel()
     master: str | None = None  # None: the one spark-submit chose, else local[*]
@@ -93,7 +94,8 @@ def _data_fingerprint(labels: np.ndarray) -> str:
 def plan_of(run: TrainRun, network, data_id: str | None) -> fit.FitPlan:
     """The fit ``run`` asks for, in the job's spelling (``--backup-workers``)."""
     return fit.FitPlan(network, run.model, run.workers, run.mode, run.config, run.backup, run.lr_scaling,
-                       run.straggler, spelling=fit.FLAGS, engine=run.engine, checkpoint_dir=run.checkpoint_dir,
+                       run.straggler, spelling=fit.FLAGS, engine=run.engine, coordinator=run.coordinator,
+                       checkpoint_dir=run.checkpoint_dir,
                        checkpoint_every=run.checkpoint_every, data=data_id)
 
 

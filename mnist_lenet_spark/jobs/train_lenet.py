@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from mnist_lenet_spark import config, data, files, fit
-from mnist_lenet_spark.cluster import task_errors
+from mnist_lenet_spark.cluster import one_job, task_errors
 from mnist_lenet_spark.executor.rows import PIXEL_RANGES
 from mnist_lenet_spark.executor.straggler import StragglerModel
 from mnist_lenet_spark.jobs import runs
@@ -63,6 +63,10 @@ def parse_args(argv=None):
     p.add_argument("--engine", choices=list(fit.ENGINES), help="per-step: a Spark job a step (broadcast, "
                    "mapPartitions, treeReduce); one-job: one job of long-lived tasks around a coordinator in the "
                    "driver; auto (default): one-job on Spark Connect, else per-step")
+    p.add_argument("--coordinator", choices=list(one_job.COORDINATOR_PLACES),
+                   help="where the one-job engine's coordinator runs: client (the driver), cluster (one more task "
+                        "of the job: for a Spark Connect client the executors cannot reach), auto (default: client "
+                        "if the executors reach it)")
     for flag in ("--epochs", "--max-steps", "--workers"):
         p.add_argument(flag, type=positive_int)
     p.add_argument("--backup-workers", type=non_negative_int)
@@ -158,7 +162,7 @@ def parse_args(argv=None):
 
 #: the flags that set the TrainRun, SGDConfig or BackupConfig field (``backup_`` + field) of their own name
 SAME_NAME = ("model", "classes", "epochs", "max_steps", "workers", "batch_size", "lr", "momentum", "lr_decay", "l2",
-             "warmup_steps", "lr_schedule", "seed", "validate_every", "backup_workers", "mode", "engine",
+             "warmup_steps", "lr_schedule", "seed", "validate_every", "backup_workers", "mode", "engine", "coordinator",
              "early_stopping_patience", "early_stopping_min_delta", "early_stopping_metric", "backup_mode",
              "backup_combine", "lr_scaling", "master", "data_dir", "limit_train", "save_model", "staging_dir",
              "pixel_range", "features_col", "label_col", "validation_fraction", "validation_col", "checkpoint_dir",
