@@ -13,12 +13,7 @@ SCHEMA = "label long, features binary"
 _PREFIX = {"train": "train", "test": "t10k", "t10k": "t10k"}
 
 
-def hadoop_files(spark, pattern: str) -> list[str]:
-    """The files that a Hadoop glob matches, listed by the JVM (so hdfs://, s3a:// ... work)."""
-    jvm, jsc = spark.sparkContext._jvm, spark.sparkContext._jsc
-    path = jvm.org.apache.hadoop.fs.Path(pattern)
-    statuses = path.getFileSystem(jsc.hadoopConfiguration()).globStatus(path)
-    return sorted(str(s.getPath().toString()) for s in statuses or [] if s.isFile())
+hadoop_files = paths.hadoop_files  # the files a Hadoop glob matches, listed by Spark's driver
 
 
 def _one_file(spark, folder: str, name: str) -> str:
@@ -51,7 +46,7 @@ def read_mnist(spark, path: str, format: str = "idx", split: str = "train"):
     """
     if format not in FORMATS:
         raise DataError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
-    paths.check_readable(spark.sparkContext, path, f"{split} data")
+    paths.check_readable(spark, path, f"{split} data")
     if format == "parquet":
         return spark.read.parquet(path)
     if format == "csv":

@@ -53,3 +53,16 @@ def own_tracebacks(stderr: str) -> list[str]:
         return "pyspark/daemon.py" in block and all(e == "BrokenPipeError" for e in errors)
     blocks = stderr.split("Traceback (most recent call last):")[1:]
     return [b for b in blocks if 'File "' in b.split("\n\n")[0] and not daemon_noise(b)]
+
+
+@pytest.fixture(scope="module")
+def connect_pair():
+    """(server, client) of ``session.local_connect`` on local[4], for one test module: the server is a classic
+    session in this process, the client a Spark Connect session of it; the client's stop stops both. The guard that
+    Spark Connect tests run under is ``tests.test_connect.no_spark_context``."""
+    from mnist_lenet_spark.cluster import one_job
+    from mnist_lenet_spark.session import local_connect
+    server, client = local_connect("local[4]", {"spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false"})
+    assert one_job.is_connect(client) and not one_job.is_connect(server)
+    yield server, client
+    client.stop()  # and the server

@@ -18,17 +18,14 @@ from mnist_lenet_spark.spark import SyncSGD
 
 
 @pytest.fixture(scope="module")
-def connect():
-    from mnist_lenet_spark.session import local_connect
-    server, client = local_connect("local[4]", {"spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false"})
-    assert one_job.is_connect(client) and not one_job.is_connect(server)
-    yield client
-    client.stop()  # and the server
+def connect(connect_pair):
+    return connect_pair[1]  # the client (conftest)
 
 
 @pytest.fixture(autouse=True)
 def no_spark_context(monkeypatch):
-    """Any SparkContext or RDD made, or a broadcast or parallelize asked for, fails the test."""
+    """Any SparkContext or RDD made, or a broadcast or parallelize asked for, fails the test. Other Spark Connect test
+    modules import it (with ``mnist_frame``), and so run under it too."""
     import pyspark
     import pyspark.rdd
 

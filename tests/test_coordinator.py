@@ -61,9 +61,10 @@ def test_backup_workers_and_the_asynchronous_mode_with_the_coordinator_in_the_cl
     sync = SyncSGD(connect, 2, backup_workers=1, batch_size=16).fit_frame(df, max_steps=20, coordinator="cluster")
     assert all(h["examples"] == 32 and len(h["kept"]) == 2 and len(h["dropped"]) == 1 for h in sync.history)
     assert len(sync.history) == 20
-    run = AsyncSGD(connect, 2, batch_size=16).fit_frame(df, validation, max_steps=60, coordinator="cluster")
-    assert len(run.history) == 60 and run.state.step == 60 and sum(run.state.positions) >= 60
-    assert run.validation[-1]["accuracy"] > 0.3  # 60 updates of 16 images (chance: 0.1)
+    run = AsyncSGD(connect, 2, batch_size=16).fit_frame(df, validation, epochs=3, max_steps=150,
+                                                        coordinator="cluster")
+    assert len(run.history) == 150 and run.state.step == 150 and sum(run.state.positions) >= 150
+    assert run.validation[-1]["accuracy"] > 0.4  # 150 updates of 16 images (chance: 0.1)
 
 
 def test_early_stopping_runs_in_the_coordinators_task(connect, mnist):
@@ -119,32 +120,56 @@ def _python_workers() -> list[int]:
     return found
 
 
+def _once_training(server, act) -> threading.Thread:
+    """A thread that calls ``act()`` half a second after the barrier job's 3 tasks all run (bounded: 120 s)."""
+    tracker = server.sparkContext.statusTracker()
+
+    def wait_then_act():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for stage in tracker.getActiveStageIds():
+                info = tracker.getStageInfo(stage)
+                if info is not None and info.numTasks == 3 and info.numActiveTasks == 3:
+                    time.sleep(0.5)
+                    act()
+                    return
+            time.sleep(0.05)
+    thread = threading.Thread(target=wait_then_act, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_a_killed_training_job_runs_again_from_the_start(servers, arrays, caplog):
     server, connect = servers
     X, y, _ = arrays
     df = one_job.frame_of(connect, X, y)
-    straight = SyncSGD(connect, 2, batch_size=16).fit_frame(df, max_steps=60, coordinator="cluster")
-    tracker, killed = server.sparkContext.statusTracker(), []
+    straight = SyncSGD(connect, 2, batch_size=16).fit_frame(df, epochs=20, max_steps=400, coordinator="cluster")
+    killed = []
 
-    def kill_mid_fit():  # once the barrier stage's 3 tasks run, SIGKILL every Python worker (the coordinator too)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not killed:
-            for stage in tracker.getActiveStageIds():
-                info = tracker.getStageInfo(stage)
-                if info is not None and info.numTasks == 3 and info.numActiveTasks == 3:
-                    time.sleep(1.0)
-                    for pid in _python_workers():
-                        os.kill(pid, signal.SIGKILL)
-                        killed.append(pid)
-                    break
-            time.sleep(0.05)
-    killer = threading.Thread(target=kill_mid_fit, daemon=True)
-    killer.start()
+    def kill():  # every Python worker: the coordinator's task too
+        for pid in _python_workers():
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    killer = _once_training(server, kill)
     with caplog.at_level(logging.WARNING, logger="mnist_lenet_spark.cluster.one_job"):
-        again = SyncSGD(connect, 2, batch_size=16).fit_frame(df, max_steps=60, coordinator="cluster")
+        again = SyncSGD(connect, 2, batch_size=16).fit_frame(df, epochs=20, max_steps=400, coordinator="cluster")
     killer.join(5)
     assert killed, "no Python worker was found to kill"
     assert "running it again from the fit's start (2 of 2)" in caplog.text
     assert not set(killed) & {r.pid for r in again.tasks}  # the reports are the second job's
     for name, value in straight.params.items():
         np.testing.assert_array_equal(again.params[name], value, err_msg=name)
+
+
+def test_an_interrupted_fit_is_not_run_again(servers, arrays, caplog):
+    from mnist_lenet_spark.cluster.task_errors import StepFailure
+    server, connect = servers
+    X, y, _ = arrays
+    df = one_job.frame_of(connect, X, y)
+    interrupter = _once_training(server, connect.interruptAll)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="mnist_lenet_spark.cluster.one_job"):
+        with pytest.raises(StepFailure, match=r"^the training job was interrupted: .*OPERATION_CANCELED"):
+            SyncSGD(connect, 2, batch_size=16).fit_frame(df, epochs=1000, max_steps=3000, coordinator="cluster")
+    interrupter.join(5)
+    assert time.monotonic() - started < 60 and "running it again" not in caplog.text

@@ -246,6 +246,7 @@ class OneJob:
         self.spark, self.server, self.shards = spark, server, shards
         self.start_seconds, self.stall_seconds = start_seconds, stall_seconds
         self.tag = f"mnist-lenet-{uuid.uuid4().hex[:8]}"
+        self.user_tags = set(spark.getTags())  # a session's tags are its thread's: the job's thread carries them on
         self.rows: list = []  # the job's rows, once it has ended
         self.failure: list[BaseException] = []
         self._job = job_frame
@@ -262,17 +263,26 @@ class OneJob:
                 if row["shard"] >= 0]
 
     def _run(self) -> None:
-        self.spark.addTag(self.tag)
+        tags = {self.tag, *self.user_tags}
+        for tag in tags:
+            self.spark.addTag(tag)
         try:
             self.rows.extend(self._job.collect())
         except Exception as e:  # a cancelled job raises too
             self.failure.append(e)
         finally:
-            self.spark.removeTag(self.tag)
+            for tag in tags:
+                self.spark.removeTag(tag)
 
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
+    def cancelled(self) -> bool:
+        """Whether the job ended by an interrupt (ours, or the user's: ``interruptTag``, ``interruptAll``)."""
+        return self._interrupted or any(word in str(e) for e in self.failure
+                                        for word in ("OPERATION_CANCELED", "cancelled", "canceled"))
+
+    def wait(self) -> None:
+        """Until the job has ended (bounded only by the job: its tasks' own waits are)."""
+        while self._thread.is_alive():
+            self._thread.join(POLL_SECONDS * 10)
 
     def check(self) -> None:
         """Raise the run's error, if it has one: the coordinator's, the job's, too few tasks, or a stall."""
@@ -350,8 +360,7 @@ def run_in_cluster(spark, frame, ctx: tasks.TaskContext, plan: one_job.JobPlan, 
         job = OneJob(spark, frame.mapInArrow(task, CLUSTER_SCHEMA, barrier=True), None, plan.walk.shards,
                      start_seconds=0.0, stall_seconds=stall_seconds)
         try:
-            while job.running:
-                job._thread.join(POLL_SECONDS * 10)
+            job.wait()
         except BaseException:
             job.interrupt()
             job.finish(30.0)
@@ -360,9 +369,11 @@ def run_in_cluster(spark, frame, ctx: tasks.TaskContext, plan: one_job.JobPlan, 
             [found] = [row["outcome"] for row in job.rows if row["shard"] < 0]
             return pickle.loads(found), job.reports  # our own task's bytes, through Spark's result channel
         cause = task_errors.task_error(job.failure[0])
+        if job.cancelled():
+            raise task_errors.StepFailure(f"the training job was interrupted: {cause}")
         if attempt + 1 == attempts:
-            raise task_errors.StepFailure(f"the training job failed {attempts} times, the coordinator in the "
-                                          f"cluster; the last: {cause}")
+            raise task_errors.StepFailure(f"the training job failed (attempt {attempts} of {attempts}, the "
+                                          f"coordinator in the cluster): {cause}")
         log.warning("one-job engine: the training job failed (%s); a barrier job is not retried by Spark: running it "
                     "again from the fit's start (%d of %d)", cause, attempt + 2, attempts)
     raise AssertionError("unreachable")
