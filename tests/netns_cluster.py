@@ -27,6 +27,7 @@ import pyspark
 SPARK_HOME = Path(pyspark.__file__).parent
 PACKED_ENV = Path(__file__).resolve().parent.parent / "dist" / "mnist_lenet_spark_env.tar.gz"  # make pack: the executors' Python
 SUBNET = "10.77.0"  # only ever inside this module's namespaces
+PRIVATE_SUBNETS = "10.78"  # 10.78.N.0/24: the private link of the host of index N (``Cluster.add_private_host``)
 MASTER_PORT = 7077
 
 
@@ -65,18 +66,21 @@ def can_create_namespaces() -> str | None:
 
 
 class Host:
-    """One host: its namespaces are held by a bounded ``sleep``; ``run`` starts a command inside them."""
+    """One host: its namespaces are held by a bounded ``sleep``; ``run`` starts a command inside them. On the
+    bridge, or (``peer``) joined only to ``peer`` by a cable of its own on a subnet of its own
+    (``Cluster.add_private_host``)."""
 
-    def __init__(self, cluster: Cluster, name: str, index: int, hide: list[str], keep: list[str]):
-        self.cluster, self.name, self.address = cluster, name, f"{SUBNET}.{index}"
+    def __init__(self, cluster: Cluster, name: str, index: int, hide: list[str], keep: list[str],
+                 peer: Host | None = None):
+        self.cluster, self.name, self.peer = cluster, name, peer
         self.netns = f"{cluster.prefix}-{name}"
-        self.link = f"{cluster.prefix[-6:]}{name}"[:15]  # the bridge's end of this host's cable
-        bridge = cluster.bridge_ns
+        self.link = f"{cluster.prefix[-6:]}{name}"[:15]  # the bridge's (or the peer's) end of this host's cable
         _ip("netns", "add", self.netns)
-        _ip("-n", bridge, "link", "add", self.link, "type", "veth", "peer", "name", "eth0", "netns", self.netns)
-        _ip("-n", bridge, "link", "set", self.link, "master", "br0", "up")
-        _ip("-n", self.netns, "addr", "add", f"{self.address}/24", "dev", "eth0")
-        _ip("-n", self.netns, "link", "set", "eth0", "up")
+        try:
+            self._plug(cluster, index, peer)
+        except BaseException:  # the namespace is not the cluster's yet: its stop would not delete it
+            _ip("netns", "del", self.netns, check=False)
+            raise
         _ip("-n", self.netns, "link", "set", "lo", "up")
         tmpfs = "mount -t tmpfs -o size=8g,mode=1777 tmpfs /tmp"
         if keep:  # bound back from the old /tmp, which the shell still reaches through its working directory
@@ -94,6 +98,27 @@ class Host:
             _ip("netns", "del", self.netns, check=False)
             raise ClusterError(f"host {name} did not start: {err.strip()}")
         self.net_inode = os.stat(f"/proc/{self.holder.pid}/ns/net").st_ino
+
+    def _plug(self, cluster: Cluster, index: int, peer: Host | None) -> None:
+        """This host's cable and address (``eth0``)."""
+        if peer is None:
+            self.address, self.link_ns = f"{SUBNET}.{index}", cluster.bridge_ns
+            _ip("-n", self.link_ns, "link", "add", self.link, "type", "veth", "peer", "name", "eth0", "netns",
+                self.netns)
+            _ip("-n", self.link_ns, "link", "set", self.link, "master", "br0", "up")
+        else:  # the peer's end gets .1 of the subnet; the peer forwards nothing (no other host reaches this one)
+            subnet = f"{PRIVATE_SUBNETS}.{index}"
+            self.address, self.peer_address, self.link_ns = f"{subnet}.2", f"{subnet}.1", peer.netns
+            _ip("-n", self.link_ns, "link", "add", self.link, "type", "veth", "peer", "name", "eth0", "netns",
+                self.netns)
+            _ip("-n", self.link_ns, "addr", "add", f"{self.peer_address}/24", "dev", self.link)
+            _ip("-n", self.link_ns, "link", "set", self.link, "up")
+            forward = subprocess.run(["ip", "netns", "exec", self.link_ns, "sysctl", "-n", "-w",
+                                      "net.ipv4.ip_forward=0"], capture_output=True, text=True, timeout=30)
+            if forward.returncode != 0:
+                raise ClusterError(f"cannot turn forwarding off on host {peer.name}: {forward.stderr.strip()}")
+        _ip("-n", self.netns, "addr", "add", f"{self.address}/24", "dev", "eth0")
+        _ip("-n", self.netns, "link", "set", "eth0", "up")
 
     def run(self, argv: list[str], env: dict | None = None, cwd: str | os.PathLike = "/", **popen) -> subprocess.Popen:
         """Start ``argv`` on this host (its network and its /tmp) in ``cwd``, in a process group of its own."""
@@ -136,8 +161,14 @@ class Host:
         return out
 
     def set_link(self, up: bool) -> None:
-        """Plug or pull this host's cable (the bridge's end)."""
-        _ip("-n", self.cluster.bridge_ns, "link", "set", self.link, "up" if up else "down")
+        """Plug or pull this host's cable (the bridge's end, or the peer's)."""
+        _ip("-n", self.link_ns, "link", "set", self.link, "up" if up else "down")
+
+    def route_to(self, address: str) -> str:
+        """``ip route get`` of ``address`` in this host's network namespace (looks up the routes; sends nothing):
+        the route, or the error, such as "RTNETLINK answers: Network is unreachable"."""
+        out = _ip("-n", self.netns, "route", "get", address, check=False)
+        return (out.stdout or out.stderr).strip()
 
     def tmp_files(self) -> list[str]:
         """The files in this host's /tmp (a running worker keeps an empty folder of its own there)."""
@@ -204,6 +235,14 @@ class Cluster:
     def add_host(self, name: str, hide: list[str] = ()) -> Host:
         """A new host on the bridge (for a server the cluster needs, such as a store)."""
         host = Host(self, name, len(self.hosts) + 2, list(hide), self.keep)
+        self.hosts[name] = host
+        return host
+
+    def add_private_host(self, name: str, peer: Host, hide: list[str] = ()) -> Host:
+        """A new host off the bridge, joined only to ``peer`` by a cable of its own on a subnet of its own
+        (``PRIVATE_SUBNETS``.N.0/24: the host is .2, ``peer`` .1; neither has a default route and ``peer`` does
+        not forward): ``peer`` reaches it, no other host does (a client outside the cluster's network, say)."""
+        host = Host(self, name, len(self.hosts) + 2, list(hide), self.keep, peer=peer)
         self.hosts[name] = host
         return host
 

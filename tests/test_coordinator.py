@@ -2,7 +2,7 @@
 it, for a Spark Connect client the executors cannot reach), on a local Spark Connect server: the same parameters as
 with the coordinator in the client; backup workers, asynchronous mode, validation and early stopping in the
 coordinator's task; a killed job run again from the fit's start; a bad row still one line. The namespace cluster
-(tests/test_netns_cluster.py) has the client on a host the executors cannot reach."""
+(tests/test_netns_connect.py) has the client on a host the executors cannot reach."""
 import logging
 import os
 import signal
