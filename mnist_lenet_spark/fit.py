@@ -85,10 +85,19 @@ def check(plan: FitPlan) -> None:
                           f"got {plan.coordinator!r}")
 
 
-def check_engine(plan: FitPlan, connect: bool) -> str:
-    """The engine that trains ``plan`` on a session (Spark Connect or not), or a ConfigError in the caller's spelling
-    for a setting it has no use for (refused, never ignored)."""
-    engine = plan.engine if plan.engine != "auto" else "one-job" if connect else "per-step"
+def check_engine(plan: FitPlan, connect: bool, slots: int | None = None, staging_dir: str | None = None) -> str:
+    """The engine that trains ``plan`` on a session (Spark Connect or not, with ``slots`` task slots), or a
+    ConfigError in the caller's spelling for a setting it has no use for (refused, never ignored). 'auto' is the
+    one-job engine, the faster (docs/benchmarks.md), unless the fit asks for what only the per-step engine does
+    (``staging_dir``, backup_mode wait-all, backup_combine executors) or a classic session has fewer task slots than
+    the one-job engine runs tasks at once: then per-step."""
+    engine = plan.engine
+    if engine == "auto":
+        default = BackupConfig()
+        tasks = plan.workers + (plan.backup.workers if plan.mode == "sync" else 0) + (plan.coordinator == "cluster")
+        per_step_only = (staging_dir or plan.backup.mode != default.mode or plan.backup.combine != default.combine
+                         or (slots is not None and slots < tasks))
+        engine = "per-step" if per_step_only and not connect else "one-job"
     if engine == "per-step" and connect:
         raise ConfigError(f"{plan.spelling('engine')} per-step: a Spark Connect session has no SparkContext to run a "
                           f"job a step on; use one-job (or auto)")
@@ -218,7 +227,8 @@ def run(sgd: SyncSGD | AsyncSGD, plan: FitPlan, source: Arrays | Frames, state: 
     options = {"on_step": on_step, "state": state, "checkpoint": save, "checkpoint_every": plan.checkpoint_every}
     one_job_options = {**options, "coordinator": plan.coordinator}
     t0, staging_seconds = time.perf_counter(), 0.0
-    engine = check_engine(plan, sgd.connect)
+    engine = check_engine(plan, sgd.connect, sgd.task_slots(),
+                          source.staging_dir if isinstance(source, Frames) else None)
     if engine == "one-job" and isinstance(source, Frames) and source.staging_dir:
         raise ConfigError(f"{plan.spelling('staging_dir')} {source.staging_dir}: the one-job engine stages nothing "
                           f"(each task holds its partition); leave it unset")

@@ -51,9 +51,14 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
     mode = _param("mode", "'sync': synchronous SGD, each step applies the workers' gradients together; 'async': "
                   "asynchronous SGD (Downpour-style), each worker's gradient applied as it arrives (docs/async.md)",
                   TypeConverters.toString)
-    engine = _param("engine", "'auto' (one-job on Spark Connect, else per-step), 'per-step' (a Spark job a step: "
-                    "broadcast, mapPartitions, treeReduce) or 'one-job' (one job of long-lived tasks around a "
-                    "coordinator in this process; DataFrame operations only)", TypeConverters.toString)
+    engine = _param("engine", "'auto' (one-job, unless stagingDir, backupMode='wait-all', "
+                    "backupCombine='executors' or too few task slots on a classic session ask for per-step), "
+                    "'per-step' (a Spark job a step: broadcast, mapPartitions, treeReduce) or 'one-job' (one job of "
+                    "long-lived tasks around a coordinator; DataFrame operations only)", TypeConverters.toString)
+    coordinator = _param("coordinator", "where the one-job engine's coordinator runs: 'client' (this process), "
+                         "'cluster' (one more task of the job, for a Spark Connect client the executors cannot "
+                         "reach) or 'auto' (client if the executors reach this process, else cluster)",
+                         TypeConverters.toString)
     workers = _param("workers", "gradient tasks (shards) per step; effective batch = batchSize x workers",
                      TypeConverters.toInt)
     backupWorkers = _param("backupWorkers", "extra gradient tasks per step whose slowest results are dropped",
@@ -104,7 +109,7 @@ class _NetworkParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabili
         super().__init__()
         sgd, backup = SGDConfig(), BackupConfig()
         self._setDefault(model="lenet", imageShape=list(models.MNIST_SHAPE), pixelRange="0..255", mode="sync",
-                         engine="auto", workers=TrainingConf.workers, backupWorkers=backup.workers,
+                         engine="auto", coordinator="auto", workers=TrainingConf.workers, backupWorkers=backup.workers,
                          backupMode=backup.mode, backupCombine=backup.combine, resume=False, initialModel="",
                          batchSize=sgd.batch_size,
                          epochs=sgd.epochs, maxSteps=0, lr=sgd.lr, momentum=sgd.momentum, lrDecay=sgd.lr_decay,
@@ -282,6 +287,7 @@ class NetworkClassifier(Estimator, _NetworkParams, DefaultParamsReadable, Defaul
                            self.getOrDefault(self.lrScaling), straggler,
                            self.getOrDefault(self.maxStaleness) if self.isDefined(self.maxStaleness) else None,
                            spelling=fit.PARAMS, engine=self.getOrDefault(self.engine),
+                           coordinator=self.getOrDefault(self.coordinator),
                            checkpoint_dir=self.getOrDefault(self.checkpointDir) or None,
                            checkpoint_every=max(self.getOrDefault(self.checkpointInterval), 0))
 
@@ -419,15 +425,21 @@ class _ModelWriter(MLWriter):
         self.instance = instance
 
     def saveImpl(self, path: str) -> None:
-        if not one_job.is_connect(self.sparkSession):  # the check runs tasks through a SparkContext
-            paths.check_writable_together(self.sparkSession.sparkContext, path, "model path")
+        paths.check_writable_together(self.sparkSession, path, "model path")
         params = {p.name: value for p, value in self.instance._paramMap.items()}
         params["numClasses"] = self.instance.numClasses  # with the Params, where version 0.2.0 reads it
-        DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession, paramMap=params)
+        spark, mode = self.sparkSession, "overwrite" if self.shouldOverwrite else "error"
+        metadata = DefaultParamsWriter._get_metadata_to_save(self.instance, spark, paramMap=params)
+        spark.createDataFrame([(metadata,)], ["value"]).coalesce(1).write.mode(mode).text(f"{path}/metadata")
         rows = [(i, name, list(value.shape), str(value.dtype), value.tobytes())
                 for i, (name, value) in enumerate(self.instance.weights.items())]
         schema = "index int, name string, shape array<int>, dtype string, value binary"
-        self.sparkSession.createDataFrame(rows, schema).coalesce(1).write.parquet(f"{path}/data")
+        spark.createDataFrame(rows, schema).coalesce(1).write.mode(mode).parquet(f"{path}/data")
+
+    def _handleOverwrite(self, path: str) -> None:
+        """On Spark Connect (no JVM here to delete the folder with) each part overwrites its own folder."""
+        if not one_job.is_connect(self.sparkSession):
+            super()._handleOverwrite(path)
 
 
 class _ModelReader(MLReader):
@@ -437,8 +449,7 @@ class _ModelReader(MLReader):
 
     def load(self, path: str) -> NetworkClassificationModel:
         from pyspark.errors import AnalysisException
-        if not one_job.is_connect(self.sparkSession) and \
-                not readers.hadoop_files(self.sparkSession, f"{path.rstrip('/')}/metadata/part-*"):
+        if not readers.hadoop_files(self.sparkSession, f"{path.rstrip('/')}/metadata/part-*"):
             raise data.DataError(f"{path}: not a saved model (no metadata/ in it)")
         try:
             metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)

@@ -24,7 +24,7 @@ import numpy as np
 
 from mnist_lenet_spark.cluster.async_service import ParameterServer
 from mnist_lenet_spark.cluster.backup import BackupStep
-from mnist_lenet_spark.cluster import one_job, probe, task_errors
+from mnist_lenet_spark.cluster import one_job, probe, staging, task_errors
 from mnist_lenet_spark.config import BackupConfig, ConfigError, SGDConfig, split_options
 from mnist_lenet_spark.executor import inference, rows, tasks
 from mnist_lenet_spark.executor.async_task import ShardBatches
@@ -100,6 +100,10 @@ class SparkTrainer:
     def _conf(self):
         """The settings, read with ``.get(key, default)``: the SparkContext's, or a Connect session's."""
         return self.spark.conf if self.connect else self.sc.getConf()
+
+    def task_slots(self) -> int | None:
+        """Tasks a classic session runs at once (None on Spark Connect: its client cannot tell)."""
+        return None if self.connect else self.sc.defaultParallelism // max(self.threads, 1)
 
     @property
     def master(self) -> str:
@@ -245,6 +249,7 @@ class SparkTrainer:
         config = self._fit_config(epochs, max_steps)
         model = self.model
         spark = self.spark_session()
+        staging.check_columns(df, features_col, label_col, int(np.prod(model.input_shape)), model.classes)
         place = one_job.place_of(spark, coordinator)
         if place == "cluster" and checkpoint is not None and checkpoint_every:
             raise ConfigError(f"checkpoint every {checkpoint_every} steps: with the coordinator in the cluster only "

@@ -103,7 +103,8 @@ def test_a_bad_row_is_one_line_naming_it(connect, mnist):
     from pyspark.sql import functions as F
     df = mnist_frame(connect, mnist, 120)
     df = df.withColumn("label", F.when(F.col("label") == 7, F.lit(12.0)).otherwise(F.col("label")))
-    with pytest.raises(DataError, match=r"^row \d+: column 'label' is outside 0\.\.9: 12\.0$"):
+    with pytest.raises(DataError, match=r"^row \d+: column 'label' is outside 0\.\.9: 12\.0 \(example row: "
+                                        r"label=12\.0, features="):
         SyncSGD(connect, 2, batch_size=16).fit_frame(df, max_steps=3)
 
 

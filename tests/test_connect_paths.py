@@ -39,8 +39,8 @@ def on_a_cluster():
         yield
 
 
-def a_model() -> NetworkClassificationModel:
-    return NetworkClassificationModel(models.network_from("lenet").init_params(0))
+def a_model(seed: int = 0) -> NetworkClassificationModel:
+    return NetworkClassificationModel(models.network_from("lenet").init_params(seed))
 
 
 def save(session, path) -> None:
@@ -107,6 +107,13 @@ def test_a_model_saves_and_loads_on_spark_connect_with_the_check(connect_pair, o
     assert sorted(loaded.weights) == sorted(model.weights)
     for name, value in model.weights.items():
         np.testing.assert_array_equal(loaded.weights[name], value, err_msg=name)
+    with pytest.raises(Exception, match="already exists"):  # not overwritten unless asked
+        model.write().save(str(tmp_path / "model"))
+    other = a_model(seed=1)
+    other.write().overwrite().save(str(tmp_path / "model"))  # no JVM here: each part overwrites its folder
+    again = NetworkClassificationModel.load(str(tmp_path / "model"))
+    for name, value in other.weights.items():
+        np.testing.assert_array_equal(again.weights[name], value, err_msg=name)
 
 
 @pytest.mark.parametrize("session", SESSIONS, indirect=True)

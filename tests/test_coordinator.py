@@ -82,7 +82,8 @@ def test_a_bad_row_is_one_line_and_the_checkpoint_interval_is_refused(connect, m
     from pyspark.sql import functions as F
     df = mnist_frame(connect, mnist, 120)
     bad = df.withColumn("label", F.when(F.col("label") == 7, F.lit(12.0)).otherwise(F.col("label")))
-    with pytest.raises(DataError, match=r"^row \d+: column 'label' is outside 0\.\.9: 12\.0$"):
+    with pytest.raises(DataError, match=r"^row \d+: column 'label' is outside 0\.\.9: 12\.0 \(example row: "
+                                        r"label=12\.0, features="):
         SyncSGD(connect, 2, batch_size=16).fit_frame(bad, max_steps=3, coordinator="cluster")
     with pytest.raises(ConfigError, match=r"^checkpoint every 5 steps: with the coordinator in the cluster only"):
         SyncSGD(connect, 2, batch_size=16).fit_frame(df, max_steps=3, coordinator="cluster",

@@ -290,6 +290,7 @@ class OneJob:
         if server is not None and server.error is not None:
             raise server.error
         if not self._thread.is_alive():
+            self.raise_input_problem()
             cause = task_errors.task_error(self.failure[0]) if self.failure else self._lost()
             raise task_errors.StepFailure(f"the training job ended at version {server.version}: {cause}")
         if len(server.newest_attempt) < self.shards and time.monotonic() - self.started > self.start_seconds:
@@ -313,8 +314,15 @@ class OneJob:
             self.interrupt()
             self._thread.join(30.0)
 
+    def raise_input_problem(self) -> None:
+        """A DataError of the input rows (a column of ``images.image_features``) that failed the job, as one line."""
+        problem = task_errors.input_problem(self.failure[0]) if self.failure else None
+        if problem is not None:
+            raise DataError(problem)
+
     def raise_failure(self) -> None:
         """After ``finish``: a job that failed by itself fails the fit, even after its last step."""
+        self.raise_input_problem()
         if self.failure and not self._interrupted:
             raise task_errors.StepFailure(f"the training job failed: {task_errors.task_error(self.failure[0])}")
 
@@ -368,6 +376,7 @@ def run_in_cluster(spark, frame, ctx: tasks.TaskContext, plan: one_job.JobPlan, 
         if not job.failure:
             [found] = [row["outcome"] for row in job.rows if row["shard"] < 0]
             return pickle.loads(found), job.reports  # our own task's bytes, through Spark's result channel
+        job.raise_input_problem()
         cause = task_errors.task_error(job.failure[0])
         if job.cancelled():
             raise task_errors.StepFailure(f"the training job was interrupted: {cause}")

@@ -65,15 +65,6 @@ def check_columns(df, features_col: str, label_col: str | None, pixels: int = in
             raise DataError(f"column '{name}' ({kind}) has type {t.simpleString()}; expected {expected}")
 
 
-def input_problem(e: BaseException) -> str | None:
-    """The line of a DataError (an ``executor.images.ImageError`` among them) that a task raised while computing
-    the input rows (a column of ``images.image_features``), out of Spark's wrapper; None for any other failure."""
-    if "Py4J" not in type(e).__name__ and "PythonException" not in type(e).__name__:
-        return None
-    name, _, message = task_errors.task_error(e).partition(": ")
-    return message if name in ("DataError", "ImageError") else None
-
-
 def staging_directory(base: str | None) -> str:
     """A new name for one fit's shards: relative (inside each executor's local directory) by default, or a new
     folder under ``base``: a plain path every executor mounts, or a store's URL (``fit_dataframes`` checks
@@ -113,7 +104,7 @@ def stage(df, features_col: str, label_col: str, shard_count: int, directory: st
     try:
         counts = rows.mapPartitions(lambda it: [sum(1 for _ in it)]).collect()  # rows of each input partition
     except Exception as e:
-        problem = input_problem(e)
+        problem = task_errors.input_problem(e)
         if problem is None:
             raise
         raise DataError(problem) from None

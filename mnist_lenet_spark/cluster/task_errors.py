@@ -38,3 +38,12 @@ def start_job(sc, group: str, description: str, action: Callable[[], object]) ->
     thread = InheritableThread(target=run, daemon=True)
     thread.start()
     return thread, failure
+
+
+def input_problem(e: BaseException) -> str | None:
+    """The line of a DataError (an ``executor.images.ImageError`` among them) that a task raised while computing
+    the input rows (a column of ``images.image_features``), out of Spark's wrapper; None for any other failure."""
+    if "Py4J" not in type(e).__name__ and "PythonException" not in type(e).__name__:
+        return None
+    name, _, message = task_error(e).partition(": ")
+    return message if name in ("DataError", "ImageError") else None

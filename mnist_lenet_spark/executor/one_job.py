@@ -66,6 +66,9 @@ def hold_partition(plan: JobPlan, table) -> HeldShard | str:
     arrays = table_arrays(plan, table, row_numbers)
     if isinstance(arrays, str):
         return arrays
+    if plan.pixel_range == "0..255" and len(row_numbers) and arrays[0].max() <= 1:
+        return (f"column '{plan.features_col}': every pixel of the {len(row_numbers)} rows of a shard is 0 or 1 out "
+                f"of 0..255; pixels scaled to 0..1 need pixelRange '0..1' (--pixel-range 0..1)")
     start = int(row_numbers[0]) if len(row_numbers) else 0
     if not np.array_equal(row_numbers, np.arange(start, start + len(row_numbers))):
         raise RuntimeError(f"the partition's rows are not one shard's (rows {row_numbers[:3]}...)")
@@ -78,18 +81,21 @@ def table_arrays(plan: JobPlan, table, row_numbers) -> tuple[np.ndarray, np.ndar
     pixels = int(np.prod(plan.input_shape))
     labels = table.column(plan.label_col).combine_chunks()
     features = table.column(plan.features_col).combine_chunks()
-    if labels.null_count:  # the first bad row's problem, as staging words it
-        i = int(np.flatnonzero(~np.asarray(labels.is_valid()))[0])
-        return f"row {row_numbers[i]}: column '{plan.label_col}' is null"
+
+    def bad(i: int, column: str, problem: str) -> str:  # the first bad row's problem, as staging words it
+        example = rows.example_row({plan.label_col: labels[i].as_py(), plan.features_col: features[i].as_py()},
+                                   plan.features_col, plan.label_col)
+        return f"row {row_numbers[i]}: column '{column}' {problem} ({example})"
+    if labels.null_count:
+        return bad(int(np.flatnonzero(~np.asarray(labels.is_valid()))[0]), plan.label_col, "is null")
     label_values = labels.to_numpy(zero_copy_only=False)
     images = _pixels(features, pixels, plan.pixel_range)
     if isinstance(images, tuple):
-        i, problem = images
-        return f"row {row_numbers[i]}: column '{plan.features_col}' {problem}"
+        return bad(*images[:1], plan.features_col, images[1])
     for i, value in enumerate(label_values):
         label = rows.row_label(value.item(), plan.classes)
         if isinstance(label, str):
-            return f"row {row_numbers[i]}: column '{plan.label_col}' {label}"
+            return bad(i, plan.label_col, label)
     return images.reshape(-1, *plan.input_shape), label_values.astype(np.int64)  # (n, C, H, W), (n,)
 
 

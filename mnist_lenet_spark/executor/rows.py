@@ -15,7 +15,8 @@ from mnist_lenet_spark.executor.inference import predict_images
 from mnist_lenet_spark.models import base
 
 
-def _short(value, limit: int = 60) -> str:
+def short(value, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a bad row's example in an error line)."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -110,12 +111,17 @@ def row_pixels(features, pixels: int = int(np.prod(MNIST_SHAPE)), pixel_range: s
     return as_pixels(values, pixel_range)
 
 
+def example_row(row, features_col: str, label_col: str) -> str:
+    """A bad row as its error line shows it (``row``: a mapping of the two columns)."""
+    return f"example row: {label_col}={short(row[label_col])}, {features_col}={short(row[features_col])}"
+
+
 def row_label(label, classes: int = MNIST_CLASSES) -> int | str:
     """The class 0 .. classes - 1 of a label given as an integer or an integral double; else the problem."""
     if label is None:
         return "is null"
     if isinstance(label, bool) or not isinstance(label, (int, float, np.integer, np.floating)):
-        return f"is not a number: {_short(label)}"
+        return f"is not a number: {short(label)}"
     if not math.isfinite(label) or label != int(label):
         return f"is not a whole number: {label!r}"
     if not 0 <= label <= classes - 1:
@@ -137,8 +143,7 @@ def convert_rows(features_col: str, label_col: str, edges: np.ndarray, first_ind
         elif isinstance(label, str):
             problem = f"column '{label_col}' {label}"
         if problem:
-            example = f"{label_col}={_short(row[label_col])}, {features_col}={_short(row[features_col])}"
-            yield shard, (i, None, f"row {i}: {problem} (example row: {example})")
+            yield shard, (i, None, f"row {i}: {problem} ({example_row(row, features_col, label_col)})")
         else:
             yield shard, (i, label, image.tobytes())
 

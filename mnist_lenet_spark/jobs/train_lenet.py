@@ -62,7 +62,8 @@ def parse_args(argv=None):
                         "asynchronous SGD, each worker's gradient applied as it arrives (docs/async.md)")
     p.add_argument("--engine", choices=list(fit.ENGINES), help="per-step: a Spark job a step (broadcast, "
                    "mapPartitions, treeReduce); one-job: one job of long-lived tasks around a coordinator in the "
-                   "driver; auto (default): one-job on Spark Connect, else per-step")
+                   "driver; auto (default): one-job, unless --staging-dir, --backup-mode wait-all, --backup-combine "
+                   "executors or too few task slots on a classic session ask for per-step")
     p.add_argument("--coordinator", choices=list(one_job.COORDINATOR_PLACES),
                    help="where the one-job engine's coordinator runs: client (the driver), cluster (one more task "
                         "of the job: for a Spark Connect client the executors cannot reach), auto (default: client "
