@@ -43,6 +43,7 @@ bench: $(VENV)/.installed-bench check-java
 	$(PY) benchmarks/warmup.py
 	$(PY) benchmarks/peers.py
 	$(PY) benchmarks/one_job.py
+	$(PY) benchmarks/coordinator.py
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/scaling.py --model resnet --batches 64,256
 	$(PY) benchmarks/backup.py
