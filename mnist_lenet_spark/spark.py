@@ -102,8 +102,8 @@ class SparkTrainer:
         return self.spark.conf if self.connect else self.sc.getConf()
 
     def task_slots(self) -> int | None:
-        """Tasks a classic session runs at once (None on Spark Connect: its client cannot tell)."""
-        return None if self.connect else self.sc.defaultParallelism // max(self.threads, 1)
+        """Tasks a classic session runs at once (None on Spark Connect: asking costs a job there)."""
+        return None if self.connect else one_job.task_slots(self.spark_session())
 
     @property
     def master(self) -> str:
@@ -251,6 +251,11 @@ class SparkTrainer:
         spark = self.spark_session()
         staging.check_columns(df, features_col, label_col, int(np.prod(model.input_shape)), model.classes)
         place = one_job.place_of(spark, coordinator)
+        slots = one_job.task_slots(spark) if place == "cluster" else None
+        if slots is not None and slots < self.shards + 1:  # else Spark waits minutes before it refuses
+            raise ConfigError(f"the training job needs {self.shards + 1} task slots at once (one long task per "
+                              f"shard and the coordinator's, in barrier mode); the cluster has {slots}: give it "
+                              f"more, or fewer workers")
         if place == "cluster" and checkpoint is not None and checkpoint_every:
             raise ConfigError(f"checkpoint every {checkpoint_every} steps: with the coordinator in the cluster only "
                               f"the final checkpoint is written (a task cannot reach this machine's folder); set 0")

@@ -92,6 +92,13 @@ def test_a_bad_row_is_one_line_and_the_checkpoint_interval_is_refused(connect, m
         SyncSGD(connect, 2, batch_size=16).fit_frame(df, max_steps=3, coordinator="driver")
 
 
+def test_too_few_task_slots_for_the_barrier_job_is_one_line_naming_both_numbers(connect, arrays):
+    X, y, _ = arrays
+    with pytest.raises(ConfigError, match=r"^the training job needs 5 task slots at once .*; the cluster has 4: "):
+        SyncSGD(connect, 3, backup_workers=1, batch_size=16).fit_frame(one_job.frame_of(connect, X, y), max_steps=3,
+                                                                       coordinator="cluster")
+
+
 def test_auto_finds_that_the_executors_reach_this_process(connect):
     assert one_job.reachable(connect) is None and one_job.place_of(connect, "auto") == "client"
 

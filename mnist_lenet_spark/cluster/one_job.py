@@ -177,6 +177,18 @@ def server_check(server: ParameterServer, stall_seconds: float) -> None:
                                       f"(at version {server.version})")
 
 
+def task_slots(spark) -> int:
+    """Tasks the session's cluster runs at once now: its default parallelism (the cores of the registered executors)
+    over ``spark.task.cpus``; on Spark Connect read as the partitions ``spark.range`` gets by default (a small job)."""
+    from pyspark.sql import functions as F
+    cpus = int(spark.conf.get("spark.task.cpus", "1"))
+    if is_connect(spark):
+        cores = spark.range(0, 100_000).select(F.spark_partition_id().alias("p")).distinct().count()
+    else:
+        cores = spark.sparkContext.defaultParallelism
+    return max(cores // max(cpus, 1), 1)
+
+
 def place_of(spark, coordinator: str) -> str:
     """Where the coordinator of a fit on ``spark`` runs (COORDINATOR_PLACES): as asked, or for 'auto' this process
     unless it is a Spark Connect client that the executors cannot reach (``reachable``)."""
