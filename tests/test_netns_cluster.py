@@ -28,8 +28,9 @@ def _unavailable() -> str | None:
     return reason
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def new_storage(prefix: str) -> Path:
+    """A new folder for a namespace cluster's storage; the test skips (fails under CLUSTER_TESTS_REQUIRED=1) when
+    this machine cannot build the cluster."""
     reason = _unavailable()
     if reason:
         if os.environ.get("CLUSTER_TESTS_REQUIRED") == "1":
@@ -37,7 +38,12 @@ def cluster(tmp_path_factory):
         pytest.skip(reason)
     import tempfile
     STORAGE_PARENT.mkdir(exist_ok=True)
-    storage = Path(tempfile.mkdtemp(prefix="cluster-", dir=STORAGE_PARENT))
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=STORAGE_PARENT))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    storage = new_storage("cluster-")
     from mnist_lenet_spark import data
     write_rows(storage, data.load_mnist())
     (storage / "events").mkdir()

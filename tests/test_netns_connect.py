@@ -22,7 +22,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.netns_cluster import PACKED_ENV, Cluster, ClusterError, Host
-from tests.test_netns_cluster import STORAGE_PARENT, TASK_ENDS, _unavailable, write_rows
+from tests.test_netns_cluster import TASK_ENDS, new_storage, write_rows
 
 pytestmark = pytest.mark.cluster
 APP = str(ROOT / "tests" / "connect_app.py")
@@ -91,14 +90,8 @@ def _stop_server(proc: subprocess.Popen) -> None:
 def setup():
     """The cluster (5 one-core workers), the client's host off the bridge, and the Connect server on the driver's
     host, for the module; all stopped and deleted at its end, also after a failure."""
-    reason = _unavailable()
-    if reason:
-        if os.environ.get("CLUSTER_TESTS_REQUIRED") == "1":
-            pytest.fail(f"the namespace cluster is required here: {reason}")
-        pytest.skip(reason)
+    storage = new_storage("connect-")
     from mnist_lenet_spark import data
-    STORAGE_PARENT.mkdir(exist_ok=True)
-    storage = Path(tempfile.mkdtemp(prefix="connect-", dir=STORAGE_PARENT))
     c = server = None
     try:
         write_rows(storage, data.load_mnist())
