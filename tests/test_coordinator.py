@@ -181,3 +181,22 @@ def test_an_interrupted_fit_is_not_run_again(servers, arrays, caplog):
             SyncSGD(connect, 2, batch_size=16).fit_frame(df, epochs=1000, max_steps=3000, coordinator="cluster")
     interrupter.join(5)
     assert time.monotonic() - started < 60 and "running it again" not in caplog.text
+
+
+def test_mlflow_logs_each_step_from_the_client_with_the_coordinator_in_the_cluster(connect, mnist, tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    from mnist_lenet_spark.ml import NetworkClassifier
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    try:
+        mlflow.set_experiment(experiment_id=mlflow.create_experiment(
+            "connect", artifact_location=(tmp_path / "artifacts").as_uri()))
+        model = NetworkClassifier(workers=2, backupWorkers=1, batchSize=16, maxSteps=3, coordinator="cluster",
+                                  mlflowTracking=True).fit(mnist_frame(connect, mnist, 240))
+        client = mlflow.MlflowClient()
+        run = client.get_run(model.summary.mlflow_run_id)
+        assert run.info.status == "FINISHED" and run.data.params["backup_workers"] == "1"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "dropped_tasks")]
+        assert sorted(steps) == [1, 2, 3]  # each step's, once the job has ended
+    finally:
+        mlflow.set_tracking_uri(before)
