@@ -121,6 +121,8 @@ def test_cluster_fixes_name_the_ways_the_package_reaches_executors():
     assert "addPyFile" not in dependencies and "make pack" in dependencies and "requirements-executor.txt" in \
         dependencies and "docs/clusters.md" in dependencies
     assert sys.executable in probe.fixes(["numpy"], "local-cluster[2,1,1024]")
+    connect = probe.fixes([probe.PACKAGE], "spark://host:7077", connect=True)  # the server chose their Python
+    assert "Spark Connect server with PYSPARK_PYTHON" in connect and "spark.archives does not reach" in connect
     assert (ROOT / "requirements-executor.txt").is_file() and (ROOT / "docs" / "clusters.md").is_file()
     make = (ROOT / "Makefile").read_text()
     assert all(f"\n{target}:" in make for target in ("pack", "dist", "wheel"))

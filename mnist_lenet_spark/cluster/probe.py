@@ -100,8 +100,12 @@ def _failure(e: BaseException) -> str:
     return own
 
 
-def fixes(missing: list[str], master: str) -> str:
-    """How to give the executors what they lack, for a session on ``master``."""
+def fixes(missing: list[str], master: str, connect: bool = False) -> str:
+    """How to give the executors what they lack, for a session on ``master`` (a Spark Connect client's: ``connect``)."""
+    if connect:  # the server chose the executors' Python; a session's Python workers run in a folder of its own
+        return (f"install the wheel (make wheel) and requirements-executor.txt on every host, or start the Spark "
+                f"Connect server with PYSPARK_PYTHON (or spark.pyspark.python) naming a Python that has them on "
+                f"every host; spark.archives does not reach a Connect session's Python workers; see {DOCS}")
     if master.startswith("local"):  # local, local[N] and local-cluster[...]: executors on the driver's host
         return (f"start the session with PYSPARK_PYTHON set to an interpreter that has the package and its "
                 f"dependencies, such as this driver's {sys.executable} (mnist_lenet_spark.session.session() sets "
@@ -132,15 +136,17 @@ def check_executors(spark) -> dict:
     try:
         report = _ask_frame(spark) if connect else _ask(sc)
     except Exception as e:  # the worker could not start or run: a wrong interpreter path, another Python version
-        python = spark.conf.get("spark.pyspark.python", "python3") if connect else sc.pythonExec
-        raise ConfigError(f"the executors cannot run a Python task with PYSPARK_PYTHON={python} "
-                          f"({_failure(e)}): {fixes([PACKAGE, *DEPENDENCIES], master)}") from None
+        python = (f"the Spark Connect server's Python (spark.pyspark.python "
+                  f"{spark.conf.get('spark.pyspark.python', 'unset')}, else its PYSPARK_PYTHON)" if connect
+                  else f"PYSPARK_PYTHON={sc.pythonExec}")
+        raise ConfigError(f"the executors cannot run a Python task with {python} "
+                          f"({_failure(e)}): {fixes([PACKAGE, *DEPENDENCIES], master, connect)}") from None
     report["seconds"] = time.perf_counter() - start
     where = f"{report['python']} (Python {report['python_version']}) on {report['host']}"
     if report["missing"]:
         missing = list(report["missing"])
         raise ConfigError(f"the executors cannot import {', '.join(missing)} ({report['missing'][missing[0]]}) "
-                          f"with their Python, {where}: {fixes(missing, master)}")
+                          f"with their Python, {where}: {fixes(missing, master, connect)}")
     ours = report["versions"][PACKAGE]
     if ours != mnist_lenet_spark.__version__:
         log.warning("the executors run %s %s, the driver %s (their Python: %s): tasks run the executors' copy; give "
