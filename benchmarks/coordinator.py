@@ -1,33 +1,39 @@
 """The one-job engine's coordinator and driver: what the coordinator costs per push, whether the driver's memory stays
 flat over a long fit, and backup workers at N = 96 + 4 with emulated compute. Each part runs in a fresh Python process.
 
-(1) ``push``: a ``ParameterServer`` (``cluster.async_service``) holding LeNet's parameters (float32, flattened) in this
-    process, and N + b clients (``wire.parameters.AsyncClient``, as the long tasks use it) in two client processes on
-    127.0.0.1 that compute nothing: each pulls a version, pushes a zero gradient of LeNet's size at once, pulls the
-    next. Synchronous policy (``keep`` = N), driven as ``SyncSGD._kept_sum`` drives it: publish a version, wait for its
-    first N pushes, take their sum, ``--push-steps`` versions per N + b in ``--clients``. Measured in the coordinator's
-    process: per version the wall time of publish + wait + take and the process's CPU time (all its threads); per
-    push handled and per pull served, the serving thread's CPU time (``time.thread_time``, the kernel's socket copies
-    included) and a push's wall time from its header to its answer. The asynchronous policy (``keep`` None, the real
-    ``async_sgd.Updater``: SGD-Nesterov + L2 on LeNet) beside it: per applied update the apply thread's CPU, and
-    updates per second. Medians over the versions, pushes and updates.
+(1) ``push``: a ``ParameterServer`` (``cluster.async_service``) holding LeNet's parameters (float32, flattened), and
+    N + b clients (``wire.parameters.AsyncClient``, as the long tasks use it) in two client processes on 127.0.0.1
+    that compute nothing: each pulls a version, pushes a zero gradient of LeNet's size at once, pulls the next.
+    Synchronous policy (``keep`` = N), driven as ``cluster.one_job.kept_sum`` drives it: publish a version, wait for
+    its first N pushes, take their sum, ``--push-steps`` versions per N + b in ``--clients`` (a quarter of them above
+    16 clients). Measured in the coordinator's process: per version the wall time of publish + wait + take and the
+    process's CPU time (all its threads); per push handled and per pull served, the serving thread's CPU time
+    (``time.thread_time``, the kernel's socket copies included) and its wall time; the process's peak RSS. The
+    asynchronous policy (``keep`` None, the real ``async_sgd.Updater``: SGD-Nesterov + L2 on LeNet) beside it, between
+    the 5th update and the last ``clients`` (while pushes are refused as the budget is spent): per applied update the
+    apply thread's CPU and the process's, and updates per second. Each setting in a fresh process (its memory its
+    own), ``--push-rounds`` rounds interleaved; medians over the versions, pushes and updates, then over the rounds.
 (2) ``memory``: a ``--memory-steps`` one-job fit (``SyncSGD.fit_frame``, real LeNet compute, batch 8, 600 MNIST
     rows) on ``local[2]`` with 2 workers, and on ``local[3]`` with 2 workers + 1 backup worker (late pushes refused):
     this process's RSS (/proc/self/statm), threads and open descriptors every 100 steps (``on_step``); first, last, max,
-    the change from step 1,000 to the end and the slope over it. "flat": the last sample within 8 MB (a little more
-    than one 6.6 MB parameter vector) of the step-1,000 sample, and threads and descriptors unchanged.
+    the change from step 1,000 to the end and the slope over it, and what the fit's step records take. "flat": the
+    last sample within 8 MB (a little more than one 6.3 MiB parameter vector) of the step-1,000 sample, and threads
+    and descriptors unchanged.
 (3) ``scale``: N = 96 + b on the one-job engine on ``local[100]`` (one slot per long task), tasks of emulated compute
     (``emulation.EmulatedCompute``: shift 3 s + an exponential tail of mean 3 s, as ``scale.py --compute 3``),
-    b = 4 and b = 0, ``--scale-steps`` steps each after one dropped (its tasks' start); mean step and b = 4 / b = 0,
-    beside what the same draws predict (the mean N-th shortest of the N + b drawn times: the order statistic alone)
-    and the long-run order statistic (shift + tail mean x (H(N + b) - H(b))). ``--per-step`` adds the per-step engine
-    at the same setting and draws (``SyncSGD.fit``, as ``scale.py``).
+    b = 4 and b = 0, ``--scale-steps`` steps each after one dropped (its tasks' start, given 600 s instead of
+    ``fit_frame``'s default); mean step and b = 4 / b = 0, beside what the same draws predict (the mean N-th shortest
+    of the N + b drawn times: the order statistic alone) and the long-run order statistic (shift + tail mean x
+    (H(N + b) - H(b))); the driver's peak RSS and the Python workers' PSS. ``--per-step`` adds the per-step engine at
+    the same setting and draws (``SyncSGD.fit``, as ``scale.py``), in a process of its own: the two engines' Python
+    workers are not shared, and 200 of them (~12 GB each hundred) do not fit beside each other.
 
 Writes benchmarks/results/coordinator.json (``--quick``: a smoke run of tiny sizes, to coordinator_quick.json; its
 numbers are not a result).
 
-    python benchmarks/coordinator.py [--parts push,memory,scale] [--push-steps 200] [--clients 2+1,8+2,32+4,96+4]
-                                     [--memory-steps 3000] [--scale-steps 15] [--per-step] [--quick]
+    python benchmarks/coordinator.py [--parts push,memory,scale] [--push-steps 200] [--push-rounds 3]
+                                     [--clients 2+1,8+2,32+4,96+4] [--memory-steps 3000] [--scale-steps 15]
+                                     [--compute 3] [--per-step] [--quick]
 """
 from __future__ import annotations
 
@@ -190,7 +196,7 @@ def sync_coordinator(flat: np.ndarray, n: int, b: int, steps: int, warmup: int =
             t0, c0 = time.perf_counter(), time.process_time()
             server.publish(v, flat)
             deadline = time.monotonic() + 60
-            while not server.kept.wait(0.01):  # as SyncSGD._kept_sum (which checks the job meanwhile)
+            while not server.kept.wait(0.01):  # as one_job.kept_sum (which checks the job meanwhile)
                 if server.error is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"version {v}: no {n} pushes ({server.error})")
             sums, _ = server.take()
