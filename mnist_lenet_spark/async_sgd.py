@@ -216,7 +216,7 @@ class AsyncSGD(SparkTrainer):
         rdd = source.partitions(self.sc, walk.shards).mapPartitions(
             partial(async_task.async_task, ctx, source, server.endpoint, walk))
         reports: list = []
-        slots = self.sc.defaultParallelism // max(self.threads, 1)
+        slots = self.task_slots()
         if walk.shards > slots:
             log.warning("asynchronous run: %d tasks but about %d task slots: the tasks without a slot start only "
                         "when others end, so they push nothing (use workers <= the slots)", walk.shards, slots)

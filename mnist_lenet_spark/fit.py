@@ -91,9 +91,8 @@ def check_engine(plan: FitPlan, connect: bool, slots: int | None = None, staging
     one-job engine, the faster (docs/benchmarks.md), unless the fit asks for what only the per-step engine does
     (``staging_dir``, backup_mode wait-all, backup_combine executors) or a classic session has fewer task slots than
     the one-job engine runs tasks at once: then per-step."""
-    engine = plan.engine
+    engine, default = plan.engine, BackupConfig()
     if engine == "auto":
-        default = BackupConfig()
         tasks = plan.workers + (plan.backup.workers if plan.mode == "sync" else 0) + (plan.coordinator == "cluster")
         per_step_only = (staging_dir or plan.backup.mode != default.mode or plan.backup.combine != default.combine
                          or (slots is not None and slots < tasks))
@@ -104,7 +103,6 @@ def check_engine(plan: FitPlan, connect: bool, slots: int | None = None, staging
     if engine == "per-step" and plan.coordinator != "auto":
         raise ConfigError(f"{plan.spelling('coordinator')} {plan.coordinator}: only the one-job engine has a "
                           f"coordinator (the per-step engine's driver adds each step's gradients); leave it auto")
-    default = BackupConfig()
     for key, why in (("mode", "keeps the first N pushes of each version"), ("combine", "adds them in the driver")):
         if engine == "one-job" and getattr(plan.backup, key) != getattr(default, key):
             raise ConfigError(f"{plan.spelling('backup_' + key)} {getattr(plan.backup, key)!r}: the one-job engine "

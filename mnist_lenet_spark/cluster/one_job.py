@@ -415,8 +415,7 @@ def cluster_task(ctx: tasks.TaskContext, plan: one_job.JobPlan, token: bytes, co
         rows = list(one_job.one_job_task(ctx, Endpoint(host, int(port), token), plan, batches))
         barrier.barrier()
         for batch in rows:
-            yield pa.RecordBatch.from_arrays(batch.columns + [pa.nulls(batch.num_rows, pa.binary())],
-                                             schema=pa.schema(list(batch.schema) + [("outcome", pa.binary())]))
+            yield _with_outcome(batch, None)
         return
     for _ in batches:
         pass
@@ -433,9 +432,13 @@ def cluster_task(ctx: tasks.TaskContext, plan: one_job.JobPlan, token: bytes, co
         barrier.barrier()
         server.shutdown()
     outcome = Outcome.of(server, value)
-    yield pa.RecordBatch.from_pylist([{"shard": -1, "attempt": tasks.attempt_number(), "pushes": 0, "refused": 0,
-                                       "pid": os.getpid(), "ended": "coordinator", "outcome": pickle.dumps(outcome)}],
-                                     schema=pa.schema([("shard", pa.int64()), ("attempt", pa.int64()),
-                                                       ("pushes", pa.int64()), ("refused", pa.int64()),
-                                                       ("pid", pa.int64()), ("ended", pa.string()),
-                                                       ("outcome", pa.binary())]))
+    report = AsyncReport(-1, tasks.attempt_number(), 0, 0, os.getpid(), "coordinator")
+    yield _with_outcome(pa.RecordBatch.from_pylist([dataclasses.asdict(report)]), pickle.dumps(outcome))
+
+
+def _with_outcome(report, outcome: bytes | None):
+    """A barrier job's row (CLUSTER_SCHEMA): a task's report (a RecordBatch of REPORT_SCHEMA) and the coordinator's
+    outcome (None for a shard's task)."""
+    import pyarrow as pa
+    return pa.RecordBatch.from_arrays(report.columns + [pa.array([outcome] * report.num_rows, pa.binary())],
+                                      schema=pa.schema(list(report.schema) + [("outcome", pa.binary())]))
